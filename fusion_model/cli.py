@@ -1,0 +1,261 @@
+"""The `fusion-model` command line: thin wrappers over the library's API.
+
+User errors (:class:`fusion_model.errors.FusionModelError`) print one line and exit 2.
+Heavy libraries are imported inside the commands so that `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fusion_model.errors import FusionModelError, UserInputError
+
+app = typer.Typer(
+    name="fusion-model",
+    help="CT + clinical fusion models for adrenal lesion malignancy risk (a research tool, not a medical device).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+DEFAULT_DEMO_DIR = Path("reports/demo")
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"cohort {summary.get('name', '')}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("lesions", str(summary["lesions"]))
+    table.add_row("patients", str(summary["patients"]))
+    table.add_row("centres", ", ".join(f"{k}: {v}" for k, v in summary["centres"].items()))
+    if "class_balance" in summary:
+        cb = summary["class_balance"]
+        share = cb["malignant"] / max(1, cb["benign"] + cb["malignant"])
+        table.add_row("label", summary["label_meaning"])
+        table.add_row("class balance", f"0: {cb['benign']}, 1: {cb['malignant']} ({share:.0%} label 1)"
+                      + (f", unlabelled {cb['unlabelled']}" if cb["unlabelled"] else ""))
+        table.add_row("malignant by centre", ", ".join(f"{k}: {v}" for k, v in summary["malignant_by_centre"].items()))
+    if "lesion_types" in summary:
+        table.add_row("lesion types", ", ".join(f"{k}: {v}" for k, v in summary["lesion_types"].items()))
+    if "splits" in summary:
+        table.add_row("splits", ", ".join(f"{k}: {v}" for k, v in summary["splits"].items()))
+    table.add_row("phases (lesions with file)", ", ".join(f"{k}: {v}" for k, v in summary["phases"].items()))
+    missing = {k: v for k, v in summary["missing_percent"].items() if v > 0}
+    table.add_row("missing (% of lesions)", ", ".join(f"{k}: {v:g}%" for k, v in missing.items()) or "none")
+    console.print(table)
+
+
+def _print_problems(problems, limit: int = 200) -> None:
+    if not problems:
+        return
+    table = Table(title=f"{len(problems)} problem(s)", show_lines=False)
+    for column in ("severity", "where", "problem"):
+        table.add_column(column, overflow="fold")
+    for p in problems[:limit]:
+        style = "red" if p.severity == "error" else "yellow"
+        table.add_row(f"[{style}]{p.severity}[/{style}]", p.where, p.message)
+    console.print(table)
+    if len(problems) > limit:
+        console.print(f"... and {len(problems) - limit} more (use --json to get them all)")
+
+
+@app.command()
+def validate(
+    cohort: Annotated[Path, typer.Argument(help="cohort directory (cohort.json, clinical.csv, images, masks)")],
+    require_labels: Annotated[bool, typer.Option("--require-labels", help="every lesion must have a label")] = False,
+    resample: Annotated[bool, typer.Option("--resample", help="accept phases/masks on different grids "
+                                                              "(they will be resampled onto the reference phase)")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write summary and problems as JSON")] = None,
+) -> None:
+    """Check a cohort directory: table schema, files, masks, geometry, split leakage. Exit 2 on errors."""
+    from fusion_model.cohort import validate_cohort
+    from fusion_model.fileio import atomic_write_json
+
+    report = validate_cohort(cohort, require_label=require_labels, resample_mismatched=resample)
+    if report.summary:
+        _print_summary(report.summary)
+    _print_problems(report.problems)
+    if json_out:
+        atomic_write_json(json_out, {"cohort": str(cohort), "ok": report.ok, "summary": report.summary,
+                                     "problems": [p.__dict__ for p in report.problems]})
+    if not report.ok:
+        raise UserInputError(f"{cohort}: {len(report.errors)} error(s) found; fix them and run validate again")
+    console.print(f"[green]{cohort}: valid[/green] ({len(report.warnings)} warning(s))")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="cohort directory to create")],
+    patients: Annotated[int, typer.Option(help="number of patients")] = 100,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    centres: Annotated[int, typer.Option(help="number of centres (1-3)")] = 3,
+    phases: Annotated[str, typer.Option(help="comma-separated phases")] = "unenhanced,venous",
+    two_lesion_fraction: Annotated[float, typer.Option(help="share of patients with a lesion on each side")] = 0.08,
+    workers: Annotated[int, typer.Option(help="processes (0 = automatic)")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing cohort directory")] = False,
+) -> None:
+    """Write a synthetic cohort (CT phantoms, masks, clinical table, truth.csv with oracle risks)."""
+    from fusion_model.configbase import parse_model
+    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+
+    config = parse_model(SynthConfig, {
+        "patients": patients, "seed": seed, "centres": centres, "two_lesion_fraction": two_lesion_fraction,
+        "workers": workers, "phases": [p.strip() for p in phases.split(",") if p.strip()],
+    }, "synth options")
+    synthesize_cohort(out, config, overwrite=overwrite)
+    console.print(f"wrote {out}")
+
+
+@app.command("import-medmnist")
+def import_medmnist_command(
+    npz: Annotated[Path, typer.Argument(help="MedMNIST-format 3D npz (any of train/val/test splits)")],
+    out: Annotated[Path, typer.Option("--out", help="cohort directory to create")],
+    fov_mm: Annotated[float, typer.Option("--fov-mm", help="physical edge of each cube")] = 64.0,
+    name: Annotated[Optional[str], typer.Option(help="cohort name")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Turn a MedMNIST 3D npz (e.g. AdrenalMNIST3D) into a cohort directory with shape features."""
+    from fusion_model.cohort import validate_cohort
+    from fusion_model.datasets.medmnist import import_medmnist
+
+    import_medmnist(npz, out, field_of_view_mm=fov_mm, name=name, overwrite=overwrite)
+    report = validate_cohort(out, progress=False)
+    _print_summary(report.summary)
+    _print_problems(report.problems)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def features(
+    cohort: Annotated[Path, typer.Argument(help="cohort directory")],
+    out: Annotated[Path, typer.Option("--out", help="CSV of radiological features per lesion")],
+    cache: Annotated[Optional[Path], typer.Option(help="cache directory (default ~/.cache/fusion-model)")] = None,
+    resample: Annotated[bool, typer.Option("--resample")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
+) -> None:
+    """Compute radiological features from images and masks; fill size_mm / unenhanced_hu where empty."""
+    import pandas as pd
+
+    from fusion_model.cohort import load_cohort
+    from fusion_model.features.radiological import fill_from_features
+    from fusion_model.fileio import atomic_write_text
+    from fusion_model.imaging.cache import ImageCache, default_cache_dir
+    from fusion_model.imaging.extract import extract_cohort_images
+    from fusion_model.imaging.preprocess import PreprocessConfig
+
+    loaded = load_cohort(cohort)
+    images = extract_cohort_images(loaded, PreprocessConfig(resample_mismatched=resample),
+                                   ImageCache(cache or default_cache_dir()), crops=False, strict=strict)
+    rows, notes = [], []
+    table = loaded.table.set_index("lesion_id")
+    for lesion_id, feats in images.features.iterrows():
+        filled, lesion_notes = fill_from_features(table.loc[lesion_id].to_dict(), feats.to_dict())
+        notes += [f"lesion {lesion_id}: {n}" for n in lesion_notes]
+        rows.append({"lesion_id": lesion_id, "size_mm": filled.get("size_mm"),
+                     "unenhanced_hu": filled.get("unenhanced_hu"), **feats.to_dict()})
+    atomic_write_text(out, pd.DataFrame(rows).to_csv(index=False))
+    for note in notes:
+        console.print(f"[yellow]warning[/yellow]: {note}")
+    for error in images.errors:
+        console.print(f"[red]error[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
+    console.print(f"wrote {out}: {len(rows)} lesions, {len(images.errors)} unreadable")
+
+
+@app.command()
+def preprocess(
+    cohort: Annotated[Path, typer.Argument(help="cohort directory")],
+    cache: Annotated[Optional[Path], typer.Option(help="cache directory (default ~/.cache/fusion-model)")] = None,
+    spacing_mm: Annotated[float, typer.Option(help="isotropic crop spacing")] = 1.0,
+    crop_mm: Annotated[float, typer.Option(help="edge of the lesion-centred cube")] = 64.0,
+    resample: Annotated[bool, typer.Option("--resample")] = False,
+    strict: Annotated[bool, typer.Option("--strict")] = False,
+) -> None:
+    """Build the lesion-centred crops (phases + mask) into the cache; a second run reads the cache."""
+    import time
+
+    from fusion_model.cohort import load_cohort
+    from fusion_model.configbase import parse_model
+    from fusion_model.imaging.cache import ImageCache, default_cache_dir
+    from fusion_model.imaging.extract import extract_cohort_images
+    from fusion_model.imaging.preprocess import PreprocessConfig
+
+    config = parse_model(PreprocessConfig, {"spacing_mm": spacing_mm, "crop_size_mm": crop_mm,
+                                            "resample_mismatched": resample}, "preprocess options")
+    image_cache = ImageCache(cache or default_cache_dir())
+    start = time.perf_counter()
+    images = extract_cohort_images(load_cohort(cohort), config, image_cache, features=False, strict=strict)
+    elapsed = time.perf_counter() - start
+    shape = None if images.crops is None else tuple(images.crops.shape)
+    console.print(f"crops {shape} channels {images.channels}: {image_cache.hits} from cache, "
+                  f"{image_cache.misses} computed, {len(images.errors)} unreadable, {elapsed:.1f} s")
+    for error in images.errors:
+        console.print(f"[red]error[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
+
+
+@app.command()
+def schema(
+    format: Annotated[str, typer.Option("--format", help="markdown (data dictionary) or json (JSON Schema)")] = "markdown",
+    out: Annotated[Optional[Path], typer.Option("--out", help="file to write (default: print)")] = None,
+    cohort: Annotated[Optional[Path], typer.Option(help="include this cohort's declared extra features")] = None,
+) -> None:
+    """Export the clinical table contract as a data dictionary or a JSON Schema."""
+    import json
+
+    from clinical_schema.export import data_dictionary_markdown, to_json_schema
+    from fusion_model.cohort.spec import read_cohort_spec
+    from fusion_model.fileio import atomic_write_text
+
+    extra = read_cohort_spec(cohort).extra_features if cohort else []
+    if format == "markdown":
+        text = data_dictionary_markdown(extra)
+    elif format == "json":
+        text = json.dumps(to_json_schema(extra), indent=2) + "\n"
+    else:
+        raise UserInputError(f"--format {format!r}: use 'markdown' or 'json'")
+    if out:
+        atomic_write_text(out, text)
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="where the demo writes its cohort and reports")] = DEFAULT_DEMO_DIR,
+    patients: Annotated[int, typer.Option(help="synthetic patients")] = 120,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The main job on an embedded default: synthesise a cohort, validate it and summarise it."""
+    from fusion_model.cohort import validate_cohort
+    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+
+    cohort_dir = out / "cohort"
+    console.rule("1. synthesise a cohort")
+    synthesize_cohort(cohort_dir, SynthConfig(patients=patients, seed=seed), overwrite=True)
+    console.rule("2. validate it")
+    report = validate_cohort(cohort_dir, require_label=True)
+    _print_summary(report.summary)
+    _print_problems(report.problems)
+    if not report.ok:
+        raise FusionModelError(f"the synthetic cohort in {cohort_dir} failed validation (a bug; please report it)")
+    console.print(f"[green]cohort written and valid:[/green] {cohort_dir}")
+
+
+def main() -> None:
+    try:
+        app()
+    except FusionModelError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

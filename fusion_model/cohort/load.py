@@ -1,0 +1,120 @@
+"""Loading a cohort directory: spec, validated table, and one record per lesion.
+
+Loading reads only cohort.json and clinical.csv; volumes are read one lesion at a time by
+whoever needs them (validation, preprocessing, features), never all at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from clinical_schema import PATH_COLUMNS, validate_clinical_table
+from clinical_schema.coercion import NA_STRINGS
+from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
+from fusion_model.errors import CohortValidationError, UserInputError
+
+
+@dataclass(frozen=True)
+class LesionRecord:
+    lesion_id: str
+    patient_id: str
+    centre: str
+    row: int  # line in clinical.csv (header = 1)
+    mask_path: Path
+    mask_label: int | None
+    phase_paths: dict[str, Path] = field(default_factory=dict)
+    label: int | None = None
+
+
+def read_clinical_csv(path: Path) -> pd.DataFrame:
+    """Every cell as text (coercion belongs to the schema); empty-like cells as missing."""
+    if not Path(path).is_file():
+        raise UserInputError(f"{path}: not found; the cohort's clinical table must be a CSV with one row per lesion")
+    na_values = sorted(NA_STRINGS | {s.upper() for s in NA_STRINGS} | {s.title() for s in NA_STRINGS})
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=na_values, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{path}: cannot be parsed as CSV ({str(err).strip()})") from None
+    except pd.errors.EmptyDataError:
+        raise UserInputError(f"{path}: is empty; it needs a header row and one row per lesion") from None
+
+
+def resolve_inside(root: Path, relative: str, what: str) -> Path:
+    """Resolve a path from the table; it must stay inside the cohort directory."""
+    rel = Path(relative)
+    if rel.is_absolute():
+        raise UserInputError(f"{what}: path {relative!r} is absolute; give it relative to the cohort directory")
+    root_resolved = root.resolve()
+    resolved = (root_resolved / rel).resolve()
+    if resolved != root_resolved and root_resolved not in resolved.parents:
+        raise UserInputError(
+            f"{what}: path {relative!r} leads outside the cohort directory; copy the file into the cohort"
+        )
+    return resolved
+
+
+@dataclass
+class Cohort:
+    root: Path
+    spec: CohortSpec
+    table: pd.DataFrame
+
+    @property
+    def has_labels(self) -> bool:
+        return "label" in self.table and self.table["label"].notna().all()
+
+    def lesion(self, row_index: int) -> LesionRecord:
+        row = self.table.iloc[row_index]
+        line = row_index + 2
+        where = f"{TABLE_FILE} row {line} (lesion {row['lesion_id']})"
+        phase_paths = {}
+        for phase in self.spec.phases:
+            value = row.get(PATH_COLUMNS[phase])
+            if value is not None and not pd.isna(value):
+                phase_paths[phase] = resolve_inside(self.root, str(value), f"{where}, column {PATH_COLUMNS[phase]!r}")
+        mask_label = row.get("mask_label")
+        label = row.get("label")
+        return LesionRecord(
+            lesion_id=str(row["lesion_id"]),
+            patient_id=str(row["patient_id"]),
+            centre=str(row["centre"]),
+            row=line,
+            mask_path=resolve_inside(self.root, str(row["mask_path"]), f"{where}, column 'mask_path'"),
+            mask_label=None if mask_label is None or pd.isna(mask_label) else int(mask_label),
+            phase_paths=phase_paths,
+            label=None if label is None or pd.isna(label) else int(label),
+        )
+
+    def lesions(self) -> Iterator[LesionRecord]:
+        for i in range(len(self.table)):
+            yield self.lesion(i)
+
+    def lesion_by_id(self, lesion_id: str) -> LesionRecord:
+        matches = self.table.index[self.table["lesion_id"] == lesion_id].tolist()
+        if not matches:
+            raise UserInputError(f"lesion {lesion_id!r} is not in {self.root / TABLE_FILE}")
+        return self.lesion(int(matches[0]))
+
+
+def load_cohort(root: Path, require_label: bool = False) -> Cohort:
+    """Read cohort.json and clinical.csv and check the table against the schema.
+
+    Raises :class:`CohortValidationError` listing every table problem. File-level checks
+    (existence, geometry, masks) are :func:`fusion_model.cohort.validate_cohort`'s job.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserInputError(f"{root}: not a directory; give the cohort directory (with cohort.json)")
+    spec = read_cohort_spec(root)
+    raw = read_clinical_csv(root / TABLE_FILE)
+    result = validate_clinical_table(raw, spec.extra_features, require_label=require_label)
+    if not result.ok:
+        first = result.problems[0].message(str(root / TABLE_FILE))
+        more = f" (and {len(result.problems) - 1} more problems; run 'fusion-model validate {root}')" \
+            if len(result.problems) > 1 else ""
+        raise CohortValidationError(first + more, result.problems)
+    return Cohort(root=root, spec=spec, table=result.table.reset_index(drop=True))

@@ -1,0 +1,213 @@
+"""`fusion-model validate`: check a cohort directory before anything trains.
+
+Reports every problem at once: table schema, file existence and containment, masks
+(readable, non-empty, binary or labelled), geometry of masks against phases, patients in two
+splits. Volumes are read one lesion at a time; phases only by header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from clinical_schema import LAB_COLUMNS, PATH_COLUMNS, PHASES, validate_clinical_table
+from fusion_model.cohort.load import Cohort, LesionRecord, read_clinical_csv
+from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
+from fusion_model.errors import UserInputError
+from fusion_model.imaging.geometry import Geometry, geometry_differences
+from fusion_model.imaging.io import read_image, read_image_header
+from fusion_model.progress import track
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # "error" or "warning"
+    where: str
+    message: str
+
+    def line(self) -> str:
+        return f"{self.severity}: {self.where}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    root: Path
+    problems: list[Problem] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def error(self, where: str, message: str) -> None:
+        self.problems.append(Problem("error", where, message))
+
+    def warn(self, where: str, message: str) -> None:
+        self.problems.append(Problem("warning", where, message))
+
+
+def validate_cohort(
+    root: Path,
+    require_label: bool = False,
+    resample_mismatched: bool = False,
+    progress: bool = True,
+) -> ValidationReport:
+    root = Path(root)
+    report = ValidationReport(root)
+    if not root.is_dir():
+        report.error(str(root), "not a directory; give the cohort directory (with cohort.json and clinical.csv)")
+        return report
+    try:
+        spec = read_cohort_spec(root)
+        raw = read_clinical_csv(root / TABLE_FILE)
+    except UserInputError as err:
+        report.error(str(root), str(err))
+        return report
+
+    table_check = validate_clinical_table(raw, spec.extra_features, require_label=require_label)
+    for p in table_check.problems:
+        report.error(TABLE_FILE + (f" row {p.row}" if p.row else ""), p.message(TABLE_FILE).split(", ", 1)[-1])
+    table = table_check.table
+    if table is None or "lesion_id" not in table or "mask_path" not in table:
+        return report
+
+    _check_table_against_spec(table, spec, report)
+    _check_split_leakage(table, report)
+    cohort = Cohort(root=root, spec=spec, table=table.reset_index(drop=True))
+    for i in track(range(len(table)), "checking images", total=len(table), enabled=progress):
+        _check_lesion_files(cohort, i, resample_mismatched, report)
+    report.summary = summarise(table, spec)
+    return report
+
+
+def _check_table_against_spec(table: pd.DataFrame, spec: CohortSpec, report: ValidationReport) -> None:
+    for phase in PHASES:
+        column = PATH_COLUMNS[phase]
+        if phase not in spec.phases and column in table and table[column].notna().any():
+            report.error(TABLE_FILE, f"column {column!r} names files but cohort.json 'phases' lacks {phase!r}; "
+                                     "add the phase or empty the column")
+    if spec.centres:
+        unknown = sorted(set(table["centre"].dropna()) - set(spec.centres))
+        if unknown:
+            report.error(TABLE_FILE, f"centres {unknown} are not among cohort.json 'centres' {spec.centres}; "
+                                     "add them there or correct the table")
+    if not spec.ct_intensities and "unenhanced_hu" in table and table["unenhanced_hu"].notna().any():
+        report.warn(TABLE_FILE, "cohort.json says ct_intensities is false, yet unenhanced_hu has values")
+
+
+def _check_split_leakage(table: pd.DataFrame, report: ValidationReport) -> None:
+    if "split" not in table or table["split"].isna().all():
+        return
+    splits_per_patient = table.dropna(subset=["split"]).groupby("patient_id")["split"].agg(lambda s: sorted(set(s)))
+    for patient_id, splits in splits_per_patient.items():
+        if len(splits) > 1:
+            rows = [i + 2 for i in table.index[table["patient_id"] == patient_id]]
+            report.error(
+                f"{TABLE_FILE} rows {rows}",
+                f"patient {patient_id!r} is in splits {splits}; a patient's lesions must all be in one split "
+                "(otherwise the test set leaks into training)",
+            )
+
+
+def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: ValidationReport) -> None:
+    row = cohort.table.iloc[index]
+    where = f"{TABLE_FILE} row {index + 2} (lesion {row['lesion_id']})"
+    try:
+        lesion = cohort.lesion(index)
+    except UserInputError as err:
+        report.error(where, str(err).split(": ", 1)[-1])
+        return
+    try:
+        mask = read_image(lesion.mask_path)
+    except UserInputError as err:
+        report.error(where, f"mask: {err}")
+        return
+    _check_mask_values(mask, lesion, where, report)
+
+    if not lesion.phase_paths:
+        report.error(where, f"no CT phase file; fill at least one of {[PATH_COLUMNS[p] for p in cohort.spec.phases]}")
+        return
+    missing = [p for p in cohort.spec.phases if p not in lesion.phase_paths]
+    if missing:
+        report.warn(where, f"phase(s) {missing} missing for this lesion; models will treat them as missing")
+    reference_phase = next(p for p in cohort.spec.phases if p in lesion.phase_paths)
+    geometries = {"mask": (lesion.mask_path, Geometry.of(mask))}
+    for phase, path in lesion.phase_paths.items():
+        try:
+            geometries[phase] = (path, Geometry.of(read_image_header(path)))
+        except UserInputError as err:
+            report.error(where, f"{phase} phase: {err}")
+    if reference_phase not in geometries:
+        return
+    ref_path, ref_geometry = geometries[reference_phase]
+    for name, (path, geometry) in geometries.items():
+        if name == reference_phase:
+            continue
+        differences = geometry_differences(ref_geometry, geometry)
+        if not differences:
+            continue
+        text = (f"{name} ({path.name}) and the {reference_phase} phase ({ref_path.name}) do not share physical "
+                "space: " + "; ".join(differences))
+        if resample:
+            report.warn(where, text + f" (it will be resampled onto the {reference_phase} grid)")
+        else:
+            report.error(where, text + f"; re-export them on one grid, or pass --resample to resample "
+                                       f"onto the {reference_phase} grid")
+
+
+def _check_mask_values(mask: sitk.Image, lesion: LesionRecord, where: str, report: ValidationReport) -> None:
+    values = sitk.GetArrayViewFromImage(mask)
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.equal(np.mod(values, 1), 0)):
+        report.error(where, f"mask {lesion.mask_path.name} holds fractional values; give a binary or label mask")
+        return
+    labels = np.unique(values)
+    nonzero = [int(v) for v in labels if v != 0]
+    if lesion.mask_label is not None:
+        if lesion.mask_label not in nonzero:
+            report.error(where, f"mask {lesion.mask_path.name} has no voxel with label {lesion.mask_label} "
+                                f"(labels present: {nonzero or 'none'})")
+    elif not nonzero:
+        report.error(where, f"mask {lesion.mask_path.name} is empty (no non-zero voxel); segment the lesion")
+    elif len(nonzero) > 1:
+        report.error(where, f"mask {lesion.mask_path.name} holds several labels {nonzero[:10]}; "
+                            "set mask_label to this lesion's label value")
+
+
+def summarise(table: pd.DataFrame, spec: CohortSpec) -> dict:
+    """Cohort summary as plain data (printed by the CLI, stored in reports)."""
+    summary: dict = {
+        "name": spec.name,
+        "label_meaning": spec.label_meaning,
+        "lesions": int(len(table)),
+        "patients": int(table["patient_id"].nunique()),
+        "centres": {str(k): int(v) for k, v in table["centre"].value_counts().sort_index().items()},
+        "phases": {p: int(table[PATH_COLUMNS[p]].notna().sum()) if PATH_COLUMNS[p] in table else 0
+                   for p in spec.phases},
+    }
+    if "label" in table and table["label"].notna().any():
+        labels = table["label"].dropna().astype(int)
+        summary["class_balance"] = {"benign": int((labels == 0).sum()), "malignant": int((labels == 1).sum()),
+                                    "unlabelled": int(table["label"].isna().sum())}
+        summary["malignant_by_centre"] = {
+            str(c): f"{int(g['label'].sum())}/{len(g)}" for c, g in table.groupby("centre")
+        }
+    if "lesion_type" in table and table["lesion_type"].notna().any():
+        summary["lesion_types"] = {str(k): int(v) for k, v in table["lesion_type"].value_counts().items()}
+    if "split" in table and table["split"].notna().any():
+        summary["splits"] = {str(k): int(v) for k, v in table["split"].value_counts().sort_index().items()}
+    data_columns = [c for c in table.columns if not c.endswith("_path") and c not in ("mask_label",)]
+    summary["missing_percent"] = {c: round(100 * float(table[c].isna().mean()), 1) for c in data_columns}
+    summary["labs_missing_percent"] = {c: summary["missing_percent"][c] for c in LAB_COLUMNS if c in table}
+    return summary

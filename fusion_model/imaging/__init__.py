@@ -1,0 +1,1 @@
+"""CT imaging: reading volumes, geometry checks, lesion-centred crops and their cache."""

@@ -1,0 +1,65 @@
+"""On-disk cache of lesion crops, keyed by file contents and preprocessing settings.
+
+Crops are .npy arrays, features small JSON files. A key is the SHA-256 of the input files' contents, the lesion's mask label, the channel
+list and the settings; a changed file or setting gives a new key, so stale crops are never
+read. Entries are plain .npy files (no pickle) written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from fusion_model.fileio import atomic_save_npy, atomic_write_json, sha256_path
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("FUSION_MODEL_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fusion-model"
+
+
+class ImageCache:
+    def __init__(self, root: Path | None):
+        self.root = None if root is None else Path(root) / "images"
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, files: list[Path], settings: dict) -> str:
+        payload = {"format": CACHE_FORMAT, "files": [sha256_path(f) for f in files], "settings": settings}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key: str, suffix: str) -> Path:
+        assert self.root is not None
+        return self.root / key[:2] / f"{key}{suffix}"
+
+    def _get_or_compute(self, key: str, suffix: str, compute: Callable, read: Callable, write: Callable):
+        if self.root is None:
+            self.misses += 1
+            return compute()
+        path = self.path(key, suffix)
+        if path.is_file():
+            try:
+                value = read(path)
+                self.hits += 1
+                return value
+            except (ValueError, OSError):
+                path.unlink(missing_ok=True)  # damaged entry: recompute
+        value = compute()
+        write(path, value)
+        self.misses += 1
+        return value
+
+    def array(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        return self._get_or_compute(key, ".npy", compute, lambda p: np.load(p, allow_pickle=False), atomic_save_npy)
+
+    def json(self, key: str, compute: Callable[[], dict]) -> dict:
+        return self._get_or_compute(key, ".json", compute, lambda p: json.loads(p.read_text()), atomic_write_json)

@@ -1,0 +1,92 @@
+"""One pass over a cohort's images: lesion crops and radiological features, cached.
+
+Lesions are read one at a time. A lesion that cannot be read goes to the errors table and
+the pass goes on, unless ``strict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fusion_model.cohort.load import Cohort, LesionRecord
+from fusion_model.errors import UserInputError
+from fusion_model.features.radiological import radiological_features
+from fusion_model.imaging.cache import ImageCache
+from fusion_model.imaging.preprocess import LesionVolumes, PreprocessConfig, crop_channels, lesion_crop, \
+    load_lesion_volumes
+from fusion_model.progress import track
+
+FEATURES_VERSION = 1
+
+
+@dataclass
+class LesionError:
+    lesion_id: str
+    row: int
+    message: str
+
+
+@dataclass
+class CohortImages:
+    lesion_ids: list[str]
+    channels: list[str]
+    crops: np.ndarray | None  # (lesions, channels, z, y, x) float16, rows follow lesion_ids
+    features: pd.DataFrame  # index lesion_id
+    errors: list[LesionError] = field(default_factory=list)
+
+    def errors_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([e.__dict__ for e in self.errors], columns=["lesion_id", "row", "message"])
+
+
+def _files(lesion: LesionRecord) -> list:
+    return [*lesion.phase_paths.values(), lesion.mask_path]
+
+
+def extract_cohort_images(
+    cohort: Cohort,
+    config: PreprocessConfig,
+    cache: ImageCache,
+    crops: bool = True,
+    features: bool = True,
+    strict: bool = False,
+    progress: bool = True,
+) -> CohortImages:
+    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities)
+    crop_settings = {"kind": "crop", "config": config.model_dump(mode="json"), "channels": channels}
+    feature_settings = {"kind": "features", "version": FEATURES_VERSION, "ct": cohort.spec.ct_intensities,
+                        "resample": config.resample_mismatched}
+    ids, arrays, rows, errors = [], [], [], []
+    for lesion in track(cohort.lesions(), "reading lesions", total=len(cohort.table), enabled=progress):
+        volumes: list[LesionVolumes] = []
+
+        def load() -> LesionVolumes:
+            if not volumes:
+                volumes.append(load_lesion_volumes(
+                    lesion.phase_paths, lesion.mask_path, lesion.mask_label, cohort.spec.phases,
+                    config.resample_mismatched, where=f"lesion {lesion.lesion_id} (clinical.csv row {lesion.row})",
+                ))
+            return volumes[0]
+
+        try:
+            files = _files(lesion)
+            if crops:
+                key = cache.key(files, {**crop_settings, "mask_label": lesion.mask_label})
+                arrays.append(cache.array(key, lambda: lesion_crop(load(), channels, config)))
+            if features:
+                key = cache.key(files, {**feature_settings, "mask_label": lesion.mask_label})
+                rows.append(cache.json(key, lambda: radiological_features(
+                    load().phases, load().mask, cohort.spec.ct_intensities)))
+            ids.append(lesion.lesion_id)
+        except UserInputError as err:
+            if strict:
+                raise
+            if crops and len(arrays) > len(ids):
+                arrays.pop()
+            errors.append(LesionError(lesion.lesion_id, lesion.row, str(err)))
+    crop_array = np.stack(arrays) if crops and arrays else None
+    feature_frame = pd.DataFrame(rows, index=pd.Index(ids, name="lesion_id")) if features else \
+        pd.DataFrame(index=pd.Index(ids, name="lesion_id"))
+    return CohortImages(ids, channels, crop_array, feature_frame, errors)

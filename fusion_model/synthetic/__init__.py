@@ -1,0 +1,1 @@
+"""Synthetic adrenal cohorts with published per-type distributions and an exact oracle."""

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set-up and entry point. Creates the virtual environment on first use (CPU torch first,
+# so pip never pulls a multi-GB CUDA build), reinstalls when pyproject.toml changes.
+#
+#   bash scripts/fm.sh demo [options]   the main job on a synthetic cohort
+#   bash scripts/fm.sh test [pytest args]   the test suite
+#   bash scripts/fm.sh run COMMAND ...  any fusion-model command
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${FUSION_MODEL_VENV:-.venv}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+TORCH_SPEC="${FUSION_MODEL_TORCH:-torch==2.13.0}"
+STAMP="$VENV/.fusion-model-installed"
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $TORCH_SPEC"
+
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+    echo "setting up $VENV (one time) ..." >&2
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    # CPU build of torch first; FUSION_MODEL_TORCH_INDEX may name a CPU wheel index elsewhere.
+    "$VENV/bin/python" -m pip install -q ${FUSION_MODEL_TORCH_INDEX:+--index-url "$FUSION_MODEL_TORCH_INDEX"} "$TORCH_SPEC"
+    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    echo "$WANT" > "$STAMP"
+fi
+
+cmd="${1:-demo}"
+shift || true
+case "$cmd" in
+    demo) exec "$VENV/bin/fusion-model" demo "$@" ;;
+    test) exec "$VENV/bin/python" -m pytest "$@" ;;
+    run)  exec "$VENV/bin/fusion-model" "$@" ;;
+    *) echo "usage: bash scripts/fm.sh demo|test|run ..." >&2; exit 2 ;;
+esac

@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fusion_model.features.radiological import (
+    attenuation_features, enhancement_features, fill_from_features, radiological_features, shape_features,
+)
+
+
+def ellipsoid(semi_mm, spacing, size_mm=64.0):
+    n = [int(round(size_mm / s)) for s in spacing]  # x, y, z
+    axes = [(np.arange(n[i]) + 0.5) * spacing[i] - size_mm / 2 for i in range(3)]
+    z, y, x = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+    inside = (x / semi_mm[0]) ** 2 + (y / semi_mm[1]) ** 2 + (z / semi_mm[2]) ** 2 <= 1
+    image = sitk.GetImageFromArray(inside.astype(np.uint8))
+    image.SetSpacing(spacing)
+    return image
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.5), (1.5, 1.5, 3.0)])
+def test_sphere_of_20_mm(spacing):
+    f = shape_features(ellipsoid((10, 10, 10), spacing))
+    voxel = max(spacing)
+    assert abs(f["max_diameter_3d_mm"] - 20) <= voxel
+    assert abs(f["max_axial_diameter_mm"] - 20) <= max(spacing[:2])
+    assert f["volume_ml"] == pytest.approx(4 / 3 * math.pi * 1000 / 1000, rel=0.05)
+    assert f["elongation"] == pytest.approx(1, abs=0.1) and f["flatness"] == pytest.approx(1, abs=0.1)
+    assert f["sphericity"] == pytest.approx(1, abs=0.1)
+
+
+@pytest.mark.parametrize("spacing", [(0.8, 0.8, 2.0), (1.2, 0.9, 1.5)])
+def test_ellipsoid_on_anisotropic_grid(spacing):
+    semi = (15.0, 10.0, 6.0)
+    f = shape_features(ellipsoid(semi, spacing))
+    # the largest axial section is on the slice nearest the equator, half a slice away here
+    z_nearest = spacing[2] / 2 if round(64 / spacing[2]) % 2 == 0 else 0.0
+    expected_axial = 2 * semi[0] * math.sqrt(1 - (z_nearest / semi[2]) ** 2)
+    assert abs(f["max_axial_diameter_mm"] - expected_axial) <= max(spacing[:2])
+    assert abs(f["max_diameter_3d_mm"] - 30) <= max(spacing)
+    assert f["volume_ml"] == pytest.approx(4 / 3 * math.pi * 15 * 10 * 6 / 1000, rel=0.05)
+    assert f["elongation"] == pytest.approx(1.5, rel=0.1)
+    assert f["flatness"] == pytest.approx(10 / 6, rel=0.1)
+    assert f["sphericity"] < 0.95
+
+
+def test_attenuation_statistics_on_a_known_distribution():
+    mask = ellipsoid((10, 10, 10), (1, 1, 1))
+    values = np.where(np.indices(sitk.GetArrayFromImage(mask).shape)[2] % 2 == 0, 0.0, 40.0).astype(np.float32)
+    image = sitk.GetImageFromArray(values)
+    f = attenuation_features(image, mask, "unenhanced", detailed=True)
+    assert f["unenhanced_mean_hu"] == pytest.approx(20, abs=1.5)
+    assert f["unenhanced_p10_hu"] == 0 and f["unenhanced_p90_hu"] == 40
+    assert f["unenhanced_fraction_le_10hu"] == pytest.approx(0.5, abs=0.05)
+    assert f["unenhanced_sd_hu"] == pytest.approx(20, abs=1)
+
+
+def test_enhancement_and_washout():
+    out = enhancement_features({"unenhanced": 20.0, "venous": 100.0, "delayed": 40.0})
+    assert out["venous_enhancement_hu"] == 80
+    assert out["absolute_washout_percent"] == pytest.approx(75)
+    assert out["relative_washout_percent"] == pytest.approx(60)
+    assert enhancement_features({"venous": 100.0}) == {}
+
+
+def test_phase_means_and_mask_only_cohorts():
+    mask = ellipsoid((8, 8, 8), (1, 1, 1))
+    phases = {p: sitk.Cast(mask, sitk.sitkFloat32) * hu for p, hu in (("unenhanced", 10.0), ("venous", 90.0))}
+    f = radiological_features(phases, mask, ct_intensities=True)
+    assert f["venous_mean_hu"] == pytest.approx(90) and f["venous_enhancement_hu"] == pytest.approx(80)
+    assert "unenhanced_mean_hu" not in radiological_features(phases, mask, ct_intensities=False)
+
+
+def test_table_values_filled_or_compared():
+    feats = {"max_axial_diameter_mm": 30.0, "unenhanced_mean_hu": 25.0}
+    filled, notes = fill_from_features({"size_mm": float("nan"), "unenhanced_hu": None}, feats)
+    assert filled["size_mm"] == 30 and filled["unenhanced_hu"] == 25 and notes == []
+    kept, notes = fill_from_features({"size_mm": 20.0, "unenhanced_hu": 5.0}, feats)
+    assert kept["size_mm"] == 20 and len(notes) == 2
+    _, notes = fill_from_features({"size_mm": 28.0, "unenhanced_hu": 20.0}, feats)
+    assert notes == []

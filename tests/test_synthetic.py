@@ -1,0 +1,103 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from clinical_schema import MALIGNANT_LESION_TYPES
+from fusion_model.cohort import load_cohort, validate_cohort
+from fusion_model.errors import UserInputError
+from fusion_model.imaging.cache import ImageCache
+from fusion_model.imaging.extract import extract_cohort_images
+from fusion_model.imaging.preprocess import PreprocessConfig
+from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort, synthesize_patient
+from fusion_model.synthetic.profiles import (
+    PROFILES, draw_latents, draw_type, oracle_risk,
+)
+
+
+def test_synthetic_cohort_validates_clean(synthetic_cohort):
+    report = validate_cohort(synthetic_cohort, require_label=True, progress=False)
+    assert report.ok, [p.line() for p in report.errors]
+    assert report.warnings == []
+    assert set(report.summary["centres"]) == {"centre_a", "centre_b", "centre_c"}
+    table = pd.read_csv(synthetic_cohort / "clinical.csv")
+    assert (table.groupby("patient_id").size() == 2).any(), "some patients have two lesions"
+    assert "oracle_risk" not in table and "generator_type" not in table
+
+
+def test_truth_file_matches_table_and_labels(synthetic_cohort):
+    table = pd.read_csv(synthetic_cohort / "clinical.csv")
+    truth = pd.read_csv(synthetic_cohort / "truth.csv")
+    merged = table.merge(truth, on="lesion_id", suffixes=("", "_truth"))
+    assert len(merged) == len(table)
+    assert (merged["label"] == merged["label_truth"]).all()
+    assert (merged["label"] == merged["lesion_type"].isin(MALIGNANT_LESION_TYPES)).all()
+    assert truth["oracle_risk"].between(0, 1).all()
+
+
+def test_image_features_follow_the_table(synthetic_cohort):
+    cohort = load_cohort(synthetic_cohort)
+    images = extract_cohort_images(cohort, PreprocessConfig(), ImageCache(None), crops=False, progress=False)
+    assert images.errors == []
+    table = cohort.table.set_index("lesion_id").loc[images.features.index]
+    size_ratio = images.features["max_axial_diameter_mm"] / table["size_mm"]
+    assert size_ratio.between(0.8, 1.25).mean() > 0.9
+    hu_diff = images.features["unenhanced_mean_hu"] - table["unenhanced_hu"]
+    assert hu_diff.abs().median() < 6  # table value = noise-free mean + reader noise; image adds CT noise
+
+
+def test_same_seed_same_cohort(tmp_path):
+    config = SynthConfig(patients=2, seed=3, workers=1)
+    (tmp_path / "a" / "images").mkdir(parents=True), (tmp_path / "a" / "masks").mkdir()
+    (tmp_path / "b" / "images").mkdir(parents=True), (tmp_path / "b" / "masks").mkdir()
+    rows_a, truth_a = synthesize_patient(1, config, tmp_path / "a")
+    rows_b, truth_b = synthesize_patient(1, config, tmp_path / "b")
+    assert rows_a == rows_b and truth_a == truth_b
+
+
+def test_published_distributions_hold_in_a_large_draw():
+    rng = np.random.default_rng(0)
+    draws = [(p, draw_latents(p, rng)) for p in (draw_type(rng) for _ in range(4000))]
+    by = lambda name: [l for p, l in draws if p.name == name]  # noqa: E731
+    malignant_share = np.mean([p.malignant for p, _ in draws])
+    assert 0.22 < malignant_share < 0.30  # surgical series, about 26%
+    assert all(l["unenhanced_hu"] <= 10 for l in by("adenoma_lipid_rich"))
+    assert all(l["unenhanced_hu"] > 20 for l in by("adrenocortical_carcinoma"))
+    acc_sizes = np.array([l["size_mm"] for l in by("adrenocortical_carcinoma")])
+    assert np.mean(acc_sizes >= 40) > 0.95  # 96 of 98 ACC >= 4 cm (EURINE-ACT)
+    pheo_mn = np.array([l["plasma_metanephrines_xuln"] for l in by("pheochromocytoma")])
+    other_mn = np.array([l["plasma_metanephrines_xuln"] for p, l in draws if p.name != "pheochromocytoma"])
+    assert 0.88 < np.mean(pheo_mn > 1) < 0.98 and 0.92 < np.mean(other_mn <= 1) < 0.99
+    history = np.array([l["history_extra_adrenal_malignancy"] for _, l in draws]) > 0.5
+    metastatic = np.array([p.name == "metastasis" for p, _ in draws])
+    assert 0.25 < metastatic[history].mean() < 0.45  # mass in a cancer patient: metastatic in 30-40%
+
+
+def test_oracle_is_the_bayes_posterior():
+    """Empirical malignancy rate among lesions with a given oracle risk matches that risk."""
+    rng = np.random.default_rng(1)
+    observed = frozenset({"size_mm", "unenhanced_hu"})
+    labels, risks = [], []
+    for _ in range(6000):
+        p = draw_type(rng)
+        labels.append(p.malignant)
+        risks.append(oracle_risk(draw_latents(p, rng), observed))
+    labels, risks = np.array(labels), np.array(risks)
+    for lo, hi in [(0, 0.1), (0.1, 0.5), (0.5, 0.9), (0.9, 1.0)]:
+        sel = (risks >= lo) & (risks < hi)
+        assert sel.sum() > 50
+        assert abs(labels[sel].mean() - risks[sel].mean()) < 0.05
+    assert roc_auc_score(labels[:2000], risks[:2000]) < 0.95  # size + HU alone leave room
+
+
+def test_prevalences_sum_to_one():
+    assert sum(p.prevalence for p in PROFILES) == pytest.approx(1.0)
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    out = tmp_path / "cohort"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserInputError, match="already exists"):
+        synthesize_cohort(out, SynthConfig(patients=1), progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
