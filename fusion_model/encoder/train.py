@@ -1,0 +1,238 @@
+"""Training one encoder: AdamW, one-cycle or cosine schedule, class weighting, early stopping on
+validation AUC, a checkpoint per epoch (a killed run resumes), deterministic on CPU.
+
+Determinism: initial weights come from ``seed``; each epoch reseeds the batch order, the
+augmentation and dropout from (seed, epoch), so a run resumed from its epoch-``e`` checkpoint continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from sklearn.metrics import roc_auc_score
+
+from fusion_model.configbase import StrictModel
+from fusion_model.encoder.network import LesionEncoder
+from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
+from fusion_model.encoder.transforms import augment, flip_views, training_transforms
+from fusion_model.errors import UserInputError
+from fusion_model.fileio import atomic_write
+from fusion_model.progress import track
+
+
+class EncoderConfig(StrictModel):
+    kind: Literal["3d", "2.5d"] = "3d"
+    width: int = Field(16, ge=4, le=128)
+    depth: int = Field(3, ge=1, le=5)
+    embedding_size: int = Field(32, ge=2, le=512)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    stem_stride: int = Field(4, ge=1, le=8)
+    mask_pooling: bool = Field(True, description="pool features over the lesion as well as the whole crop")
+    epochs: int = Field(30, ge=1, le=1000)
+    batch_size: int = Field(16, ge=2, le=512)
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    patience: int = Field(8, ge=1)
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    class_weighting: Literal["balanced", "none"] = "balanced"
+    augmentation_strength: float = Field(1.0, ge=0, le=3)
+    hu_jitter: float = Field(10.0, ge=0, description="intensity shift, HU")
+    tta_views: int = Field(4, ge=1, le=4, description="1 = no test-time augmentation; up to 4 axial flips")
+    folds: int = Field(5, ge=2, le=20)
+    seed: int = 0
+    slices_per_lesion: int = Field(6, ge=1, description="2.5D: slice stacks per lesion per epoch")
+    aggregation: Literal["topk_mean", "fraction_above"] = "topk_mean"
+    top_k: int = Field(3, ge=1)
+    operating_value: float = Field(0.5, gt=0, lt=1)
+    inference_batch_size: int = Field(64, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+EpochHook = Callable[[int, dict], None]
+
+
+def build_network(config: EncoderConfig, crop_channels: int) -> LesionEncoder:
+    """The network for crops of ``crop_channels`` channels (phases then mask)."""
+    dims = 3 if config.kind == "3d" else 2
+    in_channels = crop_channels if dims == 3 else crop_channels * 3
+    # the mask is the last crop channel; in 2.5D stacks its middle slice is channel 3 * (C - 1) + 1
+    mask_channel = -1 if dims == 3 else 3 * (crop_channels - 1) + 1
+    return LesionEncoder(dims, in_channels, width=config.width, depth=config.depth,
+                         embedding_size=config.embedding_size, dropout=config.dropout,
+                         stem_stride=config.stem_stride, mask_channel=mask_channel if config.mask_pooling else None)
+
+
+def _as_float(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+
+
+@torch.inference_mode()
+def predict(model: LesionEncoder, crops: np.ndarray, config: EncoderConfig,
+            tta_views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lesion logits (n,) and embeddings (n, embedding_size); TTA averages axial flips."""
+    views = config.tta_views if tta_views is None else tta_views
+    model.eval()
+    logits, embeddings = [], []
+    if config.kind == "3d":
+        for start in range(0, len(crops), config.inference_batch_size):
+            batch = _as_float(crops[start:start + config.inference_batch_size])
+            outs = [model(v) for v in flip_views(batch, views)]
+            logits.append(torch.stack([o[0] for o in outs]).mean(0))
+            embeddings.append(torch.stack([o[1] for o in outs]).mean(0))
+        return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()
+    for crop in crops:
+        tensor = _as_float(crop)
+        stacks = slice_stacks(tensor, lesion_slice_indices(tensor))
+        outs = [model(v) for v in flip_views(stacks, views)]
+        slice_logits = torch.stack([o[0] for o in outs]).mean(0)
+        slice_embeddings = torch.stack([o[1] for o in outs]).mean(0)
+        logit, embedding = aggregate(slice_logits, slice_embeddings, config.aggregation, config.top_k,
+                                     config.operating_value)
+        logits.append(logit)
+        embeddings.append(embedding)
+    return torch.stack(logits).numpy(), torch.stack(embeddings).numpy()
+
+
+def _training_batch(crops: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform, config: EncoderConfig,
+                    rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    augmented = [augment(crops[i], transform) for i in indices]
+    if config.kind == "3d":
+        return torch.stack(augmented), torch.as_tensor(labels[indices], dtype=torch.float32)
+    xs, ys = [], []
+    for crop, i in zip(augmented, indices):
+        available = lesion_slice_indices(crop)
+        chosen = rng.choice(available, size=min(config.slices_per_lesion, len(available)), replace=False)
+        xs.append(slice_stacks(crop, np.sort(chosen)))
+        ys.extend([labels[i]] * len(chosen))
+    return torch.cat(xs), torch.as_tensor(np.asarray(ys), dtype=torch.float32)
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+@dataclass
+class TrainResult:
+    model: LesionEncoder
+    best_epoch: int
+    best_val_auc: float | None
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+
+
+def train_encoder(
+    crops: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray | None,
+    config: EncoderConfig,
+    hu_window: tuple[float, float] = (-200.0, 300.0),
+    epochs: int | None = None,
+    checkpoint: Path | None = None,
+    on_epoch: EpochHook | None = None,
+    progress: bool = True,
+    description: str = "training encoder",
+) -> TrainResult:
+    """Train on ``train_idx``; early-stop on ``val_idx`` (AUC) when given, else run all epochs."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    labels = np.asarray(labels).astype(np.float32)
+    epochs = epochs or config.epochs
+    torch.manual_seed(config.seed)
+    model = build_network(config, crops.shape[1])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = int(np.ceil(len(train_idx) / config.batch_size))
+    total_steps = epochs * steps_per_epoch
+    if config.schedule == "onecycle" and total_steps >= 4:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=total_steps,
+                                                        pct_start=max(0.2, 2.0 / total_steps))
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    positives = float(labels[train_idx].sum())
+    pos_weight = None
+    if config.class_weighting == "balanced" and 0 < positives < len(train_idx):
+        pos_weight = torch.tensor((len(train_idx) - positives) / positives)
+    transform = training_transforms(config.augmentation_strength, hu_window, config.hu_jitter)
+
+    run_key = hashlib.sha256(f"{config.fingerprint()}|{epochs}|{np.asarray(train_idx).tobytes().hex()}|"
+                             f"{None if val_idx is None else np.asarray(val_idx).tobytes().hex()}".encode()).hexdigest()
+    state = {"epoch": -1, "best_auc": -np.inf, "best_neg_loss": -np.inf, "best_epoch": -1, "bad_epochs": 0,
+             "history": [], "best_model": None}
+    resumed = None
+    if checkpoint is not None and Path(checkpoint).is_file():
+        saved = torch.load(checkpoint, weights_only=True)
+        if saved.get("run_key") != run_key:
+            raise UserInputError(f"{checkpoint}: checkpoint of a different training run (other config, data or "
+                                 "split); delete it or use another checkpoint folder")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = {k: saved[k] for k in state}
+        resumed = state["epoch"]
+
+    epoch_iter = range(state["epoch"] + 1, epochs)
+    for epoch in track(epoch_iter, description, total=len(epoch_iter), enabled=progress):
+        if val_idx is not None and state["bad_epochs"] >= config.patience:
+            break
+        model.train()
+        generator = np.random.default_rng([config.seed, epoch])
+        transform.set_random_state(seed=int(generator.integers(2**31 - 1)))
+        torch.manual_seed(int(generator.integers(2**31 - 1)))  # dropout
+        order = generator.permutation(train_idx)
+        total_loss = 0.0
+        for start in range(0, len(order), config.batch_size):
+            batch_idx = order[start:start + config.batch_size]
+            if len(batch_idx) < 2:
+                continue  # BatchNorm needs two examples
+            x, y = _training_batch(crops, labels, batch_idx, transform, config, generator)
+            logits, _ = model(x)
+            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(batch_idx)
+        record = {"epoch": epoch, "train_loss": total_loss / len(order), "lr": scheduler.get_last_lr()[0]}
+        if val_idx is not None:
+            val_logits, _ = predict(model, crops[val_idx], config, tta_views=1)
+            record["val_auc"] = _auc(labels[val_idx], val_logits)
+            record["val_loss"] = float(F.binary_cross_entropy_with_logits(
+                torch.from_numpy(val_logits), torch.from_numpy(labels[val_idx])))
+            # higher AUC wins; on a tie (small validation sets saturate) lower loss wins
+            score = (record["val_auc"] if not np.isnan(record["val_auc"]) else 0.0, -record["val_loss"])
+            if score > (state["best_auc"], state["best_neg_loss"]):
+                state.update(best_auc=score[0], best_neg_loss=score[1], best_epoch=epoch, bad_epochs=0,
+                             best_model=copy.deepcopy(model.state_dict()))
+            else:
+                state["bad_epochs"] += 1
+        else:
+            state.update(best_epoch=epoch, best_model=None)
+        state["epoch"] = epoch
+        state["history"].append(record)
+        if checkpoint is not None:
+            payload = {"run_key": run_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), **state}
+            atomic_write(Path(checkpoint), lambda tmp: torch.save(payload, tmp))
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+
+    if state["best_model"] is not None:
+        model.load_state_dict(state["best_model"])
+    model.eval()
+    best_auc = None if val_idx is None else float(state["best_auc"])
+    return TrainResult(model, state["best_epoch"], best_auc, state["history"], resumed)

@@ -1,0 +1,152 @@
+import numpy as np
+import pytest
+import torch
+
+from fusion_model.encoder.estimator import ImageEncoder
+from fusion_model.encoder.network import LesionEncoder, count_flops
+from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
+from fusion_model.encoder.train import EncoderConfig, build_network, predict, train_encoder
+from fusion_model.encoder.transforms import augment, training_transforms
+
+TINY = dict(width=4, depth=2, embedding_size=8, stem_stride=2, batch_size=8, tta_views=2)
+
+
+def toy_crops(n=48, size=16, seed=0, signal=1.0):
+    """Crops (n, 2, s, s, s): one CT channel + mask; malignant lesions are larger and brighter."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    z, y, x = np.indices((size,) * 3) - (size - 1) / 2
+    crops = np.empty((n, 2, size, size, size), dtype=np.float16)
+    for i, label in enumerate(labels):
+        radius = rng.uniform(2.5, 4.0) + signal * 2.0 * label
+        mask = (z ** 2 + y ** 2 + x ** 2) <= radius ** 2
+        ct = 0.3 + 0.05 * rng.standard_normal((size,) * 3)
+        ct[mask] += 0.1 + signal * 0.15 * label
+        crops[i, 0], crops[i, 1] = ct, mask
+    patients = np.array([f"P{i // 2 if i % 4 < 2 else i}" for i in range(n)])  # some patients, two lesions
+    return crops, labels, patients
+
+
+@pytest.mark.parametrize("kind, dims", [("3d", 3), ("2.5d", 2)])
+def test_output_shapes_and_embedding_size(kind, dims):
+    config = EncoderConfig(kind=kind, **TINY)
+    model = build_network(config, crop_channels=2)
+    assert model.spatial_dims == dims
+    crops, _, _ = toy_crops(n=5)
+    logits, embeddings = predict(model, crops, config)
+    assert logits.shape == (5,) and embeddings.shape == (5, 8)
+    assert np.isfinite(logits).all()
+
+
+def test_flops_counted_for_a_64_cube():
+    model = LesionEncoder(3, 2, width=16, depth=3, embedding_size=32)
+    flops = count_flops(model, (2, 64, 64, 64))
+    assert 5e7 < flops < 1e9
+
+
+def test_gradients_reach_the_first_layer():
+    model = LesionEncoder(3, 2, width=4, depth=2, embedding_size=8, stem_stride=2)
+    x = torch.rand(3, 2, 16, 16, 16)
+    logits, _ = model(x)
+    logits.sum().backward()
+    grad = model.first_layer().weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_same_seed_gives_identical_logits():
+    crops, labels, _ = toy_crops()
+    config = EncoderConfig(epochs=2, **TINY)
+    idx = np.arange(len(labels))
+    a = predict(train_encoder(crops, labels, idx, None, config, progress=False).model, crops, config)[0]
+    b = predict(train_encoder(crops, labels, idx, None, config, progress=False).model, crops, config)[0]
+    assert np.array_equal(a, b)
+    c = predict(train_encoder(crops, labels, idx, None, config.model_copy(update={"seed": 1}),
+                              progress=False).model, crops, config)[0]
+    assert not np.array_equal(a, c)
+
+
+def test_resumed_training_continues_from_its_checkpoint(tmp_path):
+    crops, labels, _ = toy_crops()
+    config = EncoderConfig(epochs=4, **TINY)
+    train, val = np.arange(0, 40), np.arange(40, 48)
+    uninterrupted = train_encoder(crops, labels, train, val, config, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_1(epoch, record):
+        if epoch == 1:
+            raise Killed
+
+    checkpoint = tmp_path / "fold0.pt"
+    with pytest.raises(Killed):
+        train_encoder(crops, labels, train, val, config, checkpoint=checkpoint, on_epoch=kill_after_epoch_1,
+                      progress=False)
+    resumed = train_encoder(crops, labels, train, val, config, checkpoint=checkpoint, progress=False)
+    assert resumed.resumed_from_epoch == 1
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    assert [h["val_auc"] for h in resumed.history] == [h["val_auc"] for h in uninterrupted.history]
+    assert np.array_equal(predict(resumed.model, crops, config)[0], predict(uninterrupted.model, crops, config)[0])
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    crops, labels, _ = toy_crops()
+    config = EncoderConfig(epochs=1, **TINY)
+    checkpoint = tmp_path / "c.pt"
+    train_encoder(crops, labels, np.arange(40), None, config, checkpoint=checkpoint, progress=False)
+    from fusion_model.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="different training run"):
+        train_encoder(crops, labels, np.arange(30), None, config, checkpoint=checkpoint, progress=False)
+
+
+def test_out_of_fold_outputs_never_come_from_a_model_that_saw_the_patient():
+    crops, labels, patients = toy_crops(n=48)
+    encoder = ImageEncoder(EncoderConfig(epochs=2, folds=3, **TINY), progress=False).fit(crops, labels, patients)
+    assert np.isfinite(encoder.oof_logits_).all() and (encoder.fold_of_ >= 0).all()
+    for i, patient in enumerate(patients):
+        assert patient not in encoder.fold_train_patients_[encoder.fold_of_[i]]
+    for k, (train_idx, test_idx) in enumerate(encoder.folds_):
+        assert not set(patients[train_idx]) & set(patients[test_idx])
+    assert encoder.decision_function(crops[:3]).shape == (3,)
+    assert encoder.transform(crops[:3]).shape == (3, 8)
+
+
+@pytest.mark.parametrize("kind", ["3d", "2.5d"])
+def test_learns_a_strong_imaging_signal_out_of_fold(kind):
+    crops, labels, patients = toy_crops(n=64, seed=3)
+    config = EncoderConfig(kind=kind, epochs=12, folds=3, learning_rate=3e-3, **TINY)
+    encoder = ImageEncoder(config, progress=False).fit(crops, labels, patients, fit_final=False)
+    assert encoder.oof_auc_ > 0.85
+
+
+def test_slice_stacks_hold_three_adjacent_slices_per_channel():
+    crop = torch.arange(2 * 6 * 2 * 2, dtype=torch.float32).reshape(2, 6, 2, 2)
+    crop[1] = 0
+    crop[1, 2:4] = 1  # lesion on slices 2 and 3
+    indices = lesion_slice_indices(crop)
+    assert indices.tolist() == [2, 3]
+    stacks = slice_stacks(crop, indices)
+    assert stacks.shape == (2, 6, 2, 2)
+    assert torch.equal(stacks[0, :3], crop[0, 1:4]) and torch.equal(stacks[0, 3:], crop[1, 1:4])
+
+
+def test_slice_aggregation():
+    logits = torch.tensor([-2.0, 0.5, 3.0, 1.0])
+    embeddings = torch.eye(4)
+    top, emb = aggregate(logits, embeddings, "topk_mean", 2, 0.5)
+    assert float(top) == pytest.approx(2.0) and torch.allclose(emb, torch.tensor([0, 0, 0.5, 0.5]))
+    fraction, _ = aggregate(logits, embeddings, "fraction_above", 2, 0.5)
+    assert float(torch.sigmoid(fraction)) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        aggregate(logits, embeddings, "max", 2, 0.5)
+
+
+def test_augmentation_keeps_the_mask_binary_and_aligned():
+    crops, _, _ = toy_crops(n=1, size=24)
+    transform = training_transforms(2.0, (-200, 300))
+    transform.set_random_state(0)
+    for _ in range(10):
+        out = augment(crops[0], transform)
+        assert set(torch.unique(out[1]).tolist()) <= {0.0, 1.0}
+        assert out.shape == (2, 24, 24, 24)
