@@ -24,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(soft_wrap=True)
+if not console.is_terminal:
+    console.width = 160  # logs and pipes: keep tables readable
 err_console = Console(stderr=True)
 
 DEFAULT_DEMO_DIR = Path("reports/demo")
@@ -198,6 +200,78 @@ def preprocess(
                   f"{image_cache.misses} computed, {len(images.errors)} unreadable, {elapsed:.1f} s")
     for error in images.errors:
         console.print(f"[red]error[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
+
+
+def _fmt_auc(value) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
+
+
+def _print_training_summary(run) -> None:
+    model = run.model
+    table = Table(title="out-of-fold AUC on the training lesions")
+    for column in ("model", "method", "OOF AUC", "fusion head", "late fusion", "tabular head", "image only"):
+        table.add_column(column)
+    for variant, info in model.variants_.items():
+        a = info["oof_auc"]
+        table.add_row(variant, info["method"], _fmt_auc(a[info["method"]]), _fmt_auc(a.get("fusion_head")),
+                      _fmt_auc(a.get("late_fusion")), _fmt_auc(a.get("tabular_head")), _fmt_auc(a.get("image_logit")))
+    for rule, auc in model.baseline_oof_auc_.items():
+        table.add_row(f"rule {rule}", "guideline rule", _fmt_auc(auc), "", "", "", "")
+    if run.oracle_auc is not None:
+        table.add_row("oracle (truth.csv)", "generator's true risk", _fmt_auc(run.oracle_auc), "", "", "", "")
+    console.print(table)
+    if run.test_auc:
+        console.print("held-out test AUC: " + ", ".join(f"{k} {_fmt_auc(v)}" for k, v in run.test_auc.items()))
+
+
+def _cache(cache: Optional[Path]):
+    from fusion_model.imaging.cache import ImageCache, default_cache_dir
+
+    return ImageCache(cache or default_cache_dir())
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", help="experiment YAML (see experiments/)")],
+    cohort: Annotated[Path, typer.Option("--cohort", help="labelled cohort directory")],
+    out: Annotated[Path, typer.Option("--out", help="model artifact directory to create, e.g. runs/NAME")],
+    test_centre: Annotated[Optional[str], typer.Option("--test-centre", help="hold this centre out as "
+                                                                             "external test")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Train the encoder, the heads of every variant and the calibration; write a model artifact."""
+    from fusion_model import pipeline
+    from fusion_model.experiment import load_experiment
+
+    experiment = load_experiment(config)
+    run = pipeline.train(experiment, cohort, out, _cache(cache), test_centre=test_centre, strict=strict,
+                         overwrite=overwrite)
+    for error in run.errors:
+        console.print(f"[red]unreadable[/red] lesion {error.lesion_id} (row {error.row}): {error.message}")
+    for note in run.notes[:20]:
+        console.print(f"[yellow]note[/yellow]: {note}")
+    _print_training_summary(run)
+    console.print(f"model written to {out}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option("--model", help="model artifact directory (from train)")],
+    cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory; labels not needed")],
+    out: Annotated[Path, typer.Option("--out", help="predictions CSV to write")],
+    cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
+    strict: Annotated[bool, typer.Option("--strict")] = False,
+) -> None:
+    """Malignancy probability per lesion (every variant, and the guideline rules) as CSV."""
+    from fusion_model import pipeline
+
+    predictions, errors = pipeline.predict(model, cohort, out, _cache(cache), strict=strict)
+    for error in errors:
+        console.print(f"[red]not predicted[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
+    console.print(f"wrote {out}: {len(predictions)} lesions predicted, {len(errors)} not"
+                  + (f" (see {out.with_name(out.stem + '_errors.csv')})" if errors else ""))
 
 
 @app.command()

@@ -1,0 +1,107 @@
+"""Benchmark: encoder training and inference throughput on this machine's CPU.
+
+    python benchmarks/encoder_throughput.py [--seconds 8] [--batch 16]
+
+For 64^3 and 28^3 crops with 1 and 2 channels, prints crops per second for a full training
+step (MONAI augmentation + forward + backward + AdamW) and for inference (no augmentation,
+no TTA), the FLOPs of one forward pass, the achieved GFLOP/s, and beside them a dense fp32
+matmul measured in the same run, so the figures can be read against what the CPU can do.
+Targets (DESIGN.md, 2 cores, 64^3): >= 40 crops/s training, >= 150 crops/s inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def matmul_gflops(seconds: float) -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return 2 * 1024 ** 3 * n / (time.perf_counter() - start) / 1e9
+
+
+def measure(size: int, channels: int, batch: int, seconds: float, config) -> dict:
+    from fusion_model.encoder.network import count_flops
+    from fusion_model.encoder.train import build_network
+    from fusion_model.encoder.transforms import augment, training_transforms
+
+    torch.manual_seed(0)
+    model = build_network(config, channels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    transform = training_transforms(1.0, (-200.0, 300.0))
+    transform.set_random_state(0)
+    rng = np.random.default_rng(0)
+    crops = rng.random((batch, channels, size, size, size)).astype(np.float16)
+    crops[:, -1] = crops[:, -1] > 0.7
+    labels = torch.as_tensor(rng.integers(0, 2, batch), dtype=torch.float32)
+
+    def train_step():
+        x = torch.stack([augment(c, transform) for c in crops])
+        logits, _ = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    train_step()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        train_step()
+        n += batch
+    train_rate = n / (time.perf_counter() - start)
+
+    model.eval()
+    x = torch.from_numpy(np.repeat(crops, 4, axis=0).astype(np.float32))
+    with torch.inference_mode():
+        model(x)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(x)
+            n += len(x)
+    infer_rate = n / (time.perf_counter() - start)
+    flops = count_flops(model, (channels, size, size, size))
+    return {"size": size, "channels": channels, "train": train_rate, "infer": infer_rate, "mflop": flops / 1e6,
+            "train_gflops": 3 * flops * train_rate / 1e9, "infer_gflops": flops * infer_rate / 1e9}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from fusion_model.encoder.train import EncoderConfig
+
+    config = EncoderConfig()
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoder width {config.width}, "
+          f"depth {config.depth}, stem stride {config.stem_stride}, embedding {config.embedding_size}")
+    print(f"dense fp32 matmul 1024^2: {matmul_gflops(args.seconds / 2):.1f} GFLOP/s")
+    print(f"{'crop':>6} {'ch':>3} {'MFLOP/crop':>11} {'train crops/s':>14} {'GFLOP/s':>8} "
+          f"{'infer crops/s':>14} {'GFLOP/s':>8}")
+    for size in (64, 28):
+        for channels in (1, 2):
+            r = measure(size, channels, args.batch, args.seconds, config)
+            print(f"{size:>5}^3 {channels:>3} {r['mflop']:>11.0f} {r['train']:>14.1f} {r['train_gflops']:>8.1f} "
+                  f"{r['infer']:>14.1f} {r['infer_gflops']:>8.1f}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak:.0f} MB; targets at 64^3: train >= 40 crops/s, inference >= 150 crops/s "
+          "(training counts forward + backward as 3x forward FLOPs; augmentation is included in its time)")
+
+
+if __name__ == "__main__":
+    main()

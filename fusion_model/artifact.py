@@ -1,0 +1,155 @@
+"""The model artifact: a directory that can be shared without being able to run code.
+
+    manifest.json        versions, config, feature names, cohort fingerprint, metrics,
+                         calibrators and thresholds as plain numbers, SHA-256 of every file
+    manifest.sha256      SHA-256 of manifest.json
+    encoder.safetensors  encoder weights (safetensors: tensors only)
+    heads/*.json         XGBoost models in XGBoost's own JSON format
+    oof_predictions.csv  out-of-fold probabilities on the training lesions
+
+Nothing is pickled. Loading verifies every hash and the versions, and refuses a modified,
+incomplete or incompatible artifact with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.torch import load_file, save_file
+
+from clinical_schema import SCHEMA_VERSION
+from fusion_model import __version__
+from fusion_model.configbase import parse_model
+from fusion_model.encoder.estimator import ImageEncoder
+from fusion_model.encoder.train import build_network
+from fusion_model.errors import UserInputError
+from fusion_model.experiment import ExperimentConfig
+from fusion_model.fileio import atomic_directory, sha256_file
+from fusion_model.heads.xgb import XGBHead
+from fusion_model.model import FusionModel
+
+FORMAT = "fusion-model-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MANIFEST_HASH = "manifest.sha256"
+ENCODER_FILE = "encoder.safetensors"
+OOF_FILE = "oof_predictions.csv"
+
+
+def _plain(obj):
+    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: bool = False,
+               extra_files: dict[str, str] | None = None) -> Path:
+    """Write the artifact atomically; ``extra_files`` maps relative names to text contents."""
+    model._check_fitted()
+    with atomic_directory(Path(path), overwrite=overwrite) as staging:
+        (staging / "heads").mkdir()
+        state = {k: v.detach().contiguous() for k, v in model.encoder_.model_.state_dict().items()}
+        save_file(state, str(staging / ENCODER_FILE))
+        heads = {}
+        for name, head in model.heads_.items():
+            rel = f"heads/{name}.json"
+            head.save(staging / rel)
+            heads[name] = {"file": rel, "features": head.feature_names}
+        model.oof_.to_csv(staging / OOF_FILE, index_label="lesion_id")
+        for rel, text in (extra_files or {}).items():
+            (staging / rel).write_text(text, encoding="utf-8")
+        files = {p.relative_to(staging).as_posix(): sha256_file(p)
+                 for p in sorted(staging.rglob("*")) if p.is_file()}
+        manifest = _plain({
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "package_version": __version__, "schema_version": SCHEMA_VERSION,
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": model.config.model_dump(mode="json"),
+            "cohort": cohort_info,
+            "crop_channels": model.crop_channels_,
+            "encoder": {"file": ENCODER_FILE, "oof_auc": model.encoder_.oof_auc_,
+                        "final_epochs": model.encoder_.final_epochs_},
+            "pca": model.pca_,
+            "tabular_groups": model.tabular_groups_,
+            "variants": model.variants_,
+            "primary_variant": model.primary_variant,
+            "metrics": {"oof_auc": model.oof_auc_, "baseline_oof_auc": model.baseline_oof_auc_},
+            "heads": heads,
+            "files": files,
+        })
+        text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+        (staging / MANIFEST).write_text(text, encoding="utf-8")
+        (staging / MANIFEST_HASH).write_text(sha256_file(staging / MANIFEST) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def read_manifest(path: Path) -> dict:
+    """The verified manifest of an artifact directory (hashes of every file checked)."""
+    path = Path(path)
+    manifest_path, hash_path = path / MANIFEST, path / MANIFEST_HASH
+    if not manifest_path.is_file() or not hash_path.is_file():
+        raise UserInputError(f"{path}: not a fusion-model artifact ({MANIFEST} or {MANIFEST_HASH} missing); "
+                             "give the folder written by 'fusion-model train'")
+    if sha256_file(manifest_path) != hash_path.read_text().strip():
+        raise UserInputError(f"{manifest_path}: was modified after training (SHA-256 mismatch); "
+                             "the artifact cannot be trusted: retrain or restore it")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{manifest_path}: not valid JSON ({err.msg})") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise UserInputError(f"{path}: artifact format {manifest.get('format')} v{manifest.get('format_version')} "
+                             f"is not {FORMAT} v{FORMAT_VERSION}; retrain it with this fusion-model")
+    if str(manifest.get("schema_version", "")).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise UserInputError(f"{path}: trained with clinical schema {manifest.get('schema_version')}, this "
+                             f"fusion-model uses {SCHEMA_VERSION}; retrain the model")
+    if str(manifest.get("package_version", "")).split(".")[0] != __version__.split(".")[0]:
+        raise UserInputError(f"{path}: written by fusion-model {manifest.get('package_version')}, incompatible "
+                             f"with {__version__}; retrain or install that version")
+    for rel, digest in manifest["files"].items():
+        file = path / rel
+        if not file.is_file():
+            raise UserInputError(f"{file}: missing from the artifact; restore it or retrain")
+        if sha256_file(file) != digest:
+            raise UserInputError(f"{file}: was modified after training (SHA-256 mismatch); "
+                                 "the artifact cannot be trusted: retrain or restore it")
+    return manifest
+
+
+def load_model(path: Path, progress: bool = False) -> FusionModel:
+    """Rebuild a fitted FusionModel from a verified artifact."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    config = parse_model(ExperimentConfig, manifest["config"], f"{path / MANIFEST} config")
+    model = FusionModel(config, progress=progress)
+    encoder = ImageEncoder(model._encoder_config(), config.preprocess.hu_window, progress=progress)
+    network = build_network(encoder.config, manifest["crop_channels"])
+    network.load_state_dict(load_file(str(path / manifest["encoder"]["file"])), strict=True)
+    network.eval()
+    encoder.model_ = network
+    encoder.oof_auc_ = manifest["encoder"]["oof_auc"]
+    encoder.final_epochs_ = manifest["encoder"]["final_epochs"]
+    model.encoder_ = encoder
+    model.crop_channels_ = manifest["crop_channels"]
+    model.pca_ = manifest["pca"]
+    model.tabular_groups_ = manifest["tabular_groups"]
+    model.variants_ = manifest["variants"]
+    model.heads_ = {name: XGBHead.load(path / h["file"], config.xgboost, h["features"])
+                    for name, h in manifest["heads"].items()}
+    model.oof_auc_ = manifest["metrics"]["oof_auc"]
+    model.baseline_oof_auc_ = manifest["metrics"]["baseline_oof_auc"]
+    model.oof_ = pd.read_csv(path / OOF_FILE, index_col="lesion_id")
+    model.manifest_ = manifest
+    return model

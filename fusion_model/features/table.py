@@ -1,0 +1,85 @@
+"""Feature matrices for the heads, by group: imaging, radiological, clinical, laboratory.
+
+Pure functions of the validated table, the image features and the encoder outputs. Missing
+values stay NaN (XGBoost handles them natively); yes/no becomes 1/0, sex becomes
+``sex_female`` (1 F, 0 M).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from fusion_model.experiment import FeatureConfig
+from fusion_model.features.radiological import fill_from_features
+
+
+def encode_column(table: pd.DataFrame, column: str) -> tuple[str, pd.Series]:
+    if column not in table:
+        return column, pd.Series(np.nan, index=table.index, dtype=float)
+    values = table[column]
+    if column == "sex":
+        return "sex_female", values.map({"F": 1.0, "M": 0.0}).astype(float)
+    if str(values.dtype) == "boolean":
+        return column, values.astype("Float64").astype(float)
+    return column, pd.to_numeric(values, errors="coerce").astype(float)
+
+
+def fill_radiological(table: pd.DataFrame, image_features: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """size_mm / unenhanced_hu from the image where the table lacks them; notes where they disagree."""
+    rows, notes = [], []
+    for lesion_id, row in table.iterrows():
+        feats = image_features.loc[lesion_id].to_dict() if lesion_id in image_features.index else {}
+        filled, lesion_notes = fill_from_features(row.to_dict(), feats)
+        rows.append(filled)
+        notes += [f"lesion {lesion_id}: {n}" for n in lesion_notes]
+    return pd.DataFrame(rows, index=table.index), notes
+
+
+def tabular_features(table: pd.DataFrame, image_features: pd.DataFrame, config: FeatureConfig,
+                     extra_features: Sequence[str] = ()) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The tabular feature frame and its column names per group."""
+    columns: dict[str, pd.Series] = {}
+    groups: dict[str, list[str]] = {"radiological": [], "clinical": [], "laboratory": []}
+    for group, names in (("radiological", config.radiological), ("clinical", config.clinical),
+                         ("laboratory", config.laboratory)):
+        for name in names:
+            encoded, values = encode_column(table, name)
+            if values.notna().any():
+                columns[encoded] = values
+                groups[group].append(encoded)
+    if config.extra_as_radiological:
+        for name in extra_features:
+            encoded, values = encode_column(table, name)
+            columns[encoded] = values
+            groups["radiological"].append(encoded)
+    if config.image_radiological:
+        for name in image_features.columns:
+            if name not in columns:
+                columns[name] = image_features[name].reindex(table.index).astype(float)
+                groups["radiological"].append(name)
+    return pd.DataFrame(columns, index=table.index), groups
+
+
+def imaging_features(logits: np.ndarray, embeddings: np.ndarray, pca: dict | None,
+                     index: pd.Index) -> pd.DataFrame:
+    """The encoder's logit and the first principal components of its embedding."""
+    frame = {"image_logit": np.asarray(logits, dtype=float)}
+    if pca is not None and pca["components"]:
+        comps = (np.asarray(embeddings, dtype=float) - np.asarray(pca["mean"])) @ np.asarray(pca["components"]).T
+        for k in range(comps.shape[1]):
+            frame[f"image_pc{k + 1}"] = comps[:, k]
+    return pd.DataFrame(frame, index=index)
+
+
+def fit_pca(embeddings: np.ndarray, n_components: int) -> dict | None:
+    """Principal axes as plain lists (stored in the model manifest)."""
+    if n_components == 0:
+        return None
+    embeddings = np.asarray(embeddings, dtype=float)
+    mean = embeddings.mean(axis=0)
+    _, _, vt = np.linalg.svd(embeddings - mean, full_matrices=False)
+    k = min(n_components, vt.shape[0])
+    return {"mean": mean.tolist(), "components": vt[:k].tolist()}

@@ -1,0 +1,57 @@
+"""An XGBoost head with scikit-learn's fit / decision_function contract, stored as XGBoost JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+
+from fusion_model.experiment import XGBoostConfig
+
+
+class XGBHead:
+    def __init__(self, config: XGBoostConfig, feature_names: Sequence[str], seed: int = 0):
+        self.config = config
+        self.feature_names = list(feature_names)
+        self.seed = seed
+
+    def _params(self, y: np.ndarray) -> dict:
+        c = self.config
+        positives = max(1.0, float(np.sum(y)))
+        monotone = tuple(int(c.monotone.get(name, 0)) for name in self.feature_names)
+        return {
+            "objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
+            "max_depth": c.max_depth, "eta": c.learning_rate, "subsample": c.subsample,
+            "colsample_bytree": c.colsample_bytree, "min_child_weight": c.min_child_weight,
+            "lambda": c.reg_lambda, "alpha": c.reg_alpha, "seed": self.seed, "nthread": 2,
+            "scale_pos_weight": (len(y) - positives) / positives,
+            "monotone_constraints": "(" + ",".join(map(str, monotone)) + ")",
+        }
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "XGBHead":
+        y = np.asarray(y, dtype=float)
+        dtrain = xgb.DMatrix(np.asarray(X, dtype=float), label=y, feature_names=self.feature_names,
+                             missing=np.nan)
+        self.booster_ = xgb.train(self._params(y), dtrain, num_boost_round=self.config.n_estimators)
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Margins (log-odds) of the head."""
+        if not hasattr(self, "booster_"):
+            raise RuntimeError("XGBHead is not fitted")
+        data = xgb.DMatrix(np.asarray(X, dtype=float), feature_names=self.feature_names, missing=np.nan)
+        return self.booster_.predict(data, output_margin=True)
+
+    def save(self, path: Path) -> None:
+        self.booster_.save_model(str(path))
+
+    @classmethod
+    def load(cls, path: Path, config: XGBoostConfig, feature_names: Sequence[str]) -> "XGBHead":
+        head = cls(config, feature_names)
+        head.booster_ = xgb.Booster()
+        head.booster_.load_model(str(path))
+        if list(head.booster_.feature_names or []) != list(feature_names):
+            raise ValueError(f"{path}: model features {head.booster_.feature_names} differ from the manifest's")
+        return head

@@ -1,0 +1,214 @@
+"""`FusionModel`: encoder + heads for every model variant, with scikit-learn's estimator contract.
+
+``fit(data, labels, patient_ids)``:
+
+1. the image encoder is fitted over patient-grouped, label-stratified folds; each lesion's
+   out-of-fold (OOF) logit and embedding come from a fold model that never saw its patient;
+2. for each variant (imaging; imaging + radiological; imaging + clinical/biological; all) the
+   heads are cross-validated over the same folds on those OOF encoder outputs: an XGBoost
+   fusion head (tabular + image features) and an XGBoost tabular head whose logit is
+   averaged with the image logit (late fusion; its weight chosen by inner cross-validation
+   on the training part of each fold);
+3. a calibrator and the operating thresholds (Youden; 90% and 95% sensitivity) are fitted
+   on the OOF scores, i.e. on training data only;
+4. final heads are fitted on all training lesions; new lesions go through the final encoder.
+
+``predict_variants`` gives every variant's calibrated probability; ``predict_proba`` the
+primary variant's, as an (n, 2) array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from fusion_model.encoder.estimator import ImageEncoder
+from fusion_model.errors import UserInputError
+from fusion_model.experiment import VARIANT_GROUPS, ExperimentConfig
+from fusion_model.features.table import fit_pca, imaging_features, tabular_features
+from fusion_model.heads.baselines import rule_scores
+from fusion_model.heads.calibration import apply_calibrator, fit_calibrator
+from fusion_model.heads.thresholds import operating_thresholds
+from fusion_model.heads.xgb import XGBHead
+from fusion_model.splits import patient_grouped_folds
+
+
+@dataclass
+class LesionData:
+    """What the model sees of a set of lesions; rows of every part follow ``table.index`` (lesion_id)."""
+
+    table: pd.DataFrame
+    image_features: pd.DataFrame
+    crops: np.ndarray
+    extra_features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.crops) != len(self.table):
+            raise ValueError(f"{len(self.crops)} crops for {len(self.table)} lesions")
+
+    @property
+    def lesion_ids(self) -> list[str]:
+        return list(self.table.index)
+
+    def subset(self, positions: np.ndarray) -> "LesionData":
+        ids = self.table.index[positions]
+        return LesionData(self.table.loc[ids], self.image_features.reindex(ids), self.crops[positions],
+                          self.extra_features)
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    scores = np.asarray(scores, dtype=float)
+    keep = ~np.isnan(scores)
+    if len(np.unique(labels[keep])) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels[keep], scores[keep]))
+
+
+def _best_late_weight(labels: np.ndarray, image: np.ndarray, tabular: np.ndarray, weights: list[float]) -> float:
+    aucs = [_auc(labels, w * image + (1 - w) * tabular) for w in weights]
+    return float(weights[int(np.nanargmax(aucs))])
+
+
+class FusionModel:
+    def __init__(self, config: ExperimentConfig, progress: bool = True, checkpoint_dir=None):
+        self.config = config
+        self.progress = progress
+        self.checkpoint_dir = checkpoint_dir
+
+    # ----------------------------------------------------------------------------- fitting
+    def _encoder_config(self):
+        return self.config.encoder.model_copy(update={"folds": self.config.split.folds, "seed": self.config.seed})
+
+    def _head(self, names: list[str]) -> XGBHead:
+        return XGBHead(self.config.xgboost, names, seed=self.config.seed)
+
+    def _cv_margins(self, X: pd.DataFrame, y: np.ndarray, folds) -> np.ndarray:
+        out = np.full(len(y), np.nan)
+        for train_idx, test_idx in folds:
+            out[test_idx] = self._head(list(X.columns)).fit(X.values[train_idx], y[train_idx]).decision_function(
+                X.values[test_idx])
+        return out
+
+    def _late_weight(self, X_tab: pd.DataFrame, image: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+        """Weight of the image logit, chosen by inner CV of the tabular head on these lesions."""
+        inner = patient_grouped_folds(y, groups, min(self.config.fusion.inner_folds, _min_class_patients(y, groups)),
+                                      self.config.seed + 1)
+        tab = self._cv_margins(X_tab, y, inner)
+        return _best_late_weight(y, image, tab, self.config.fusion.late_fusion_weights)
+
+    def fit(self, data: LesionData, labels, patient_ids) -> "FusionModel":
+        cfg = self.config
+        y = np.asarray(labels).astype(int)
+        groups = np.asarray(patient_ids)
+        if len(y) != len(data.table) or len(groups) != len(y):
+            raise UserInputError("labels and patient ids must have one entry per lesion")
+        folds = patient_grouped_folds(y, groups, cfg.split.folds, cfg.seed)
+
+        self.encoder_ = ImageEncoder(self._encoder_config(), cfg.preprocess.hu_window, self.checkpoint_dir,
+                                     self.progress).fit(data.crops, y, groups)
+        self.crop_channels_ = int(data.crops.shape[1])
+        self.pca_ = fit_pca(self.encoder_.oof_embeddings_, cfg.features.embedding_components)
+        X_img = imaging_features(self.encoder_.oof_logits_, self.encoder_.oof_embeddings_, self.pca_,
+                                 data.table.index)
+        X_tab, self.tabular_groups_ = tabular_features(data.table, data.image_features, cfg.features,
+                                                       data.extra_features)
+        image_logit = X_img["image_logit"].to_numpy()
+
+        self.variants_: dict[str, dict] = {}
+        self.heads_: dict[str, XGBHead] = {}
+        oof = pd.DataFrame({"label": y, "patient_id": groups}, index=data.table.index)
+        for variant in cfg.variants:
+            tab_names = [n for g in VARIANT_GROUPS[variant] if g != "imaging" for n in self.tabular_groups_[g]]
+            if variant != "imaging" and not tab_names:
+                continue  # e.g. no clinical data in this cohort: the variant would equal 'imaging'
+            info: dict = {"tabular_features": tab_names, "imaging_features": list(X_img.columns)}
+            if variant == "imaging":
+                margins = {"image_logit": image_logit}
+                method = "image_logit"
+            else:
+                X_fused = pd.concat([X_img, X_tab[tab_names]], axis=1)
+                fused = self._cv_margins(X_fused, y, folds)
+                tab = self._cv_margins(X_tab[tab_names], y, folds)
+                late = np.full(len(y), np.nan)
+                for train_idx, test_idx in folds:
+                    w = self._late_weight(X_tab[tab_names].iloc[train_idx], image_logit[train_idx], y[train_idx],
+                                          groups[train_idx])
+                    late[test_idx] = w * image_logit[test_idx] + (1 - w) * tab[test_idx]
+                margins = {"fusion_head": fused, "late_fusion": late, "tabular_head": tab, "image_logit": image_logit}
+                method = cfg.fusion.method
+                self.heads_[f"{variant}_fusion"] = self._head(list(X_fused.columns)).fit(X_fused.values, y)
+                self.heads_[f"{variant}_tabular"] = self._head(tab_names).fit(X_tab[tab_names].values, y)
+                info["late_fusion_weight"] = self._late_weight(X_tab[tab_names], image_logit, y, groups)
+            info["method"] = method
+            info["oof_auc"] = {name: _auc(y, m) for name, m in margins.items()}
+            info["calibrator"] = fit_calibrator(cfg.calibration.method, margins[method], y)
+            probabilities = apply_calibrator(info["calibrator"], margins[method])
+            info["thresholds"] = operating_thresholds(y, probabilities)
+            self.variants_[variant] = info
+            oof[f"p_{variant}"] = probabilities
+        rules = rule_scores(data.table, cfg.baselines)
+        for rule in rules:
+            oof[f"rule_{rule}"] = rules[rule]
+        self.baseline_oof_auc_ = {rule: _auc(y, rules[rule].to_numpy()) for rule in rules}
+        self.oof_ = oof
+        self.oof_auc_ = {v: info["oof_auc"][info["method"]] for v, info in self.variants_.items()}
+        return self
+
+    # --------------------------------------------------------------------------- prediction
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "variants_"):
+            raise RuntimeError("FusionModel is not fitted; call fit() or FusionModel.load()")
+
+    def decision_variants(self, data: LesionData) -> pd.DataFrame:
+        """Uncalibrated margins (log-odds) of every variant; index lesion_id."""
+        self._check_fitted()
+        if data.crops.shape[1] != self.crop_channels_:
+            raise UserInputError(f"the model was trained on crops of {self.crop_channels_} channels, these have "
+                                 f"{data.crops.shape[1]}; the cohort must have the same phases as the training cohort")
+        logits = self.encoder_.decision_function(data.crops)
+        embeddings = self.encoder_.transform(data.crops)
+        X_img = imaging_features(logits, embeddings, self.pca_, data.table.index)
+        X_tab, _ = tabular_features(data.table, data.image_features, self.config.features, data.extra_features)
+        out = pd.DataFrame(index=data.table.index)
+        for variant, info in self.variants_.items():
+            if variant == "imaging":
+                out[variant] = X_img["image_logit"]
+                continue
+            X_tab_v = X_tab.reindex(columns=info["tabular_features"])
+            if info["method"] == "fusion_head":
+                X = pd.concat([X_img[info["imaging_features"]], X_tab_v], axis=1)
+                out[variant] = self.heads_[f"{variant}_fusion"].decision_function(X.values)
+            else:
+                w = info["late_fusion_weight"]
+                tab = self.heads_[f"{variant}_tabular"].decision_function(X_tab_v.values)
+                out[variant] = w * X_img["image_logit"].to_numpy() + (1 - w) * tab
+        return out
+
+    def predict_variants(self, data: LesionData) -> pd.DataFrame:
+        """Calibrated malignancy probability of every variant (columns p_VARIANT) and the rules."""
+        margins = self.decision_variants(data)
+        out = pd.DataFrame(index=margins.index)
+        for variant, info in self.variants_.items():
+            out[f"p_{variant}"] = apply_calibrator(info["calibrator"], margins[variant].to_numpy())
+        rules = rule_scores(data.table, self.config.baselines)
+        for rule in rules:
+            out[f"rule_{rule}"] = rules[rule]
+        return out
+
+    def predict_proba(self, data: LesionData) -> np.ndarray:
+        p = self.predict_variants(data)[f"p_{self.primary_variant}"].to_numpy()
+        return np.column_stack([1 - p, p])
+
+    @property
+    def primary_variant(self) -> str:
+        self._check_fitted()
+        if self.config.primary_variant in self.variants_:
+            return self.config.primary_variant
+        return list(self.variants_)[-1]
+
+
+def _min_class_patients(y: np.ndarray, groups: np.ndarray) -> int:
+    return min(len(np.unique(groups[y == c])) for c in np.unique(y))

@@ -1,0 +1,169 @@
+"""`fusion-model train` and `predict` as library functions (the CLI wraps these)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fusion_model.artifact import load_model, save_model
+from fusion_model.cohort import Cohort, load_cohort
+from fusion_model.cohort.spec import COHORT_FILE, TABLE_FILE
+from fusion_model.errors import UserInputError
+from fusion_model.experiment import ExperimentConfig
+from fusion_model.features.table import fill_radiological
+from fusion_model.fileio import atomic_write_text, sha256_file
+from fusion_model.imaging.cache import ImageCache
+from fusion_model.imaging.extract import LesionError, extract_cohort_images
+from fusion_model.imaging.preprocess import crop_channels
+from fusion_model.model import FusionModel, LesionData
+
+TRUTH_FILE = "truth.csv"
+
+
+def cohort_fingerprint(cohort: Cohort) -> str:
+    digest = hashlib.sha256()
+    for name in (COHORT_FILE, TABLE_FILE):
+        digest.update(sha256_file(cohort.root / name).encode())
+    return digest.hexdigest()
+
+
+def lesion_data(cohort: Cohort, config: ExperimentConfig, cache: ImageCache, strict: bool = False,
+                progress: bool = True) -> tuple[LesionData, list[LesionError], list[str]]:
+    """Crops, image features and the table (size / HU filled from images) of the readable lesions."""
+    images = extract_cohort_images(cohort, config.preprocess, cache, strict=strict, progress=progress)
+    table = cohort.table.set_index("lesion_id").loc[images.lesion_ids]
+    table, notes = fill_radiological(table, images.features)
+    extra = tuple(f.name for f in cohort.spec.extra_features)
+    crops = images.crops if images.crops is not None else np.zeros((0, len(images.channels), 1, 1, 1), np.float16)
+    return LesionData(table, images.features, crops, extra), images.errors, notes
+
+
+def split_lesions(table: pd.DataFrame, config: ExperimentConfig, test_centre: str | None) -> np.ndarray:
+    """Boolean mask of the training lesions; refuses a patient on both sides."""
+    mode = "centre" if test_centre else config.split.mode
+    if mode == "kfold":
+        return np.ones(len(table), dtype=bool)
+    if mode == "centre":
+        centre = test_centre or config.split.test_centre
+        if not centre:
+            raise UserInputError("split mode 'centre' needs a test centre (--test-centre NAME or split.test_centre)")
+        centres = sorted(table["centre"].unique())
+        if centre not in centres:
+            raise UserInputError(f"test centre {centre!r} is not in the cohort; centres: {centres}")
+        train = (table["centre"] != centre).to_numpy()
+    else:
+        if "split" not in table or table["split"].isna().all():
+            raise UserInputError(f"split mode 'column' needs a 'split' column in {TABLE_FILE}")
+        train = (table["split"] == config.split.train_value).to_numpy()
+        if not train.any():
+            raise UserInputError(f"no lesion has split {config.split.train_value!r}; "
+                                 f"values present: {sorted(table['split'].dropna().unique())}")
+    both = sorted(set(table["patient_id"][train]) & set(table["patient_id"][~train]))
+    if both:
+        raise UserInputError(f"patients {both[:10]} have lesions in both the training and the test part; "
+                             "a patient must be in one part only (leakage)")
+    return train
+
+
+@dataclass
+class TrainRun:
+    model: FusionModel
+    out: Path
+    errors: list[LesionError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    test_predictions: pd.DataFrame | None = None
+    oracle_auc: float | None = None
+    test_auc: dict = field(default_factory=dict)
+
+
+def _auc_or_none(labels, scores) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
+    keep = ~np.isnan(scores)
+    if len(np.unique(labels[keep])) < 2:
+        return None
+    return float(roc_auc_score(labels[keep], scores[keep]))
+
+
+def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCache, test_centre: str | None = None,
+          strict: bool = False, overwrite: bool = False, progress: bool = True) -> TrainRun:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+    cohort = load_cohort(cohort_dir, require_label=True)
+    train_mask = split_lesions(cohort.table, config, test_centre)
+    data, errors, notes = lesion_data(cohort, config, cache, strict, progress)
+    if len(data.table) == 0:
+        raise UserInputError(f"{cohort_dir}: no lesion could be read; see the errors above")
+    train_ids = set(cohort.table["lesion_id"][train_mask])
+    is_train = data.table.index.isin(train_ids)
+    train_data = data.subset(np.flatnonzero(is_train))
+    labels = train_data.table["label"].astype(int).to_numpy()
+    checkpoints = out.parent / f".{out.name}.checkpoints"
+    model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints)
+    model.fit(train_data, labels, train_data.table["patient_id"].to_numpy())
+
+    run = TrainRun(model, out, errors, notes)
+    extra_files = {}
+    if (~is_train).any():
+        test_data = data.subset(np.flatnonzero(~is_train))
+        predictions = model.predict_variants(test_data)
+        predictions.insert(0, "label", test_data.table["label"].astype(int))
+        predictions.insert(0, "centre", test_data.table["centre"])
+        predictions.insert(0, "patient_id", test_data.table["patient_id"])
+        run.test_predictions = predictions
+        run.test_auc = {c[2:] if c.startswith("p_") else c: _auc_or_none(predictions["label"], predictions[c])
+                        for c in predictions.columns if c.startswith(("p_", "rule_"))}
+        extra_files["test_predictions.csv"] = predictions.to_csv(index_label="lesion_id")
+    truth_path = cohort.root / TRUTH_FILE
+    if truth_path.is_file():
+        truth = pd.read_csv(truth_path).set_index("lesion_id")
+        ids = [i for i in train_data.table.index if i in truth.index]
+        run.oracle_auc = _auc_or_none(truth.loc[ids, "label"], truth.loc[ids, "oracle_risk"])
+    cohort_info = {
+        "name": cohort.spec.name, "fingerprint": cohort_fingerprint(cohort),
+        "phases": cohort.spec.phases, "ct_intensities": cohort.spec.ct_intensities,
+        "channels": crop_channels(cohort.spec.phases, cohort.spec.ct_intensities),
+        "training_lesions": int(is_train.sum()), "test_lesions": int((~is_train).sum()),
+        "test_centre": test_centre, "unreadable_lesions": [e.__dict__ for e in errors],
+        "oracle_auc_training": run.oracle_auc, "test_auc": run.test_auc,
+    }
+    save_model(model, out, cohort_info, overwrite=overwrite, extra_files=extra_files)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return run
+
+
+def predict(model_dir: Path, cohort_dir: Path, out_csv: Path, cache: ImageCache, strict: bool = False,
+            progress: bool = True) -> tuple[pd.DataFrame, list[LesionError]]:
+    """Probabilities for every readable lesion of a cohort (labels not needed); errors for the rest."""
+    model = load_model(model_dir, progress=progress)
+    cohort = load_cohort(cohort_dir)
+    trained = model.manifest_["cohort"]
+    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities)
+    if channels != trained["channels"]:
+        raise UserInputError(f"{cohort_dir}: the cohort's image channels {channels} differ from the model's "
+                             f"{trained['channels']}; declare the same phases in cohort.json")
+    data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
+    if len(data.table) == 0:
+        raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to predict")
+    predictions = model.predict_variants(data)
+    primary = model.primary_variant
+    thresholds = model.variants_[primary]["thresholds"]
+    out = pd.DataFrame({"patient_id": data.table["patient_id"], "centre": data.table["centre"]})
+    out["probability"] = predictions[f"p_{primary}"]
+    out["variant"] = primary
+    out["suspicious_at_youden"] = (out["probability"] >= thresholds["youden"]).astype(int)
+    out = pd.concat([out, predictions], axis=1)
+    if "label" in data.table and data.table["label"].notna().any():
+        out.insert(2, "label", data.table["label"])
+    atomic_write_text(Path(out_csv), out.to_csv(index_label="lesion_id"))
+    if errors:
+        errors_csv = Path(out_csv).with_name(Path(out_csv).stem + "_errors.csv")
+        atomic_write_text(errors_csv, pd.DataFrame([e.__dict__ for e in errors]).to_csv(index=False))
+    return out, errors

@@ -1,0 +1,194 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion_model.artifact import load_model, read_manifest, save_model
+from fusion_model.cohort import load_cohort
+from fusion_model.configbase import parse_model
+from fusion_model.errors import UserInputError
+from fusion_model.experiment import ExperimentConfig, load_experiment
+from fusion_model.heads.thresholds import operating_thresholds
+from fusion_model.imaging.cache import ImageCache
+from fusion_model.model import FusionModel
+from fusion_model import pipeline
+
+TINY = {
+    "name": "tiny", "seed": 0,
+    "preprocess": {"spacing_mm": 4.0, "crop_size_mm": 64},
+    "encoder": {"width": 4, "depth": 2, "stem_stride": 2, "embedding_size": 8, "epochs": 3, "tta_views": 1},
+    "xgboost": {"n_estimators": 60},
+    "split": {"folds": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory):
+    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+
+    out = tmp_path_factory.mktemp("model") / "cohort"
+    return synthesize_cohort(out, SynthConfig(patients=60, seed=11), progress=False)
+
+
+@pytest.fixture(scope="module")
+def fitted(cohort_dir, tmp_path_factory):
+    config = parse_model(ExperimentConfig, TINY, "test")
+    cache = ImageCache(tmp_path_factory.mktemp("cache"))
+    data, errors, _ = pipeline.lesion_data(load_cohort(cohort_dir), config, cache, progress=False)
+    assert errors == []
+    labels = data.table["label"].astype(int).to_numpy()
+    model = FusionModel(config, progress=False).fit(data, labels, data.table["patient_id"].to_numpy())
+    return model, data, labels
+
+
+def test_all_variant_beats_chance_by_a_wide_margin(fitted):
+    model, _, _ = fitted
+    assert set(model.variants_) == {"imaging", "imaging_radiological", "imaging_clinical", "all"}
+    assert model.oof_auc_["all"] > 0.75
+    assert model.oof_auc_["all"] > model.oof_auc_["imaging"]
+
+
+def test_thresholds_come_from_training_oof_probabilities(fitted):
+    model, data, labels = fitted
+    for variant, info in model.variants_.items():
+        assert info["thresholds"] == operating_thresholds(labels, model.oof_[f"p_{variant}"].to_numpy())
+        assert info["thresholds"]["sensitivity_95"] <= info["thresholds"]["sensitivity_90"]
+    before = json.dumps(model.variants_, sort_keys=True)
+    model.predict_variants(data.subset(np.arange(5)))
+    assert json.dumps(model.variants_, sort_keys=True) == before
+
+
+def test_probabilities_are_calibrated_probabilities(fitted):
+    model, data, _ = fitted
+    p = model.predict_proba(data)
+    assert p.shape == (len(data.table), 2) and np.allclose(p.sum(axis=1), 1)
+    assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_save_load_round_trip_gives_identical_probabilities(fitted, tmp_path):
+    model, data, _ = fitted
+    save_model(model, tmp_path / "run", {"name": "test"})
+    loaded = load_model(tmp_path / "run")
+    pd.testing.assert_frame_equal(model.predict_variants(data), loaded.predict_variants(data))
+
+
+def test_one_byte_change_in_any_file_is_refused(fitted, tmp_path):
+    model, _, _ = fitted
+    run = save_model(model, tmp_path / "run", {"name": "test"})
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert {"manifest.json", "manifest.sha256", "encoder.safetensors"} <= {p.name for p in files}
+    for path in files:
+        original = path.read_bytes()
+        changed = bytearray(original)
+        changed[len(changed) // 2] ^= 0x01
+        path.write_bytes(bytes(changed))
+        with pytest.raises(UserInputError, match="modified|not valid|SHA-256"):
+            load_model(run)
+        path.write_bytes(original)
+    load_model(run)
+
+
+def test_missing_file_and_foreign_folder_are_refused(fitted, tmp_path):
+    model, _, _ = fitted
+    run = save_model(model, tmp_path / "run", {"name": "test"})
+    (run / "heads" / "all_fusion.json").unlink()
+    with pytest.raises(UserInputError, match="missing from the artifact"):
+        load_model(run)
+    with pytest.raises(UserInputError, match="not a fusion-model artifact"):
+        load_model(tmp_path)
+
+
+def test_no_pickle_is_written(fitted, tmp_path):
+    import zipfile
+
+    model, _, _ = fitted
+    run = save_model(model, tmp_path / "run", {"name": "test"})
+    for path in run.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        assert not data.startswith(b"\x80"), f"{path.name} looks like a pickle"
+        assert not zipfile.is_zipfile(path), f"{path.name} is a zip (torch.save/np.savez may hold pickles)"
+    header_len = int.from_bytes((run / "encoder.safetensors").read_bytes()[:8], "little")
+    json.loads((run / "encoder.safetensors").read_bytes()[8:8 + header_len])  # a plain safetensors header
+
+
+def test_incompatible_artifact_is_refused(fitted, tmp_path):
+    from fusion_model.fileio import sha256_file
+
+    model, _, _ = fitted
+    run = save_model(model, tmp_path / "run", {"name": "test"})
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["schema_version"] = "9.0"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "manifest.sha256").write_text(sha256_file(run / "manifest.json"))
+    with pytest.raises(UserInputError, match="clinical schema 9.0"):
+        read_manifest(run)
+
+
+def test_same_seed_gives_identical_results(cohort_dir, fitted, tmp_path):
+    model, data, labels = fitted
+    again = FusionModel(model.config, progress=False).fit(data, labels, data.table["patient_id"].to_numpy())
+    pd.testing.assert_frame_equal(model.oof_, again.oof_)
+    pd.testing.assert_frame_equal(model.predict_variants(data), again.predict_variants(data))
+
+
+def test_patient_in_two_splits_is_refused(cohort_dir):
+    table = load_cohort(cohort_dir).table.copy()
+    config = parse_model(ExperimentConfig, {**TINY, "split": {"mode": "column", "folds": 3}}, "test")
+    table["split"] = np.where(np.arange(len(table)) % 2 == 0, "train", "test")
+    table.loc[1, "patient_id"] = table.loc[0, "patient_id"]
+    with pytest.raises(UserInputError, match="both the training and the test part"):
+        pipeline.split_lesions(table, config, None)
+    table.loc[1, "centre"] = "centre_c" if table.loc[0, "centre"] != "centre_c" else "centre_a"
+    with pytest.raises(UserInputError, match="both the training and the test part"):
+        pipeline.split_lesions(table, config, table.loc[1, "centre"])
+    with pytest.raises(UserInputError, match="not in the cohort"):
+        pipeline.split_lesions(table, config, "mars")
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("encoder:\n  widht: 8\nxgboost:\n  max_depth: 0\nvariants: [imaging, everything]\n")
+    with pytest.raises(UserInputError) as info:
+        load_experiment(path)
+    message = str(info.value)
+    assert "encoder.widht: unknown key" in message and "xgboost.max_depth" in message and "everything" in message
+
+
+def test_shipped_experiment_configs_load():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parents[1].joinpath("experiments").glob("*.yaml")):
+        load_experiment(path)
+
+
+def test_train_and_predict_end_to_end(cohort_dir, tmp_path):
+    import yaml
+
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(TINY))
+    cache = ImageCache(tmp_path / "cache")
+    run = pipeline.train(load_experiment(config_path), cohort_dir, tmp_path / "runs/tiny", cache,
+                         test_centre="centre_c", progress=False)
+    assert run.test_predictions is not None and run.test_auc["all"] is not None
+    assert (tmp_path / "runs/tiny/test_predictions.csv").is_file()
+    assert not (tmp_path / "runs/.tiny.checkpoints").exists()
+    manifest = read_manifest(tmp_path / "runs/tiny")
+    assert manifest["cohort"]["test_centre"] == "centre_c" and manifest["cohort"]["fingerprint"]
+
+    prediction_cohort = tmp_path / "new"
+    shutil.copytree(cohort_dir, prediction_cohort)
+    table = pd.read_csv(prediction_cohort / "clinical.csv")
+    table = table.drop(columns=["label", "lesion_type"])
+    table.loc[0, "venous_path"] = "images/does_not_exist.nii.gz"
+    table.loc[1, ["cortisol_post_dst_ug_dl", "dhea_s_umol_l"]] = np.nan
+    table.to_csv(prediction_cohort / "clinical.csv", index=False)
+    out = tmp_path / "pred.csv"
+    predictions, errors = pipeline.predict(tmp_path / "runs/tiny", prediction_cohort, out, cache, progress=False)
+    assert [e.lesion_id for e in errors] == [table.loc[0, "lesion_id"]]
+    assert "does_not_exist.nii.gz" in errors[0].message
+    assert len(predictions) == len(table) - 1 and predictions["probability"].between(0, 1).all()
+    assert (tmp_path / "pred_errors.csv").is_file()
