@@ -49,3 +49,17 @@ def load_yaml_model(model: type[T], path: Path) -> T:
     except yaml.YAMLError as err:
         raise UserInputError(f"{path}: not valid YAML: {err}") from None
     return parse_model(model, data or {}, str(path))
+
+
+def known_names(values: list[str], allowed, what: str, ordered: bool = False) -> list[str]:
+    """For pydantic validators: ``values`` must be a non-empty, duplicate-free subset of ``allowed``.
+
+    With ``ordered`` the result follows ``allowed``'s order (e.g. the canonical phase order).
+    """
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise ValueError(f"unknown {what} {unknown}; choose from {list(allowed)}" if unknown
+                         else f"give at least one {what}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"a {what} is listed twice")
+    return [a for a in allowed if a in values] if ordered else list(values)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fusion_model.configbase import StrictModel, load_yaml_model
+from fusion_model.configbase import StrictModel, known_names, load_yaml_model
 from fusion_model.encoder.train import EncoderConfig
 from fusion_model.imaging.preprocess import PreprocessConfig
 
@@ -95,18 +95,12 @@ class ExperimentConfig(StrictModel):
     @field_validator("variants")
     @classmethod
     def _variants(cls, variants: list[str]) -> list[str]:
-        unknown = [v for v in variants if v not in VARIANTS]
-        if unknown or not variants:
-            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-        return variants
+        return known_names(variants, VARIANTS, "variant")
 
     @field_validator("baselines")
     @classmethod
     def _baselines(cls, baselines: list[str]) -> list[str]:
-        unknown = [b for b in baselines if b not in BASELINES]
-        if unknown:
-            raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
-        return baselines
+        return known_names(baselines, BASELINES, "baseline") if baselines else []
 
     @model_validator(mode="after")
     def _primary_is_trained(self) -> "ExperimentConfig":

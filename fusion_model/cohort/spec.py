@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from clinical_schema import PHASES, SCHEMA_VERSION, ExtraFeature
-from fusion_model.configbase import StrictModel, parse_model
+from fusion_model.configbase import StrictModel, known_names, parse_model
 from fusion_model.errors import UserInputError
 
 COHORT_FILE = "cohort.json"
@@ -34,12 +34,7 @@ class CohortSpec(StrictModel):
     @field_validator("phases")
     @classmethod
     def _known_phases(cls, phases: list[str]) -> list[str]:
-        unknown = [p for p in phases if p not in PHASES]
-        if unknown:
-            raise ValueError(f"unknown phase(s) {unknown}; use {list(PHASES)}")
-        if len(set(phases)) != len(phases):
-            raise ValueError("a phase is listed twice")
-        return [p for p in PHASES if p in phases]  # canonical order = channel order
+        return known_names(phases, PHASES, "phase", ordered=True)  # canonical order = channel order
 
     @field_validator("schema_version")
     @classmethod

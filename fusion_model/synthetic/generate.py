@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 
 from clinical_schema import LAB_COLUMNS, PATH_COLUMNS, PHASES
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, write_cohort_spec
-from fusion_model.configbase import StrictModel
+from fusion_model.configbase import StrictModel, known_names
 from fusion_model.features.radiological import max_axial_diameter_mm
 from fusion_model.fileio import atomic_directory, atomic_write_text
 from fusion_model.progress import track
@@ -78,10 +78,7 @@ class SynthConfig(StrictModel):
     @field_validator("phases")
     @classmethod
     def _phases(cls, phases: list[str]) -> list[str]:
-        unknown = [p for p in phases if p not in PHASES]
-        if unknown or not phases:
-            raise ValueError(f"phases must be a non-empty subset of {list(PHASES)}; got {phases}")
-        return [p for p in PHASES if p in phases]
+        return known_names(phases, PHASES, "phase", ordered=True)
 
 
 def _observed_variables(phases: list[str], labs_present: list[str]) -> frozenset[str]:
