@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -11,8 +12,14 @@ runner = CliRunner()
 
 
 def run_cli(*args):
-    """Run the real console entry point (for exit codes and stderr)."""
-    return subprocess.run([sys.executable, "-m", "fusion_model.cli", *map(str, args)], capture_output=True, text=True)
+    """Run the real console entry point (for exit codes and stderr).
+
+    Decoded as UTF-8 explicitly: a library imported by other tests may reset this process's
+    locale to "C", which would make text=True decode rich's output as ASCII.
+    """
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    return subprocess.run([sys.executable, "-m", "fusion_model.cli", *map(str, args)], capture_output=True,
+                          encoding="utf-8", env=env)
 
 
 def test_help_lists_the_commands():

@@ -106,7 +106,7 @@ def test_out_of_fold_outputs_never_come_from_a_model_that_saw_the_patient():
     assert np.isfinite(encoder.oof_logits_).all() and (encoder.fold_of_ >= 0).all()
     for i, patient in enumerate(patients):
         assert patient not in encoder.fold_train_patients_[encoder.fold_of_[i]]
-    for k, (train_idx, test_idx) in enumerate(encoder.folds_):
+    for train_idx, test_idx in encoder.folds_:
         assert not set(patients[train_idx]) & set(patients[test_idx])
     assert encoder.decision_function(crops[:3]).shape == (3,)
     assert encoder.transform(crops[:3]).shape == (3, 8)

@@ -51,7 +51,6 @@ def test_unreadable_file_and_empty_folder_name_the_path(tmp_path):
 def test_crop_is_centred_on_the_lesion_and_isotropic():
     mask = sphere_mask(shape=(20, 40, 40), centre=(8, 25, 14), radius_vox=3)
     spacing = (0.8, 0.8, 2.0)
-    ct = to_image(ct_with_lesion(mask, 40.0, -50.0), spacing).__class__  # noqa: F841 (type check only)
     volumes = LesionVolumes(
         phases={"unenhanced": sitk.Cast(to_image(ct_with_lesion(mask, 40.0, -50.0), spacing), sitk.sitkFloat32)},
         mask=to_image(mask, spacing), reference_phase="unenhanced",

@@ -9,6 +9,7 @@ exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -227,7 +228,7 @@ def train_encoder(
         if checkpoint is not None:
             payload = {"run_key": run_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                        "scheduler": scheduler.state_dict(), **state}
-            atomic_write(Path(checkpoint), lambda tmp: torch.save(payload, tmp))
+            atomic_write(Path(checkpoint), functools.partial(torch.save, payload))
         if on_epoch is not None:
             on_epoch(epoch, record)
 

@@ -6,6 +6,8 @@ the pass goes on, unless ``strict``.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +47,18 @@ def _files(lesion: LesionRecord) -> list:
     return [*lesion.phase_paths.values(), lesion.mask_path]
 
 
+def _lazy_volumes(lesion: LesionRecord, phases, config: PreprocessConfig) -> Callable[[], LesionVolumes]:
+    """Read the lesion's volumes on first use only (a cache hit needs no image)."""
+
+    @functools.cache
+    def load() -> LesionVolumes:
+        return load_lesion_volumes(lesion.phase_paths, lesion.mask_path, lesion.mask_label, phases,
+                                   config.resample_mismatched,
+                                   where=f"lesion {lesion.lesion_id} (clinical.csv row {lesion.row})")
+
+    return load
+
+
 def extract_cohort_images(
     cohort: Cohort,
     config: PreprocessConfig,
@@ -60,24 +74,15 @@ def extract_cohort_images(
                         "resample": config.resample_mismatched}
     ids, arrays, rows, errors = [], [], [], []
     for lesion in track(cohort.lesions(), "reading lesions", total=len(cohort.table), enabled=progress):
-        volumes: list[LesionVolumes] = []
-
-        def load() -> LesionVolumes:
-            if not volumes:
-                volumes.append(load_lesion_volumes(
-                    lesion.phase_paths, lesion.mask_path, lesion.mask_label, cohort.spec.phases,
-                    config.resample_mismatched, where=f"lesion {lesion.lesion_id} (clinical.csv row {lesion.row})",
-                ))
-            return volumes[0]
-
+        load = _lazy_volumes(lesion, cohort.spec.phases, config)
         try:
             files = _files(lesion)
             if crops:
                 key = cache.key(files, {**crop_settings, "mask_label": lesion.mask_label})
-                arrays.append(cache.array(key, lambda: lesion_crop(load(), channels, config)))
+                arrays.append(cache.array(key, lambda load=load: lesion_crop(load(), channels, config)))
             if features:
                 key = cache.key(files, {**feature_settings, "mask_label": lesion.mask_label})
-                rows.append(cache.json(key, lambda: radiological_features(
+                rows.append(cache.json(key, lambda load=load: radiological_features(
                     load().phases, load().mask, cohort.spec.ct_intensities)))
             ids.append(lesion.lesion_id)
         except UserInputError as err:

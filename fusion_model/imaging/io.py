@@ -5,6 +5,7 @@ Files in any format SimpleITK reads (NIfTI, NRRD, MHA/MHD, ...) and DICOM series
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -80,7 +81,8 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_description: str 
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(image, sitk.sitkInt16)
     direction = image.GetDirection()
-    series_uid = "1.2.826.0.1.3680043.2.1125." + str(abs(hash((folder.as_posix(), image.GetSize()))) % 10**20)
+    digest = hashlib.sha256(f"{folder.resolve().as_posix()}|{image.GetSize()}|{image.GetOrigin()}".encode())
+    series_uid = "1.2.826.0.1.3680043.2.1125." + str(int(digest.hexdigest()[:16], 16))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     common = {

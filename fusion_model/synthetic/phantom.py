@@ -195,7 +195,7 @@ def draw_lesion(grid: Grid, centre: tuple[float, float, float], latents: dict, s
         hu[:, fat] = FAT_HU + 0.5 * texture[fat]
     if latents["calcification"] >= 0.5:
         inside = np.argwhere(mask & (rho < 0.85))
-        for k in range(int(rng.integers(1, 5))) if len(inside) else ():
+        for _ in range(int(rng.integers(1, 5))) if len(inside) else ():
             pz, py, px = inside[rng.integers(len(inside))]
             radius = rng.uniform(1.0, 2.5)
             cz, cy, cx = (sub.origin[2] + pz * sz, sub.origin[1] + py * sy, sub.origin[0] + px * sx)
