@@ -18,10 +18,13 @@ WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $TORCH_SPEC"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "setting up $VENV (one time) ..." >&2
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    # CPU build of torch first; FUSION_MODEL_TORCH_INDEX may name a CPU wheel index elsewhere.
-    "$VENV/bin/python" -m pip install -q ${FUSION_MODEL_TORCH_INDEX:+--index-url "$FUSION_MODEL_TORCH_INDEX"} "$TORCH_SPEC"
-    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    LOG="$VENV/install.log"
+    {
+        "$VENV/bin/python" -m pip install -q --upgrade pip &&
+        # CPU build of torch first; FUSION_MODEL_TORCH_INDEX may name a CPU wheel index elsewhere.
+        "$VENV/bin/python" -m pip install -q ${FUSION_MODEL_TORCH_INDEX:+--index-url "$FUSION_MODEL_TORCH_INDEX"} "$TORCH_SPEC" &&
+        "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    } > "$LOG" 2>&1 || { cat "$LOG" >&2; echo "set-up failed; the log above is also in $LOG" >&2; exit 1; }
     echo "$WANT" > "$STAMP"
 fi
 
