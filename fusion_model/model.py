@@ -59,7 +59,9 @@ class LesionData:
                           self.extra_features)
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+def nan_safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUC over the lesions that have a score; NaN when they hold one class only."""
+    labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=float)
     keep = ~np.isnan(scores)
     if len(np.unique(labels[keep])) < 2:
@@ -68,7 +70,7 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def _best_late_weight(labels: np.ndarray, image: np.ndarray, tabular: np.ndarray, weights: list[float]) -> float:
-    aucs = [_auc(labels, w * image + (1 - w) * tabular) for w in weights]
+    aucs = [nan_safe_auc(labels, w * image + (1 - w) * tabular) for w in weights]
     return float(weights[int(np.nanargmax(aucs))])
 
 
@@ -105,10 +107,9 @@ class FusionModel:
         groups = np.asarray(patient_ids)
         if len(y) != len(data.table) or len(groups) != len(y):
             raise UserInputError("labels and patient ids must have one entry per lesion")
-        folds = patient_grouped_folds(y, groups, cfg.split.folds, cfg.seed)
-
         self.encoder_ = ImageEncoder(self._encoder_config(), cfg.preprocess.hu_window, self.checkpoint_dir,
                                      self.progress).fit(data.crops, y, groups)
+        folds = self.encoder_.folds_  # the heads are cross-validated over the encoder's folds
         self.crop_channels_ = int(data.crops.shape[1])
         self.pca_ = fit_pca(self.encoder_.oof_embeddings_, cfg.features.embedding_components)
         X_img = imaging_features(self.encoder_.oof_logits_, self.encoder_.oof_embeddings_, self.pca_,
@@ -143,7 +144,7 @@ class FusionModel:
                 self.heads_[f"{variant}_tabular"] = self._head(tab_names).fit(X_tab[tab_names].values, y)
                 info["late_fusion_weight"] = self._late_weight(X_tab[tab_names], image_logit, y, groups)
             info["method"] = method
-            info["oof_auc"] = {name: _auc(y, m) for name, m in margins.items()}
+            info["oof_auc"] = {name: nan_safe_auc(y, m) for name, m in margins.items()}
             info["calibrator"] = fit_calibrator(cfg.calibration.method, margins[method], y)
             probabilities = apply_calibrator(info["calibrator"], margins[method])
             info["thresholds"] = operating_thresholds(y, probabilities)
@@ -152,7 +153,7 @@ class FusionModel:
         rules = rule_scores(data.table, cfg.baselines)
         for rule in rules:
             oof[f"rule_{rule}"] = rules[rule]
-        self.baseline_oof_auc_ = {rule: _auc(y, rules[rule].to_numpy()) for rule in rules}
+        self.baseline_oof_auc_ = {rule: nan_safe_auc(y, rules[rule].to_numpy()) for rule in rules}
         self.oof_ = oof
         self.oof_auc_ = {v: info["oof_auc"][info["method"]] for v, info in self.variants_.items()}
         return self
@@ -168,8 +169,7 @@ class FusionModel:
         if data.crops.shape[1] != self.crop_channels_:
             raise UserInputError(f"the model was trained on crops of {self.crop_channels_} channels, these have "
                                  f"{data.crops.shape[1]}; the cohort must have the same phases as the training cohort")
-        logits = self.encoder_.decision_function(data.crops)
-        embeddings = self.encoder_.transform(data.crops)
+        logits, embeddings = self.encoder_.predict_outputs(data.crops)
         X_img = imaging_features(logits, embeddings, self.pca_, data.table.index)
         X_tab, _ = tabular_features(data.table, data.image_features, self.config.features, data.extra_features)
         out = pd.DataFrame(index=data.table.index)

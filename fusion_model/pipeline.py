@@ -20,7 +20,7 @@ from fusion_model.fileio import atomic_write_text, sha256_file
 from fusion_model.imaging.cache import ImageCache
 from fusion_model.imaging.extract import LesionError, extract_cohort_images
 from fusion_model.imaging.preprocess import crop_channels
-from fusion_model.model import FusionModel, LesionData
+from fusion_model.model import FusionModel, LesionData, nan_safe_auc
 
 TRUTH_FILE = "truth.csv"
 
@@ -81,16 +81,6 @@ class TrainRun:
     test_auc: dict = field(default_factory=dict)
 
 
-def _auc_or_none(labels, scores) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
-    keep = ~np.isnan(scores)
-    if len(np.unique(labels[keep])) < 2:
-        return None
-    return float(roc_auc_score(labels[keep], scores[keep]))
-
-
 def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCache, test_centre: str | None = None,
           strict: bool = False, overwrite: bool = False, progress: bool = True) -> TrainRun:
     out = Path(out)
@@ -118,14 +108,14 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
         predictions.insert(0, "centre", test_data.table["centre"])
         predictions.insert(0, "patient_id", test_data.table["patient_id"])
         run.test_predictions = predictions
-        run.test_auc = {c[2:] if c.startswith("p_") else c: _auc_or_none(predictions["label"], predictions[c])
+        run.test_auc = {c[2:] if c.startswith("p_") else c: nan_safe_auc(predictions["label"], predictions[c])
                         for c in predictions.columns if c.startswith(("p_", "rule_"))}
         extra_files["test_predictions.csv"] = predictions.to_csv(index_label="lesion_id")
     truth_path = cohort.root / TRUTH_FILE
     if truth_path.is_file():
         truth = pd.read_csv(truth_path).set_index("lesion_id")
         ids = [i for i in train_data.table.index if i in truth.index]
-        run.oracle_auc = _auc_or_none(truth.loc[ids, "label"], truth.loc[ids, "oracle_risk"])
+        run.oracle_auc = nan_safe_auc(truth.loc[ids, "label"], truth.loc[ids, "oracle_risk"])
     cohort_info = {
         "name": cohort.spec.name, "fingerprint": cohort_fingerprint(cohort),
         "phases": cohort.spec.phases, "ct_intensities": cohort.spec.ct_intensities,

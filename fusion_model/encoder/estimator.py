@@ -79,12 +79,15 @@ class ImageEncoder:
         if not hasattr(self, "model_"):
             raise RuntimeError("ImageEncoder is not fitted with a final model; call fit() first")
 
-    def decision_function(self, crops: np.ndarray) -> np.ndarray:
-        """Malignancy logits of new lesions (final model, with test-time augmentation)."""
+    def predict_outputs(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embeddings of new lesions in one pass (final model, test-time augmentation)."""
         self._check_fitted()
-        return predict(self.model_, np.asarray(crops), self.config)[0]
+        return predict(self.model_, np.asarray(crops), self.config)
+
+    def decision_function(self, crops: np.ndarray) -> np.ndarray:
+        """Malignancy logits of new lesions."""
+        return self.predict_outputs(crops)[0]
 
     def transform(self, crops: np.ndarray) -> np.ndarray:
         """Embeddings of new lesions."""
-        self._check_fitted()
-        return predict(self.model_, np.asarray(crops), self.config)[1]
+        return self.predict_outputs(crops)[1]
