@@ -274,6 +274,70 @@ def predict(
                   + (f" (see {out.with_name(out.stem + '_errors.csv')})" if errors else ""))
 
 
+def _print_evaluation(result) -> None:
+    metrics = result.metrics
+    table = Table(title=f"evaluation: {metrics['cohort']['lesions']} lesions, {metrics['cohort']['malignant']} malignant")
+    for column in ("model", "kind", "AUC", "95% CI (DeLong)", "95% CI (bootstrap)", "sens / spec at", "Brier"):
+        table.add_column(column)
+    for name, m in metrics["models"].items():
+        if not m.get("auc"):
+            table.add_row(name, m["kind"], "-", m.get("note", ""), "", "", "")
+            continue
+        point = m["operating_points"][0]
+        sens, spec = point["sensitivity"]["value"], point["specificity"]["value"]
+        table.add_row(name, m["kind"], _fmt_auc(m["auc"]["value"]),
+                      "{:.3f}-{:.3f}".format(*m["auc"]["delong_ci"]), "{:.3f}-{:.3f}".format(*m["auc"]["bootstrap_ci"]),
+                      f"{sens:.0%} / {spec:.0%} ({point['name']})",
+                      _fmt_auc(m["calibration"]["brier"]) if m.get("calibration") else "-")
+    if metrics.get("oracle"):
+        oracle = metrics["oracle"]["auc"]
+        table.add_row("oracle", "generator's true risk", _fmt_auc(oracle["value"]),
+                      "{:.3f}-{:.3f}".format(*oracle["delong_ci"]), "", "", "")
+    console.print(table)
+    for entry in metrics.get("not_evaluated", []):
+        console.print(f"[red]not evaluated[/red]: lesion {entry['lesion_id']} (row {entry['row']}): {entry['message']}")
+    console.print(f"report: {result.out / 'report.html'} (also metrics.json, predictions.csv, "
+                  f"{', '.join(f for f in result.files if f.endswith('.png'))})")
+
+
+@app.command()
+def evaluate(
+    files: Annotated[Optional[list[Path]], typer.Argument(help="with --predictions: prediction CSVs (lesion_id, "
+                                                               "label, a score per model)", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", help="report folder to write, e.g. reports/NAME")] = Path("reports/evaluation"),
+    model: Annotated[Optional[Path], typer.Option("--model", help="model artifact directory (from train)")] = None,
+    cohort: Annotated[Optional[Path], typer.Option("--cohort", help="labelled cohort directory")] = None,
+    predictions: Annotated[bool, typer.Option("--predictions", help="evaluate the prediction CSVs given as "
+                                                                    "arguments instead of a model")] = False,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC CIs")] = 2000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing report folder")] = False,
+) -> None:
+    """ROC report of a model on a labelled cohort (or of saved prediction files): HTML, JSON, CSV, PNG."""
+    from fusion_model.evaluate.metrics import EvaluationSettings
+    from fusion_model.evaluate.run import evaluate_model, evaluate_predictions
+
+    if bootstrap < 200:
+        raise UserInputError(f"--bootstrap {bootstrap}: use at least 200 resamples (2000 or more for a report)")
+    settings = EvaluationSettings(bootstrap_resamples=bootstrap, seed=seed)
+    if predictions or files:
+        if not predictions:
+            raise UserInputError("prediction files given without --predictions; write "
+                                 "'fusion-model evaluate --predictions a.csv b.csv --out DIR'")
+        if model:
+            raise UserInputError("give either --model (with --cohort) or --predictions files, not both")
+        if not files:
+            raise UserInputError("--predictions needs at least one CSV file after it")
+        result = evaluate_predictions(files, out, cohort, settings, overwrite=overwrite)
+    else:
+        if not model or not cohort:
+            raise UserInputError("give --model and --cohort (or --predictions a.csv b.csv ...)")
+        result = evaluate_model(model, cohort, out, _cache(cache), settings, strict=strict, overwrite=overwrite)
+    _print_evaluation(result)
+
+
 @app.command()
 def schema(
     format: Annotated[str, typer.Option("--format", help="markdown (data dictionary) or json (JSON Schema)")] = "markdown",

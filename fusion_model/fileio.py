@@ -99,6 +99,9 @@ def atomic_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
         raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield staging
         if out.is_dir():

@@ -17,3 +17,33 @@ def synthetic_cohort(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSION_MODEL_CACHE", str(tmp_path / "cache"))
+
+
+TINY_EXPERIMENT = {
+    "name": "tiny", "seed": 0,
+    "preprocess": {"spacing_mm": 4.0, "crop_size_mm": 64},
+    "encoder": {"width": 4, "depth": 2, "stem_stride": 2, "embedding_size": 8, "epochs": 3, "tta_views": 1},
+    "xgboost": {"n_estimators": 60},
+    "split": {"folds": 3},
+}
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory):
+    """A tiny model trained on one synthetic cohort, and a second (external) labelled cohort."""
+    import yaml
+
+    from fusion_model import pipeline
+    from fusion_model.experiment import load_experiment
+    from fusion_model.imaging.cache import ImageCache
+    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+
+    root = tmp_path_factory.mktemp("trained")
+    train_cohort = synthesize_cohort(root / "train", SynthConfig(patients=60, seed=31), progress=False)
+    test_cohort = synthesize_cohort(root / "test", SynthConfig(patients=36, seed=32), progress=False)
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_EXPERIMENT))
+    cache = root / "cache"
+    pipeline.train(load_experiment(config), train_cohort, root / "model", ImageCache(cache), progress=False)
+    return {"model": root / "model", "train_cohort": train_cohort, "test_cohort": test_cohort, "config": config,
+            "cache": cache}

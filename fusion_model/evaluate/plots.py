@@ -1,0 +1,124 @@
+"""Report figures (matplotlib, Agg): each function takes the metrics dict and returns PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DPI = 110
+
+
+def png_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _colours(names: list[str]) -> dict[str, str]:
+    cmap = plt.get_cmap("tab10")
+    return {name: cmap(i % 10) for i, name in enumerate(names)}
+
+
+def roc_plot(metrics: dict) -> bytes:
+    models = {k: v for k, v in metrics["models"].items() if v.get("auc")}
+    colours = _colours(list(metrics["models"]))
+    fig, ax = plt.subplots(figsize=(6.4, 6.0))
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+    for name, m in models.items():
+        auc = m["auc"]
+        label = f"{name}: AUC {auc['value']:.3f} ({auc['delong_ci'][0]:.3f}-{auc['delong_ci'][1]:.3f})"
+        if m["kind"] == "rule":
+            point = m["operating_points"][0]
+            fpr, tpr = 1 - point["specificity"]["value"], point["sensitivity"]["value"]
+            ax.plot([0, fpr, 1], [0, tpr, 1], ls="--", lw=1, color=colours[name])
+            ax.plot(fpr, tpr, marker="s", ms=8, ls="none", color=colours[name], label=label)
+            continue
+        ax.plot(m["roc"]["fpr"], m["roc"]["tpr"], lw=2, color=colours[name], label=label)
+        for point in m["operating_points"]:
+            if point.get("key") == "youden":
+                ax.plot(1 - point["specificity"]["value"], point["sensitivity"]["value"], marker="o", ms=8,
+                        mec="black", color=colours[name])
+    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)",
+           xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title="ROC curves (circle: Youden threshold from training; "
+                                                          "square: guideline rule)")
+    ax.title.set_fontsize(9)
+    ax.legend(loc="lower right", fontsize=7.5)
+    ax.grid(alpha=0.3)
+    return png_bytes(fig)
+
+
+def calibration_plot(metrics: dict) -> bytes | None:
+    models = {k: v for k, v in metrics["models"].items() if v.get("calibration")}
+    if not models:
+        return None
+    colours = _colours(list(metrics["models"]))
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6.4, 7.0), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="ideal")
+    edges = np.linspace(0, 1, 21)
+    for name, m in models.items():
+        c = m["calibration"]
+        x = [b["mean_predicted"] for b in c["bins"]]
+        y = [b["observed"] for b in c["bins"]]
+        ax.plot(x, y, marker="o", color=colours[name],
+                label=f"{name}: slope {c['slope']:.2f}, intercept {c['intercept']:.2f}, Brier {c['brier']:.3f}")
+        hist.stairs(c["histogram"], edges, color=colours[name], lw=1.5)
+    ax.set(ylabel="observed share malignant", ylim=(-0.02, 1.02), title="Reliability diagram (10 bins)")
+    ax.legend(fontsize=7.5, loc="upper left")
+    ax.grid(alpha=0.3)
+    hist.set(xlabel="predicted probability of malignancy", ylabel="lesions", xlim=(0, 1))
+    hist.grid(alpha=0.3)
+    return png_bytes(fig)
+
+
+def decision_curve_plot(metrics: dict) -> bytes | None:
+    models = {k: v for k, v in metrics["models"].items() if v.get("decision_curve")}
+    if not models:
+        return None
+    colours = _colours(list(metrics["models"]))
+    ref = metrics["decision_curve_reference"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    t = np.asarray(ref["thresholds"])
+    ax.plot(t, ref["treat_all"], color="grey", lw=1.5, label="treat all (resect every lesion)")
+    ax.plot(t, ref["treat_none"], color="black", lw=1.5, label="treat none")
+    top = max(ref["treat_all"][0], 0.05)
+    for name, m in models.items():
+        ax.plot(m["decision_curve"]["thresholds"], m["decision_curve"]["net_benefit"], lw=2, color=colours[name],
+                label=name)
+    ax.set(xlabel="threshold probability", ylabel="net benefit", ylim=(-0.05 * top * 2, top * 1.15),
+           title="Decision curve")
+    ax.legend(fontsize=7.5)
+    ax.grid(alpha=0.3)
+    return png_bytes(fig)
+
+
+def subgroup_plot(metrics: dict, model: str) -> bytes | None:
+    rows = [r for r in metrics["subgroups"] if model in r["models"]]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(rows) + 1.2))
+    labels = []
+    for i, row in enumerate(rows):
+        entry = row["models"][model]
+        labels.append(f"{row['by']}: {row['group']} (n={row['n']})" + (" *" if row["small"] else ""))
+        if entry.get("auc"):
+            auc = entry["auc"]
+            ax.plot(auc["delong_ci"], [i, i], color="black", lw=1.2)
+            ax.plot(auc["value"], i, marker="s", color="tab:blue" if not row["small"] else "tab:orange")
+        else:
+            ax.text(0.52, i, "AUC undefined (one class)", va="center", fontsize=7, color="grey")
+    overall = metrics["models"][model].get("auc")
+    if overall:
+        ax.axvline(overall["value"], color="tab:blue", ls="--", lw=1)
+    ax.axvline(0.5, color="grey", ls=":", lw=1)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7.5)
+    ax.invert_yaxis()
+    ax.set(xlim=(0.3, 1.0), xlabel=f"AUC of {model} (95% CI, DeLong); * small subgroup",
+           title="Subgroups")
+    ax.grid(axis="x", alpha=0.3)
+    return png_bytes(fig)

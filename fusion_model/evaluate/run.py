@@ -1,0 +1,350 @@
+"""`fusion-model evaluate`: score a labelled cohort with a model, or read saved prediction files,
+and write report.html, metrics.json, predictions.csv and the figures as PNG, all at once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from fusion_model import __version__
+from fusion_model.errors import UserInputError
+from fusion_model.evaluate import plots, stats
+from fusion_model.evaluate.metrics import (
+    CASE_COLUMNS,
+    METRICS_FORMAT,
+    METRICS_FORMAT_VERSION,
+    EvaluationSettings,
+    ScoreSet,
+    compute_metrics,
+)
+from fusion_model.fileio import sha256_file
+from fusion_model.heads.baselines import RULES
+from fusion_model.report import data_uri, render, write_report_dir
+
+EXPERIMENT_VARIANTS = {
+    "imaging": "3D CNN on the lesion crop only",
+    "imaging_radiological": "imaging + radiological features (size, unenhanced HU, shape from the mask)",
+    "imaging_clinical": "imaging + clinical history and laboratory results",
+    "all": "imaging + radiological + clinical + laboratory",
+}
+
+
+SOURCE_DEFAULTS = {"cohort_name": "", "cohort_path": "", "cohort_fingerprint": None, "model_path": None,
+                   "model_manifest_sha256": None, "training_cohort_name": None, "training_cohort_fingerprint": None,
+                   "training_lesions": None, "prediction_files": [], "overlap_note": None, "synthetic": False}
+
+
+@dataclass
+class EvaluationResult:
+    out: Path
+    metrics: dict
+    files: list[str]
+
+
+# ------------------------------------------------------------------------------- inputs
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _score_columns(frame: pd.DataFrame) -> list[str]:
+    models = [c for c in frame.columns if c.startswith("p_")]
+    rules = [c for c in frame.columns if c.startswith("rule_")]
+    if models:
+        return models + rules
+    for name in ("probability", "score"):
+        if name in frame.columns:
+            return [name] + rules
+    return rules
+
+
+def read_predictions_file(path: Path) -> pd.DataFrame:
+    """A predictions CSV: lesion_id, label, and score columns (score / probability / p_MODEL / rule_RULE)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: not found; give a CSV with columns lesion_id, label and a score per model")
+    try:
+        frame = pd.read_csv(path, dtype={"lesion_id": str, "patient_id": str, "centre": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise UserInputError(f"{path}: cannot be read as CSV ({str(err).strip()})") from None
+    if "lesion_id" not in frame:
+        raise UserInputError(f"{path}: no 'lesion_id' column (columns: {list(frame.columns)})")
+    duplicated = frame["lesion_id"][frame["lesion_id"].duplicated()].tolist()
+    if duplicated:
+        raise UserInputError(f"{path}: lesion ids {duplicated[:10]} appear more than once; one row per lesion")
+    columns = _score_columns(frame)
+    if not [c for c in columns if not c.startswith("rule_")]:
+        raise UserInputError(f"{path}: no score column; name it 'score', 'probability' or 'p_<model>' "
+                             f"(columns: {list(frame.columns)})")
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = frame[column].notna() & values.isna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserInputError(f"{path}: row {i + 2} (lesion {frame['lesion_id'].iloc[i]}), column {column!r}: "
+                                 f"{frame[column].iloc[i]!r} is not a number")
+        if not column.startswith("rule_") and values.isna().any():
+            rows = (np.flatnonzero(values.isna().to_numpy())[:10] + 2).tolist()
+            ids = frame["lesion_id"][values.isna()].tolist()[:10]
+            raise UserInputError(f"{path}: column {column!r} is empty or NaN in rows {rows} (lesions {ids}); "
+                                 "every lesion needs a score")
+        frame[column] = values
+    if "label" in frame:
+        labels = pd.to_numeric(frame["label"], errors="coerce")
+        bad = frame["label"].notna() & ~labels.isin([0, 1])
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserInputError(f"{path}: row {i + 2} (lesion {frame['lesion_id'].iloc[i]}), column 'label': "
+                                 f"{frame['label'].iloc[i]!r}; use 1 for malignant and 0 for benign")
+        frame["label"] = labels.astype("Int64")
+    return frame.set_index("lesion_id")
+
+
+def _model_name(path: Path, column: str, several_files: bool, several_columns: bool) -> str:
+    """'score'/'probability' take the file's name; p_MODEL columns their model's (prefixed by the file's
+    name when several files are compared)."""
+    if column in ("score", "probability"):
+        return path.stem
+    base = column.removeprefix("p_")
+    if several_files:
+        return f"{path.stem}:{base}" if several_columns else path.stem
+    return base
+
+
+def cases_from_predictions(frames: dict[Path, pd.DataFrame], cohort_table: pd.DataFrame | None) -> pd.DataFrame:
+    """Labels and subgroup columns of the lesions, checked for agreement across files and with the cohort."""
+    paths = list(frames)
+    first = frames[paths[0]]
+    for path in paths[1:]:
+        extra = sorted(set(frames[path].index) - set(first.index))
+        missing = sorted(set(first.index) - set(frames[path].index))
+        if extra or missing:
+            raise UserInputError(
+                f"{path} and {paths[0]} do not hold the same lesions: "
+                + (f"unknown lesion ids {extra[:10]} in {path.name}" if extra else "")
+                + ("; " if extra and missing else "")
+                + (f"{missing[:10]} missing from {path.name}" if missing else "")
+                + "; evaluate models on the same lesions")
+    ids = first.index
+    if cohort_table is not None:
+        table = cohort_table.set_index("lesion_id")
+        unknown = sorted(set(ids) - set(table.index))
+        if unknown:
+            raise UserInputError(f"{paths[0]}: unknown lesion ids {unknown[:10]}: not in the cohort's clinical.csv")
+        cases = table.loc[ids, [c for c in CASE_COLUMNS if c in table]].copy()
+        cases["label"] = pd.to_numeric(cases.get("label"), errors="coerce") if "label" in cases else np.nan
+    else:
+        cases = first[[c for c in CASE_COLUMNS if c in first]].copy()
+    if "label" not in cases or cases["label"].isna().all():
+        raise UserInputError(f"{paths[0]}: no labels; add a 'label' column (1 malignant, 0 benign) or give "
+                             "--cohort with a labelled clinical.csv")
+    for path in paths:
+        if "label" in frames[path] and frames[path]["label"].notna().any():
+            theirs = frames[path]["label"].reindex(ids)
+            differ = theirs.notna() & (theirs.astype(float) != cases["label"].astype(float))
+            if differ.any():
+                raise UserInputError(f"{path}: labels of lesions {list(ids[differ.to_numpy()][:10])} differ from "
+                                     f"{'the cohort' if cohort_table is not None else paths[0]}'s")
+    missing = cases["label"].isna()
+    if missing.any():
+        raise UserInputError(f"lesions {list(cases.index[missing][:10])} have no label; evaluation needs the "
+                             "histology label of every lesion")
+    cases["label"] = cases["label"].astype(int)
+    return cases
+
+
+def score_sets_from_predictions(frames: dict[Path, pd.DataFrame]) -> list[ScoreSet]:
+    several = len(frames) > 1
+    sets: list[ScoreSet] = []
+    rules_seen = set()
+    for path, frame in frames.items():
+        columns = _score_columns(frame)
+        model_columns = [c for c in columns if not c.startswith("rule_")]
+        for column in columns:
+            if column.startswith("rule_"):
+                rule = column[5:]
+                if rule in rules_seen:
+                    continue
+                rules_seen.add(rule)
+                sets.append(ScoreSet(rule, "rule", frame[column], RULES.get(rule, "guideline rule"), False))
+                continue
+            values = frame[column]
+            probability = bool(values.min() >= 0 and values.max() <= 1)
+            name = _model_name(path, column, several, len(model_columns) > 1)
+            sets.append(ScoreSet(name, "external", values, f"{column} from {path.name}", probability))
+    return sets
+
+
+# --------------------------------------------------------------------------------- output
+def methods_paragraph(metrics: dict) -> str:
+    s = metrics["settings"]
+    return (
+        "Discrimination is the area under the ROC curve (AUC), computed as the Mann-Whitney statistic (ties count "
+        "one half), with 95% confidence intervals by DeLong's method (midrank algorithm of Sun and Xu, 2014) and by "
+        f"a stratified percentile bootstrap ({s['bootstrap_resamples']} resamples of malignant and benign lesions "
+        f"separately, seed {s['bootstrap_seed']}). Pairs of models are compared on the lesions both score with "
+        "DeLong's paired test (two-sided, unadjusted). Sensitivity, specificity, accuracy, positive and negative "
+        "predictive values carry Wilson score intervals; likelihood ratios carry log-method intervals (Simel 1991), "
+        "with a 0.5 continuity correction where a cell of the confusion matrix is zero. Calibration is summarised "
+        "by the Brier score, the calibration intercept (logistic regression of the outcome with the predicted "
+        "log-odds as offset) and the calibration slope (logistic regression on the predicted log-odds), and shown "
+        "as a reliability diagram. Clinical utility is the net benefit of a decision curve (Vickers and Elkin "
+        "2006) against resecting all or no lesions. Subgroups by centre, size (40 mm), unenhanced attenuation "
+        f"(10 HU) and lesion type are reported with DeLong intervals; those with fewer than "
+        f"{s['small_subgroup_lesions']} lesions or fewer than {s['small_subgroup_per_class']} of a class are flagged "
+        "as small. Guideline rules are scored as 0/1 tests.")
+
+
+def _limitations(metrics: dict, source: dict) -> list[str]:
+    out = ["Thresholds chosen on the evaluated lesions ('this cohort') are optimistic; only those chosen on the "
+           "training data estimate performance at a fixed operating point.",
+           "Lesions are treated as independent; patients with several lesions make the intervals slightly narrow.",
+           "p-values of the model comparisons are not adjusted for multiple testing."]
+    small = [f"{r['by']} {r['group']}" for r in metrics["subgroups"] if r["small"]]
+    if small:
+        out.append(f"Small subgroups ({', '.join(small)}): their estimates are imprecise.")
+    if source.get("overlap_note"):
+        out.append(source["overlap_note"])
+    if source.get("synthetic"):
+        out.append("This cohort is synthetic (generated by fusion-model): the figures demonstrate the pipeline, "
+                   "not clinical performance.")
+    return out
+
+
+def write_evaluation(out: Path, metrics: dict, predictions: pd.DataFrame, source: dict, title: str,
+                     primary: str | None, config: dict | None = None, not_evaluated: list | None = None,
+                     warnings: list[str] | None = None, overwrite: bool = False) -> EvaluationResult:
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    source = {**SOURCE_DEFAULTS, **source}
+    document = _json_safe({
+        "format": METRICS_FORMAT, "format_version": METRICS_FORMAT_VERSION, "package_version": __version__,
+        "created_utc": created, "title": title, "source": source, "primary_model": primary,
+        "not_evaluated": not_evaluated or [], **metrics})
+    pngs = {"roc.png": plots.roc_plot(document), "calibration.png": plots.calibration_plot(document),
+            "decision_curve.png": plots.decision_curve_plot(document)}
+    if primary:
+        pngs["subgroups.png"] = plots.subgroup_plot(document, primary)
+    pngs = {k: v for k, v in pngs.items() if v is not None}
+    html = render("evaluate.html.j2", metrics=document, title=title, source=source, primary=primary,
+                  images={k: data_uri(v) for k, v in pngs.items()}, methods_paragraph=methods_paragraph(document),
+                  limitations=_limitations(document, source), not_evaluated=not_evaluated or [],
+                  warnings=warnings or [], metrics_format_version=METRICS_FORMAT_VERSION,
+                  config=yaml.safe_dump(config, sort_keys=False) if config else None,
+                  package_version=__version__, created_utc=created)
+    files: dict[str, bytes | str] = {"report.html": html,
+                                     "metrics.json": json.dumps(document, indent=2, allow_nan=False) + "\n",
+                                     "predictions.csv": predictions.to_csv(index_label="lesion_id"), **pngs}
+    write_report_dir(out, files, overwrite=overwrite)
+    return EvaluationResult(Path(out), document, sorted(files))
+
+
+def _oracle(cases: pd.DataFrame, cohort_root: Path | None) -> dict | None:
+    if cohort_root is None or not (Path(cohort_root) / "truth.csv").is_file():
+        return None
+    truth = pd.read_csv(Path(cohort_root) / "truth.csv", dtype={"lesion_id": str}).set_index("lesion_id")
+    ids = [i for i in cases.index if i in truth.index]
+    labels = cases.loc[ids, "label"].to_numpy(dtype=int)
+    try:
+        d = stats.delong(labels, truth.loc[ids, "oracle_risk"].to_numpy(float))
+    except stats.SingleClassError:
+        return None
+    return {"n": len(ids), "auc": {"value": float(d.aucs[0]), "delong_ci": list(d.ci(0))}}
+
+
+def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None = None,
+                         settings: EvaluationSettings | None = None, overwrite: bool = False,
+                         progress: bool = True) -> EvaluationResult:
+    """Evaluate saved prediction files (from fusion-model or another tool) without a model."""
+    from fusion_model.cohort import load_cohort
+
+    files = [Path(f) for f in files]
+    if len({f.resolve() for f in files}) != len(files):
+        raise UserInputError("the same predictions file is given twice")
+    frames = {f: read_predictions_file(f) for f in files}
+    cohort = load_cohort(cohort_dir) if cohort_dir else None
+    cases = cases_from_predictions(frames, cohort.table if cohort else None)
+    score_sets = score_sets_from_predictions(frames)
+    metrics = compute_metrics(cases, score_sets, settings, progress=progress)
+    metrics["oracle"] = _oracle(cases, cohort.root if cohort else None)
+    predictions = cases.copy()
+    for s in score_sets:
+        predictions[s.name] = s.scores.reindex(cases.index)
+    source = {"cohort_name": cohort.spec.name if cohort else "lesions of the predictions files",
+              "cohort_path": str(cohort_dir) if cohort_dir else "",
+              "cohort_fingerprint": _cohort_fingerprint(cohort) if cohort else None,
+              "prediction_files": [{"path": str(f), "sha256": sha256_file(f)} for f in files],
+              "synthetic": bool(cohort and (cohort.root / "truth.csv").is_file())}
+    primary = next((s.name for s in score_sets if s.kind != "rule"), None)
+    return write_evaluation(out, metrics, predictions, source, title=", ".join(f.name for f in files),
+                            primary=primary, overwrite=overwrite)
+
+
+def _cohort_fingerprint(cohort) -> str:
+    from fusion_model.pipeline import cohort_fingerprint
+
+    return cohort_fingerprint(cohort)
+
+
+def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings: EvaluationSettings | None = None,
+                   strict: bool = False, overwrite: bool = False, progress: bool = True) -> EvaluationResult:
+    """Score a labelled cohort with every variant of a model and the guideline rules, and report."""
+    from fusion_model.artifact import MANIFEST, load_model
+    from fusion_model.cohort import load_cohort
+    from fusion_model.imaging.preprocess import crop_channels
+    from fusion_model.pipeline import cohort_fingerprint, lesion_data
+
+    model = load_model(model_dir, progress=progress)
+    cohort = load_cohort(cohort_dir, require_label=True)
+    trained = model.manifest_["cohort"]
+    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities)
+    if channels != trained["channels"]:
+        raise UserInputError(f"{cohort_dir}: the cohort's image channels {channels} differ from the model's "
+                             f"{trained['channels']}; declare the same phases in cohort.json")
+    stats.require_both_classes(cohort.table["label"].astype(int).to_numpy(), f"cohort {cohort_dir}")
+    data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
+    if len(data.table) == 0:
+        raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to evaluate")
+    predicted = model.predict_variants(data)
+    cases = data.table[[c for c in CASE_COLUMNS if c in data.table]].copy()
+    cases["label"] = cases["label"].astype(int)
+    score_sets = [ScoreSet(v, "model", predicted[f"p_{v}"], EXPERIMENT_VARIANTS.get(v, v), True,
+                           dict(info["thresholds"])) for v, info in model.variants_.items()]
+    score_sets += [ScoreSet(r, "rule", predicted[f"rule_{r}"], RULES[r], False)
+                   for r in model.config.baselines if f"rule_{r}" in predicted]
+    metrics = compute_metrics(cases, score_sets, settings, progress=progress)
+    metrics["oracle"] = _oracle(cases, cohort.root)
+    fingerprint = cohort_fingerprint(cohort)
+    warnings = []
+    overlap_note = None
+    if fingerprint == trained.get("fingerprint"):
+        test_lesions = trained.get("test_lesions", 0)
+        overlap_note = ("This is the training cohort itself: "
+                        + ("its held-out part was not seen in training, but every other lesion was; "
+                           if test_lesions else "")
+                        + "figures on training lesions are optimistic. Evaluate on a separate cohort.")
+        warnings.append(overlap_note)
+    source = {"cohort_name": cohort.spec.name, "cohort_path": str(cohort_dir), "cohort_fingerprint": fingerprint,
+              "model_path": str(model_dir), "model_manifest_sha256": sha256_file(Path(model_dir) / MANIFEST),
+              "training_cohort_name": trained.get("name"), "training_cohort_fingerprint": trained.get("fingerprint"),
+              "training_lesions": trained.get("training_lesions"), "prediction_files": [],
+              "overlap_note": overlap_note, "synthetic": (cohort.root / "truth.csv").is_file()}
+    predictions = pd.concat([cases, predicted], axis=1)
+    return write_evaluation(out, metrics, predictions, source, title=f"{Path(model_dir).name} on {cohort.spec.name}",
+                            primary=model.primary_variant, config=model.config.model_dump(mode="json"),
+                            not_evaluated=[e.__dict__ for e in errors], warnings=warnings, overwrite=overwrite)

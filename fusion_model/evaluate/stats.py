@@ -1,0 +1,295 @@
+"""Statistics for ROC reports: small pure functions on label and score arrays.
+
+- AUC as the Mann-Whitney statistic (ties count one half), with DeLong's variance computed by
+  the midrank algorithm of Sun & Xu (2014, IEEE Signal Processing Letters 21:1389), and the
+  paired DeLong test between two scores on the same lesions (DeLong et al. 1988,
+  Biometrics 44:837);
+- stratified bootstrap CIs (positives and negatives resampled separately, seeded);
+- proportions with Wilson score intervals, likelihood ratios with the log method
+  (Simel et al. 1991, J Clin Epidemiol 44:763);
+- calibration intercept (calibration-in-the-large: logistic model with logit(p) as offset)
+  and slope (logistic regression on logit(p)), Brier score (Van Calster et al. 2019);
+- net benefit for decision curves (Vickers & Elkin 2006, Med Decis Making 26:565).
+
+Inputs are 1-D arrays; labels are 0/1 with 1 = malignant. Nothing here reads files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from fusion_model.errors import UserInputError
+
+Z95 = float(sps.norm.ppf(0.975))
+
+
+class SingleClassError(UserInputError):
+    """AUC, sensitivity/specificity pairs and DeLong need lesions of both classes."""
+
+
+def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=float)
+    if labels.shape != scores.shape or labels.ndim != 1:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must be 1-D of one length")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; drop those lesions first")
+    labels = labels.astype(int)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return labels, scores
+
+
+def require_both_classes(labels, what: str = "the cohort") -> None:
+    labels = np.asarray(labels).astype(int)
+    positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())
+    if positives == 0 or negatives == 0:
+        only = "benign" if positives == 0 else "malignant"
+        raise SingleClassError(f"{what} has only {only} lesions (n={len(labels)}); an AUC needs benign and "
+                               "malignant lesions")
+
+
+# ----------------------------------------------------------------------------- AUC and DeLong
+def midranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given the mean of their ranks."""
+    return sps.rankdata(x, method="average")
+
+
+def auc_mann_whitney(labels, scores) -> float:
+    """P(score of a malignant lesion > score of a benign one) + 0.5 P(equal)."""
+    labels, scores = _check(labels, scores)
+    require_both_classes(labels)
+    m, n = int(labels.sum()), int((1 - labels).sum())
+    ranks = midranks(scores)
+    return float((ranks[labels == 1].sum() - m * (m + 1) / 2) / (m * n))
+
+
+@dataclass(frozen=True)
+class DeLong:
+    """AUCs of k scores on the same lesions and their DeLong covariance matrix (k x k)."""
+
+    aucs: np.ndarray
+    covariance: np.ndarray
+    positives: int
+    negatives: int
+
+    def se(self, i: int = 0) -> float:
+        return float(math.sqrt(max(self.covariance[i, i], 0.0)))
+
+    def ci(self, i: int = 0, z: float = Z95) -> tuple[float, float]:
+        auc, se = float(self.aucs[i]), self.se(i)
+        return max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def delong(labels, *score_arrays) -> DeLong:
+    """AUC of each score array and DeLong's covariance, via midranks: O(k N log N)."""
+    if not score_arrays:
+        raise ValueError("give at least one score array")
+    checked = [_check(labels, s) for s in score_arrays]
+    labels = checked[0][0]
+    require_both_classes(labels)
+    pos, neg = labels == 1, labels == 0
+    m, n = int(pos.sum()), int(neg.sum())
+    k = len(score_arrays)
+    v10 = np.empty((k, m))  # per malignant lesion: share of benign lesions it outranks
+    v01 = np.empty((k, n))  # per benign lesion: share of malignant lesions that outrank it
+    aucs = np.empty(k)
+    for r, (_, scores) in enumerate(checked):
+        x, y = scores[pos], scores[neg]
+        tx, ty, tz = midranks(x), midranks(y), midranks(np.concatenate([x, y]))
+        aucs[r] = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
+        v10[r] = (tz[:m] - tx) / n
+        v01[r] = 1.0 - (tz[m:] - ty) / m
+    s10 = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((k, k))
+    s01 = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((k, k))
+    return DeLong(aucs, s10 / m + s01 / n, m, n)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    auc_a: float
+    auc_b: float
+    difference: float
+    ci: tuple[float, float]
+    z: float
+    p_value: float
+
+
+def delong_paired_test(labels, scores_a, scores_b) -> PairedTest:
+    """DeLong's test of AUC(a) = AUC(b) on the same lesions (two-sided)."""
+    d = delong(labels, scores_a, scores_b)
+    diff = float(d.aucs[0] - d.aucs[1])
+    var = float(d.covariance[0, 0] + d.covariance[1, 1] - 2 * d.covariance[0, 1])
+    if var <= 1e-15:  # identical rankings: no evidence of a difference
+        return PairedTest(float(d.aucs[0]), float(d.aucs[1]), diff, (diff, diff), 0.0, 1.0)
+    se = math.sqrt(var)
+    z = diff / se
+    p = float(2 * sps.norm.sf(abs(z)))
+    return PairedTest(float(d.aucs[0]), float(d.aucs[1]), diff, (diff - Z95 * se, diff + Z95 * se), z, p)
+
+
+def bootstrap_auc(labels, scores, resamples: int = 2000, seed: int = 0, level: float = 0.95,
+                  chunk: int = 250) -> tuple[float, float, np.ndarray]:
+    """Percentile CI of the AUC from a stratified bootstrap; returns (low, high, the resampled AUCs)."""
+    labels, scores = _check(labels, scores)
+    require_both_classes(labels)
+    rng = np.random.default_rng(seed)
+    x, y = scores[labels == 1], scores[labels == 0]
+    m, n = len(x), len(y)
+    out = []
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        xs = x[rng.integers(0, m, size=(b, m))]
+        ys = y[rng.integers(0, n, size=(b, n))]
+        ranks = sps.rankdata(np.concatenate([xs, ys], axis=1), method="average", axis=1)
+        out.append((ranks[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n))
+    aucs = np.concatenate(out)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(aucs, [alpha, 1 - alpha])
+    return float(low), float(high), aucs
+
+
+# ------------------------------------------------------------------------ operating points
+def wilson_ci(successes: int, total: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval; None when there is nothing to count."""
+    if total <= 0:
+        return None
+    p = successes / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def likelihood_ratios(tp: int, fp: int, tn: int, fn: int, z: float = Z95) -> dict:
+    """LR+ and LR- with log-method CIs; a 0.5 continuity correction where a cell is 0."""
+    out = {}
+    a, b, c, d = float(tp), float(fp), float(fn), float(tn)
+    if a + c == 0 or b + d == 0:
+        return {"lr_positive": {"value": None, "ci": None}, "lr_negative": {"value": None, "ci": None}}
+    corrected = min(a, b, c, d) == 0
+    if corrected:
+        a, b, c, d = a + 0.5, b + 0.5, c + 0.5, d + 0.5
+    sens, spec = a / (a + c), d / (b + d)
+    for name, value, se in (
+        ("lr_positive", sens / (1 - spec), math.sqrt(1 / a - 1 / (a + c) + 1 / b - 1 / (b + d))),
+        ("lr_negative", (1 - sens) / spec, math.sqrt(1 / c - 1 / (a + c) + 1 / d - 1 / (b + d))),
+    ):
+        out[name] = {"value": value, "ci": (value * math.exp(-z * se), value * math.exp(z * se)),
+                     "continuity_corrected": corrected}
+    return out
+
+
+def confusion(labels, scores, threshold: float) -> dict[str, int]:
+    """Counts with 'suspicious' meaning score >= threshold."""
+    labels, scores = _check(labels, scores)
+    called = scores >= threshold
+    return {"tp": int((called & (labels == 1)).sum()), "fp": int((called & (labels == 0)).sum()),
+            "tn": int((~called & (labels == 0)).sum()), "fn": int((~called & (labels == 1)).sum())}
+
+
+def operating_point(labels, scores, threshold: float) -> dict:
+    """Sensitivity, specificity, accuracy, PPV, NPV (Wilson CIs), LR+ / LR- and the confusion matrix."""
+    counts = confusion(labels, scores, threshold)
+    tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
+    out: dict = {"threshold": float(threshold), "confusion": counts}
+    for name, num, den in (("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp),
+                           ("accuracy", tp + tn, tp + tn + fp + fn), ("ppv", tp, tp + fp), ("npv", tn, tn + fn)):
+        out[name] = {"value": _ratio(num, den), "ci": wilson_ci(num, den), "n": den}
+    out.update(likelihood_ratios(tp, fp, tn, fn))
+    return out
+
+
+def threshold_for_sensitivity(labels, scores, target: float) -> float:
+    """The highest threshold whose sensitivity on these lesions reaches ``target``."""
+    labels, scores = _check(labels, scores)
+    positives = np.sort(scores[labels == 1])[::-1]
+    k = max(1, math.ceil(target * len(positives) - 1e-12))
+    return float(positives[k - 1])
+
+
+def threshold_for_specificity(labels, scores, target: float) -> float:
+    """The lowest threshold whose specificity on these lesions reaches ``target``."""
+    labels, scores = _check(labels, scores)
+    negatives = np.sort(scores[labels == 0])
+    k = max(1, math.ceil(target * len(negatives) - 1e-12))  # at least k benign lesions must be below
+    candidate = negatives[k - 1]
+    above = scores[scores > candidate]
+    return float(above.min()) if above.size else float(np.nextafter(candidate, np.inf))
+
+
+# ------------------------------------------------------------------------------ calibration
+def _logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
+def _logistic_fit(X: np.ndarray, y: np.ndarray, offset: np.ndarray, iterations: int = 100) -> np.ndarray:
+    """Unpenalised logistic regression by Newton's method (X includes the intercept column)."""
+    beta = np.zeros(X.shape[1])
+    for _ in range(iterations):
+        eta = np.clip(X @ beta + offset, -30, 30)
+        mu = 1 / (1 + np.exp(-eta))
+        w = np.maximum(mu * (1 - mu), 1e-10)
+        step = np.linalg.lstsq(X.T @ (w[:, None] * X), X.T @ (y - mu), rcond=None)[0]
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return beta
+
+
+def calibration(labels, probabilities) -> dict:
+    """Brier score, calibration intercept (slope fixed at 1) and slope; ideal: 0 and 1."""
+    labels, p = _check(labels, probabilities)
+    if (p < 0).any() or (p > 1).any():
+        raise ValueError("calibration needs probabilities in [0, 1]")
+    lp = _logit(p)
+    ones = np.ones((len(p), 1))
+    intercept = float(_logistic_fit(ones, labels, lp)[0])
+    slope_fit = _logistic_fit(np.column_stack([ones, lp]), labels, np.zeros(len(p)))
+    return {"brier": float(np.mean((p - labels) ** 2)), "intercept": intercept, "slope": float(slope_fit[1]),
+            "mean_predicted": float(p.mean()), "observed_rate": float(labels.mean())}
+
+
+def reliability_bins(labels, probabilities, bins: int = 10) -> list[dict]:
+    """Observed rate per bin of predicted probability (equal-width bins; empty bins left out)."""
+    labels, p = _check(labels, probabilities)
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        inside = index == b
+        count = int(inside.sum())
+        if count:
+            events = int(labels[inside].sum())
+            out.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": count,
+                        "mean_predicted": float(p[inside].mean()), "observed": events / count,
+                        "observed_ci": wilson_ci(events, count)})
+    return out
+
+
+# ---------------------------------------------------------------------------- decision curve
+def net_benefit(labels, probabilities, thresholds) -> np.ndarray:
+    """Net benefit of treating lesions with p >= t, for each threshold probability t."""
+    labels, p = _check(labels, probabilities)
+    t = np.asarray(thresholds, dtype=float)
+    n = len(labels)
+    called = p[None, :] >= t[:, None]
+    tp = (called & (labels == 1)).sum(axis=1)
+    fp = (called & (labels == 0)).sum(axis=1)
+    return tp / n - fp / n * t / (1 - t)
+
+
+def net_benefit_treat_all(labels, thresholds) -> np.ndarray:
+    labels = np.asarray(labels).astype(int)
+    t = np.asarray(thresholds, dtype=float)
+    prevalence = labels.mean()
+    return prevalence - (1 - prevalence) * t / (1 - t)

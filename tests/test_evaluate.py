@@ -1,0 +1,150 @@
+"""`fusion-model evaluate`: the report of a model on an external cohort, prediction files, bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion_model.errors import UserInputError
+from fusion_model.evaluate.metrics import METRICS_FORMAT_VERSION, EvaluationSettings
+from fusion_model.evaluate.run import evaluate_model
+from fusion_model.imaging.cache import ImageCache
+from tests.browser import check_page
+from tests.test_cli import run_cli
+
+FAST = EvaluationSettings(bootstrap_resamples=400)
+
+
+@pytest.fixture(scope="module")
+def report(trained_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate") / "report"
+    result = evaluate_model(trained_model["model"], trained_model["test_cohort"], out,
+                            ImageCache(trained_model["cache"]), EvaluationSettings(), progress=False)
+    return result
+
+
+def test_report_files_and_metrics_layout(report):
+    out = report.out
+    for name in ("report.html", "metrics.json", "predictions.csv", "roc.png", "calibration.png",
+                 "decision_curve.png", "subgroups.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not list(out.parent.glob(".*partial"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["format"] == "fusion-model-metrics" and metrics["format_version"] == METRICS_FORMAT_VERSION
+    assert metrics["settings"]["bootstrap_resamples"] == 2000
+    models = metrics["models"]
+    assert set(models) == {"imaging", "imaging_radiological", "imaging_clinical", "all",
+                           "hu_10", "size_40", "hu_10_and_size_40"}
+    for name, m in models.items():
+        if m["auc"] is None:
+            continue
+        auc = m["auc"]
+        assert auc["delong_ci"][0] <= auc["value"] <= auc["delong_ci"][1]
+        assert auc["bootstrap_ci"][0] <= auc["value"] <= auc["bootstrap_ci"][1]
+        for point in m["operating_points"]:
+            c = point["confusion"]
+            assert c["tp"] + c["fp"] + c["tn"] + c["fn"] == m["n"]
+            for key in ("sensitivity", "specificity", "accuracy", "ppv", "npv", "lr_positive", "lr_negative"):
+                assert key in point
+    all_ = models["all"]
+    assert all_["auc"]["value"] > 0.7  # real learning on an unseen cohort
+    assert [p["key"] for p in all_["operating_points"][:3]] == ["youden", "sensitivity_90", "sensitivity_95"]
+    assert all_["calibration"]["brier"] < 0.25 and models["hu_10"]["calibration"] is None
+    assert len(all_["decision_curve"]["net_benefit"]) == len(metrics["decision_curve_reference"]["treat_all"])
+    pairs = {(c["a"], c["b"]) for c in metrics["comparisons"]}
+    assert ("imaging", "all") in pairs and ("all", "hu_10") in pairs
+    groups = {(s["by"], s["group"]) for s in metrics["subgroups"]}
+    assert {("centre", "centre_a"), ("size", "<= 40 mm"), ("size", "> 40 mm"), ("unenhanced HU", "> 10 HU")} <= groups
+    assert any(s["small"] and "flag" in s for s in metrics["subgroups"])
+    one_class = [s for s in metrics["subgroups"] if s["by"] == "lesion type" and s["malignant"] == 0]
+    assert one_class and one_class[0]["models"]["all"]["auc"] is None
+    assert "only benign" in one_class[0]["models"]["all"]["note"]
+    assert metrics["oracle"]["auc"]["value"] > 0.8
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == metrics["cohort"]["lesions"] and predictions["p_all"].between(0, 1).all()
+
+
+def test_report_html_is_self_contained_with_fingerprints(report):
+    html = (report.out / "report.html").read_text()
+    metrics = report.metrics
+    assert metrics["source"]["cohort_fingerprint"] in html and metrics["source"]["model_manifest_sha256"] in html
+    assert "src=\"data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    for heading in ("Source of data and participants", "Outcome", "Predictors", "Analysis", "Model comparisons",
+                    "Subgroups", "limitations", "DeLong", "Wilson"):
+        assert heading in html
+
+
+def test_report_opens_in_headless_chromium(report):
+    result = check_page(report.out / "report.html", "evaluate-report.png")
+    assert result["images"] >= 4 and result["broken"] == []
+    assert result["problems"] == [] and result["console"] == []
+    assert result["screenshot"].stat().st_size > 10_000
+
+
+def _prediction_csvs(report, tmp_path):
+    predictions = pd.read_csv(report.out / "predictions.csv", dtype={"lesion_id": str})
+    a = predictions[["lesion_id", "label", "p_all"]].rename(columns={"p_all": "score"})
+    b = predictions[["lesion_id", "label", "p_imaging"]].rename(columns={"p_imaging": "probability"})
+    a.to_csv(tmp_path / "fused.csv", index=False)
+    b.to_csv(tmp_path / "imaging.csv", index=False)
+    return a, b
+
+
+def test_evaluate_prediction_files_of_two_models(report, tmp_path):
+    _prediction_csvs(report, tmp_path)
+    out = tmp_path / "cmp"
+    result = run_cli("evaluate", "--predictions", tmp_path / "fused.csv", tmp_path / "imaging.csv", "--out", out,
+                     "--bootstrap", 500)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"fused", "imaging"}
+    assert metrics["models"]["fused"]["auc"]["value"] == pytest.approx(report.metrics["models"]["all"]["auc"]["value"])
+    assert metrics["comparisons"][0]["a"] == "fused" and 0 <= metrics["comparisons"][0]["p_value"] <= 1
+    assert (out / "report.html").is_file() and "fused" in result.stdout
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("missing_label", "no label"),
+    ("unknown_lesion", "unknown lesion ids"),
+    ("nan_score", "empty or NaN in rows"),
+    ("text_score", "is not a number"),
+    ("single_class", "only benign lesions"),
+])
+def test_bad_prediction_files_are_refused_clearly(report, tmp_path, breakage, message):
+    a, b = _prediction_csvs(report, tmp_path)
+    if breakage == "missing_label":
+        a.loc[2, "label"] = np.nan
+        b.loc[2, "label"] = np.nan
+    elif breakage == "unknown_lesion":
+        b = pd.concat([b, pd.DataFrame([{"lesion_id": "NOPE-1", "label": 1, "probability": 0.5}])])
+    elif breakage == "nan_score":
+        a.loc[3, "score"] = np.nan
+    elif breakage == "text_score":
+        a["score"] = a["score"].astype(object)
+        a.loc[1, "score"] = "high"
+    elif breakage == "single_class":
+        a["label"] = 0
+        b["label"] = 0
+    a.to_csv(tmp_path / "fused.csv", index=False)
+    b.to_csv(tmp_path / "imaging.csv", index=False)
+    out = tmp_path / "bad"
+    result = run_cli("evaluate", "--predictions", tmp_path / "fused.csv", tmp_path / "imaging.csv", "--out", out)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_model_evaluation_refuses_unlabelled_cohort(trained_model, tmp_path):
+    import shutil
+
+    cohort = tmp_path / "unlabelled"
+    shutil.copytree(trained_model["test_cohort"], cohort)
+    table = pd.read_csv(cohort / "clinical.csv")
+    table.loc[0, "label"] = np.nan
+    table.to_csv(cohort / "clinical.csv", index=False)
+    with pytest.raises(UserInputError, match="label"):
+        evaluate_model(trained_model["model"], cohort, tmp_path / "r", ImageCache(trained_model["cache"]), FAST,
+                       progress=False)
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,154 @@
+"""The report's statistics against direct computations from their definitions."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score
+
+from fusion_model.evaluate import stats
+
+
+def _psi(x, y):
+    return (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+
+
+def _delong_by_definition(labels, *scores):
+    """O(m*n) DeLong (1988): structural components from the kernel psi, then their covariances."""
+    labels = np.asarray(labels)
+    comps10, comps01, aucs = [], [], []
+    for s in scores:
+        x, y = s[labels == 1], s[labels == 0]
+        kernel = _psi(x, y)
+        aucs.append(kernel.mean())
+        comps10.append(kernel.mean(axis=1))
+        comps01.append(kernel.mean(axis=0))
+    m, n = len(comps10[0]), len(comps01[0])
+    k = len(scores)
+    cov = np.empty((k, k))
+    for i in range(k):
+        for j in range(k):
+            s10 = np.sum((comps10[i] - aucs[i]) * (comps10[j] - aucs[j])) / (m - 1)
+            s01 = np.sum((comps01[i] - aucs[i]) * (comps01[j] - aucs[j])) / (n - 1)
+            cov[i, j] = s10 / m + s01 / n
+    return np.array(aucs), cov
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_delong_matches_the_definition_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = 150
+    labels = rng.integers(0, 2, n)
+    a = np.round(labels + rng.normal(0, 1.2, n), 1)  # rounding makes ties, within and across classes
+    b = np.round(0.5 * labels + rng.normal(0, 1, n), 0)
+    aucs, cov = _delong_by_definition(labels, a, b)
+    fast = stats.delong(labels, a, b)
+    np.testing.assert_allclose(fast.aucs, aucs, atol=1e-12)
+    np.testing.assert_allclose(fast.covariance, cov, atol=1e-9, rtol=0)
+
+    test = stats.delong_paired_test(labels, a, b)
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    z = (aucs[0] - aucs[1]) / math.sqrt(var)
+    assert test.difference == pytest.approx(aucs[0] - aucs[1], abs=1e-12)
+    assert test.z == pytest.approx(z, abs=1e-9)
+    assert test.p_value == pytest.approx(2 * sps.norm.sf(abs(z)), abs=1e-9)
+
+
+def test_auc_is_the_mann_whitney_statistic_with_ties():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    scores = rng.integers(0, 5, 300).astype(float) + labels  # heavy ties
+    u = sps.mannwhitneyu(scores[labels == 1], scores[labels == 0]).statistic
+    expected = u / ((labels == 1).sum() * (labels == 0).sum())
+    assert stats.auc_mann_whitney(labels, scores) == pytest.approx(expected, abs=1e-12)
+    assert stats.auc_mann_whitney(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    binary = (scores > 2).astype(float)  # a 0/1 rule: AUC = (sensitivity + specificity) / 2
+    sens = binary[labels == 1].mean()
+    spec = 1 - binary[labels == 0].mean()
+    assert stats.auc_mann_whitney(labels, binary) == pytest.approx((sens + spec) / 2, abs=1e-12)
+
+
+def test_delong_agrees_with_the_bootstrap_on_larger_data():
+    rng = np.random.default_rng(4)
+    n = 1500
+    labels = rng.integers(0, 2, n)
+    a = labels * 0.8 + rng.normal(0, 1, n)
+    b = a + rng.normal(0, 0.7, n)  # correlated with a, as two variants of one model are
+    d = stats.delong(labels, a, b)
+    low, high, boot = stats.bootstrap_auc(labels, a, resamples=2000, seed=1)
+    assert boot.std(ddof=1) == pytest.approx(d.se(0), rel=0.1)
+    assert low == pytest.approx(d.ci(0)[0], abs=0.01) and high == pytest.approx(d.ci(0)[1], abs=0.01)
+
+    # the paired difference's variance against a paired bootstrap (same resampled lesions for a and b)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    diffs = []
+    for _ in range(600):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        diffs.append(roc_auc_score(labels[idx], a[idx]) - roc_auc_score(labels[idx], b[idx]))
+    var = d.covariance[0, 0] + d.covariance[1, 1] - 2 * d.covariance[0, 1]
+    assert np.std(diffs, ddof=1) == pytest.approx(math.sqrt(var), rel=0.12)
+
+
+def test_bootstrap_is_seeded():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 80)
+    scores = labels + rng.normal(0, 1, 80)
+    assert stats.bootstrap_auc(labels, scores, 500, seed=7)[:2] == stats.bootstrap_auc(labels, scores, 500, seed=7)[:2]
+    assert stats.bootstrap_auc(labels, scores, 500, seed=7)[:2] != stats.bootstrap_auc(labels, scores, 500, seed=8)[:2]
+
+
+def test_single_class_gets_a_clear_message_not_nan():
+    with pytest.raises(stats.SingleClassError, match="only benign lesions .n=4.*benign and malignant"):
+        stats.delong([0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(stats.SingleClassError, match="only malignant"):
+        stats.bootstrap_auc([1, 1], [0.1, 0.2])
+
+
+def test_wilson_and_likelihood_ratios_known_values():
+    low, high = stats.wilson_ci(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    assert stats.wilson_ci(0, 0) is None
+    lr = stats.likelihood_ratios(tp=90, fp=20, tn=80, fn=10)
+    assert lr["lr_positive"]["value"] == pytest.approx(0.9 / 0.2)
+    assert lr["lr_negative"]["value"] == pytest.approx(0.1 / 0.8)
+    se = math.sqrt(1 / 90 - 1 / 100 + 1 / 20 - 1 / 100)
+    assert lr["lr_positive"]["ci"][0] == pytest.approx(4.5 * math.exp(-stats.Z95 * se))
+    perfect = stats.likelihood_ratios(tp=10, fp=0, tn=10, fn=0)  # zero cells: corrected, finite
+    assert perfect["lr_positive"]["continuity_corrected"] and math.isfinite(perfect["lr_positive"]["value"])
+
+
+def test_operating_point_counts_and_thresholds_for_targets():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 2, 200)
+    scores = labels + rng.normal(0, 1, 200)
+    point = stats.operating_point(labels, scores, 0.5)
+    c = point["confusion"]
+    assert c["tp"] + c["fn"] == labels.sum() and c["tn"] + c["fp"] == (labels == 0).sum()
+    assert point["sensitivity"]["value"] == pytest.approx(c["tp"] / (c["tp"] + c["fn"]))
+    for target in (0.9, 0.95):
+        t = stats.threshold_for_sensitivity(labels, scores, target)
+        assert stats.operating_point(labels, scores, t)["sensitivity"]["value"] >= target
+        assert stats.operating_point(labels, scores, np.nextafter(t, np.inf))["sensitivity"]["value"] < target
+    t = stats.threshold_for_specificity(labels, scores, 0.95)
+    assert stats.operating_point(labels, scores, t)["specificity"]["value"] >= 0.95
+
+
+def test_calibration_of_calibrated_and_overconfident_predictions():
+    rng = np.random.default_rng(7)
+    logit = rng.normal(0, 1.5, 20000)
+    p = 1 / (1 + np.exp(-logit))
+    labels = (rng.random(20000) < p).astype(int)
+    good = stats.calibration(labels, p)
+    assert good["slope"] == pytest.approx(1, abs=0.06) and good["intercept"] == pytest.approx(0, abs=0.05)
+    overconfident = stats.calibration(labels, 1 / (1 + np.exp(-2 * logit)))
+    assert overconfident["slope"] == pytest.approx(0.5, abs=0.04)
+    assert good["brier"] == pytest.approx(np.mean((p - labels) ** 2))
+
+
+def test_net_benefit_by_hand():
+    labels = np.array([1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.2, 0.6, 0.1, 0.05])
+    nb = stats.net_benefit(labels, p, [0.5])
+    assert nb[0] == pytest.approx(1 / 5 - 1 / 5 * 0.5 / 0.5)
+    assert stats.net_benefit_treat_all(labels, [0.25])[0] == pytest.approx(0.4 - 0.6 * 0.25 / 0.75)
