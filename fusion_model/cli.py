@@ -339,6 +339,32 @@ def evaluate(
 
 
 @app.command()
+def explain(
+    model: Annotated[Path, typer.Option("--model", help="model artifact directory (from train)")],
+    cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory; labels not needed")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the case review page and case cards")],
+    lesion: Annotated[Optional[list[str]], typer.Option("--lesion", help="explain only this lesion id "
+                                                                          "(repeat for several)")] = None,
+    variant: Annotated[Optional[str], typer.Option(help="model variant to explain (default: the primary)")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
+    strict: Annotated[bool, typer.Option("--strict")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output folder")] = False,
+) -> None:
+    """Why the model says what it says: SHAP factors, CT saliency, case cards and a case review page."""
+    from fusion_model.explain.run import explain_cohort
+
+    result = explain_cohort(model, cohort, out, _cache(cache), lesion_ids=lesion or None, variant=variant,
+                            strict=strict, overwrite=overwrite)
+    for error in result.errors:
+        console.print(f"[red]not explained[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
+    t = result.timings
+    console.print(f"explained {len(result.lesion_ids)} lesions: read {t['read_seconds']:.1f} s, SHAP "
+                  f"{t['shap_seconds']:.2f} s, saliency {t['saliency_seconds']:.1f} s, case cards "
+                  f"{t['render_seconds']:.1f} s")
+    console.print(f"case review page: {result.out / 'index.html'} (case cards in {result.out / 'cases'})")
+
+
+@app.command()
 def schema(
     format: Annotated[str, typer.Option("--format", help="markdown (data dictionary) or json (JSON Schema)")] = "markdown",
     out: Annotated[Optional[Path], typer.Option("--out", help="file to write (default: print)")] = None,

@@ -163,8 +163,8 @@ class FusionModel:
         if not hasattr(self, "variants_"):
             raise RuntimeError("FusionModel is not fitted; call fit() or FusionModel.load()")
 
-    def decision_variants(self, data: LesionData) -> pd.DataFrame:
-        """Uncalibrated margins (log-odds) of every variant; index lesion_id."""
+    def feature_frames(self, data: LesionData) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The heads' inputs for new lesions: imaging features (one encoder pass) and tabular features."""
         self._check_fitted()
         if data.crops.shape[1] != self.crop_channels_:
             raise UserInputError(f"the model was trained on crops of {self.crop_channels_} channels, these have "
@@ -172,24 +172,39 @@ class FusionModel:
         logits, embeddings = self.encoder_.predict_outputs(data.crops)
         X_img = imaging_features(logits, embeddings, self.pca_, data.table.index)
         X_tab, _ = tabular_features(data.table, data.image_features, self.config.features, data.extra_features)
+        return X_img, X_tab
+
+    def head_input(self, variant: str, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+        """Which head scores a variant and the matrix it sees (columns in the head's order)."""
+        info = self.variants_[variant]
+        if variant == "imaging":
+            return "image_logit", X_img[["image_logit"]]
+        X_tab_v = X_tab.reindex(columns=info["tabular_features"])
+        if info["method"] == "fusion_head":
+            return f"{variant}_fusion", pd.concat([X_img[info["imaging_features"]], X_tab_v], axis=1)
+        return f"{variant}_tabular", X_tab_v
+
+    def decision_variants(self, data: LesionData, frames: tuple[pd.DataFrame, pd.DataFrame] | None = None
+                          ) -> pd.DataFrame:
+        """Uncalibrated margins (log-odds) of every variant; index lesion_id."""
+        X_img, X_tab = frames if frames is not None else self.feature_frames(data)
         out = pd.DataFrame(index=data.table.index)
         for variant, info in self.variants_.items():
-            if variant == "imaging":
+            head, X = self.head_input(variant, X_img, X_tab)
+            if head == "image_logit":
                 out[variant] = X_img["image_logit"]
-                continue
-            X_tab_v = X_tab.reindex(columns=info["tabular_features"])
-            if info["method"] == "fusion_head":
-                X = pd.concat([X_img[info["imaging_features"]], X_tab_v], axis=1)
-                out[variant] = self.heads_[f"{variant}_fusion"].decision_function(X.values)
+            elif info["method"] == "fusion_head":
+                out[variant] = self.heads_[head].decision_function(X.values)
             else:
                 w = info["late_fusion_weight"]
-                tab = self.heads_[f"{variant}_tabular"].decision_function(X_tab_v.values)
-                out[variant] = w * X_img["image_logit"].to_numpy() + (1 - w) * tab
+                out[variant] = w * X_img["image_logit"].to_numpy() + (1 - w) * self.heads_[head].decision_function(
+                    X.values)
         return out
 
-    def predict_variants(self, data: LesionData) -> pd.DataFrame:
+    def predict_variants(self, data: LesionData, frames: tuple[pd.DataFrame, pd.DataFrame] | None = None
+                         ) -> pd.DataFrame:
         """Calibrated malignancy probability of every variant (columns p_VARIANT) and the rules."""
-        margins = self.decision_variants(data)
+        margins = self.decision_variants(data, frames)
         out = pd.DataFrame(index=margins.index)
         for variant, info in self.variants_.items():
             out[f"p_{variant}"] = apply_calibrator(info["calibrator"], margins[variant].to_numpy())

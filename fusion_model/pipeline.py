@@ -129,16 +129,20 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     return run
 
 
+def check_cohort_matches_model(cohort: Cohort, model: FusionModel) -> None:
+    trained = model.manifest_["cohort"]
+    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities)
+    if channels != trained["channels"]:
+        raise UserInputError(f"{cohort.root}: the cohort's image channels {channels} differ from the model's "
+                             f"{trained['channels']}; declare the same phases in cohort.json")
+
+
 def predict(model_dir: Path, cohort_dir: Path, out_csv: Path, cache: ImageCache, strict: bool = False,
             progress: bool = True) -> tuple[pd.DataFrame, list[LesionError]]:
     """Probabilities for every readable lesion of a cohort (labels not needed); errors for the rest."""
     model = load_model(model_dir, progress=progress)
     cohort = load_cohort(cohort_dir)
-    trained = model.manifest_["cohort"]
-    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities)
-    if channels != trained["channels"]:
-        raise UserInputError(f"{cohort_dir}: the cohort's image channels {channels} differ from the model's "
-                             f"{trained['channels']}; declare the same phases in cohort.json")
+    check_cohort_matches_model(cohort, model)
     data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
     if len(data.table) == 0:
         raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to predict")

@@ -62,6 +62,16 @@ class Cohort:
     root: Path
     spec: CohortSpec
     table: pd.DataFrame
+    lines: list[int] | None = None  # line in clinical.csv of each table row (default: position + 2)
+
+    def subset(self, lesion_ids) -> "Cohort":
+        """The same cohort restricted to some lesions; error messages keep the original line numbers."""
+        keep = self.table["lesion_id"].isin(list(lesion_ids)).to_numpy()
+        lines = [self._line(i) for i in range(len(self.table)) if keep[i]]
+        return Cohort(self.root, self.spec, self.table[keep].reset_index(drop=True), lines)
+
+    def _line(self, row_index: int) -> int:
+        return self.lines[row_index] if self.lines is not None else row_index + 2
 
     @property
     def has_labels(self) -> bool:
@@ -69,7 +79,7 @@ class Cohort:
 
     def lesion(self, row_index: int) -> LesionRecord:
         row = self.table.iloc[row_index]
-        line = row_index + 2
+        line = self._line(row_index)
         where = f"{TABLE_FILE} row {line} (lesion {row['lesion_id']})"
         phase_paths = {}
         for phase in self.spec.phases:

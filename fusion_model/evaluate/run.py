@@ -306,16 +306,12 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     """Score a labelled cohort with every variant of a model and the guideline rules, and report."""
     from fusion_model.artifact import MANIFEST, load_model
     from fusion_model.cohort import load_cohort
-    from fusion_model.imaging.preprocess import crop_channels
-    from fusion_model.pipeline import cohort_fingerprint, lesion_data
+    from fusion_model.pipeline import check_cohort_matches_model, cohort_fingerprint, lesion_data
 
     model = load_model(model_dir, progress=progress)
     cohort = load_cohort(cohort_dir, require_label=True)
     trained = model.manifest_["cohort"]
-    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities)
-    if channels != trained["channels"]:
-        raise UserInputError(f"{cohort_dir}: the cohort's image channels {channels} differ from the model's "
-                             f"{trained['channels']}; declare the same phases in cohort.json")
+    check_cohort_matches_model(cohort, model)
     stats.require_both_classes(cohort.table["label"].astype(int).to_numpy(), f"cohort {cohort_dir}")
     data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
     if len(data.table) == 0:

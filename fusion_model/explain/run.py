@@ -1,0 +1,273 @@
+"""`fusion-model explain`: case cards (probability, waterfall, top factors, CT slices with saliency)
+for each lesion, global SHAP figures, and a case review page listing every lesion by risk.
+
+Output folder:
+
+    index.html           case review page: lesions by risk, filters, global explanations
+    cases/ID.html        one self-contained case card per lesion
+    global/*.png         beeswarm, mean |SHAP| and feature-group figures
+    shap_values.csv      per lesion: variant, base, margin, probability, value and SHAP of each feature
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shap
+
+from fusion_model import __version__
+from fusion_model.errors import UserInputError
+from fusion_model.evaluate.run import EXPERIMENT_VARIANTS
+from fusion_model.explain import plots
+from fusion_model.explain.contributions import GROUP_LABELS, Contributions, VariantExplainer
+from fusion_model.explain.names import factor_sentence, format_value, label_with_unit
+from fusion_model.explain.saliency import GradCAM
+from fusion_model.heads.baselines import RULES
+from fusion_model.model import FusionModel, LesionData
+from fusion_model.progress import track
+from fusion_model.report import data_uri, render, write_report_dir
+
+TOP_FACTORS = 5
+GLOBAL_MIN_LESIONS = 10
+
+
+@dataclass
+class LesionExplanation:
+    lesion_id: str
+    probability: float
+    margin: float
+    saliency: np.ndarray
+    saliency_logit: float
+    seconds: float
+
+
+@dataclass
+class ExplainResult:
+    out: Path
+    lesion_ids: list[str]
+    files: list[str]
+    timings: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+
+
+def check_lesion_ids(requested: list[str], available: list[str], where: str) -> None:
+    unknown = [i for i in requested if i not in set(available)]
+    if unknown:
+        hints = []
+        for lesion in unknown[:5]:
+            close = difflib.get_close_matches(lesion, available, n=3)
+            hints.append(f"{lesion!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+        raise UserInputError(f"unknown lesion id(s) {', '.join(hints)}: not in {where}; use the lesion_id column's "
+                             "values")
+
+
+def safe_name(lesion_id: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", lesion_id)[:80] or "lesion"
+    name, k = base, 1
+    while name.lower() in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name.lower())
+    return name
+
+
+class CaseExplainer:
+    """Everything needed to explain lesions of one model, built once (the fast path for new lesions)."""
+
+    def __init__(self, model: FusionModel, variant: str | None = None):
+        self.model = model
+        self.variant = variant or model.primary_variant
+        if self.variant not in model.variants_:
+            raise UserInputError(f"variant {self.variant!r} is not in the model; it has {list(model.variants_)}")
+        self.explainer = VariantExplainer(model, self.variant)
+        self.gradcam = GradCAM(model.encoder_)
+
+    def explain(self, data: LesionData, saliency: bool = True) -> tuple[pd.DataFrame, Contributions,
+                                                                         list[LesionExplanation]]:
+        """Probabilities of every variant and rule, SHAP contributions and saliency of each lesion."""
+        frames = self.model.feature_frames(data)
+        predictions = self.model.predict_variants(data, frames)
+        contributions = self.explainer(*frames)
+        lesions = []
+        for i, lesion_id in enumerate(data.lesion_ids):
+            start = time.perf_counter()
+            if saliency:
+                volume, logit = self.gradcam(data.crops[i])
+            else:
+                volume, logit = None, float("nan")
+            lesions.append(LesionExplanation(lesion_id, float(contributions.probability[i]),
+                                             float(contributions.margin[i]), volume, logit,
+                                             time.perf_counter() - start))
+        return predictions, contributions, lesions
+
+
+# ------------------------------------------------------------------------------ one lesion
+def _risk_class(probability: float, thresholds: dict) -> str:
+    if probability >= thresholds.get("youden", 0.5):
+        return "high"
+    if probability >= thresholds.get("sensitivity_95", 0.0):
+        return "mid"
+    return "low"
+
+
+def _rule_call(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "not applicable (input missing)"
+    return "suspicious" if value >= 0.5 else "benign"
+
+
+def case_context(lesion_id: str, row: pd.Series, predictions: pd.Series, contributions: Contributions, i: int,
+                 model: FusionModel, variant: str) -> dict:
+    values = contributions.values.iloc[i]
+    shap_row = contributions.shap.iloc[i]
+    order = shap_row.abs().sort_values(ascending=False).index
+    thresholds = model.variants_[variant]["thresholds"]
+    probability = float(contributions.probability[i])
+    factors = [{"sentence": factor_sentence(n, values[n], float(shap_row[n])), "contribution": float(shap_row[n])}
+               for n in order[:TOP_FACTORS] if abs(float(shap_row[n])) > 1e-6]
+    groups = contributions.group_contributions().iloc[i]
+    inputs = [{"name": label_with_unit(n), "value": format_value(n, values[n]),
+               "missing": bool(pd.isna(values[n])), "group": GROUP_LABELS.get(contributions.groups[n], ""),
+               "contribution": float(shap_row[n])} for n in order]
+    label = row.get("label")
+    return {
+        "lesion_id": lesion_id, "patient_id": row.get("patient_id"), "centre": row.get("centre"),
+        "side": row.get("side") if pd.notna(row.get("side", np.nan)) else None,
+        "label": None if label is None or pd.isna(label) else int(label),
+        "lesion_type": row.get("lesion_type") if pd.notna(row.get("lesion_type", np.nan)) else None,
+        "probability": probability, "risk_class": _risk_class(probability, thresholds),
+        "suspicious": probability >= thresholds["youden"], "thresholds": thresholds,
+        "variant": variant, "variant_description": EXPERIMENT_VARIANTS.get(variant, variant),
+        "base": contributions.base, "margin": float(contributions.margin[i]), "factors": factors,
+        "groups": [{"group": GROUP_LABELS.get(g, g), "contribution": float(v)} for g, v in groups.items()],
+        "inputs": inputs,
+        "other_variants": [{"variant": v, "probability": float(predictions[f"p_{v}"])}
+                           for v in model.variants_ if v != variant],
+        "rules": [{"rule": RULES[r], "call": _rule_call(predictions.get(f"rule_{r}"))}
+                  for r in model.config.baselines if f"rule_{r}" in predictions],
+    }
+
+
+def render_case(context: dict, crop: np.ndarray, saliency: np.ndarray | None, channels: list[str],
+                values: pd.Series, shap_row: pd.Series, base: float, created: str,
+                back_link: str | None = "../index.html") -> str:
+    images = {
+        "waterfall": data_uri(plots.waterfall(values, shap_row, base, context["probability"])),
+        "slices": data_uri(plots.ct_slices(crop, saliency, channels)),
+    }
+    return render("case.html.j2", case=context, images=images, back_link=back_link, package_version=__version__,
+                  created_utc=created)
+
+
+# ------------------------------------------------------------------------------- the cohort
+def _global_images(model: FusionModel, contributions: Contributions, frames, variant: str) -> dict[str, bytes]:
+    images = {}
+    info = model.variants_[variant]
+    if variant != "imaging":
+        head_kind = "fusion head" if info["method"] == "fusion_head" else "late fusion"
+        images["global/beeswarm.png"] = plots.beeswarm(contributions.values, contributions.shap,
+                                                       f"{variant}: SHAP values ({head_kind})")
+        images["global/mean_abs_shap.png"] = plots.mean_abs_bar(contributions.shap,
+                                                                f"{variant}: mean |SHAP| ({head_kind})")
+        if info["method"] == "fusion_head" and f"{variant}_tabular" in model.heads_:
+            head = model.heads_[f"{variant}_tabular"]
+            X = frames[1].reindex(columns=head.feature_names)
+            values = np.asarray(shap.TreeExplainer(head.booster_).shap_values(X.to_numpy(dtype=float)))
+            tab = pd.DataFrame(values.reshape(X.shape), index=X.index, columns=X.columns)
+            images["global/beeswarm_tabular_head.png"] = plots.beeswarm(X, tab, f"{variant}: SHAP values "
+                                                                                "(tabular head)")
+            images["global/mean_abs_shap_tabular_head.png"] = plots.mean_abs_bar(tab, f"{variant}: mean |SHAP| "
+                                                                                      "(tabular head)")
+    images["global/groups.png"] = plots.group_bar(contributions.group_contributions(),
+                                                  f"{variant}: contributions by kind of feature")
+    return images
+
+
+def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_ids: list[str] | None = None,
+                   variant: str | None = None, strict: bool = False, overwrite: bool = False,
+                   progress: bool = True) -> ExplainResult:
+    from fusion_model.artifact import load_model
+    from fusion_model.cohort import load_cohort
+    from fusion_model.pipeline import check_cohort_matches_model, lesion_data
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    model = load_model(model_dir, progress=progress)
+    cohort = load_cohort(cohort_dir)
+    check_cohort_matches_model(cohort, model)
+    if lesion_ids:
+        check_lesion_ids(lesion_ids, cohort.table["lesion_id"].tolist(), str(cohort.root / "clinical.csv"))
+        cohort = cohort.subset(lesion_ids)
+    timings["load_seconds"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
+    if len(data.table) == 0:
+        raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to explain")
+    case_explainer = CaseExplainer(model, variant)
+    variant = case_explainer.variant
+    frames = model.feature_frames(data)
+    timings["read_seconds"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    predictions = model.predict_variants(data, frames)
+    contributions = case_explainer.explainer(*frames)
+    timings["shap_seconds"] = time.perf_counter() - start
+
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    channels = model.manifest_["cohort"]["channels"]
+    files: dict[str, bytes | str] = {}
+    rows = []
+    taken: set[str] = set()
+    saliency_seconds = render_seconds = 0.0
+    rule = next((r for r in ("hu_10", "size_40", "hu_10_and_size_40") if f"rule_{r}" in predictions), None)
+    thresholds = model.variants_[variant]["thresholds"]
+    for i, lesion_id in enumerate(track(data.lesion_ids, "explaining lesions", enabled=progress)):
+        t0 = time.perf_counter()
+        saliency, _ = case_explainer.gradcam(data.crops[i])
+        t1 = time.perf_counter()
+        row = data.table.loc[lesion_id]
+        context = case_context(lesion_id, row, predictions.loc[lesion_id], contributions, i, model, variant)
+        name = safe_name(lesion_id, taken)
+        files[f"cases/{name}.html"] = render_case(context, data.crops[i], saliency, channels,
+                                                  contributions.values.iloc[i], contributions.shap.iloc[i],
+                                                  contributions.base, created)
+        render_seconds += time.perf_counter() - t1
+        saliency_seconds += t1 - t0
+        rule_value = predictions.loc[lesion_id, f"rule_{rule}"] if rule else np.nan
+        model_call = bool(context["probability"] >= thresholds["youden"])
+        rows.append({**{k: context[k] for k in ("lesion_id", "patient_id", "centre", "probability", "risk_class",
+                                                "label", "lesion_type")},
+                     "href": f"cases/{name}.html", "model_call": "suspicious" if model_call else "benign",
+                     "rule_call": _rule_call(rule_value),
+                     "disagrees": bool(rule and not np.isnan(rule_value) and model_call != (rule_value >= 0.5)),
+                     "top_factor": context["factors"][0]["sentence"] if context["factors"] else ""})
+    timings["saliency_seconds"] = saliency_seconds
+    timings["render_seconds"] = render_seconds
+
+    start = time.perf_counter()
+    images = _global_images(model, contributions, frames, variant) if len(data.table) >= GLOBAL_MIN_LESIONS else {}
+    files.update(images)
+    rows.sort(key=lambda r: -r["probability"])
+    files["index.html"] = render(
+        "review.html.j2", rows=rows, centres=sorted({str(r["centre"]) for r in rows}), variant=variant,
+        variant_description=EXPERIMENT_VARIANTS.get(variant, variant), rule=RULES.get(rule, "") if rule else None,
+        thresholds=thresholds, images={k: data_uri(v) for k, v in images.items()},
+        global_min=GLOBAL_MIN_LESIONS, errors=[e.__dict__ for e in errors], model_path=str(model_dir),
+        cohort_name=cohort.spec.name, package_version=__version__, created_utc=created,
+        has_labels=any(r["label"] is not None for r in rows))
+    table = pd.DataFrame({"variant": variant, "base": contributions.base, "margin": contributions.margin,
+                          "probability": contributions.probability}, index=data.table.index)
+    table = pd.concat([table, contributions.values.add_prefix("value:"), contributions.shap.add_prefix("shap:")],
+                      axis=1)
+    files["shap_values.csv"] = table.to_csv(index_label="lesion_id")
+    write_report_dir(out, files, overwrite=overwrite)
+    timings["global_and_write_seconds"] = time.perf_counter() - start
+    return ExplainResult(Path(out), list(data.lesion_ids), sorted(files), timings, errors)
