@@ -56,6 +56,8 @@ class FusionConfig(StrictModel):
                                    "image and tabular logits")
     late_fusion_weights: list[float] = Field(default_factory=lambda: [i / 10 for i in range(11)])
     inner_folds: int = Field(3, ge=2, le=10, description="inner CV folds choosing the late-fusion weight")
+    fixed_weight: float | None = Field(None, ge=0, le=1, description="late-fusion weight of the image logit; "
+                                                                      "empty: chosen by inner CV")
 
     @field_validator("late_fusion_weights")
     @classmethod
@@ -78,6 +80,64 @@ class SplitConfig(StrictModel):
     test_centre: str | None = None
 
 
+SEARCHABLE_SECTIONS = ("encoder", "xgboost", "fusion", "calibration", "features")
+
+
+class SearchParam(StrictModel):
+    """One dimension of a hyperparameter search (Optuna's suggest_int / suggest_float / suggest_categorical)."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[str | int | float | bool | None] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SearchParam":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical parameter takes 'choices', not low/high")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} parameter needs low < high (got low={self.low}, high={self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log-scale parameter needs low > 0 and no step")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an int parameter needs whole-number low and high")
+        return self
+
+    def values_to_check(self) -> list:
+        if self.type == "categorical":
+            return list(self.choices)
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+class SearchConfig(StrictModel):
+    objective_variant: str = Field("all", description="the variant whose cross-validated score is optimised")
+    metric: Literal["auc", "brier"] = Field("auc", description="auc: patient-grouped CV AUC (maximised); brier: "
+                                                               "Brier score of cross-fitted calibrated OOF "
+                                                               "probabilities (minimised)")
+    params: dict[str, SearchParam] = Field(default_factory=dict, description="dotted config key -> range")
+    startup_trials: int = Field(8, ge=1, description="random trials before TPE takes over")
+    prune: bool = Field(True, description="stop unpromising trials early (per fold; per epoch for encoders)")
+
+    @field_validator("params")
+    @classmethod
+    def _keys(cls, params: dict[str, SearchParam]) -> dict[str, SearchParam]:
+        if not params:
+            raise ValueError("give at least one parameter to search")
+        for key in params:
+            section = key.split(".")[0]
+            if section not in SEARCHABLE_SECTIONS or "." not in key:
+                raise ValueError(f"{key!r}: searchable keys are 'SECTION.NAME' with SECTION one of "
+                                 f"{list(SEARCHABLE_SECTIONS)} (preprocessing and splits stay fixed in a search)")
+        return params
+
+
 class ExperimentConfig(StrictModel):
     name: str = Field("experiment", min_length=1)
     seed: int = 0
@@ -91,6 +151,7 @@ class ExperimentConfig(StrictModel):
     variants: list[str] = Field(default_factory=lambda: list(VARIANTS))
     baselines: list[str] = Field(default_factory=lambda: list(BASELINES))
     primary_variant: str = "all"
+    search: SearchConfig | None = Field(None, description="hyperparameter search space for `fusion-model tune`")
 
     @field_validator("variants")
     @classmethod
@@ -106,7 +167,34 @@ class ExperimentConfig(StrictModel):
     def _primary_is_trained(self) -> "ExperimentConfig":
         if self.primary_variant not in self.variants:
             raise ValueError(f"primary_variant {self.primary_variant!r} is not among variants {self.variants}")
+        if self.search is not None:
+            if self.search.objective_variant not in self.variants:
+                raise ValueError(f"search.objective_variant {self.search.objective_variant!r} is not among "
+                                 f"variants {self.variants}")
+            for key, param in self.search.params.items():
+                for value in param.values_to_check():
+                    try:
+                        with_params(self, {key: value})
+                    except (ValueError, KeyError) as err:
+                        raise ValueError(f"search.params.{key}: {value!r} is not a valid value: {err}") from None
         return self
+
+
+def with_params(config: "ExperimentConfig", params: dict) -> "ExperimentConfig":
+    """A validated copy of ``config`` with dotted keys (``xgboost.max_depth``) set."""
+    data = config.model_dump(mode="json")
+    for key, value in params.items():
+        section, _, name = key.partition(".")
+        if section not in data or not isinstance(data[section], dict) or name not in data[section]:
+            raise KeyError(f"{key!r} is not a configuration key")
+        data[section][name] = value
+    data["search"] = None
+    from pydantic import ValidationError
+
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
 
 
 def load_experiment(path: Path) -> ExperimentConfig:

@@ -95,54 +95,86 @@ class FusionModel:
         return out
 
     def _late_weight(self, X_tab: pd.DataFrame, image: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
-        """Weight of the image logit, chosen by inner CV of the tabular head on these lesions."""
+        """Weight of the image logit: fixed by the config, or chosen by inner CV of the tabular head."""
+        if self.config.fusion.fixed_weight is not None:
+            return float(self.config.fusion.fixed_weight)
         inner = patient_grouped_folds(y, groups, min(self.config.fusion.inner_folds, _min_class_patients(y, groups)),
                                       self.config.seed + 1)
         tab = self._cv_margins(X_tab, y, inner)
         return _best_late_weight(y, image, tab, self.config.fusion.late_fusion_weights)
 
+    def variant_oof_margins(self, variant: str, X_img: pd.DataFrame, X_tab: pd.DataFrame, y: np.ndarray,
+                            groups: np.ndarray, folds, methods=("fusion_head", "late_fusion"),
+                            on_fold=None) -> dict[str, np.ndarray]:
+        """Out-of-fold margins of a variant's heads over ``folds`` (fitted on the other folds only).
+
+        ``on_fold(k, margins)`` is called after each fold (hyperparameter search prunes with it).
+        """
+        image_logit = X_img["image_logit"].to_numpy()
+        if variant == "imaging":
+            return {"image_logit": image_logit}
+        tab_names = self.variant_tabular_features(variant)
+        X_fused = pd.concat([X_img, X_tab[tab_names]], axis=1)
+        out = {"image_logit": image_logit}
+        if "fusion_head" in methods:
+            out["fusion_head"] = np.full(len(y), np.nan)
+        if "late_fusion" in methods:
+            out["late_fusion"] = np.full(len(y), np.nan)
+            out["tabular_head"] = np.full(len(y), np.nan)
+        for k, (train_idx, test_idx) in enumerate(folds):
+            if "fusion_head" in methods:
+                head = self._head(list(X_fused.columns)).fit(X_fused.values[train_idx], y[train_idx])
+                out["fusion_head"][test_idx] = head.decision_function(X_fused.values[test_idx])
+            if "late_fusion" in methods:
+                X_t = X_tab[tab_names]
+                head = self._head(tab_names).fit(X_t.values[train_idx], y[train_idx])
+                tab = head.decision_function(X_t.values[test_idx])
+                out["tabular_head"][test_idx] = tab
+                w = self._late_weight(X_t.iloc[train_idx], image_logit[train_idx], y[train_idx], groups[train_idx])
+                out["late_fusion"][test_idx] = w * image_logit[test_idx] + (1 - w) * tab
+            if on_fold is not None:
+                on_fold(k, out)
+        return out
+
+    def variant_tabular_features(self, variant: str) -> list[str]:
+        return [n for g in VARIANT_GROUPS[variant] if g != "imaging" for n in self.tabular_groups_[g]]
+
     def fit(self, data: LesionData, labels, patient_ids) -> "FusionModel":
-        cfg = self.config
         y = np.asarray(labels).astype(int)
         groups = np.asarray(patient_ids)
         if len(y) != len(data.table) or len(groups) != len(y):
             raise UserInputError("labels and patient ids must have one entry per lesion")
-        self.encoder_ = ImageEncoder(self._encoder_config(), cfg.preprocess.hu_window, self.checkpoint_dir,
-                                     self.progress).fit(data.crops, y, groups)
-        folds = self.encoder_.folds_  # the heads are cross-validated over the encoder's folds
+        encoder = ImageEncoder(self._encoder_config(), self.config.preprocess.hu_window, self.checkpoint_dir,
+                               self.progress).fit(data.crops, y, groups)
+        return self.fit_heads(data, y, groups, encoder)
+
+    def fit_heads(self, data: LesionData, y: np.ndarray, groups: np.ndarray, encoder: ImageEncoder) -> "FusionModel":
+        """Heads, calibration and thresholds on a fitted encoder's out-of-fold outputs, over its folds."""
+        cfg = self.config
+        self.encoder_ = encoder
+        folds = encoder.folds_  # the heads are cross-validated over the encoder's folds
         self.crop_channels_ = int(data.crops.shape[1])
-        self.pca_ = fit_pca(self.encoder_.oof_embeddings_, cfg.features.embedding_components)
-        X_img = imaging_features(self.encoder_.oof_logits_, self.encoder_.oof_embeddings_, self.pca_,
-                                 data.table.index)
+        self.pca_ = fit_pca(encoder.oof_embeddings_, cfg.features.embedding_components)
+        X_img = imaging_features(encoder.oof_logits_, encoder.oof_embeddings_, self.pca_, data.table.index)
         X_tab, self.tabular_groups_ = tabular_features(data.table, data.image_features, cfg.features,
                                                        data.extra_features)
-        image_logit = X_img["image_logit"].to_numpy()
-
         self.variants_: dict[str, dict] = {}
         self.heads_: dict[str, XGBHead] = {}
         oof = pd.DataFrame({"label": y, "patient_id": groups}, index=data.table.index)
         for variant in cfg.variants:
-            tab_names = [n for g in VARIANT_GROUPS[variant] if g != "imaging" for n in self.tabular_groups_[g]]
+            tab_names = self.variant_tabular_features(variant)
             if variant != "imaging" and not tab_names:
                 continue  # e.g. no clinical data in this cohort: the variant would equal 'imaging'
             info: dict = {"tabular_features": tab_names, "imaging_features": list(X_img.columns)}
+            margins = self.variant_oof_margins(variant, X_img, X_tab, y, groups, folds)
             if variant == "imaging":
-                margins = {"image_logit": image_logit}
                 method = "image_logit"
             else:
-                X_fused = pd.concat([X_img, X_tab[tab_names]], axis=1)
-                fused = self._cv_margins(X_fused, y, folds)
-                tab = self._cv_margins(X_tab[tab_names], y, folds)
-                late = np.full(len(y), np.nan)
-                for train_idx, test_idx in folds:
-                    w = self._late_weight(X_tab[tab_names].iloc[train_idx], image_logit[train_idx], y[train_idx],
-                                          groups[train_idx])
-                    late[test_idx] = w * image_logit[test_idx] + (1 - w) * tab[test_idx]
-                margins = {"fusion_head": fused, "late_fusion": late, "tabular_head": tab, "image_logit": image_logit}
                 method = cfg.fusion.method
+                X_fused = pd.concat([X_img, X_tab[tab_names]], axis=1)
                 self.heads_[f"{variant}_fusion"] = self._head(list(X_fused.columns)).fit(X_fused.values, y)
                 self.heads_[f"{variant}_tabular"] = self._head(tab_names).fit(X_tab[tab_names].values, y)
-                info["late_fusion_weight"] = self._late_weight(X_tab[tab_names], image_logit, y, groups)
+                info["late_fusion_weight"] = self._late_weight(X_tab[tab_names], margins["image_logit"], y, groups)
             info["method"] = method
             info["oof_auc"] = {name: nan_safe_auc(y, m) for name, m in margins.items()}
             info["calibrator"] = fit_calibrator(cfg.calibration.method, margins[method], y)

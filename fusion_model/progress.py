@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from contextlib import contextmanager
+
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 
 T = TypeVar("T")
 
@@ -18,5 +21,24 @@ def track(items: Iterable[T], description: str, total: int | None = None, enable
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False) as progress:
+    with RichProgress(*columns, transient=False) as progress:
         yield from progress.track(items, total=total, description=description)
+
+
+class _Silent:
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+
+@contextmanager
+def Progress(enabled: bool = True):  # noqa: N802 - reads like rich's Progress at call sites
+    """A rich progress display with add_task / update, or a silent stand-in."""
+    if not enabled:
+        yield _Silent()
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with RichProgress(*columns, transient=False) as progress:
+        yield progress

@@ -1,0 +1,63 @@
+"""Benchmark: head-only hyperparameter search speed, with 1 and 2 worker processes on one study.
+
+    python benchmarks/tune_speed.py [--patients 280] [--seconds 60]
+
+Synthesises a cohort of about 300 lesions (or takes --cohort), trains the encoder once (the
+first trial; its out-of-fold outputs are cached in the run folder), then runs the head-only
+search of experiments/tune_demo.yaml for --seconds with one worker, and again with two
+worker processes sharing one journal-file study. Prints trials per minute for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--patients", type=int, default=280)
+    parser.add_argument("--cohort", type=Path, default=None)
+    parser.add_argument("--config", type=Path, default=Path(__file__).parents[1] / "experiments" / "tune_demo.yaml")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args()
+
+    from optuna.trial import TrialState
+
+    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+    from fusion_model.tune.run import TuneRequest, tune
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cohort = args.cohort
+        if cohort is None:
+            start = time.perf_counter()
+            cohort = synthesize_cohort(tmp / "cohort", SynthConfig(patients=args.patients, seed=5), progress=False)
+            print(f"synthesised {args.patients} patients in {time.perf_counter() - start:.0f} s")
+        out = tmp / "run"
+        start = time.perf_counter()
+        first = tune(TuneRequest(args.config, cohort, out, 1, cache=tmp / "cache"), progress=False,
+                     write_outputs=False)
+        lesions = first.study.trials[0].user_attrs.get("lesions")
+        print(f"{lesions} training lesions; crops + encoder outputs (first trial) in "
+              f"{time.perf_counter() - start:.0f} s")
+        for jobs in (1, 2):
+            before = len(first.study.get_trials(states=finished))
+            start = time.perf_counter()
+            result = tune(TuneRequest(args.config, cohort, out, 100_000, timeout_s=args.seconds, jobs=jobs,
+                                      cache=tmp / "cache"), progress=False, write_outputs=False)
+            elapsed = time.perf_counter() - start
+            done = len(result.study.get_trials(states=finished)) - before
+            pruned = len([t for t in result.study.get_trials(states=(TrialState.PRUNED,))])
+            print(f"{jobs} worker process(es): {done} head-only trials in {elapsed:.0f} s = "
+                  f"{60 * done / elapsed:.0f} trials/min (study now {before + done} trials, {pruned} pruned in all)")
+    print(f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"command: python benchmarks/tune_speed.py --patients {args.patients} --seconds {args.seconds:g}")
+
+
+if __name__ == "__main__":
+    main()
