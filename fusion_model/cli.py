@@ -312,6 +312,10 @@ def evaluate(
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC CIs")] = 2000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
+    centre: Annotated[Optional[str], typer.Option("--centre", help="evaluate only this centre's lesions (e.g. the "
+                                                                   "centre held out with train --test-centre)")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="evaluate only lesions of this split (the "
+                                                                 "cohort's split column, e.g. val)")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing report folder")] = False,
 ) -> None:
@@ -326,15 +330,16 @@ def evaluate(
         if not predictions:
             raise UserInputError("prediction files given without --predictions; write "
                                  "'fusion-model evaluate --predictions a.csv b.csv --out DIR'")
-        if model:
-            raise UserInputError("give either --model (with --cohort) or --predictions files, not both")
+        if model or centre or split:
+            raise UserInputError("--predictions evaluates the files as they are; --model, --centre and --split do not apply")
         if not files:
             raise UserInputError("--predictions needs at least one CSV file after it")
         result = evaluate_predictions(files, out, cohort, settings, overwrite=overwrite)
     else:
         if not model or not cohort:
             raise UserInputError("give --model and --cohort (or --predictions a.csv b.csv ...)")
-        result = evaluate_model(model, cohort, out, _cache(cache), settings, strict=strict, overwrite=overwrite)
+        result = evaluate_model(model, cohort, out, _cache(cache), settings, strict=strict, overwrite=overwrite,
+                                centre=centre, split=split)
     _print_evaluation(result)
 
 
@@ -346,6 +351,7 @@ def explain(
     lesion: Annotated[Optional[list[str]], typer.Option("--lesion", help="explain only this lesion id "
                                                                           "(repeat for several)")] = None,
     variant: Annotated[Optional[str], typer.Option(help="model variant to explain (default: the primary)")] = None,
+    centre: Annotated[Optional[str], typer.Option("--centre", help="explain only this centre's lesions")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
     strict: Annotated[bool, typer.Option("--strict")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output folder")] = False,
@@ -354,7 +360,7 @@ def explain(
     from fusion_model.explain.run import explain_cohort
 
     result = explain_cohort(model, cohort, out, _cache(cache), lesion_ids=lesion or None, variant=variant,
-                            strict=strict, overwrite=overwrite)
+                            strict=strict, overwrite=overwrite, centre=centre)
     for error in result.errors:
         console.print(f"[red]not explained[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
     t = result.timings
@@ -433,24 +439,37 @@ def schema(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="where the demo writes its cohort and reports")] = DEFAULT_DEMO_DIR,
-    patients: Annotated[int, typer.Option(help="synthetic patients")] = 120,
+    out: Annotated[Path, typer.Option("--out", help="where the demo writes its cohort, model and reports")] = DEFAULT_DEMO_DIR,
+    patients: Annotated[int, typer.Option(help="synthetic patients (about a third at the external centre)")] = 210,
     seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[Optional[int], typer.Option(help="encoder epochs (default: the demo experiment's 25)")] = None,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC CIs")] = 2000,
 ) -> None:
-    """The main job on an embedded default: synthesise a cohort, validate it and summarise it."""
-    from fusion_model.cohort import validate_cohort
-    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+    """The main job end to end: synthesise, validate, train, evaluate on an external centre, explain."""
+    from fusion_model.demo import demo_experiment, run_demo
 
-    cohort_dir = out / "cohort"
-    console.rule("1. synthesise a cohort")
-    synthesize_cohort(cohort_dir, SynthConfig(patients=patients, seed=seed), overwrite=True)
-    console.rule("2. validate it")
-    report = validate_cohort(cohort_dir, require_label=True)
-    _print_summary(report.summary)
-    _print_problems(report.problems)
-    if not report.ok:
-        raise FusionModelError(f"the synthetic cohort in {cohort_dir} failed validation (a bug; please report it)")
-    console.print(f"[green]cohort written and valid:[/green] {cohort_dir}")
+    overrides = {"encoder": {"epochs": epochs}} if epochs else None
+    summary = run_demo(out, patients=patients, seed=seed, experiment=demo_experiment(overrides), bootstrap=bootstrap,
+                       console=console)
+    table = Table(title=f"external centre {summary['external_centre']}: {summary['lesions']['external']} lesions "
+                        f"(trained on {summary['lesions']['training']})")
+    for column in ("model", "kind", "AUC", "95% CI (DeLong)", "95% CI (bootstrap)"):
+        table.add_column(column)
+    for name, h in summary["external_auc"].items():
+        ci = "{:.3f}-{:.3f}".format(*h["delong_ci"]) if h["delong_ci"] else "-"
+        boot = "{:.3f}-{:.3f}".format(*h["bootstrap_ci"]) if h["bootstrap_ci"] else "-"
+        table.add_row(name, h["kind"], _fmt_auc(h["auc"]), ci, boot)
+    oracle = summary["external_oracle_auc"]
+    if oracle:
+        table.add_row("oracle", "generator's true risk", _fmt_auc(oracle["value"]),
+                      "{:.3f}-{:.3f}".format(*oracle["delong_ci"]), "")
+    console.print(table)
+    seconds = summary["seconds"]
+    console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    console.print("outputs:")
+    for name, path in summary["outputs"].items():
+        console.print(f"  {name}: {path}")
+    console.print(f"  summary: {out / 'demo_summary.json'}")
 
 
 def main() -> None:

@@ -77,8 +77,33 @@ def test_features_command_fills_missing_values(tmp_path):
     assert features.loc["P1-L1", "size_mm"] > 0
 
 
-def test_demo_synthesises_and_validates(tmp_path):
-    result = run_cli("demo", "--out", tmp_path / "demo", "--patients", "6")
+def test_demo_end_to_end_at_a_reduced_size(tmp_path):
+    """The README's main command, small: every output it announces exists and parses."""
+    import csv
+    import html.parser
+
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--out", out, "--patients", "48", "--epochs", "2", "--bootstrap", "200")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "demo/cohort/clinical.csv").is_file()
-    assert "valid" in result.stdout
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["lesions"]["external"] > 0 and summary["lesions"]["training"] > summary["lesions"]["external"]
+    announced = summary["outputs"]
+    assert {"evaluation_report", "evaluation_metrics", "case_review", "model_manifest"} <= set(announced)
+    for name, path in announced.items():
+        assert path in result.stdout, f"{name} not announced"
+        text_or_bytes = open(path, "rb").read()
+        if path.endswith(".json"):
+            json.loads(text_or_bytes)
+        elif path.endswith(".csv"):
+            assert len(list(csv.reader(text_or_bytes.decode().splitlines()))) > 1
+        elif path.endswith(".html"):
+            html.parser.HTMLParser().feed(text_or_bytes.decode())
+            assert "</html>" in text_or_bytes.decode()
+        elif path.endswith(".png"):
+            assert text_or_bytes[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads(open(announced["evaluation_metrics"]).read())
+    assert set(summary["external_auc"]) == set(metrics["models"])
+    assert summary["external_oracle_auc"]["value"] > 0.5
+    for variant in ("imaging", "all", "hu_10"):
+        assert variant in result.stdout
+    assert "oracle" in result.stdout

@@ -80,3 +80,17 @@ def test_table_values_filled_or_compared():
     assert kept["size_mm"] == 20 and len(notes) == 2
     _, notes = fill_from_features({"size_mm": 28.0, "unenhanced_hu": 20.0}, feats)
     assert notes == []
+
+
+def test_thickness_of_a_sphere_and_of_a_thin_sheet():
+    from fusion_model.features.radiological import thickness_features
+    from tests.helpers import sphere_mask, to_image
+
+    sphere = sitk.Cast(to_image(sphere_mask((40, 40, 40), (20, 20, 20), 10), (0.8, 0.8, 0.8)), sitk.sitkUInt8)
+    t = thickness_features(sphere)
+    assert t["max_inscribed_radius_mm"] == pytest.approx(10.5 * 0.8, abs=1.0 * 0.8)  # within a voxel
+    assert t["mean_half_thickness_mm"] == pytest.approx(10.5 * 0.8 / 4, rel=0.2)  # mean depth of a ball: R/4
+    sheet = np.zeros((30, 30, 30), np.uint8)
+    sheet[14:16, 5:25, 5:25] = 1  # 2 voxels = 2 mm thick, like a normal adrenal limb
+    s = thickness_features(sitk.Cast(to_image(sheet), sitk.sitkUInt8))
+    assert s["max_inscribed_radius_mm"] == pytest.approx(1.0, abs=0.5) and s["core_fraction_2mm"] == 0.0

@@ -84,7 +84,7 @@ def _operating_points(labels, scores, s: ScoreSet) -> list[dict]:
         if key in s.training_thresholds:
             points.append({"name": label, "key": key, "source": "training data",
                            **stats.operating_point(labels, scores, s.training_thresholds[key])})
-    if not s.training_thresholds and s.is_probability:
+    if s.is_probability:
         points.append({"name": "p >= 0.5", "key": "p_0.5", "source": "fixed",
                        **stats.operating_point(labels, scores, 0.5)})
     for key, label, threshold in (

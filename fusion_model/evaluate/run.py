@@ -38,7 +38,8 @@ EXPERIMENT_VARIANTS = {
 
 SOURCE_DEFAULTS = {"cohort_name": "", "cohort_path": "", "cohort_fingerprint": None, "model_path": None,
                    "model_manifest_sha256": None, "training_cohort_name": None, "training_cohort_fingerprint": None,
-                   "training_lesions": None, "prediction_files": [], "overlap_note": None, "synthetic": False}
+                   "training_lesions": None, "prediction_files": [], "overlap_note": None, "synthetic": False,
+                   "label_meaning": "1 = malignant, 0 = benign"}
 
 
 @dataclass
@@ -289,7 +290,8 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
               "cohort_path": str(cohort_dir) if cohort_dir else "",
               "cohort_fingerprint": _cohort_fingerprint(cohort) if cohort else None,
               "prediction_files": [{"path": str(f), "sha256": sha256_file(f)} for f in files],
-              "synthetic": bool(cohort and (cohort.root / "truth.csv").is_file())}
+              "synthetic": bool(cohort and (cohort.root / "truth.csv").is_file()),
+              **({"label_meaning": cohort.spec.label_meaning} if cohort else {})}
     primary = next((s.name for s in score_sets if s.kind != "rule"), None)
     return write_evaluation(out, metrics, predictions, source, title=", ".join(f.name for f in files),
                             primary=primary, overwrite=overwrite)
@@ -301,15 +303,29 @@ def _cohort_fingerprint(cohort) -> str:
     return cohort_fingerprint(cohort)
 
 
+def select_lesions(cohort, centre: str | None = None, split: str | None = None):
+    """The cohort restricted to one centre and/or one value of its split column."""
+    keep = cohort.table["lesion_id"].notna()
+    for column, value, what in (("centre", centre, "centres"), ("split", split, "splits")):
+        if value is None:
+            continue
+        present = sorted(cohort.table[column].dropna().unique()) if column in cohort.table else []
+        if value not in present:
+            raise UserInputError(f"{column} {value!r} is not in {cohort.root / 'clinical.csv'}; {what}: {present}")
+        keep &= cohort.table[column] == value
+    return cohort if keep.all() else cohort.subset(cohort.table["lesion_id"][keep])
+
+
 def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings: EvaluationSettings | None = None,
-                   strict: bool = False, overwrite: bool = False, progress: bool = True) -> EvaluationResult:
-    """Score a labelled cohort with every variant of a model and the guideline rules, and report."""
+                   strict: bool = False, overwrite: bool = False, progress: bool = True,
+                   centre: str | None = None, split: str | None = None) -> EvaluationResult:
+    """Score a labelled cohort (or one centre of it) with every variant of a model and the rules, and report."""
     from fusion_model.artifact import MANIFEST, load_model
     from fusion_model.cohort import load_cohort
     from fusion_model.pipeline import check_cohort_matches_model, cohort_fingerprint, lesion_data
 
     model = load_model(model_dir, progress=progress)
-    cohort = load_cohort(cohort_dir, require_label=True)
+    cohort = select_lesions(load_cohort(cohort_dir, require_label=True), centre, split)
     trained = model.manifest_["cohort"]
     check_cohort_matches_model(cohort, model)
     stats.require_both_classes(cohort.table["label"].astype(int).to_numpy(), f"cohort {cohort_dir}")
@@ -328,18 +344,30 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     fingerprint = cohort_fingerprint(cohort)
     warnings = []
     overlap_note = None
-    if fingerprint == trained.get("fingerprint"):
+    held_out_centre = centre is not None and centre == trained.get("test_centre")
+    held_out_split = (split is not None and split != model.config.split.train_value
+                      and model.config.split.mode == "column" and trained.get("test_centre") is None)
+    if fingerprint == trained.get("fingerprint") and not (held_out_centre or held_out_split):
         test_lesions = trained.get("test_lesions", 0)
         overlap_note = ("This is the training cohort itself: "
                         + ("its held-out part was not seen in training, but every other lesion was; "
                            if test_lesions else "")
                         + "figures on training lesions are optimistic. Evaluate on a separate cohort.")
         warnings.append(overlap_note)
-    source = {"cohort_name": cohort.spec.name, "cohort_path": str(cohort_dir), "cohort_fingerprint": fingerprint,
+    elif held_out_split:
+        overlap_note = f"Split {split!r} of the training cohort, not used in training (the model trained on " \
+                       f"split {model.config.split.train_value!r})."
+    elif held_out_centre:
+        overlap_note = (f"Centre {centre} of the training cohort, held out of training (external test): none of "
+                        "its lesions or patients were seen in training.")
+    source = {"cohort_name": cohort.spec.name + (f", centre {centre}" if centre else "")
+              + (f", split {split}" if split else ""),
+              "cohort_path": str(cohort_dir), "cohort_fingerprint": fingerprint,
               "model_path": str(model_dir), "model_manifest_sha256": sha256_file(Path(model_dir) / MANIFEST),
               "training_cohort_name": trained.get("name"), "training_cohort_fingerprint": trained.get("fingerprint"),
               "training_lesions": trained.get("training_lesions"), "prediction_files": [],
-              "overlap_note": overlap_note, "synthetic": (cohort.root / "truth.csv").is_file()}
+              "overlap_note": overlap_note, "synthetic": (cohort.root / "truth.csv").is_file(),
+              "label_meaning": cohort.spec.label_meaning}
     predictions = pd.concat([cases, predicted], axis=1)
     return write_evaluation(out, metrics, predictions, source, title=f"{Path(model_dir).name} on {cohort.spec.name}",
                             primary=model.primary_variant, config=model.config.model_dump(mode="json"),

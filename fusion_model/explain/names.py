@@ -41,6 +41,10 @@ FIXED = {
     "elongation": FeatureName("elongation (shape)"),
     "flatness": FeatureName("flatness (shape)"),
     "sphericity": FeatureName("roundness (shape)"),
+    "max_inscribed_radius_mm": FeatureName("largest inscribed radius (thickness)", "mm"),
+    "mean_half_thickness_mm": FeatureName("mean half-thickness", "mm"),
+    "p90_half_thickness_mm": FeatureName("half-thickness, 90th percentile", "mm"),
+    "core_fraction_2mm": FeatureName("share of the lesion > 2 mm inside its surface", "fraction"),
     "absolute_washout_percent": FeatureName("absolute washout", "%"),
     "relative_washout_percent": FeatureName("relative washout", "%"),
 }

@@ -192,7 +192,7 @@ def _global_images(model: FusionModel, contributions: Contributions, frames, var
 
 def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_ids: list[str] | None = None,
                    variant: str | None = None, strict: bool = False, overwrite: bool = False,
-                   progress: bool = True) -> ExplainResult:
+                   progress: bool = True, centre: str | None = None) -> ExplainResult:
     from fusion_model.artifact import load_model
     from fusion_model.cohort import load_cohort
     from fusion_model.pipeline import check_cohort_matches_model, lesion_data
@@ -200,7 +200,9 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     timings: dict[str, float] = {}
     start = time.perf_counter()
     model = load_model(model_dir, progress=progress)
-    cohort = load_cohort(cohort_dir)
+    from fusion_model.evaluate.run import select_lesions
+
+    cohort = select_lesions(load_cohort(cohort_dir), centre)
     check_cohort_matches_model(cohort, model)
     if lesion_ids:
         check_lesion_ids(lesion_ids, cohort.table["lesion_id"].tolist(), str(cohort.root / "clinical.csv"))

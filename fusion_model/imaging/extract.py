@@ -21,7 +21,7 @@ from fusion_model.imaging.preprocess import LesionVolumes, PreprocessConfig, cro
     load_lesion_volumes
 from fusion_model.progress import track
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2  # 2: thickness features
 
 
 @dataclass
