@@ -60,8 +60,10 @@ def main() -> None:
               f"({time.perf_counter() - start:.0f} s)")
         t = time.perf_counter()
         run = pipeline.train(config, cohort, tmp / "model", cache, progress=False)
-        print(f"trained on 'train' in {time.perf_counter() - t:.0f} s; OOF AUC "
-              + ", ".join(f"{k} {v:.3f}" for k, v in run.model.oof_auc_.items()))
+        print(f"trained on 'train' in {time.perf_counter() - t:.0f} s; out-of-fold AUC on train:")
+        for variant, info in run.model.variants_.items():
+            print(f"  {variant:22s} " + ", ".join(f"{k} {v:.3f}" for k, v in info["oof_auc"].items() if v is not None)
+                  + f" (used: {info['method']})")
         targets = [(cohort, s) for s in splits if s != "train"]
         if args.eval_npz:
             other = import_medmnist(args.eval_npz, tmp / "eval_cohort", progress=False)

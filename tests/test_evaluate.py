@@ -148,3 +148,14 @@ def test_model_evaluation_refuses_unlabelled_cohort(trained_model, tmp_path):
         evaluate_model(trained_model["model"], cohort, tmp_path / "r", ImageCache(trained_model["cache"]), FAST,
                        progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_one_centre_and_refuse_an_unknown_one(trained_model, tmp_path):
+    result = evaluate_model(trained_model["model"], trained_model["test_cohort"], tmp_path / "a",
+                            ImageCache(trained_model["cache"]), FAST, progress=False, centre="centre_a")
+    assert list(result.metrics["cohort"]["centres"]) == ["centre_a"]
+    assert "centre centre_a" in result.metrics["source"]["cohort_name"]
+    with pytest.raises(UserInputError, match="centre 'centre_x' is not in .*centres: \\['centre_a'"):
+        evaluate_model(trained_model["model"], trained_model["test_cohort"], tmp_path / "x",
+                       ImageCache(trained_model["cache"]), FAST, progress=False, centre="centre_x")
+    assert not (tmp_path / "x").exists()

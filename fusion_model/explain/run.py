@@ -166,6 +166,28 @@ def render_case(context: dict, crop: np.ndarray, saliency: np.ndarray | None, ch
                   created_utc=created)
 
 
+def _render_job(job) -> tuple[str, str]:
+    rel, *args = job
+    return rel, render_case(*args)
+
+
+def _render_cases(jobs: list, progress: bool) -> dict[str, str]:
+    """Case cards, rendered in two processes when there are many (matplotlib is the slow part)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(2, os.cpu_count() or 1)
+    if workers < 2 or len(jobs) < 16:
+        return dict(_render_job(j) for j in track(jobs, "case cards", enabled=progress))
+    import multiprocessing
+
+    # fork: the children need only numpy, matplotlib and jinja2, already imported here
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        return dict(track(pool.map(_render_job, jobs, chunksize=4), "case cards", total=len(jobs),
+                          enabled=progress))
+
+
 # ------------------------------------------------------------------------------- the cohort
 def _global_images(model: FusionModel, contributions: Contributions, frames, variant: str) -> dict[str, bytes]:
     images = {}
@@ -231,18 +253,16 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     saliency_seconds = render_seconds = 0.0
     rule = next((r for r in ("hu_10", "size_40", "hu_10_and_size_40") if f"rule_{r}" in predictions), None)
     thresholds = model.variants_[variant]["thresholds"]
-    for i, lesion_id in enumerate(track(data.lesion_ids, "explaining lesions", enabled=progress)):
+    jobs = []
+    for i, lesion_id in enumerate(data.lesion_ids):
         t0 = time.perf_counter()
         saliency, _ = case_explainer.gradcam(data.crops[i])
-        t1 = time.perf_counter()
+        saliency_seconds += time.perf_counter() - t0
         row = data.table.loc[lesion_id]
         context = case_context(lesion_id, row, predictions.loc[lesion_id], contributions, i, model, variant)
         name = safe_name(lesion_id, taken)
-        files[f"cases/{name}.html"] = render_case(context, data.crops[i], saliency, channels,
-                                                  contributions.values.iloc[i], contributions.shap.iloc[i],
-                                                  contributions.base, created)
-        render_seconds += time.perf_counter() - t1
-        saliency_seconds += t1 - t0
+        jobs.append((f"cases/{name}.html", context, data.crops[i], saliency, channels, contributions.values.iloc[i],
+                     contributions.shap.iloc[i], contributions.base, created))
         rule_value = predictions.loc[lesion_id, f"rule_{rule}"] if rule else np.nan
         model_call = bool(context["probability"] >= thresholds["youden"])
         rows.append({**{k: context[k] for k in ("lesion_id", "patient_id", "centre", "probability", "risk_class",
@@ -251,6 +271,9 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
                      "rule_call": _rule_call(rule_value),
                      "disagrees": bool(rule and not np.isnan(rule_value) and model_call != (rule_value >= 0.5)),
                      "top_factor": context["factors"][0]["sentence"] if context["factors"] else ""})
+    t1 = time.perf_counter()
+    files.update(_render_cases(jobs, progress))
+    render_seconds = time.perf_counter() - t1
     timings["saliency_seconds"] = saliency_seconds
     timings["render_seconds"] = render_seconds
 
