@@ -94,3 +94,25 @@ def test_thickness_of_a_sphere_and_of_a_thin_sheet():
     sheet[14:16, 5:25, 5:25] = 1  # 2 voxels = 2 mm thick, like a normal adrenal limb
     s = thickness_features(sitk.Cast(to_image(sheet), sitk.sitkUInt8))
     assert s["max_inscribed_radius_mm"] == pytest.approx(1.0, abs=0.5) and s["core_fraction_2mm"] == 0.0
+
+
+def test_feret_diameter_from_the_convex_hull_equals_itks():
+    from fusion_model.features.radiological import feret_diameter_mm
+
+    rng = np.random.default_rng(0)
+    blob = np.zeros((30, 40, 50), np.uint8)
+    for _ in range(6):  # an irregular union of balls
+        c = rng.integers(8, 22, 3)
+        r = rng.uniform(3, 7)
+        z, y, x = np.ogrid[:30, :40, :50]
+        blob |= (((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) <= r * r).astype(np.uint8)
+    image = sitk.GetImageFromArray(blob)
+    image.SetSpacing((0.8, 0.7, 2.0))
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.ComputeFeretDiameterOn()
+    stats.Execute(image)
+    expected = stats.GetFeretDiameter(1) + 0.5 * np.mean((0.8, 0.7, 2.0))
+    assert feret_diameter_mm(blob > 0, (2.0, 0.7, 0.8)) == pytest.approx(expected, abs=1e-9)
+    flat = np.zeros((5, 20, 20), bool)
+    flat[2, 5:15, 8] = True  # a line: the hull is degenerate
+    assert feret_diameter_mm(flat, (1.0, 1.0, 1.0)) == pytest.approx(9.0 + 0.5)

@@ -31,27 +31,43 @@ SHAPE_FEATURES = (
 
 def _shape_filter(mask01: sitk.Image) -> sitk.LabelShapeStatisticsImageFilter:
     stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.ComputeFeretDiameterOn()
     stats.ComputePerimeterOn()
     stats.Execute(mask01)
     return stats
 
 
-def _feret_mm(stats: sitk.LabelShapeStatisticsImageFilter, spacing: tuple[float, ...]) -> float:
-    """Feret diameter between voxel centres plus half a voxel (mean spacing of the axes)."""
-    return float(stats.GetFeretDiameter(1) + 0.5 * float(np.mean(spacing)))
+def feret_diameter_mm(mask: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Largest distance between two voxel centres of a 2D or 3D mask, plus half a voxel.
+
+    The same quantity as ITK's Feret diameter, computed on the vertices of the convex hull of
+    the mask's edge voxels instead of on every pair of edge voxels: milliseconds instead of a
+    second for a 10 cm carcinoma. ``spacing`` follows the array's axes. Half a voxel is added
+    because the outermost voxel centres lie on average half a voxel inside the true outline.
+    """
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull, QhullError
+    from scipy.spatial.distance import pdist
+
+    mask = np.asarray(mask, dtype=bool)
+    edge = mask & ~ndimage.binary_erosion(mask)
+    points = np.argwhere(edge) * np.asarray(spacing, dtype=float)
+    half_voxel = 0.5 * float(np.mean(spacing))
+    if len(points) < 2:
+        return half_voxel
+    if len(points) > mask.ndim + 1:
+        try:
+            points = points[ConvexHull(points).vertices]
+        except QhullError:  # all points on a line or a plane: the distances among them are few enough
+            pass
+    return float(pdist(points).max()) + half_voxel
 
 
 def max_axial_diameter_mm(mask01: sitk.Image) -> float:
     """Largest Feret diameter over the axial slices (index k = third image axis)."""
-    array = sitk.GetArrayViewFromImage(mask01)
+    array = sitk.GetArrayViewFromImage(mask01) > 0
+    spacing_yx = tuple(float(s) for s in reversed(mask01.GetSpacing()[:2]))
     slices = np.flatnonzero(array.reshape(array.shape[0], -1).any(axis=1))
-    best = 0.0
-    for k in slices:
-        axial = mask01[:, :, int(k)]
-        stats = _shape_filter(axial)
-        best = max(best, _feret_mm(stats, axial.GetSpacing()))
-    return best
+    return max((feret_diameter_mm(array[k], spacing_yx) for k in slices), default=0.0)
 
 
 def thickness_features(mask01: sitk.Image) -> dict[str, float]:
@@ -83,7 +99,8 @@ def shape_features(mask01: sitk.Image) -> dict[str, float]:
     return {
         **thickness_features(mask01),
         "max_axial_diameter_mm": max_axial_diameter_mm(mask01),
-        "max_diameter_3d_mm": _feret_mm(stats, mask01.GetSpacing()),
+        "max_diameter_3d_mm": feret_diameter_mm(sitk.GetArrayViewFromImage(mask01) > 0,
+                                                tuple(float(v) for v in reversed(mask01.GetSpacing()))),
         "volume_ml": stats.GetPhysicalSize(1) / 1000.0,
         "elongation": float(stats.GetElongation(1)),
         "flatness": float(stats.GetFlatness(1)),
