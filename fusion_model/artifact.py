@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from safetensors.torch import load_file, save_file
 
@@ -29,7 +27,7 @@ from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.encoder.train import build_network
 from fusion_model.errors import UserInputError
 from fusion_model.experiment import ExperimentConfig
-from fusion_model.fileio import atomic_directory, sha256_file
+from fusion_model.fileio import atomic_directory, json_safe, sha256_file
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.model import FusionModel
 
@@ -39,19 +37,6 @@ MANIFEST = "manifest.json"
 MANIFEST_HASH = "manifest.sha256"
 ENCODER_FILE = "encoder.safetensors"
 OOF_FILE = "oof_predictions.csv"
-
-
-def _plain(obj):
-    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: bool = False,
@@ -72,7 +57,7 @@ def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: boo
             (staging / rel).write_text(text, encoding="utf-8")
         files = {p.relative_to(staging).as_posix(): sha256_file(p)
                  for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = _plain({
+        manifest = json_safe({
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "package_version": __version__, "schema_version": SCHEMA_VERSION,
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

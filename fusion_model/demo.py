@@ -93,7 +93,7 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
                                 progress=progress, centre=EXTERNAL_CENTRE)
     stages["evaluate"] = time.perf_counter() - t
 
-    say(f"5/5 explain the external centre's lesions")
+    say("5/5 explain the external centre's lesions")
     t = time.perf_counter()
     explained = explain_cohort(out / "model", cohort, out / "explain", cache, overwrite=True, progress=progress,
                                centre=EXTERNAL_CENTRE)

@@ -53,6 +53,23 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> Path:
     return atomic_write(path, write)
 
 
+def json_safe(obj: Any) -> Any:
+    """Plain JSON values: NaN/inf become null, numpy scalars plain numbers, tuples lists."""
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)

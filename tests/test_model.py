@@ -14,14 +14,9 @@ from fusion_model.heads.thresholds import operating_thresholds
 from fusion_model.imaging.cache import ImageCache
 from fusion_model.model import FusionModel
 from fusion_model import pipeline
+from tests.conftest import TINY_EXPERIMENT
 
-TINY = {
-    "name": "tiny", "seed": 0,
-    "preprocess": {"spacing_mm": 4.0, "crop_size_mm": 64},
-    "encoder": {"width": 4, "depth": 2, "stem_stride": 2, "embedding_size": 8, "epochs": 3, "tta_views": 1},
-    "xgboost": {"n_estimators": 60},
-    "split": {"folds": 3},
-}
+TINY = TINY_EXPERIMENT
 
 
 @pytest.fixture(scope="module")

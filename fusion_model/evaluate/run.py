@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from fusion_model.evaluate.metrics import (
     ScoreSet,
     compute_metrics,
 )
-from fusion_model.fileio import sha256_file
+from fusion_model.fileio import json_safe, sha256_file
 from fusion_model.heads.baselines import RULES
 from fusion_model.report import data_uri, render, write_report_dir
 
@@ -50,20 +49,6 @@ class EvaluationResult:
 
 
 # ------------------------------------------------------------------------------- inputs
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def _score_columns(frame: pd.DataFrame) -> list[str]:
     models = [c for c in frame.columns if c.startswith("p_")]
     rules = [c for c in frame.columns if c.startswith("rule_")]
@@ -233,7 +218,7 @@ def write_evaluation(out: Path, metrics: dict, predictions: pd.DataFrame, source
                      warnings: list[str] | None = None, overwrite: bool = False) -> EvaluationResult:
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     source = {**SOURCE_DEFAULTS, **source}
-    document = _json_safe({
+    document = json_safe({
         "format": METRICS_FORMAT, "format_version": METRICS_FORMAT_VERSION, "package_version": __version__,
         "created_utc": created, "title": title, "source": source, "primary_model": primary,
         "not_evaluated": not_evaluated or [], **metrics})
