@@ -52,12 +52,13 @@ def main() -> None:
             cache = ImageCache(Path(cache_dir) / lesion_id)  # empty: the lesion is new
             t0 = time.perf_counter()
             data, errors, _ = lesion_data(cohort.subset([lesion_id]), model.config, cache, progress=False)
-            predictions, contributions, lesions = explainer.explain(data)
+            explained = explainer.explain(data)
             t1 = time.perf_counter()
-            context = case_context(lesion_id, data.table.iloc[0], predictions.iloc[0], contributions, 0, model,
+            c = explained.contributions
+            context = case_context(lesion_id, data.table.iloc[0], explained.predictions.iloc[0], c, 0, model,
                                    explainer.variant)
-            render_case(context, data.crops[0], lesions[0].saliency, channels, contributions.values.iloc[0],
-                        contributions.shap.iloc[0], contributions.base, "now")
+            render_case(context, data.crops[0], explained.lesions[0].saliency, channels, c.values.iloc[0],
+                        c.shap.iloc[0], c.base, "now")
             t2 = time.perf_counter()
             compute.append(t1 - t0)
             render.append(t2 - t1)

@@ -13,9 +13,9 @@ import numpy as np  # noqa: E402
 DPI = 110
 
 
-def png_bytes(fig) -> bytes:
+def png_bytes(fig, dpi: int = DPI) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 

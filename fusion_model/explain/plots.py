@@ -49,16 +49,7 @@ def waterfall(values: pd.Series, contributions: pd.Series, base: float, probabil
     pad = 0.15 * (hi - lo + 0.5)
     ax.set_xlim(lo - pad, hi + pad)
     ax.grid(axis="x", alpha=0.3)
-    return png_bytes_dpi(fig, dpi)
-
-
-def png_bytes_dpi(fig, dpi: int) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig, dpi)
 
 
 def lesion_centre(mask: np.ndarray) -> tuple[int, int, int]:
@@ -94,7 +85,7 @@ def ct_slices(crop: np.ndarray, saliency: np.ndarray | None, channel_names: list
             if c == 0:
                 ax.set_ylabel(name, fontsize=8)
     fig.subplots_adjust(wspace=0.03, hspace=0.06)
-    return png_bytes_dpi(fig, dpi)
+    return png_bytes(fig, dpi)
 
 
 def mean_abs_bar(shap_frame: pd.DataFrame, title: str, top: int = 15) -> bytes:

@@ -89,23 +89,34 @@ class CaseExplainer:
         self.explainer = VariantExplainer(model, self.variant)
         self.gradcam = GradCAM(model.encoder_)
 
-    def explain(self, data: LesionData, saliency: bool = True) -> tuple[pd.DataFrame, Contributions,
-                                                                         list[LesionExplanation]]:
+    def explain(self, data: LesionData, saliency: bool = True) -> "Explained":
         """Probabilities of every variant and rule, SHAP contributions and saliency of each lesion."""
+        start = time.perf_counter()
         frames = self.model.feature_frames(data)
         predictions = self.model.predict_variants(data, frames)
         contributions = self.explainer(*frames)
+        shap_seconds = time.perf_counter() - start
         lesions = []
         for i, lesion_id in enumerate(data.lesion_ids):
             start = time.perf_counter()
-            if saliency:
-                volume, logit = self.gradcam(data.crops[i])
-            else:
-                volume, logit = None, float("nan")
+            volume, logit = self.gradcam(data.crops[i]) if saliency else (None, float("nan"))
             lesions.append(LesionExplanation(lesion_id, float(contributions.probability[i]),
                                              float(contributions.margin[i]), volume, logit,
                                              time.perf_counter() - start))
-        return predictions, contributions, lesions
+        return Explained(frames, predictions, contributions, lesions, shap_seconds)
+
+
+@dataclass
+class Explained:
+    frames: tuple[pd.DataFrame, pd.DataFrame]  # the heads' inputs: imaging and tabular features
+    predictions: pd.DataFrame                  # p_VARIANT and rule_RULE per lesion
+    contributions: Contributions
+    lesions: list[LesionExplanation]
+    shap_seconds: float                        # encoder pass, heads and SHAP for all lesions
+
+    @property
+    def saliency_seconds(self) -> float:
+        return sum(lesion.seconds for lesion in self.lesions)
 
 
 # ------------------------------------------------------------------------------ one lesion
@@ -235,34 +246,28 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
     if len(data.table) == 0:
         raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to explain")
+    timings["read_seconds"] = time.perf_counter() - start
     case_explainer = CaseExplainer(model, variant)
     variant = case_explainer.variant
-    frames = model.feature_frames(data)
-    timings["read_seconds"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    predictions = model.predict_variants(data, frames)
-    contributions = case_explainer.explainer(*frames)
-    timings["shap_seconds"] = time.perf_counter() - start
+    explained = case_explainer.explain(data)
+    predictions, contributions = explained.predictions, explained.contributions
+    timings["shap_seconds"] = explained.shap_seconds
+    saliency_seconds = explained.saliency_seconds
 
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     channels = model.manifest_["cohort"]["channels"]
     files: dict[str, bytes | str] = {}
     rows = []
     taken: set[str] = set()
-    saliency_seconds = render_seconds = 0.0
     rule = next((r for r in ("hu_10", "size_40", "hu_10_and_size_40") if f"rule_{r}" in predictions), None)
     thresholds = model.variants_[variant]["thresholds"]
     jobs = []
     for i, lesion_id in enumerate(data.lesion_ids):
-        t0 = time.perf_counter()
-        saliency, _ = case_explainer.gradcam(data.crops[i])
-        saliency_seconds += time.perf_counter() - t0
         row = data.table.loc[lesion_id]
         context = case_context(lesion_id, row, predictions.loc[lesion_id], contributions, i, model, variant)
         name = safe_name(lesion_id, taken)
-        jobs.append((f"cases/{name}.html", context, data.crops[i], saliency, channels, contributions.values.iloc[i],
-                     contributions.shap.iloc[i], contributions.base, created))
+        jobs.append((f"cases/{name}.html", context, data.crops[i], explained.lesions[i].saliency, channels,
+                     contributions.values.iloc[i], contributions.shap.iloc[i], contributions.base, created))
         rule_value = predictions.loc[lesion_id, f"rule_{rule}"] if rule else np.nan
         model_call = bool(context["probability"] >= thresholds["youden"])
         rows.append({**{k: context[k] for k in ("lesion_id", "patient_id", "centre", "probability", "risk_class",
@@ -278,7 +283,8 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     timings["render_seconds"] = render_seconds
 
     start = time.perf_counter()
-    images = _global_images(model, contributions, frames, variant) if len(data.table) >= GLOBAL_MIN_LESIONS else {}
+    images = (_global_images(model, contributions, explained.frames, variant)
+              if len(data.table) >= GLOBAL_MIN_LESIONS else {})
     files.update(images)
     rows.sort(key=lambda r: -r["probability"])
     files["index.html"] = render(

@@ -92,11 +92,8 @@ def _prepare(request: TuneRequest, progress: bool):
     cache = ImageCache(request.cache or default_cache_dir())
     training, test_ids = training_set(config, request.cohort, cache, request.test_centre, progress)
     storage = open_storage(request.storage, request.out)
-    seed = config.seed + 7919 * request.worker
-    probe = open_study(config, storage, request.study_name, seed, training.fingerprint, test_ids)
-    # reseed by the study's size, so a resumed or added worker never replays earlier random trials
-    seed += len(probe.trials)
-    study = open_study(config, storage, request.study_name, seed, training.fingerprint, test_ids)
+    study = open_study(config, storage, request.study_name, config.seed + 7919 * request.worker,
+                       training.fingerprint, test_ids)
     return config, training, study
 
 

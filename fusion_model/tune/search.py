@@ -247,11 +247,12 @@ def config_fingerprint(config: ExperimentConfig) -> str:
 
 def open_study(config: ExperimentConfig, storage, study_name: str, seed: int, training_fingerprint: str,
                test_lesions: list[str]) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.search.startup_trials)
+    """Create or load the study; its TPE sampler is seeded by ``seed`` plus the study's size, so a resumed
+    or added worker never replays earlier random trials."""
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if config.search.prune else optuna.pruners.NopPruner()
     for attempt in range(5):
         try:
-            study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+            study = optuna.create_study(study_name=study_name, storage=storage, pruner=pruner,
                                         direction="maximize", load_if_exists=True)
             break
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it at this moment
@@ -269,6 +270,8 @@ def open_study(config: ExperimentConfig, storage, study_name: str, seed: int, tr
                                  "--config and --cohort, or give a new --study name")
     if "test_lesions" not in study.user_attrs:
         study.set_user_attr("test_lesions", test_lesions)
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials),
+                                               n_startup_trials=config.search.startup_trials)
     return study
 
 
