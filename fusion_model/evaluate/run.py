@@ -258,6 +258,7 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
                          progress: bool = True) -> EvaluationResult:
     """Evaluate saved prediction files (from fusion-model or another tool) without a model."""
     from fusion_model.cohort import load_cohort
+    from fusion_model.pipeline import cohort_fingerprint
 
     files = [Path(f) for f in files]
     if len({f.resolve() for f in files}) != len(files):
@@ -273,19 +274,13 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
         predictions[s.name] = s.scores.reindex(cases.index)
     source = {"cohort_name": cohort.spec.name if cohort else "lesions of the predictions files",
               "cohort_path": str(cohort_dir) if cohort_dir else "",
-              "cohort_fingerprint": _cohort_fingerprint(cohort) if cohort else None,
+              "cohort_fingerprint": cohort_fingerprint(cohort) if cohort else None,
               "prediction_files": [{"path": str(f), "sha256": sha256_file(f)} for f in files],
               "synthetic": bool(cohort and (cohort.root / "truth.csv").is_file()),
               **({"label_meaning": cohort.spec.label_meaning} if cohort else {})}
     primary = next((s.name for s in score_sets if s.kind != "rule"), None)
     return write_evaluation(out, metrics, predictions, source, title=", ".join(f.name for f in files),
                             primary=primary, overwrite=overwrite)
-
-
-def _cohort_fingerprint(cohort) -> str:
-    from fusion_model.pipeline import cohort_fingerprint
-
-    return cohort_fingerprint(cohort)
 
 
 def select_lesions(cohort, centre: str | None = None, split: str | None = None):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 from pathlib import Path
@@ -55,10 +54,6 @@ _ENV.filters.update(num=_num, pct=_pct, ci=_ci, pvalue=_pvalue,
 
 def render(template: str, **context) -> str:
     return _ENV.get_template(template).render(**context)
-
-
-def escape(text: str) -> str:
-    return html.escape(text)
 
 
 def write_report_dir(out: Path, files: dict[str, bytes | str], overwrite: bool = False) -> Path:

@@ -19,7 +19,6 @@ from fusion_model.errors import UserInputError
 from fusion_model.experiment import ExperimentConfig, load_experiment, with_params
 from fusion_model.fileio import atomic_write_text
 from fusion_model.tune.search import (
-    FINISHED,
     Objective,
     TrainingSet,
     count_trials,
@@ -241,8 +240,3 @@ def write_study_outputs(study: optuna.Study, config: ExperimentConfig, request: 
                           + (f" --study {request.study}" if request.study else ""))
     atomic_write_text(request.out / "study_report.html", html)
     return best_path
-
-
-def finished_values(study: optuna.Study) -> dict[int, float]:
-    return {t.number: t.value for t in study.get_trials(deepcopy=False, states=FINISHED)}
-
