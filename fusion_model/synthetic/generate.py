@@ -81,7 +81,12 @@ class SynthConfig(StrictModel):
         return known_names(phases, PHASES, "phase", ordered=True)
 
 
-def _observed_variables(phases: list[str], labs_present: list[str]) -> frozenset[str]:
+def observed_variables(phases: list[str], labs_present: list[str]) -> frozenset[str]:
+    """Latent variables a reader of this lesion can see: the oracle conditions on exactly these.
+
+    Enhancement needs the unenhanced phase and the enhanced one; washout needs venous and
+    delayed; labs count only where measured.
+    """
     imaging = set(IMAGING_VARIABLES) - {"venous_enhancement_hu", "arterial_enhancement_hu", "washout_fraction",
                                         "female"}
     if "unenhanced" not in phases:
@@ -185,7 +190,7 @@ def synthesize_patient(index: int, config: SynthConfig, out_dir: Path) -> tuple[
             **{PATH_COLUMNS[p]: paths[p] for p in config.phases},
             "mask_path": mask_rel, "mask_label": k + 1 if len(lesions) > 1 else None,
         }
-        observed = _observed_variables(config.phases, [c for c in LAB_COLUMNS if labs[c] is not None])
+        observed = observed_variables(config.phases, [c for c in LAB_COLUMNS if labs[c] is not None])
         truths.append({
             "lesion_id": lesion_id, "patient_id": patient_id, "centre": centre.name,
             "generator_type": lesion.profile.name, "label": int(lesion.profile.malignant),
