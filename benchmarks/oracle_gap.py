@@ -83,9 +83,10 @@ def learners() -> dict:
 
 def out_of_fold_aucs(frame: pd.DataFrame, labels: np.ndarray, seed: int) -> dict[str, float]:
     folds = patient_grouped_folds(labels, np.arange(len(labels)), 5, seed)
-    scores = {name: np.zeros(len(labels)) for name in learners()}
+    fits = learners()
+    scores = {name: np.zeros(len(labels)) for name in fits}
     for train_idx, test_idx in folds:
-        for name, fit in learners().items():
+        for name, fit in fits.items():
             tree = name.startswith("xgboost")
             X = frame.to_numpy(dtype=float) if tree else _linear_inputs(frame, train_idx)
             names = list(frame.columns) if tree else [f"x{i}" for i in range(X.shape[1])]
