@@ -5,9 +5,9 @@ Bayes' rule. A model trained on N lesions estimates that function from data, so 
 the latent values themselves as inputs (what a pipeline would have if the CNN and the
 feature extraction were perfect) its out-of-fold AUC falls short of the oracle's, by an
 amount that shrinks with N. This benchmark draws cohorts from the generator's distributions
-(no images: the latents are the features), trains the project's XGBoost head (with the
-demo's settings) and two reference learners with patient-grouped 5-fold CV, and prints the
-oracle AUC and each learner's out-of-fold AUC per cohort size, averaged over repeats.
+(no images: the latents are the features), trains the project's XGBoost head (as configured
+in experiments/synthetic_demo.yaml) and two reference learners with patient-grouped 5-fold
+CV, and prints the oracle AUC and each learner's out-of-fold AUC per cohort size, averaged over repeats.
 
 It is the reference for the figure "OOF AUC of `all` within x of the oracle": the gap a
 real pipeline (features measured on CT phantoms, an encoder trained from scratch) shows on
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,13 +30,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import SplineTransformer, StandardScaler
 
 from clinical_schema import LAB_COLUMNS
-from fusion_model.experiment import XGBoostConfig
+from fusion_model.experiment import load_experiment
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.splits import patient_grouped_folds
-from fusion_model.synthetic.generate import LAB_MISSING, observed_variables
+from fusion_model.synthetic.generate import LAB_MISSING, SynthConfig, observed_variables
 from fusion_model.synthetic.profiles import draw_latents, draw_type, oracle_risk
 
-PHASES = ["unenhanced", "venous"]  # what `fusion-model synth` writes by default
+PHASES = SynthConfig().phases  # what `fusion-model synth` writes by default
+DEMO_CONFIG = Path(__file__).parents[1] / "experiments" / "synthetic_demo.yaml"
 
 
 def draw_cohort(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -70,9 +72,9 @@ def _linear_inputs(frame: pd.DataFrame, train: np.ndarray) -> np.ndarray:
 
 
 def learners() -> dict:
-    demo_head = XGBoostConfig(n_estimators=300, max_depth=2, learning_rate=0.03, min_child_weight=3)
+    demo_head = load_experiment(DEMO_CONFIG).xgboost  # the head that `fusion-model train` fits on the demo
     return {
-        "xgboost head (demo settings)": lambda X, y, names: XGBHead(demo_head, names).fit(X, y).decision_function,
+        "xgboost head (demo config)": lambda X, y, names: XGBHead(demo_head, names).fit(X, y).decision_function,
         "logistic regression": lambda X, y, names: make_pipeline(
             StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(X, y).decision_function,
         "logistic regression, splines": lambda X, y, names: make_pipeline(
