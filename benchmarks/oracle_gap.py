@@ -7,7 +7,8 @@ feature extraction were perfect) its out-of-fold AUC falls short of the oracle's
 amount that shrinks with N. This benchmark draws cohorts from the generator's distributions
 (no images: the latents are the features), trains the project's XGBoost head (as configured
 in experiments/synthetic_demo.yaml) and two reference learners with patient-grouped 5-fold
-CV, and prints the oracle AUC and each learner's out-of-fold AUC per cohort size, averaged over repeats.
+CV, and prints the oracle AUC and each learner's out-of-fold AUC per cohort size, averaged
+over repeats.
 
 It is the reference for the figure "OOF AUC of `all` within x of the oracle": the gap a
 real pipeline (features measured on CT phantoms, an encoder trained from scratch) shows on
