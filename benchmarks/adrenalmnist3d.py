@@ -8,7 +8,7 @@ Imports the npz (any of train / val / test) as a cohort, trains the imaging-only
 of the same npz, and on every split of --eval-npz if given (e.g. a test split kept elsewhere).
 Prints AUC (95% CI, DeLong) and accuracy (p >= 0.5, as MedMNIST reports it; 95% Wilson CI) per
 split, wall time and peak memory, and writes the usual evaluation report per split.
-Target (issue 8): on ../shared's val split, fused AUC >= 0.90 and accuracy >= 0.86, in under
+Target: on ../shared's val split, fused AUC >= 0.90 and accuracy >= 0.86, in under
 15 minutes on 2 cores.
 """
 
@@ -34,6 +34,7 @@ def _peak_rss_mb() -> float:
 
 
 def main() -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser()
     parser.add_argument("npz", type=Path)
     parser.add_argument("--eval-npz", type=Path, default=None)
@@ -43,10 +44,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from fusion_model import pipeline
+    from fusion_model.config import load_experiment
     from fusion_model.datasets.medmnist import import_medmnist, load_medmnist_npz
     from fusion_model.evaluate.metrics import EvaluationSettings
     from fusion_model.evaluate.run import evaluate_model
-    from fusion_model.experiment import load_experiment
     from fusion_model.imaging.cache import ImageCache
 
     config = load_experiment(args.config)
@@ -61,9 +62,9 @@ def main() -> None:
         t = time.perf_counter()
         run = pipeline.train(config, cohort, tmp / "model", cache, progress=False)
         print(f"trained on 'train' in {time.perf_counter() - t:.0f} s; out-of-fold AUC on train:")
-        for variant, info in run.model.variants_.items():
-            print(f"  {variant:22s} " + ", ".join(f"{k} {v:.3f}" for k, v in info["oof_auc"].items() if v is not None)
-                  + f" (used: {info['method']})")
+        for variant, fit in run.model.variants_.items():
+            print(f"  {variant:22s} " + ", ".join(f"{k} {v:.3f}" for k, v in fit.oof_auc.items() if v is not None)
+                  + f" (used: {fit.method})")
         targets = [(cohort, s) for s in splits if s != "train"]
         if args.eval_npz:
             other = import_medmnist(args.eval_npz, tmp / "eval_cohort", progress=False)

@@ -24,6 +24,7 @@ DEFAULT_NPZ = Path(__file__).resolve().parents[2] / "shared/data/adrenalmnist3d/
 
 
 def delong_ci(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """AUC and its 95% DeLong CI."""
     pos, neg = scores[labels == 1], scores[labels == 0]
     psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
     auc = psi.mean()
@@ -34,14 +35,17 @@ def delong_ci(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) -> tu
 
 
 def main() -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ)
     parser.add_argument("--config", type=str, default="{}", help="JSON overrides of EncoderConfig")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--seed", type=int, default=0, help="initial weights, batch order and the early-stopping part")
     args = parser.parse_args()
 
+    from fusion_model.config import EncoderConfig
     from fusion_model.datasets.medmnist import load_medmnist_npz
-    from fusion_model.encoder.train import EncoderConfig, predict, train_encoder
+    from fusion_model.encoder.train import predict, train_encoder
     from fusion_model.splits import inner_validation_split
 
     start = time.perf_counter()
@@ -55,8 +59,8 @@ def main() -> None:
     config = EncoderConfig(**overrides)
     y_train = labels["train"]
     groups = np.arange(len(y_train))  # MedMNIST: one gland per patient
-    fit_idx, stop_idx = inner_validation_split(y_train, groups, config.validation_fraction, config.seed)
-    result = train_encoder(crops["train"], y_train, fit_idx, stop_idx, config, description="encoder (train)")
+    fit_idx, stop_idx = inner_validation_split(y_train, groups, config.validation_fraction, args.seed)
+    result = train_encoder(crops["train"], y_train, fit_idx, stop_idx, config, seed=args.seed, description="encoder (train)")
     stop_logits = predict(result.model, crops["train"][stop_idx], config)[0]
     fpr, tpr, thresholds = roc_curve(y_train[stop_idx], stop_logits)
     threshold = float(thresholds[np.argmax(tpr - fpr)])

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 
 def matmul_gflops(seconds: float) -> float:
+    """GFLOP/s of a dense float32 matmul (the machine's reference speed)."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b
     n, start = 0, time.perf_counter()
@@ -32,6 +33,7 @@ def matmul_gflops(seconds: float) -> float:
 
 
 def measure(size: int, channels: int, batch: int, seconds: float, config) -> dict:
+    """Training and inference crops per second, FLOPs and peak memory of one encoder setting."""
     from fusion_model.encoder.network import count_flops
     from fusion_model.encoder.train import build_network
     from fusion_model.encoder.transforms import augment, training_transforms
@@ -77,6 +79,7 @@ def measure(size: int, channels: int, batch: int, seconds: float, config) -> dic
 
 
 def main() -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
     parser.add_argument("--batch", type=int, default=16)
@@ -84,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from fusion_model.encoder.train import EncoderConfig
+    from fusion_model.config import EncoderConfig
 
     config = EncoderConfig()
     print(f"command: python {' '.join(sys.argv)}")

@@ -4,7 +4,7 @@
 
 1. One new lesion at a time, from its image files (empty cache: NIfTI read, resample, crop,
    radiological features) to the calibrated probability, its SHAP values and the Grad-CAM
-   saliency, after the model is loaded. Target (issue 6): under 1 s per lesion on 2 cores.
+   saliency, after the model is loaded. Target: under 1 s per lesion on 2 cores.
    The case card (two figures and the HTML) is timed separately.
 2. The whole case review (`explain_cohort`) of the cohort, with an empty image cache and again
    with a warm one. Target: 300 lesions in under 2 minutes.
@@ -23,6 +23,7 @@ from pathlib import Path
 
 
 def main() -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--cohort", type=Path, required=True)

@@ -31,10 +31,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import SplineTransformer, StandardScaler
 
 from clinical_schema import LAB_COLUMNS
-from fusion_model.experiment import load_experiment
+from fusion_model.config import SynthConfig, load_experiment
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.splits import patient_grouped_folds
-from fusion_model.synthetic.generate import LAB_MISSING, SynthConfig, observed_variables
+from fusion_model.synthetic.generate import LAB_MISSING, observed_variables
 from fusion_model.synthetic.profiles import draw_latents, draw_type, oracle_risk
 
 PHASES = SynthConfig().phases  # what `fusion-model synth` writes by default
@@ -73,6 +73,7 @@ def _linear_inputs(frame: pd.DataFrame, train: np.ndarray) -> np.ndarray:
 
 
 def learners() -> dict:
+    """The learners compared: the demo's XGBoost head, logistic and spline-logistic regression."""
     demo_head = load_experiment(DEMO_CONFIG).xgboost  # the head that `fusion-model train` fits on the demo
     return {
         "xgboost head (demo config)": lambda X, y, names: XGBHead(demo_head, names).fit(X, y).decision_function,
@@ -85,6 +86,7 @@ def learners() -> dict:
 
 
 def out_of_fold_aucs(frame: pd.DataFrame, labels: np.ndarray, seed: int) -> dict[str, float]:
+    """Patient-grouped 5-fold out-of-fold AUC of each learner on one cohort."""
     folds = patient_grouped_folds(labels, np.arange(len(labels)), 5, seed)
     fits = learners()
     scores = {name: np.zeros(len(labels)) for name in fits}
@@ -99,6 +101,7 @@ def out_of_fold_aucs(frame: pd.DataFrame, labels: np.ndarray, seed: int) -> dict
 
 
 def main() -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[300, 1000, 3000])
     parser.add_argument("--repeats", type=int, default=5)

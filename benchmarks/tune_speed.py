@@ -18,6 +18,7 @@ from pathlib import Path
 
 
 def main() -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--patients", type=int, default=280)
     parser.add_argument("--cohort", type=Path, default=None)
@@ -27,7 +28,8 @@ def main() -> None:
 
     from optuna.trial import TrialState
 
-    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+    from fusion_model.config import SynthConfig
+    from fusion_model.synthetic.generate import synthesize_cohort
     from fusion_model.tune.run import TuneRequest, tune
 
     finished = (TrialState.COMPLETE, TrialState.PRUNED)

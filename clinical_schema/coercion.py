@@ -42,11 +42,13 @@ def _key(value: object) -> str | None:
 
 
 def coerce_text(col: pd.Series) -> tuple[pd.Series, list[int]]:
+    """Text cells, empty-like ones as missing; never a failure."""
     out = [None if _key(v) is None else str(v).strip() for v in col]
     return pd.Series(out, index=col.index, dtype="str"), []
 
 
 def coerce_number(col: pd.Series) -> tuple[pd.Series, list[int]]:
+    """Numbers (decimal comma accepted); returns the rows that are not numbers."""
     keys = [_key(v) for v in col]
     values = pd.to_numeric(pd.Series(keys, index=col.index, dtype="object"), errors="coerce")
     bad = [i for i, (k, v) in enumerate(zip(keys, values)) if k is not None and np.isnan(v)]
@@ -68,15 +70,18 @@ def _coerce_mapped(col: pd.Series, mapping: dict, dtype: str) -> tuple[pd.Series
 
 
 def coerce_boolean(col: pd.Series) -> tuple[pd.Series, list[int]]:
+    """yes/no, true/false, 1/0 as booleans; returns the rows that are neither."""
     mapping = {**{k: True for k in _TRUE}, **{k: False for k in _FALSE}}
     return _coerce_mapped(col, mapping, "boolean")
 
 
 def coerce_label(col: pd.Series) -> tuple[pd.Series, list[int]]:
+    """benign/malignant or 0/1 as 0/1; returns the rows that are neither."""
     return _coerce_mapped(col, _LABEL, "Int64")
 
 
 def coerce_integer(col: pd.Series) -> tuple[pd.Series, list[int]]:
+    """Whole numbers; returns the rows that are not numbers or not whole."""
     numbers, bad = coerce_number(col)
     fractional = [i for i, v in enumerate(numbers) if not np.isnan(v) and v != round(v)]
     numbers = numbers.where(~numbers.index.isin(numbers.index[fractional]))
@@ -94,17 +99,21 @@ def _coerce_category(col: pd.Series, normalise) -> tuple[pd.Series, list[int]]:
 
 
 def coerce_sex(col: pd.Series) -> tuple[pd.Series, list[int]]:
+    """M/F and common spellings (male, female) as M or F."""
     return _coerce_category(col, lambda key, raw: _SEX.get(key, raw))
 
 
 def coerce_side(col: pd.Series) -> tuple[pd.Series, list[int]]:
+    """L/R and common spellings (left, right) as left or right."""
     return _coerce_category(col, lambda key, raw: _SIDE.get(key, raw))
 
 
 def normalise_lesion_type(key: str) -> str:
+    """A lesion type spelling (ACC, pheo, mets ...) as the schema's name."""
     snake = re.sub(r"[\s\-]+", "_", key)
     return _LESION_TYPE_ALIASES.get(snake, snake)
 
 
 def coerce_lesion_type(col: pd.Series) -> tuple[pd.Series, list[int]]:
+    """Lesion types in the schema's spelling."""
     return _coerce_category(col, lambda key, raw: normalise_lesion_type(key))

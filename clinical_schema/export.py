@@ -83,6 +83,7 @@ def _allowed(column: pa.Column) -> str:
 
 
 def data_dictionary_markdown(extra_features: Sequence[ExtraFeature] = ()) -> str:
+    """The clinical table contract as a Markdown data dictionary."""
     schema = build_schema(extra_features)
     lines = [
         f"# Clinical table data dictionary (schema {SCHEMA_VERSION})",

@@ -147,6 +147,8 @@ class ClinicalTable(pa.DataFrameModel):
     )
 
     class Config:
+        """pandera settings: coerce types, refuse undeclared columns."""
+
         strict = True
         coerce = True
         ordered = False

@@ -47,6 +47,7 @@ class TableProblem:
     hint: str = ""
 
     def message(self, source: str = "clinical.csv") -> str:
+        """The problem as one line naming the file, row, lesion, column, value and fix."""
         where = f"{source}" + (f" row {self.row}" if self.row is not None else "")
         if self.lesion_id:
             where += f" (lesion {self.lesion_id})"
@@ -57,14 +58,18 @@ class TableProblem:
 
 @dataclass
 class TableValidation:
+    """The coerced table and every problem found in it."""
+
     table: pd.DataFrame | None
     problems: list[TableProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """True when there is no problem."""
         return not self.problems
 
     def problems_frame(self) -> pd.DataFrame:
+        """The problems as a table."""
         rows = [
             {"row": p.row, "lesion_id": p.lesion_id, "column": p.column, "value": p.value, "check": p.check,
              "hint": p.hint}

@@ -4,7 +4,7 @@
                          calibrators and thresholds as plain numbers, SHA-256 of every file
     manifest.sha256      SHA-256 of manifest.json
     encoder.safetensors  encoder weights (safetensors: tensors only)
-    heads/*.json         XGBoost models in XGBoost's own JSON format
+    heads/*.json         XGBoost models in XGBoost's own JSON format (named in each variant's entry)
     oof_predictions.csv  out-of-fold probabilities on the training lesions
 
 Nothing is pickled. Loading verifies every hash and the versions, and refuses a modified,
@@ -22,17 +22,18 @@ from safetensors.torch import load_file, save_file
 
 from clinical_schema import SCHEMA_VERSION
 from fusion_model import __version__
+from fusion_model.config import ExperimentConfig
 from fusion_model.configbase import parse_model
 from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.encoder.train import build_network
 from fusion_model.errors import UserInputError
-from fusion_model.experiment import ExperimentConfig
 from fusion_model.fileio import atomic_directory, json_safe, sha256_file
+from fusion_model.heads.variant import VariantFit
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.model import FusionModel
 
 FORMAT = "fusion-model-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one entry per fitted variant, its heads inside it
 MANIFEST = "manifest.json"
 MANIFEST_HASH = "manifest.sha256"
 ENCODER_FILE = "encoder.safetensors"
@@ -47,11 +48,13 @@ def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: boo
         (staging / "heads").mkdir()
         state = {k: v.detach().contiguous() for k, v in model.encoder_.model_.state_dict().items()}
         save_file(state, str(staging / ENCODER_FILE))
-        heads = {}
-        for name, head in model.heads_.items():
-            rel = f"heads/{name}.json"
+
+        def save_head(key: str, head: XGBHead) -> str:
+            rel = f"heads/{key}.json"
             head.save(staging / rel)
-            heads[name] = {"file": rel, "features": head.feature_names}
+            return rel
+
+        variants = {name: fit.to_manifest(save_head) for name, fit in model.variants_.items()}
         model.oof_.to_csv(staging / OOF_FILE, index_label="lesion_id")
         for rel, text in (extra_files or {}).items():
             (staging / rel).write_text(text, encoding="utf-8")
@@ -68,10 +71,9 @@ def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: boo
                         "final_epochs": model.encoder_.final_epochs_},
             "pca": model.pca_,
             "tabular_groups": model.tabular_groups_,
-            "variants": model.variants_,
+            "variants": variants,
             "primary_variant": model.primary_variant,
             "metrics": {"oof_auc": model.oof_auc_, "baseline_oof_auc": model.baseline_oof_auc_},
-            "heads": heads,
             "files": files,
         })
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
@@ -118,23 +120,21 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
     path = Path(path)
     manifest = read_manifest(path)
     config = parse_model(ExperimentConfig, manifest["config"], f"{path / MANIFEST} config")
-    model = FusionModel(config, progress=progress)
-    encoder = ImageEncoder(model._encoder_config(), config.preprocess.hu_window, progress=progress)
-    network = build_network(encoder.config, manifest["crop_channels"])
+    network = build_network(config.encoder, manifest["crop_channels"])
     network.load_state_dict(load_file(str(path / manifest["encoder"]["file"])), strict=True)
-    network.eval()
-    encoder.model_ = network
-    encoder.oof_auc_ = manifest["encoder"]["oof_auc"]
-    encoder.final_epochs_ = manifest["encoder"]["final_epochs"]
-    model.encoder_ = encoder
-    model.crop_channels_ = manifest["crop_channels"]
-    model.pca_ = manifest["pca"]
-    model.tabular_groups_ = manifest["tabular_groups"]
-    model.variants_ = manifest["variants"]
-    model.heads_ = {name: XGBHead.load(path / h["file"], config.xgboost, h["features"])
-                    for name, h in manifest["heads"].items()}
-    model.oof_auc_ = manifest["metrics"]["oof_auc"]
-    model.baseline_oof_auc_ = manifest["metrics"]["baseline_oof_auc"]
-    model.oof_ = pd.read_csv(path / OOF_FILE, index_col="lesion_id")
-    model.manifest_ = manifest
-    return model
+    encoder = ImageEncoder.from_network(config, network, manifest["encoder"]["oof_auc"],
+                                        manifest["encoder"]["final_epochs"], progress=progress)
+
+    def load_head(rel: str, features: list[str]) -> XGBHead:
+        return XGBHead.load(path / rel, config.xgboost, features)
+
+    try:
+        variants = {name: VariantFit.from_manifest(name, entry, load_head)
+                    for name, entry in manifest["variants"].items()}
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserInputError(f"{path / MANIFEST}: a variant entry is incomplete or malformed ({err}); "
+                             "retrain the model") from None
+    return FusionModel.from_fitted(config, encoder, variants, manifest["pca"], manifest["tabular_groups"],
+                                   manifest["crop_channels"], manifest["metrics"]["baseline_oof_auc"],
+                                   pd.read_csv(path / OOF_FILE, index_col="lesion_id"), progress=progress,
+                                   manifest=manifest)

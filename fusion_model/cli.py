@@ -105,8 +105,9 @@ def synth(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing cohort directory")] = False,
 ) -> None:
     """Write a synthetic cohort (CT phantoms, masks, clinical table, truth.csv with oracle risks)."""
+    from fusion_model.config import SynthConfig
     from fusion_model.configbase import parse_model
-    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+    from fusion_model.synthetic.generate import synthesize_cohort
 
     config = parse_model(SynthConfig, {
         "patients": patients, "seed": seed, "centres": centres, "two_lesion_fraction": two_lesion_fraction,
@@ -147,15 +148,14 @@ def features(
     import pandas as pd
 
     from fusion_model.cohort import load_cohort
+    from fusion_model.config import PreprocessConfig
     from fusion_model.features.radiological import fill_from_features
     from fusion_model.fileio import atomic_write_text
     from fusion_model.imaging.cache import ImageCache, default_cache_dir
-    from fusion_model.imaging.extract import extract_cohort_images
-    from fusion_model.imaging.preprocess import PreprocessConfig
 
     loaded = load_cohort(cohort)
-    images = extract_cohort_images(loaded, PreprocessConfig(resample_mismatched=resample),
-                                   ImageCache(cache or default_cache_dir()), crops=False, strict=strict)
+    images = loaded.images(PreprocessConfig(resample_mismatched=resample), ImageCache(cache or default_cache_dir()),
+                           crops=False, strict=strict)
     rows, notes = [], []
     table = loaded.table.set_index("lesion_id")
     for lesion_id, feats in images.features.iterrows():
@@ -184,16 +184,15 @@ def preprocess(
     import time
 
     from fusion_model.cohort import load_cohort
+    from fusion_model.config import PreprocessConfig
     from fusion_model.configbase import parse_model
     from fusion_model.imaging.cache import ImageCache, default_cache_dir
-    from fusion_model.imaging.extract import extract_cohort_images
-    from fusion_model.imaging.preprocess import PreprocessConfig
 
     config = parse_model(PreprocessConfig, {"spacing_mm": spacing_mm, "crop_size_mm": crop_mm,
                                             "resample_mismatched": resample}, "preprocess options")
     image_cache = ImageCache(cache or default_cache_dir())
     start = time.perf_counter()
-    images = extract_cohort_images(load_cohort(cohort), config, image_cache, features=False, strict=strict)
+    images = load_cohort(cohort).images(config, image_cache, features=False, strict=strict)
     elapsed = time.perf_counter() - start
     shape = None if images.crops is None else tuple(images.crops.shape)
     console.print(f"crops {shape} channels {images.channels}: {image_cache.hits} from cache, "
@@ -211,9 +210,9 @@ def _print_training_summary(run) -> None:
     table = Table(title="out-of-fold AUC on the training lesions")
     for column in ("model", "method", "OOF AUC", "fusion head", "late fusion", "tabular head", "image only"):
         table.add_column(column)
-    for variant, info in model.variants_.items():
-        a = info["oof_auc"]
-        table.add_row(variant, info["method"], _fmt_auc(a[info["method"]]), _fmt_auc(a.get("fusion_head")),
+    for variant, fit in model.variants_.items():
+        a = fit.oof_auc
+        table.add_row(variant, fit.method, _fmt_auc(fit.score_oof_auc), _fmt_auc(a.get("fusion_head")),
                       _fmt_auc(a.get("late_fusion")), _fmt_auc(a.get("tabular_head")), _fmt_auc(a.get("image_logit")))
     for rule, auc in model.baseline_oof_auc_.items():
         table.add_row(f"rule {rule}", "guideline rule", _fmt_auc(auc), "", "", "", "")
@@ -243,7 +242,7 @@ def train(
 ) -> None:
     """Train the encoder, the heads of every variant and the calibration; write a model artifact."""
     from fusion_model import pipeline
-    from fusion_model.experiment import load_experiment
+    from fusion_model.config import load_experiment
 
     experiment = load_experiment(config)
     run = pipeline.train(experiment, cohort, out, _cache(cache), test_centre=test_centre, strict=strict,
@@ -390,7 +389,7 @@ def tune(
     cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
 ) -> None:
     """Optuna search over the config's search space: resumable, shareable by many workers."""
-    from fusion_model.experiment import load_experiment
+    from fusion_model.config import load_experiment
     from fusion_model.tune.run import TuneRequest
     from fusion_model.tune.run import tune as run_tune
 
@@ -473,6 +472,7 @@ def demo(
 
 
 def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
         app()
     except FusionModelError as err:

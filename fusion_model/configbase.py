@@ -34,6 +34,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def parse_model(model: type[T], data: object, source: str) -> T:
+    """Validate ``data`` as ``model``; errors become one UserInputError naming each key."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -41,6 +42,7 @@ def parse_model(model: type[T], data: object, source: str) -> T:
 
 
 def load_yaml_model(model: type[T], path: Path) -> T:
+    """Read and validate a YAML file as ``model``."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path}: config file not found")

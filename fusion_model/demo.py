@@ -15,29 +15,20 @@ import datetime as dt
 import time
 from pathlib import Path
 
+import yaml
+
 from fusion_model import __version__
+from fusion_model.config import ExperimentConfig, packaged_experiment
 from fusion_model.configbase import parse_model
 from fusion_model.errors import FusionModelError
-from fusion_model.experiment import ExperimentConfig
 from fusion_model.fileio import atomic_write_json
 
 EXTERNAL_CENTRE = "centre_c"
 
-# The demo's experiment (as experiments/synthetic_demo.yaml): 48^3 crops at 2 mm, a small 3D CNN.
-DEMO_EXPERIMENT = {
-    "name": "synthetic_demo", "seed": 0,
-    "preprocess": {"spacing_mm": 2.0, "crop_size_mm": 96, "hu_window": [-200, 300]},
-    "encoder": {"kind": "3d", "width": 16, "depth": 3, "stem_stride": 4, "embedding_size": 32, "epochs": 25,
-                "patience": 8, "learning_rate": 0.001, "batch_size": 16},
-    "split": {"mode": "kfold", "folds": 5},
-    "variants": ["imaging", "imaging_radiological", "imaging_clinical", "all"],
-    "baselines": ["hu_10", "size_40", "hu_10_and_size_40"],
-    "primary_variant": "all",
-}
-
-
 def demo_experiment(overrides: dict | None = None) -> ExperimentConfig:
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEMO_EXPERIMENT.items()}
+    """The demo's experiment: the packaged experiments/synthetic_demo.yaml, with ``overrides`` (section ->
+    values) applied."""
+    data = yaml.safe_load(packaged_experiment("synthetic_demo.yaml").read_text(encoding="utf-8"))
     for section, values in (overrides or {}).items():
         if isinstance(values, dict) and isinstance(data.get(section), dict):
             data[section].update(values)
@@ -51,11 +42,12 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
     """Run every stage; returns the summary also written to ``out/demo_summary.json``."""
     from fusion_model import pipeline
     from fusion_model.cohort import validate_cohort
+    from fusion_model.config import SynthConfig
     from fusion_model.evaluate.metrics import EvaluationSettings
     from fusion_model.evaluate.run import evaluate_model
     from fusion_model.explain.run import explain_cohort
     from fusion_model.imaging.cache import ImageCache
-    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+    from fusion_model.synthetic.generate import synthesize_cohort
 
     def say(text: str) -> None:
         if console is not None:

@@ -38,14 +38,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
+    """Write text atomically (temporary file, then rename)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> Path:
+    """Write JSON atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> Path:
+    """Save an array as .npy atomically."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, array, allow_pickle=False)
@@ -83,6 +86,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(chunk_bytes):

@@ -13,19 +13,21 @@ import pandas as pd
 from fusion_model.artifact import load_model, save_model
 from fusion_model.cohort import Cohort, load_cohort
 from fusion_model.cohort.spec import COHORT_FILE, TABLE_FILE
+from fusion_model.config import ExperimentConfig
 from fusion_model.errors import UserInputError
-from fusion_model.experiment import ExperimentConfig
+from fusion_model.evaluate.stats import nan_safe_auc
 from fusion_model.features.table import fill_radiological
 from fusion_model.fileio import atomic_write_text, sha256_file
 from fusion_model.imaging.cache import ImageCache
-from fusion_model.imaging.extract import LesionError, extract_cohort_images
+from fusion_model.imaging.extract import LesionError
 from fusion_model.imaging.preprocess import crop_channels
-from fusion_model.model import FusionModel, LesionData, nan_safe_auc
+from fusion_model.model import FusionModel, LesionData
 
 TRUTH_FILE = "truth.csv"
 
 
 def cohort_fingerprint(cohort: Cohort) -> str:
+    """SHA-256 of cohort.json and clinical.csv (which cohort a model or report saw)."""
     digest = hashlib.sha256()
     for name in (COHORT_FILE, TABLE_FILE):
         digest.update(sha256_file(cohort.root / name).encode())
@@ -35,7 +37,7 @@ def cohort_fingerprint(cohort: Cohort) -> str:
 def lesion_data(cohort: Cohort, config: ExperimentConfig, cache: ImageCache, strict: bool = False,
                 progress: bool = True) -> tuple[LesionData, list[LesionError], list[str]]:
     """Crops, image features and the table (size / HU filled from images) of the readable lesions."""
-    images = extract_cohort_images(cohort, config.preprocess, cache, strict=strict, progress=progress)
+    images = cohort.images(config.preprocess, cache, strict=strict, progress=progress)
     table = cohort.table.set_index("lesion_id").loc[images.lesion_ids]
     table, notes = fill_radiological(table, images.features)
     extra = tuple(f.name for f in cohort.spec.extra_features)
@@ -72,6 +74,8 @@ def split_lesions(table: pd.DataFrame, config: ExperimentConfig, test_centre: st
 
 @dataclass
 class TrainRun:
+    """A finished training run: the fitted model, where it was written, unreadable lesions, test figures."""
+
     model: FusionModel
     out: Path
     errors: list[LesionError] = field(default_factory=list)
@@ -83,6 +87,7 @@ class TrainRun:
 
 def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCache, test_centre: str | None = None,
           strict: bool = False, overwrite: bool = False, progress: bool = True) -> TrainRun:
+    """Train on a cohort's training part, score its test part, and write the artifact."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
@@ -130,6 +135,7 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
 
 
 def check_cohort_matches_model(cohort: Cohort, model: FusionModel) -> None:
+    """Refuse a cohort whose image channels differ from the model's."""
     trained = model.manifest_["cohort"]
     channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities)
     if channels != trained["channels"]:
@@ -148,7 +154,7 @@ def predict(model_dir: Path, cohort_dir: Path, out_csv: Path, cache: ImageCache,
         raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to predict")
     predictions = model.predict_variants(data)
     primary = model.primary_variant
-    thresholds = model.variants_[primary]["thresholds"]
+    thresholds = model.primary.thresholds
     out = pd.DataFrame({"patient_id": data.table["patient_id"], "centre": data.table["centre"]})
     out["probability"] = predictions[f"p_{primary}"]
     out["variant"] = primary

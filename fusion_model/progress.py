@@ -14,6 +14,7 @@ T = TypeVar("T")
 
 
 def track(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+    """Iterate with a rich progress bar (or silently)."""
     if not enabled:
         yield from items
         return

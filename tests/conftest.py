@@ -4,11 +4,22 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+# Fixtures that train a model: every test that uses one, directly or through another fixture, is an
+# end-to-end test and carries the 'slow' marker (`pytest -m "not slow"` is the quick loop).
+TRAINING_FIXTURES = {"trained_model", "fitted"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def synthetic_cohort(tmp_path_factory):
     """A small synthetic cohort, written once per test session."""
-    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+    from fusion_model.config import SynthConfig
+    from fusion_model.synthetic.generate import synthesize_cohort
 
     out = tmp_path_factory.mktemp("synthetic") / "cohort"
     return synthesize_cohort(out, SynthConfig(patients=24, seed=7, two_lesion_fraction=0.2), progress=False)
@@ -34,9 +45,9 @@ def trained_model(tmp_path_factory):
     import yaml
 
     from fusion_model import pipeline
-    from fusion_model.experiment import load_experiment
+    from fusion_model.config import SynthConfig, load_experiment
     from fusion_model.imaging.cache import ImageCache
-    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+    from fusion_model.synthetic.generate import synthesize_cohort
 
     root = tmp_path_factory.mktemp("trained")
     train_cohort = synthesize_cohort(root / "train", SynthConfig(patients=60, seed=31), progress=False)

@@ -1,8 +1,11 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from fusion_model.cli import app
@@ -22,11 +25,46 @@ def run_cli(*args):
                           encoding="utf-8", env=env)
 
 
-def test_help_lists_the_commands():
+COMMANDS = ("validate", "synth", "import-medmnist", "features", "preprocess", "train", "predict", "evaluate",
+            "explain", "tune", "schema", "demo")
+
+
+def test_help_lists_every_command_and_each_has_its_own_help():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("validate", "synth", "import-medmnist", "features", "preprocess", "schema", "demo"):
-        assert command in result.output
+    listed = {line.strip("│ ").split(" ")[0] for line in result.output.splitlines()}
+    assert set(COMMANDS) <= listed, set(COMMANDS) - listed
+    registered = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    assert registered == set(COMMANDS), "a command was added: list it here and in the README"
+    for command in COMMANDS:
+        assert runner.invoke(app, [command, "--help"]).exit_code == 0, command
+
+
+def test_predict_command_writes_every_readable_lesion_and_names_the_rest(trained_model, tmp_path):
+    import pandas as pd
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(trained_model["test_cohort"], cohort)
+    table = pd.read_csv(cohort / "clinical.csv")
+    table = table.drop(columns=["label"])
+    table.loc[2, "mask_path"] = "masks/missing.nii.gz"
+    table.to_csv(cohort / "clinical.csv", index=False)
+    out = tmp_path / "predictions.csv"
+    result = run_cli("predict", "--model", trained_model["model"], "--cohort", cohort, "--out", out,
+                     "--cache", trained_model["cache"])
+    assert result.returncode == 0, result.stderr
+    predictions = pd.read_csv(out)
+    assert len(predictions) == len(table) - 1
+    assert table.loc[2, "lesion_id"] not in set(predictions["lesion_id"])
+    assert {"probability", "variant", "suspicious_at_youden", "p_imaging", "p_all", "rule_hu_10"} <= set(predictions)
+    assert predictions["probability"].between(0, 1).all() and (predictions["variant"] == "all").all()
+    np.testing.assert_allclose(predictions["probability"], predictions["p_all"])
+    assert table.loc[2, "lesion_id"] in result.stdout and "missing.nii.gz" in result.stdout
+    errors = pd.read_csv(tmp_path / "predictions_errors.csv")
+    assert errors["lesion_id"].tolist() == [table.loc[2, "lesion_id"]]
+    missing = run_cli("predict", "--model", tmp_path / "nothing", "--cohort", cohort, "--out", tmp_path / "x.csv")
+    assert missing.returncode == 2 and "not a fusion-model artifact" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.csv").exists()
 
 
 def test_validate_clean_and_broken_cohort(tmp_path):
@@ -77,6 +115,7 @@ def test_features_command_fills_missing_values(tmp_path):
     assert features.loc["P1-L1", "size_mm"] > 0
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_at_a_reduced_size(tmp_path):
     """The README's main command, small: every output it announces exists and parses."""
     import csv

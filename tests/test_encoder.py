@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from fusion_model.config import EncoderConfig
 from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.encoder.network import LesionEncoder, count_flops
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
-from fusion_model.encoder.train import EncoderConfig, build_network, predict, train_encoder
+from fusion_model.encoder.train import build_network, predict, train_encoder
 from fusion_model.encoder.transforms import augment, training_transforms
 
 TINY = dict(width=4, depth=2, embedding_size=8, stem_stride=2, batch_size=8, tta_views=2)
@@ -60,7 +61,7 @@ def test_same_seed_gives_identical_logits():
     a = predict(train_encoder(crops, labels, idx, None, config, progress=False).model, crops, config)[0]
     b = predict(train_encoder(crops, labels, idx, None, config, progress=False).model, crops, config)[0]
     assert np.array_equal(a, b)
-    c = predict(train_encoder(crops, labels, idx, None, config.model_copy(update={"seed": 1}),
+    c = predict(train_encoder(crops, labels, idx, None, config, seed=1,
                               progress=False).model, crops, config)[0]
     assert not np.array_equal(a, c)
 
@@ -102,7 +103,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
 
 def test_out_of_fold_outputs_never_come_from_a_model_that_saw_the_patient():
     crops, labels, patients = toy_crops(n=48)
-    encoder = ImageEncoder(EncoderConfig(epochs=2, folds=3, **TINY), progress=False).fit(crops, labels, patients)
+    encoder = ImageEncoder(EncoderConfig(epochs=2, **TINY), progress=False, folds=3).fit(crops, labels, patients)
     assert np.isfinite(encoder.oof_logits_).all() and (encoder.fold_of_ >= 0).all()
     for i, patient in enumerate(patients):
         assert patient not in encoder.fold_train_patients_[encoder.fold_of_[i]]
@@ -115,8 +116,8 @@ def test_out_of_fold_outputs_never_come_from_a_model_that_saw_the_patient():
 @pytest.mark.parametrize("kind", ["3d", "2.5d"])
 def test_learns_a_strong_imaging_signal_out_of_fold(kind):
     crops, labels, patients = toy_crops(n=64, seed=3)
-    config = EncoderConfig(kind=kind, epochs=12, folds=3, learning_rate=3e-3, **TINY)
-    encoder = ImageEncoder(config, progress=False).fit(crops, labels, patients, fit_final=False)
+    config = EncoderConfig(kind=kind, epochs=12, learning_rate=3e-3, **TINY)
+    encoder = ImageEncoder(config, progress=False, folds=3).fit(crops, labels, patients, fit_final=False)
     assert encoder.oof_auc_ > 0.85
 
 

@@ -1,6 +1,7 @@
 """`fusion-model explain`: faithful SHAP values and saliency, case cards, the case review page."""
 
 import copy
+import dataclasses
 import shutil
 
 import numpy as np
@@ -33,10 +34,8 @@ def loaded(trained_model):
 def test_shap_values_plus_base_equal_the_heads_margin(loaded, method):
     model, data = loaded
     model = copy.copy(model)
-    model.variants_ = copy.deepcopy(model.variants_)
-    for info in model.variants_.values():
-        if "late_fusion_weight" in info:
-            info["method"] = method
+    model.variants_ = {name: fit if fit.method == "image_logit" else dataclasses.replace(fit, method=method)
+                       for name, fit in model.variants_.items()}
     frames = model.feature_frames(data)
     margins = model.decision_variants(data, frames)
     probabilities = model.predict_variants(data, frames)

@@ -45,6 +45,7 @@ def test_bad_npz_is_refused_with_the_keys_found(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "data/adrenalmnist3d").is_dir(), reason="../shared/data not present")
+@pytest.mark.slow
 def test_import_shared_adrenalmnist3d(tmp_path):
     out = import_medmnist(SHARED / "data/adrenalmnist3d/adrenalmnist3d_28_trainval.npz", tmp_path / "adrenal",
                           progress=False)

@@ -5,15 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fusion_model import pipeline
 from fusion_model.artifact import load_model, read_manifest, save_model
 from fusion_model.cohort import load_cohort
+from fusion_model.config import ExperimentConfig, load_experiment
 from fusion_model.configbase import parse_model
 from fusion_model.errors import UserInputError
-from fusion_model.experiment import ExperimentConfig, load_experiment
-from fusion_model.heads.thresholds import operating_thresholds
 from fusion_model.imaging.cache import ImageCache
 from fusion_model.model import FusionModel
-from fusion_model import pipeline
 from tests.conftest import TINY_EXPERIMENT
 
 TINY = TINY_EXPERIMENT
@@ -21,7 +20,8 @@ TINY = TINY_EXPERIMENT
 
 @pytest.fixture(scope="module")
 def cohort_dir(tmp_path_factory):
-    from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort
+    from fusion_model.config import SynthConfig
+    from fusion_model.synthetic.generate import synthesize_cohort
 
     out = tmp_path_factory.mktemp("model") / "cohort"
     return synthesize_cohort(out, SynthConfig(patients=60, seed=11), progress=False)
@@ -45,21 +45,43 @@ def test_all_variant_beats_chance_by_a_wide_margin(fitted):
     assert model.oof_auc_["all"] > model.oof_auc_["imaging"]
 
 
-def test_thresholds_come_from_training_oof_probabilities(fitted):
+def test_thresholds_are_the_operating_points_of_the_training_oof_probabilities(fitted):
     model, data, labels = fitted
-    for variant, info in model.variants_.items():
-        assert info["thresholds"] == operating_thresholds(labels, model.oof_[f"p_{variant}"].to_numpy())
-        assert info["thresholds"]["sensitivity_95"] <= info["thresholds"]["sensitivity_90"]
-    before = json.dumps(model.variants_, sort_keys=True)
+    for variant, fit in model.variants_.items():
+        p = model.oof_[f"p_{variant}"].to_numpy()
+        candidates = np.unique(p)
+        sensitivity = np.array([(p[labels == 1] >= t).mean() for t in candidates])
+        specificity = np.array([(p[labels == 0] < t).mean() for t in candidates])
+        thresholds = fit.thresholds
+        # Youden: no OOF threshold separates the training lesions better
+        j = sensitivity + specificity - 1
+        youden = ((p[labels == 1] >= thresholds["youden"]).mean() + (p[labels == 0] < thresholds["youden"]).mean()
+                  - 1)
+        assert youden == pytest.approx(j.max())
+        # sensitivity targets: reached, and by the highest such threshold
+        for name, target in (("sensitivity_90", 0.90), ("sensitivity_95", 0.95)):
+            assert (p[labels == 1] >= thresholds[name]).mean() >= target
+            assert thresholds[name] == pytest.approx(candidates[sensitivity >= target].max())
+        assert thresholds["sensitivity_95"] <= thresholds["sensitivity_90"]
+    before = {name: dict(fit.thresholds) for name, fit in model.variants_.items()}
     model.predict_variants(data.subset(np.arange(5)))
-    assert json.dumps(model.variants_, sort_keys=True) == before
+    assert {name: fit.thresholds for name, fit in model.variants_.items()} == before
 
 
-def test_probabilities_are_calibrated_probabilities(fitted):
-    model, data, _ = fitted
-    p = model.predict_proba(data)
-    assert p.shape == (len(data.table), 2) and np.allclose(p.sum(axis=1), 1)
-    assert ((p >= 0) & (p <= 1)).all()
+def test_oof_probabilities_are_the_calibrators_output_on_oof_margins(fitted):
+    from fusion_model.evaluate.stats import calibration
+
+    model, data, labels = fitted
+    for variant, fit in model.variants_.items():
+        p = model.oof_[f"p_{variant}"].to_numpy()
+        assert ((p > 0) & (p < 1)).all()
+        fitted_calibration = calibration(labels, p)  # Platt scaling is calibrated on the data it was fitted on
+        assert fitted_calibration["intercept"] == pytest.approx(0, abs=0.02)
+        assert fitted_calibration["slope"] == pytest.approx(1, abs=0.02)
+    proba = model.predict_proba(data)
+    assert proba.shape == (len(data.table), 2) and np.allclose(proba.sum(axis=1), 1)
+    margins = model.decision_variants(data)[model.primary_variant].to_numpy()
+    np.testing.assert_allclose(proba[:, 1], model.primary.calibrator(margins))
 
 
 def test_save_load_round_trip_gives_identical_probabilities(fitted, tmp_path):

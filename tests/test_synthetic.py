@@ -5,13 +5,15 @@ from sklearn.metrics import roc_auc_score
 
 from clinical_schema import MALIGNANT_LESION_TYPES
 from fusion_model.cohort import load_cohort, validate_cohort
+from fusion_model.config import PreprocessConfig, SynthConfig
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.cache import ImageCache
-from fusion_model.imaging.extract import extract_cohort_images
-from fusion_model.imaging.preprocess import PreprocessConfig
-from fusion_model.synthetic.generate import SynthConfig, synthesize_cohort, synthesize_patient
+from fusion_model.synthetic.generate import synthesize_cohort, synthesize_patient
 from fusion_model.synthetic.profiles import (
-    PROFILES, draw_latents, draw_type, oracle_risk,
+    PROFILES,
+    draw_latents,
+    draw_type,
+    oracle_risk,
 )
 
 
@@ -37,7 +39,7 @@ def test_truth_file_matches_table_and_labels(synthetic_cohort):
 
 def test_image_features_follow_the_table(synthetic_cohort):
     cohort = load_cohort(synthetic_cohort)
-    images = extract_cohort_images(cohort, PreprocessConfig(), ImageCache(None), crops=False, progress=False)
+    images = cohort.images(PreprocessConfig(), ImageCache(None), crops=False, progress=False)
     assert images.errors == []
     table = cohort.table.set_index("lesion_id").loc[images.features.index]
     size_ratio = images.features["max_axial_diameter_mm"] / table["size_mm"]

@@ -14,10 +14,10 @@ import yaml
 from optuna.trial import TrialState
 
 from fusion_model import pipeline
-from fusion_model.experiment import load_experiment
+from fusion_model.config import load_experiment
 from fusion_model.imaging.cache import ImageCache
 from fusion_model.tune.run import TuneRequest, tune
-from fusion_model.tune.search import open_storage
+from fusion_model.tune.storage import open_storage
 from tests.conftest import TINY_EXPERIMENT
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -7,27 +7,22 @@ whoever needs them (validation, preprocessing, features), never all at once.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from clinical_schema import PATH_COLUMNS, validate_clinical_table
 from clinical_schema.coercion import NA_STRINGS
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
+from fusion_model.config import PreprocessConfig
 from fusion_model.errors import CohortValidationError, UserInputError
+from fusion_model.imaging.cache import ImageCache
+from fusion_model.records import LesionRecord
 
-
-@dataclass(frozen=True)
-class LesionRecord:
-    lesion_id: str
-    patient_id: str
-    centre: str
-    row: int  # line in clinical.csv (header = 1)
-    mask_path: Path
-    mask_label: int | None
-    phase_paths: dict[str, Path] = field(default_factory=dict)
-    label: int | None = None
+if TYPE_CHECKING:  # reading images needs SimpleITK: imported when images() is called
+    from fusion_model.imaging.extract import CohortImages
 
 
 def read_clinical_csv(path: Path) -> pd.DataFrame:
@@ -59,6 +54,8 @@ def resolve_inside(root: Path, relative: str, what: str) -> Path:
 
 @dataclass
 class Cohort:
+    """A loaded cohort directory: its spec, its schema-checked table, and the lesions' file records."""
+
     root: Path
     spec: CohortSpec
     table: pd.DataFrame
@@ -70,14 +67,28 @@ class Cohort:
         lines = [self._line(i) for i in range(len(self.table)) if keep[i]]
         return Cohort(self.root, self.spec, self.table[keep].reset_index(drop=True), lines)
 
+    def select(self, centre: str | None = None, split: str | None = None) -> "Cohort":
+        """The cohort restricted to one centre and/or one value of its split column."""
+        keep = self.table["lesion_id"].notna()
+        for column, value, what in (("centre", centre, "centres"), ("split", split, "splits")):
+            if value is None:
+                continue
+            present = sorted(self.table[column].dropna().unique()) if column in self.table else []
+            if value not in present:
+                raise UserInputError(f"{column} {value!r} is not in {self.root / TABLE_FILE}; {what}: {present}")
+            keep &= self.table[column] == value
+        return self if keep.all() else self.subset(self.table["lesion_id"][keep])
+
     def _line(self, row_index: int) -> int:
         return self.lines[row_index] if self.lines is not None else row_index + 2
 
     @property
     def has_labels(self) -> bool:
+        """Whether every lesion has a benign/malignant label."""
         return "label" in self.table and self.table["label"].notna().all()
 
     def lesion(self, row_index: int) -> LesionRecord:
+        """The file record of the lesion in this table row (paths resolved inside the cohort)."""
         row = self.table.iloc[row_index]
         line = self._line(row_index)
         where = f"{TABLE_FILE} row {line} (lesion {row['lesion_id']})"
@@ -100,10 +111,20 @@ class Cohort:
         )
 
     def lesions(self) -> Iterator[LesionRecord]:
+        """Every lesion's file record, in table order."""
         for i in range(len(self.table)):
             yield self.lesion(i)
 
+    def images(self, config: PreprocessConfig, cache: ImageCache, **options) -> CohortImages:
+        """Crops and radiological features of every lesion, cached (:func:`extract_lesion_images`;
+        ``options``: crops, features, strict, progress)."""
+        from fusion_model.imaging.extract import extract_lesion_images
+
+        return extract_lesion_images(list(self.lesions()), self.spec.phases, self.spec.ct_intensities, config,
+                                     cache, **options)
+
     def lesion_by_id(self, lesion_id: str) -> LesionRecord:
+        """The file record of one lesion, by its lesion_id."""
         matches = self.table.index[self.table["lesion_id"] == lesion_id].tolist()
         if not matches:
             raise UserInputError(f"lesion {lesion_id!r} is not in {self.root / TABLE_FILE}")

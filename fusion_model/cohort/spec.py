@@ -50,6 +50,7 @@ class CohortSpec(StrictModel):
 
 
 def read_cohort_spec(root: Path) -> CohortSpec:
+    """The validated cohort.json of a cohort directory."""
     path = Path(root) / COHORT_FILE
     if not path.is_file():
         raise UserInputError(
@@ -63,6 +64,7 @@ def read_cohort_spec(root: Path) -> CohortSpec:
 
 
 def write_cohort_spec(root: Path, spec: CohortSpec) -> Path:
+    """Write cohort.json atomically; returns its path."""
     from fusion_model.fileio import atomic_write_json
 
     return atomic_write_json(Path(root) / COHORT_FILE, spec.model_dump(mode="json"))

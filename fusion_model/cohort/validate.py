@@ -15,46 +15,57 @@ import pandas as pd
 import SimpleITK as sitk
 
 from clinical_schema import LAB_COLUMNS, PATH_COLUMNS, PHASES, validate_clinical_table
-from fusion_model.cohort.load import Cohort, LesionRecord, read_clinical_csv
+from fusion_model.cohort.load import Cohort, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.geometry import Geometry, geometry_differences
 from fusion_model.imaging.io import read_image, read_image_header
 from fusion_model.progress import track
+from fusion_model.records import LesionRecord
 
 
 @dataclass(frozen=True)
 class Problem:
+    """One finding of cohort validation: an error or a warning, where, and what to do."""
+
     severity: str  # "error" or "warning"
     where: str
     message: str
 
     def line(self) -> str:
+        """The finding as one printable line."""
         return f"{self.severity}: {self.where}: {self.message}"
 
 
 @dataclass
 class ValidationReport:
+    """Everything `validate` found in a cohort directory."""
+
     root: Path
     problems: list[Problem] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Problem]:
+        """Findings that make the cohort unusable."""
         return [p for p in self.problems if p.severity == "error"]
 
     @property
     def warnings(self) -> list[Problem]:
+        """Findings worth a look that do not stop training."""
         return [p for p in self.problems if p.severity == "warning"]
 
     @property
     def ok(self) -> bool:
+        """True when there is no error."""
         return not self.errors
 
     def error(self, where: str, message: str) -> None:
+        """Record an error at ``where``."""
         self.problems.append(Problem("error", where, message))
 
     def warn(self, where: str, message: str) -> None:
+        """Record a warning at ``where``."""
         self.problems.append(Problem("warning", where, message))
 
 
@@ -64,6 +75,7 @@ def validate_cohort(
     resample_mismatched: bool = False,
     progress: bool = True,
 ) -> ValidationReport:
+    """Check a cohort directory: table schema, files, masks, geometry and split leakage, all at once."""
     root = Path(root)
     report = ValidationReport(root)
     if not root.is_dir():

@@ -15,19 +15,56 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from fusion_model.encoder.train import EncoderConfig, EpochHook, TrainResult, predict, train_encoder
+from fusion_model.config import EncoderConfig, ExperimentConfig
+from fusion_model.encoder.network import LesionEncoder
+from fusion_model.encoder.train import EpochHook, TrainResult, predict, train_encoder
 from fusion_model.errors import UserInputError
 from fusion_model.splits import inner_validation_split, patient_grouped_folds
 
 
 class ImageEncoder:
+    """The image encoder as an estimator: out-of-fold outputs for the heads and a final model for new lesions."""
+
     def __init__(self, config: EncoderConfig | None = None, hu_window: tuple[float, float] = (-200.0, 300.0),
-                 checkpoint_dir: Path | None = None, progress: bool = True, on_epoch: EpochHook | None = None):
+                 checkpoint_dir: Path | None = None, progress: bool = True, on_epoch: EpochHook | None = None,
+                 folds: int = 5, seed: int = 0):
         self.config = config or EncoderConfig()
         self.hu_window = hu_window
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
         self.on_epoch = on_epoch
+        self.folds = folds
+        self.seed = seed
+
+    @classmethod
+    def for_experiment(cls, config: ExperimentConfig, checkpoint_dir: Path | None = None, progress: bool = True,
+                       on_epoch: EpochHook | None = None) -> "ImageEncoder":
+        """The unfitted encoder an experiment trains: its encoder section, HU window, folds and seed."""
+        return cls(config.encoder, config.preprocess.hu_window, checkpoint_dir, progress, on_epoch,
+                   folds=config.split.folds, seed=config.seed)
+
+    @classmethod
+    def from_network(cls, config: ExperimentConfig, network: LesionEncoder, oof_auc: float | None = None,
+                     final_epochs: int | None = None, progress: bool = False) -> "ImageEncoder":
+        """A fitted encoder from its trained final network (as an artifact stores it)."""
+        encoder = cls.for_experiment(config, progress=progress)
+        network.eval()
+        encoder.model_ = network
+        encoder.oof_auc_ = oof_auc
+        encoder.final_epochs_ = final_epochs
+        return encoder
+
+    @classmethod
+    def from_oof_outputs(cls, config: ExperimentConfig, oof_logits: np.ndarray, oof_embeddings: np.ndarray,
+                         fold_of: np.ndarray) -> "ImageEncoder":
+        """An encoder known by its out-of-fold outputs only (a search's cache): enough to fit heads on."""
+        encoder = cls.for_experiment(config, progress=False)
+        encoder.oof_logits_ = np.asarray(oof_logits)
+        encoder.oof_embeddings_ = np.asarray(oof_embeddings)
+        encoder.fold_of_ = np.asarray(fold_of)
+        encoder.folds_ = [(np.flatnonzero(encoder.fold_of_ != k), np.flatnonzero(encoder.fold_of_ == k))
+                          for k in range(int(encoder.fold_of_.max()) + 1)]
+        return encoder
 
     def _checkpoint(self, name: str) -> Path | None:
         return None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / f"{name}.pt"
@@ -38,6 +75,7 @@ class ImageEncoder:
         return lambda epoch, record: self.on_epoch(epoch, {**record, "fold": fold})
 
     def fit(self, crops: np.ndarray, labels, patient_ids, fit_final: bool = True) -> "ImageEncoder":
+        """Fold models (out-of-fold logits and embeddings), then the final model unless ``fit_final`` is off."""
         crops = np.asarray(crops)
         labels = np.asarray(labels).astype(int)
         groups = np.asarray(patient_ids)
@@ -45,7 +83,7 @@ class ImageEncoder:
             raise UserInputError(f"crops {crops.shape}, {len(labels)} labels and {len(groups)} patient ids "
                                  "must describe the same lesions (crops: lesions, channels, z, y, x)")
         cfg = self.config
-        self.folds_ = patient_grouped_folds(labels, groups, cfg.folds, cfg.seed)
+        self.folds_ = patient_grouped_folds(labels, groups, self.folds, self.seed)
         n = len(labels)
         self.oof_logits_ = np.full(n, np.nan, dtype=np.float32)
         self.oof_embeddings_ = np.full((n, cfg.embedding_size), np.nan, dtype=np.float32)
@@ -54,9 +92,9 @@ class ImageEncoder:
         self.fold_train_patients_: list[set] = []
         for k, (train_idx, test_idx) in enumerate(self.folds_):
             inner_train, inner_val = inner_validation_split(labels[train_idx], groups[train_idx],
-                                                            cfg.validation_fraction, cfg.seed + k)
+                                                            cfg.validation_fraction, self.seed + k)
             result = train_encoder(
-                crops, labels, train_idx[inner_train], train_idx[inner_val], cfg, self.hu_window,
+                crops, labels, train_idx[inner_train], train_idx[inner_val], cfg, self.hu_window, seed=self.seed,
                 checkpoint=self._checkpoint(f"fold{k}"), on_epoch=self._hook(k), progress=self.progress,
                 description=f"encoder fold {k + 1}/{len(self.folds_)}",
             )
@@ -69,7 +107,8 @@ class ImageEncoder:
         self.oof_auc_ = float(roc_auc_score(labels, self.oof_logits_))
         self.final_epochs_ = int(np.median([r.best_epoch for r in self.fold_results_])) + 1
         if fit_final:
-            final = train_encoder(crops, labels, np.arange(n), None, cfg, self.hu_window, epochs=self.final_epochs_,
+            final = train_encoder(crops, labels, np.arange(n), None, cfg, self.hu_window, seed=self.seed,
+                                  epochs=self.final_epochs_,
                                   checkpoint=self._checkpoint("final"), progress=self.progress,
                                   description="encoder on all lesions")
             self.model_ = final.model

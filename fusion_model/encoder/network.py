@@ -30,6 +30,8 @@ def _conv_norm_act(dims: int, cin: int, cout: int, kernel: int, stride: int) -> 
 
 
 class ResidualBlock(nn.Module):
+    """Two convolutions with a skip connection (2D or 3D)."""
+
     def __init__(self, dims: int, channels: int):
         super().__init__()
         self.body = nn.Sequential(
@@ -40,6 +42,7 @@ class ResidualBlock(nn.Module):
         self.act = Act[Act.RELU](inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + F(x), then the activation."""
         return self.act(x + self.body(x))
 
 
@@ -85,10 +88,12 @@ class LesionEncoder(nn.Module):
         return torch.cat(pooled, dim=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Malignancy logit (n,) and embedding (n, embedding_size) of a batch of crops."""
         embedding = self.embed(self.pool(x))
         return self.head(embedding).squeeze(-1), embedding
 
     def first_layer(self) -> nn.Module:
+        """The stem convolution (Grad-CAM hooks the feature blocks after it)."""
         return self.features[0][0]
 
 

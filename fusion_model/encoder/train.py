@@ -11,58 +11,22 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from sklearn.metrics import roc_auc_score
 
-from fusion_model.configbase import StrictModel
+from fusion_model.config import EncoderConfig
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
 from fusion_model.encoder.transforms import augment, flip_views, training_transforms
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_write
 from fusion_model.progress import track
-
-
-class EncoderConfig(StrictModel):
-    kind: Literal["3d", "2.5d"] = "3d"
-    width: int = Field(16, ge=4, le=128)
-    depth: int = Field(3, ge=1, le=5)
-    embedding_size: int = Field(32, ge=2, le=512)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    stem_stride: int = Field(4, ge=1, le=8)
-    mask_pooling: bool = Field(True, description="pool features over the lesion as well as the whole crop")
-    epochs: int = Field(30, ge=1, le=1000)
-    batch_size: int = Field(16, ge=2, le=512)
-    learning_rate: float = Field(3e-3, gt=0, le=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
-    patience: int = Field(8, ge=1)
-    validation_fraction: float = Field(0.15, gt=0, lt=0.5)
-    class_weighting: Literal["balanced", "none"] = "balanced"
-    augmentation_strength: float = Field(1.0, ge=0, le=3)
-    hu_jitter: float = Field(10.0, ge=0, description="intensity shift, HU")
-    tta_views: int = Field(4, ge=1, le=4, description="1 = no test-time augmentation; up to 4 axial flips")
-    folds: int = Field(5, ge=2, le=20)
-    seed: int = 0
-    slices_per_lesion: int = Field(6, ge=1, description="2.5D: slice stacks per lesion per epoch")
-    aggregation: Literal["topk_mean", "fraction_above"] = "topk_mean"
-    top_k: int = Field(3, ge=1)
-    operating_value: float = Field(0.5, gt=0, lt=1)
-    inference_batch_size: int = Field(64, ge=1)
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
-
 
 EpochHook = Callable[[int, dict], None]
 
@@ -129,6 +93,8 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 @dataclass
 class TrainResult:
+    """A trained encoder network, its best epoch and validation AUC, and the epoch history."""
+
     model: LesionEncoder
     best_epoch: int
     best_val_auc: float | None
@@ -143,6 +109,7 @@ def train_encoder(
     val_idx: np.ndarray | None,
     config: EncoderConfig,
     hu_window: tuple[float, float] = (-200.0, 300.0),
+    seed: int = 0,
     epochs: int | None = None,
     checkpoint: Path | None = None,
     on_epoch: EpochHook | None = None,
@@ -154,7 +121,7 @@ def train_encoder(
         torch.set_num_threads(config.threads)
     labels = np.asarray(labels).astype(np.float32)
     epochs = epochs or config.epochs
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     model = build_network(config, crops.shape[1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = int(np.ceil(len(train_idx) / config.batch_size))
@@ -170,7 +137,7 @@ def train_encoder(
         pos_weight = torch.tensor((len(train_idx) - positives) / positives)
     transform = training_transforms(config.augmentation_strength, hu_window, config.hu_jitter)
 
-    run_key = hashlib.sha256(f"{config.fingerprint()}|{epochs}|{np.asarray(train_idx).tobytes().hex()}|"
+    run_key = hashlib.sha256(f"{config.fingerprint()}|{seed}|{epochs}|{np.asarray(train_idx).tobytes().hex()}|"
                              f"{None if val_idx is None else np.asarray(val_idx).tobytes().hex()}".encode()).hexdigest()
     state = {"epoch": -1, "best_auc": -np.inf, "best_neg_loss": -np.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": [], "best_model": None}
@@ -191,7 +158,7 @@ def train_encoder(
         if val_idx is not None and state["bad_epochs"] >= config.patience:
             break
         model.train()
-        generator = np.random.default_rng([config.seed, epoch])
+        generator = np.random.default_rng([seed, epoch])
         transform.set_random_state(seed=int(generator.integers(2**31 - 1)))
         torch.manual_seed(int(generator.integers(2**31 - 1)))  # dropout
         order = generator.permutation(train_idx)

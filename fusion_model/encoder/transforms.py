@@ -49,12 +49,14 @@ def split_channels(crop: np.ndarray | torch.Tensor) -> dict:
 
 
 def join_channels(sample: dict) -> torch.Tensor:
+    """A transformed sample (image and mask) back into one channels-first tensor."""
     parts = [sample["image"]] if "image" in sample else []
     parts.append(sample["mask"])
     return torch.cat([torch.as_tensor(p) for p in parts], dim=0).float()
 
 
 def augment(crop: np.ndarray, transform: Compose) -> torch.Tensor:
+    """One randomly augmented copy of a crop."""
     return join_channels(transform(split_channels(crop)))
 
 

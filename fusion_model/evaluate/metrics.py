@@ -36,6 +36,8 @@ class ScoreSet:
 
 @dataclass(frozen=True)
 class EvaluationSettings:
+    """How an evaluation is computed: bootstrap resamples, seed, bins, decision-curve thresholds."""
+
     bootstrap_resamples: int = 2000
     seed: int = 0
     small_subgroup_lesions: int = 30
@@ -52,6 +54,7 @@ TRAINING_THRESHOLD_NAMES = {
 
 
 def check_scores(score_sets: list[ScoreSet], cases: pd.DataFrame) -> None:
+    """Refuse lesions without a label and score sets that miss lesions, naming them."""
     if cases["label"].isna().any():
         missing = list(cases.index[cases["label"].isna()][:10])
         raise UserInputError(f"lesions {missing} have no label; evaluation needs the histology label of every "
@@ -226,6 +229,7 @@ def _subgroups(cases: pd.DataFrame, score_sets: list[ScoreSet], settings: Evalua
 
 
 def cases_summary(cases: pd.DataFrame) -> dict:
+    """Counts of lesions, classes, centres and lesion types."""
     labels = cases["label"].astype(int)
     out = {"lesions": int(len(cases)), "malignant": int(labels.sum()), "benign": int((1 - labels).sum())}
     if "patient_id" in cases:

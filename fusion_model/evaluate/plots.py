@@ -14,6 +14,7 @@ DPI = 110
 
 
 def png_bytes(fig, dpi: int = DPI) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -26,6 +27,7 @@ def _colours(names: list[str]) -> dict[str, str]:
 
 
 def roc_plot(metrics: dict) -> bytes:
+    """ROC curves of every model, training Youden thresholds marked, rules as points."""
     models = {k: v for k, v in metrics["models"].items() if v.get("auc")}
     colours = _colours(list(metrics["models"]))
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
@@ -54,6 +56,7 @@ def roc_plot(metrics: dict) -> bytes:
 
 
 def calibration_plot(metrics: dict) -> bytes | None:
+    """Reliability diagram with a histogram of predictions (None without calibrated models)."""
     models = {k: v for k, v in metrics["models"].items() if v.get("calibration")}
     if not models:
         return None
@@ -77,6 +80,7 @@ def calibration_plot(metrics: dict) -> bytes | None:
 
 
 def decision_curve_plot(metrics: dict) -> bytes | None:
+    """Net benefit against treating all or none (None without calibrated models)."""
     models = {k: v for k, v in metrics["models"].items() if v.get("decision_curve")}
     if not models:
         return None
@@ -98,6 +102,7 @@ def decision_curve_plot(metrics: dict) -> bytes | None:
 
 
 def subgroup_plot(metrics: dict, model: str) -> bytes | None:
+    """One model's AUC with CIs per subgroup (None when no subgroup has it)."""
     rows = [r for r in metrics["subgroups"] if model in r["models"]]
     if not rows:
         return None

@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from fusion_model import __version__
+from fusion_model.catalogue import rule_description, variant_description
 from fusion_model.errors import UserInputError
 from fusion_model.evaluate import plots, stats
 from fusion_model.evaluate.metrics import (
@@ -24,16 +25,7 @@ from fusion_model.evaluate.metrics import (
     compute_metrics,
 )
 from fusion_model.fileio import json_safe, sha256_file
-from fusion_model.heads.baselines import RULES
 from fusion_model.report import data_uri, render, write_report_dir
-
-EXPERIMENT_VARIANTS = {
-    "imaging": "3D CNN on the lesion crop only",
-    "imaging_radiological": "imaging + radiological features (size, unenhanced HU, shape from the mask)",
-    "imaging_clinical": "imaging + clinical history and laboratory results",
-    "all": "imaging + radiological + clinical + laboratory",
-}
-
 
 SOURCE_DEFAULTS = {"cohort_name": "", "cohort_path": "", "cohort_fingerprint": None, "model_path": None,
                    "model_manifest_sha256": None, "training_cohort_name": None, "training_cohort_fingerprint": None,
@@ -43,6 +35,8 @@ SOURCE_DEFAULTS = {"cohort_name": "", "cohort_path": "", "cohort_fingerprint": N
 
 @dataclass
 class EvaluationResult:
+    """Where an evaluation was written, its metrics and its files."""
+
     out: Path
     metrics: dict
     files: list[str]
@@ -156,6 +150,7 @@ def cases_from_predictions(frames: dict[Path, pd.DataFrame], cohort_table: pd.Da
 
 
 def score_sets_from_predictions(frames: dict[Path, pd.DataFrame]) -> list[ScoreSet]:
+    """One score set per model column of the prediction files, and the rules."""
     several = len(frames) > 1
     sets: list[ScoreSet] = []
     rules_seen = set()
@@ -168,7 +163,7 @@ def score_sets_from_predictions(frames: dict[Path, pd.DataFrame]) -> list[ScoreS
                 if rule in rules_seen:
                     continue
                 rules_seen.add(rule)
-                sets.append(ScoreSet(rule, "rule", frame[column], RULES.get(rule, "guideline rule"), False))
+                sets.append(ScoreSet(rule, "rule", frame[column], rule_description(rule), False))
                 continue
             values = frame[column]
             probability = bool(values.min() >= 0 and values.max() <= 1)
@@ -179,6 +174,7 @@ def score_sets_from_predictions(frames: dict[Path, pd.DataFrame]) -> list[ScoreS
 
 # --------------------------------------------------------------------------------- output
 def methods_paragraph(metrics: dict) -> str:
+    """The report's methods paragraph: every statistic and how it was computed."""
     s = metrics["settings"]
     return (
         "Discrimination is the area under the ROC curve (AUC), computed as the Mann-Whitney statistic (ties count "
@@ -216,6 +212,7 @@ def _limitations(metrics: dict, source: dict) -> list[str]:
 def write_evaluation(out: Path, metrics: dict, predictions: pd.DataFrame, source: dict, title: str,
                      primary: str | None, config: dict | None = None, not_evaluated: list | None = None,
                      warnings: list[str] | None = None, overwrite: bool = False) -> EvaluationResult:
+    """Write report.html, metrics.json, predictions.csv and the PNGs atomically."""
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     source = {**SOURCE_DEFAULTS, **source}
     document = json_safe({
@@ -283,19 +280,6 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
                             primary=primary, overwrite=overwrite)
 
 
-def select_lesions(cohort, centre: str | None = None, split: str | None = None):
-    """The cohort restricted to one centre and/or one value of its split column."""
-    keep = cohort.table["lesion_id"].notna()
-    for column, value, what in (("centre", centre, "centres"), ("split", split, "splits")):
-        if value is None:
-            continue
-        present = sorted(cohort.table[column].dropna().unique()) if column in cohort.table else []
-        if value not in present:
-            raise UserInputError(f"{column} {value!r} is not in {cohort.root / 'clinical.csv'}; {what}: {present}")
-        keep &= cohort.table[column] == value
-    return cohort if keep.all() else cohort.subset(cohort.table["lesion_id"][keep])
-
-
 def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings: EvaluationSettings | None = None,
                    strict: bool = False, overwrite: bool = False, progress: bool = True,
                    centre: str | None = None, split: str | None = None) -> EvaluationResult:
@@ -305,7 +289,7 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     from fusion_model.pipeline import check_cohort_matches_model, cohort_fingerprint, lesion_data
 
     model = load_model(model_dir, progress=progress)
-    cohort = select_lesions(load_cohort(cohort_dir, require_label=True), centre, split)
+    cohort = load_cohort(cohort_dir, require_label=True).select(centre=centre, split=split)
     trained = model.manifest_["cohort"]
     check_cohort_matches_model(cohort, model)
     stats.require_both_classes(cohort.table["label"].astype(int).to_numpy(), f"cohort {cohort_dir}")
@@ -315,9 +299,9 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     predicted = model.predict_variants(data)
     cases = data.table[[c for c in CASE_COLUMNS if c in data.table]].copy()
     cases["label"] = cases["label"].astype(int)
-    score_sets = [ScoreSet(v, "model", predicted[f"p_{v}"], EXPERIMENT_VARIANTS.get(v, v), True,
-                           dict(info["thresholds"])) for v, info in model.variants_.items()]
-    score_sets += [ScoreSet(r, "rule", predicted[f"rule_{r}"], RULES[r], False)
+    score_sets = [ScoreSet(v, "model", predicted[f"p_{v}"], variant_description(v), True, dict(fit.thresholds))
+                  for v, fit in model.variants_.items()]
+    score_sets += [ScoreSet(r, "rule", predicted[f"rule_{r}"], rule_description(r), False)
                    for r in model.config.baselines if f"rule_{r}" in predicted]
     metrics = compute_metrics(cases, score_sets, settings, progress=progress)
     metrics["oracle"] = _oracle(cases, cohort.root)

@@ -45,6 +45,7 @@ def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def require_both_classes(labels, what: str = "the cohort") -> None:
+    """Refuse labels of one class only (no AUC can be computed)."""
     labels = np.asarray(labels).astype(int)
     positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())
     if positives == 0 or negatives == 0:
@@ -54,6 +55,18 @@ def require_both_classes(labels, what: str = "the cohort") -> None:
 
 
 # ----------------------------------------------------------------------------- AUC and DeLong
+def nan_safe_auc(labels, scores) -> float:
+    """AUC over the lesions that have a score; NaN when they hold one class only (for model selection)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=float)
+    keep = ~np.isnan(scores)
+    if len(np.unique(labels[keep])) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels[keep], scores[keep]))
+
+
 def midranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n with ties given the mean of their ranks."""
     return sps.rankdata(x, method="average")
@@ -78,9 +91,11 @@ class DeLong:
     negatives: int
 
     def se(self, i: int = 0) -> float:
+        """DeLong standard error of score ``i``'s AUC."""
         return float(math.sqrt(max(self.covariance[i, i], 0.0)))
 
     def ci(self, i: int = 0, z: float = Z95) -> tuple[float, float]:
+        """AUC +/- z SE for score ``i``, clipped to [0, 1]."""
         auc, se = float(self.aucs[i]), self.se(i)
         return max(0.0, auc - z * se), min(1.0, auc + z * se)
 
@@ -111,6 +126,8 @@ def delong(labels, *score_arrays) -> DeLong:
 
 @dataclass(frozen=True)
 class PairedTest:
+    """Paired DeLong comparison of two scores on the same lesions."""
+
     auc_a: float
     auc_b: float
     difference: float
@@ -289,6 +306,7 @@ def net_benefit(labels, probabilities, thresholds) -> np.ndarray:
 
 
 def net_benefit_treat_all(labels, thresholds) -> np.ndarray:
+    """Net benefit of treating every lesion at each threshold probability."""
     labels = np.asarray(labels).astype(int)
     t = np.asarray(thresholds, dtype=float)
     prevalence = labels.mean()

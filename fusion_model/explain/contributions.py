@@ -1,9 +1,9 @@
-"""SHAP contributions (TreeExplainer) of a variant's head, in log-odds, exactly additive:
+"""SHAP contributions (TreeExplainer) of a variant's output, in log-odds, exactly additive:
 ``base + contributions.sum(axis=1) == the variant's margin`` for every lesion.
 
 - fusion head: TreeSHAP of the XGBoost fusion head over imaging + tabular features;
-- late fusion (margin = w * image logit + (1 - w) * tabular margin): the image logit
-  contributes ``w * image_logit`` and each tabular feature ``(1 - w)`` times its TreeSHAP value;
+- late fusion: the variant's own mix (:meth:`VariantFit.mix`, linear) applied to the parts: the image
+  logit's share, and each tabular feature's TreeSHAP value of the tabular head;
 - imaging only: the image logit is the whole margin.
 """
 
@@ -15,15 +15,14 @@ import numpy as np
 import pandas as pd
 import shap
 
-from fusion_model.heads.calibration import apply_calibrator
+from fusion_model.catalogue import FEATURE_GROUPS
 from fusion_model.model import FusionModel
-
-GROUP_LABELS = {"imaging": "imaging (CNN)", "radiological": "radiological", "clinical": "clinical history",
-                "laboratory": "laboratory"}
 
 
 @dataclass
 class Contributions:
+    """A variant's margin per lesion split into feature contributions (SHAP), with the values behind them."""
+
     variant: str
     values: pd.DataFrame          # feature values the head saw (NaN = missing); lesions x features
     shap: pd.DataFrame            # contributions in log-odds; same shape
@@ -35,12 +34,19 @@ class Contributions:
     def group_contributions(self) -> pd.DataFrame:
         """Summed contributions per feature group; lesions x groups."""
         frame = self.shap.T.groupby(pd.Series(self.groups)).sum().T
-        return frame.reindex(columns=[g for g in GROUP_LABELS if g in frame.columns])
+        return frame.reindex(columns=[g for g in FEATURE_GROUPS if g in frame.columns])
 
 
 def feature_groups(model: FusionModel, names: list[str]) -> dict[str, str]:
+    """The feature group of each named head input."""
     lookup = {n: g for g, members in model.tabular_groups_.items() for n in members}
     return {n: "imaging" if n.startswith("image_") else lookup.get(n, "radiological") for n in names}
+
+
+def tree_shap(explainer: shap.TreeExplainer, X: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """Exact TreeSHAP values (log-odds) of the explainer's booster on ``X``, and its expected margin."""
+    values = np.asarray(explainer.shap_values(X.to_numpy(dtype=float)), dtype=float).reshape(X.shape)
+    return pd.DataFrame(values, index=X.index, columns=X.columns), float(np.ravel(explainer.expected_value)[0])
 
 
 class VariantExplainer:
@@ -51,29 +57,24 @@ class VariantExplainer:
             raise ValueError(f"variant {variant!r} is not in the model; it has {list(model.variants_)}")
         self.model = model
         self.variant = variant
-        self.info = model.variants_[variant]
-        self.head_name = None if variant == "imaging" else (
-            f"{variant}_fusion" if self.info["method"] == "fusion_head" else f"{variant}_tabular")
-        self.tree = shap.TreeExplainer(model.heads_[self.head_name].booster_) if self.head_name else None
+        self.fit = model.variants_[variant]
+        head = self.fit.scoring_head
+        self.tree = shap.TreeExplainer(head.booster_) if head is not None else None
 
     def __call__(self, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> Contributions:
-        _, X = self.model.head_input(self.variant, X_img, X_tab)
-        image_logit = X_img["image_logit"].to_numpy(dtype=float)
+        X = self.fit.scoring_frame(X_img, X_tab)
+        margin = np.asarray(self.fit.margin(X_img, X_tab), dtype=float)
         if self.tree is None:
             values, contributions, base = X, X.astype(float).copy(), 0.0
         else:
-            tree_values = np.asarray(self.tree.shap_values(X.to_numpy(dtype=float)), dtype=float).reshape(X.shape)
-            base = float(np.ravel(self.tree.expected_value)[0])
-            contributions = pd.DataFrame(tree_values, index=X.index, columns=X.columns)
+            contributions, base = tree_shap(self.tree, X)
             values = X
-            if self.info["method"] == "late_fusion":
-                w = float(self.info["late_fusion_weight"])
-                contributions = (1 - w) * contributions
-                contributions.insert(0, "image_logit", w * image_logit)
+            if self.fit.method == "late_fusion":
+                image_logit = X_img["image_logit"].to_numpy(dtype=float)
+                contributions = self.fit.mix(0.0, contributions)
+                contributions.insert(0, "image_logit", self.fit.mix(image_logit, 0.0))
                 values = X.copy()
                 values.insert(0, "image_logit", image_logit)
-                base = (1 - w) * base
-        margin = base + contributions.to_numpy().sum(axis=1)
-        probability = apply_calibrator(self.info["calibrator"], margin)
-        return Contributions(self.variant, values.astype(float), contributions, base, margin, probability,
-                             feature_groups(self.model, list(values.columns)))
+                base = float(self.fit.mix(0.0, base))
+        return Contributions(self.variant, values.astype(float), contributions, base, margin,
+                             self.fit.calibrator(margin), feature_groups(self.model, list(values.columns)))

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FeatureName:
+    """How a feature is named to a clinician: label, unit and kind."""
+
     label: str
     unit: str | None = None
     reference: tuple[float, str] | None = None  # (cut-off, what lies above it), e.g. (10, "lipid-poor")
@@ -62,6 +64,7 @@ _PATTERNS = [
 
 
 def feature_name(name: str) -> FeatureName:
+    """The plain-language name of a feature column."""
     if name in FIXED:
         return FIXED[name]
     for pattern, make in _PATTERNS:
@@ -72,11 +75,13 @@ def feature_name(name: str) -> FeatureName:
 
 
 def label_with_unit(name: str) -> str:
+    """The feature's label with its unit, e.g. 'unenhanced attenuation (HU)'."""
     f = feature_name(name)
     return f"{f.label} ({f.unit})" if f.unit and f.kind == "number" else f.label
 
 
 def is_missing(value) -> bool:
+    """Whether a value is missing (None or NaN)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 

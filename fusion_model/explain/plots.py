@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fusion_model.catalogue import FEATURE_GROUPS  # noqa: E402
 from fusion_model.evaluate.plots import png_bytes  # noqa: E402
-from fusion_model.explain.contributions import GROUP_LABELS  # noqa: E402
 from fusion_model.explain.names import format_value, label_with_unit  # noqa: E402
 
 RED, BLUE = "#c0392b", "#2e6da4"
@@ -53,6 +53,7 @@ def waterfall(values: pd.Series, contributions: pd.Series, base: float, probabil
 
 
 def lesion_centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """The voxel at the centre of the mask's bounding box (the crop's centre when empty)."""
     idx = np.argwhere(mask > 0.5)
     if not len(idx):
         return tuple(s // 2 for s in mask.shape)
@@ -89,6 +90,7 @@ def ct_slices(crop: np.ndarray, saliency: np.ndarray | None, channel_names: list
 
 
 def mean_abs_bar(shap_frame: pd.DataFrame, title: str, top: int = 15) -> bytes:
+    """Bar chart of mean |SHAP| per feature, largest first."""
     importance = shap_frame.abs().mean().sort_values(ascending=False)[:top][::-1]
     fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(importance) + 1.2))
     ax.barh([label_with_unit(n) for n in importance.index], importance.to_numpy(), color=BLUE)
@@ -124,10 +126,11 @@ def beeswarm(values: pd.DataFrame, shap_frame: pd.DataFrame, title: str, top: in
 
 
 def group_bar(group_frame: pd.DataFrame, title: str) -> bytes:
+    """Mean absolute and mean signed contribution per feature group."""
     mean_abs = group_frame.abs().mean()
     mean_signed = group_frame.mean()
     fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(mean_abs) + 1.2))
-    labels = [GROUP_LABELS.get(g, g) for g in mean_abs.index]
+    labels = [FEATURE_GROUPS.get(g, g) for g in mean_abs.index]
     ax.barh(labels, mean_abs.to_numpy(), color=BLUE, label="mean |contribution|")
     ax.barh(labels, mean_signed.to_numpy(), color=RED, height=0.3, label="mean signed contribution")
     ax.axvline(0, color="grey", lw=1)

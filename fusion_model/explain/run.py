@@ -23,13 +23,12 @@ import pandas as pd
 import shap
 
 from fusion_model import __version__
+from fusion_model.catalogue import FEATURE_GROUPS, GUIDELINE_RULES, rule_description, variant_description
 from fusion_model.errors import UserInputError
-from fusion_model.evaluate.run import EXPERIMENT_VARIANTS
 from fusion_model.explain import plots
-from fusion_model.explain.contributions import GROUP_LABELS, Contributions, VariantExplainer
+from fusion_model.explain.contributions import Contributions, VariantExplainer, tree_shap
 from fusion_model.explain.names import factor_sentence, format_value, label_with_unit
 from fusion_model.explain.saliency import GradCAM
-from fusion_model.heads.baselines import RULES
 from fusion_model.model import FusionModel, LesionData
 from fusion_model.progress import track
 from fusion_model.report import data_uri, render, write_report_dir
@@ -40,6 +39,8 @@ GLOBAL_MIN_LESIONS = 10
 
 @dataclass
 class LesionExplanation:
+    """One lesion's probability, margin, saliency volume and how long it took."""
+
     lesion_id: str
     probability: float
     margin: float
@@ -50,6 +51,8 @@ class LesionExplanation:
 
 @dataclass
 class ExplainResult:
+    """Where the explanations were written, for which lesions, timings and unreadable lesions."""
+
     out: Path
     lesion_ids: list[str]
     files: list[str]
@@ -58,6 +61,7 @@ class ExplainResult:
 
 
 def check_lesion_ids(requested: list[str], available: list[str], where: str) -> None:
+    """Refuse unknown lesion ids, suggesting close matches."""
     unknown = [i for i in requested if i not in set(available)]
     if unknown:
         hints = []
@@ -69,6 +73,7 @@ def check_lesion_ids(requested: list[str], available: list[str], where: str) -> 
 
 
 def safe_name(lesion_id: str, taken: set[str]) -> str:
+    """A file name for a lesion id, unique among ``taken`` (case-insensitively)."""
     base = re.sub(r"[^A-Za-z0-9_.-]", "_", lesion_id)[:80] or "lesion"
     name, k = base, 1
     while name.lower() in taken:
@@ -108,6 +113,8 @@ class CaseExplainer:
 
 @dataclass
 class Explained:
+    """Predictions, SHAP contributions and saliency of a set of lesions."""
+
     frames: tuple[pd.DataFrame, pd.DataFrame]  # the heads' inputs: imaging and tabular features
     predictions: pd.DataFrame                  # p_VARIANT and rule_RULE per lesion
     contributions: Contributions
@@ -116,6 +123,7 @@ class Explained:
 
     @property
     def saliency_seconds(self) -> float:
+        """Time spent on Grad-CAM, all lesions together."""
         return sum(lesion.seconds for lesion in self.lesions)
 
 
@@ -136,16 +144,17 @@ def _rule_call(value) -> str:
 
 def case_context(lesion_id: str, row: pd.Series, predictions: pd.Series, contributions: Contributions, i: int,
                  model: FusionModel, variant: str) -> dict:
+    """Everything a case card shows of one lesion, as template data."""
     values = contributions.values.iloc[i]
     shap_row = contributions.shap.iloc[i]
     order = shap_row.abs().sort_values(ascending=False).index
-    thresholds = model.variants_[variant]["thresholds"]
+    thresholds = model.variants_[variant].thresholds
     probability = float(contributions.probability[i])
     factors = [{"sentence": factor_sentence(n, values[n], float(shap_row[n])), "contribution": float(shap_row[n])}
                for n in order[:TOP_FACTORS] if abs(float(shap_row[n])) > 1e-6]
     groups = contributions.group_contributions().iloc[i]
     inputs = [{"name": label_with_unit(n), "value": format_value(n, values[n]),
-               "missing": bool(pd.isna(values[n])), "group": GROUP_LABELS.get(contributions.groups[n], ""),
+               "missing": bool(pd.isna(values[n])), "group": FEATURE_GROUPS.get(contributions.groups[n], ""),
                "contribution": float(shap_row[n])} for n in order]
     label = row.get("label")
     return {
@@ -155,13 +164,13 @@ def case_context(lesion_id: str, row: pd.Series, predictions: pd.Series, contrib
         "lesion_type": row.get("lesion_type") if pd.notna(row.get("lesion_type", np.nan)) else None,
         "probability": probability, "risk_class": _risk_class(probability, thresholds),
         "suspicious": probability >= thresholds["youden"], "thresholds": thresholds,
-        "variant": variant, "variant_description": EXPERIMENT_VARIANTS.get(variant, variant),
+        "variant": variant, "variant_description": variant_description(variant),
         "base": contributions.base, "margin": float(contributions.margin[i]), "factors": factors,
-        "groups": [{"group": GROUP_LABELS.get(g, g), "contribution": float(v)} for g, v in groups.items()],
+        "groups": [{"group": FEATURE_GROUPS.get(g, g), "contribution": float(v)} for g, v in groups.items()],
         "inputs": inputs,
         "other_variants": [{"variant": v, "probability": float(predictions[f"p_{v}"])}
                            for v in model.variants_ if v != variant],
-        "rules": [{"rule": RULES[r], "call": _rule_call(predictions.get(f"rule_{r}"))}
+        "rules": [{"rule": rule_description(r), "call": _rule_call(predictions.get(f"rule_{r}"))}
                   for r in model.config.baselines if f"rule_{r}" in predictions],
     }
 
@@ -169,6 +178,7 @@ def case_context(lesion_id: str, row: pd.Series, predictions: pd.Series, contrib
 def render_case(context: dict, crop: np.ndarray, saliency: np.ndarray | None, channels: list[str],
                 values: pd.Series, shap_row: pd.Series, base: float, created: str,
                 back_link: str | None = "../index.html") -> str:
+    """One self-contained case card (HTML with embedded images)."""
     images = {
         "waterfall": data_uri(plots.waterfall(values, shap_row, base, context["probability"])),
         "slices": data_uri(plots.ct_slices(crop, saliency, channels)),
@@ -202,18 +212,16 @@ def _render_cases(jobs: list, progress: bool) -> dict[str, str]:
 # ------------------------------------------------------------------------------- the cohort
 def _global_images(model: FusionModel, contributions: Contributions, frames, variant: str) -> dict[str, bytes]:
     images = {}
-    info = model.variants_[variant]
-    if variant != "imaging":
-        head_kind = "fusion head" if info["method"] == "fusion_head" else "late fusion"
+    fit = model.variants_[variant]
+    if fit.method != "image_logit":
+        head_kind = "fusion head" if fit.method == "fusion_head" else "late fusion"
         images["global/beeswarm.png"] = plots.beeswarm(contributions.values, contributions.shap,
                                                        f"{variant}: SHAP values ({head_kind})")
         images["global/mean_abs_shap.png"] = plots.mean_abs_bar(contributions.shap,
                                                                 f"{variant}: mean |SHAP| ({head_kind})")
-        if info["method"] == "fusion_head" and f"{variant}_tabular" in model.heads_:
-            head = model.heads_[f"{variant}_tabular"]
-            X = frames[1].reindex(columns=head.feature_names)
-            values = np.asarray(shap.TreeExplainer(head.booster_).shap_values(X.to_numpy(dtype=float)))
-            tab = pd.DataFrame(values.reshape(X.shape), index=X.index, columns=X.columns)
+        if fit.method == "fusion_head" and "tabular" in fit.heads:
+            X = fit.head_frame("tabular", *frames)
+            tab, _ = tree_shap(shap.TreeExplainer(fit.heads["tabular"].booster_), X)
             images["global/beeswarm_tabular_head.png"] = plots.beeswarm(X, tab, f"{variant}: SHAP values "
                                                                                 "(tabular head)")
             images["global/mean_abs_shap_tabular_head.png"] = plots.mean_abs_bar(tab, f"{variant}: mean |SHAP| "
@@ -226,6 +234,7 @@ def _global_images(model: FusionModel, contributions: Contributions, frames, var
 def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_ids: list[str] | None = None,
                    variant: str | None = None, strict: bool = False, overwrite: bool = False,
                    progress: bool = True, centre: str | None = None) -> ExplainResult:
+    """Case cards, the case review page, global SHAP figures and shap_values.csv for a cohort."""
     from fusion_model.artifact import load_model
     from fusion_model.cohort import load_cohort
     from fusion_model.pipeline import check_cohort_matches_model, lesion_data
@@ -233,9 +242,7 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     timings: dict[str, float] = {}
     start = time.perf_counter()
     model = load_model(model_dir, progress=progress)
-    from fusion_model.evaluate.run import select_lesions
-
-    cohort = select_lesions(load_cohort(cohort_dir), centre)
+    cohort = load_cohort(cohort_dir).select(centre=centre)
     check_cohort_matches_model(cohort, model)
     if lesion_ids:
         check_lesion_ids(lesion_ids, cohort.table["lesion_id"].tolist(), str(cohort.root / "clinical.csv"))
@@ -259,8 +266,8 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     files: dict[str, bytes | str] = {}
     rows = []
     taken: set[str] = set()
-    rule = next((r for r in ("hu_10", "size_40", "hu_10_and_size_40") if f"rule_{r}" in predictions), None)
-    thresholds = model.variants_[variant]["thresholds"]
+    rule = next((r for r in GUIDELINE_RULES if f"rule_{r}" in predictions), None)
+    thresholds = model.variants_[variant].thresholds
     jobs = []
     for i, lesion_id in enumerate(data.lesion_ids):
         row = data.table.loc[lesion_id]
@@ -289,7 +296,7 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     rows.sort(key=lambda r: -r["probability"])
     files["index.html"] = render(
         "review.html.j2", rows=rows, centres=sorted({str(r["centre"]) for r in rows}), variant=variant,
-        variant_description=EXPERIMENT_VARIANTS.get(variant, variant), rule=RULES.get(rule, "") if rule else None,
+        variant_description=variant_description(variant), rule=rule_description(rule) if rule else None,
         thresholds=thresholds, images={k: data_uri(v) for k, v in images.items()},
         global_min=GLOBAL_MIN_LESIONS, errors=[e.__dict__ for e in errors], model_path=str(model_dir),
         cohort_name=cohort.spec.name, package_version=__version__, created_utc=created,

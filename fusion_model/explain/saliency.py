@@ -25,6 +25,8 @@ def target_stage(network: nn.Module) -> nn.Module:
 
 
 class GradCAM:
+    """Grad-CAM saliency of the encoder's logit on one crop, upsampled to the crop."""
+
     def __init__(self, encoder):
         self.encoder = encoder
         self.network = encoder.model_

@@ -93,6 +93,7 @@ def thickness_features(mask01: sitk.Image) -> dict[str, float]:
 
 
 def shape_features(mask01: sitk.Image) -> dict[str, float]:
+    """Size and shape of a 0/1 mask: diameters, volume, elongation, flatness, sphericity, thickness."""
     stats = _shape_filter(mask01)
     if not stats.HasLabel(1):
         raise ValueError("empty mask")

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fusion_model.experiment import FeatureConfig
+from fusion_model.config import FeatureConfig
 from fusion_model.features.radiological import fill_from_features
 
 
 def encode_column(table: pd.DataFrame, column: str) -> tuple[str, pd.Series]:
+    """A table column as numbers for the heads (sex -> sex_female, yes/no -> 1/0), with its new name."""
     if column not in table:
         return column, pd.Series(np.nan, index=table.index, dtype=float)
     values = table[column]

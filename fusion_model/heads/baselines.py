@@ -1,10 +1,9 @@
 """Guideline rules scored like models (ESE/ENSAT 2023; EURINE-ACT, Bancos 2020).
 
-- ``hu_10``: unenhanced attenuation > 10 HU is suspicious (<= 10 HU means benign);
-- ``size_40``: maximal diameter > 40 mm is suspicious;
-- ``hu_10_and_size_40``: suspicious only when both hold.
-
-Each rule gives 1 (suspicious), 0 (benign) or NaN when its input is missing.
+The rules themselves are data (:data:`fusion_model.catalogue.GUIDELINE_RULES`): a rule is
+suspicious (1) when every one of its ``column > threshold`` conditions holds, benign (0) when
+one fails, and missing (NaN) when any of its inputs is missing. So ``hu_10`` calls a lesion of
+exactly 10 HU benign, ``size_40`` one of exactly 40 mm benign.
 """
 
 from __future__ import annotations
@@ -12,31 +11,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-RULES = {
-    "hu_10": "unenhanced HU > 10",
-    "size_40": "size > 40 mm",
-    "hu_10_and_size_40": "unenhanced HU > 10 and size > 40 mm",
-}
+from fusion_model.catalogue import GUIDELINE_RULES, GuidelineRule
 
 
-def _flag(values: pd.Series, threshold: float) -> pd.Series:
-    out = (values > threshold).astype(float)
-    return out.where(values.notna())
+def _column(table: pd.DataFrame, name: str) -> pd.Series:
+    return pd.to_numeric(table.get(name, pd.Series(np.nan, index=table.index)), errors="coerce")
+
+
+def rule_score(table: pd.DataFrame, rule: GuidelineRule) -> pd.Series:
+    """1 suspicious, 0 benign, NaN where an input of the rule is missing; index follows ``table``."""
+    score = pd.Series(1.0, index=table.index)
+    for column, threshold in rule.conditions:
+        values = _column(table, column)
+        score = score * (values > threshold).astype(float).where(values.notna())
+    return score
 
 
 def rule_scores(table: pd.DataFrame, rules) -> pd.DataFrame:
-    """One column per rule: 1 suspicious, 0 benign, NaN where the input is missing."""
-    hu = pd.to_numeric(table.get("unenhanced_hu", pd.Series(np.nan, index=table.index)), errors="coerce")
-    size = pd.to_numeric(table.get("size_mm", pd.Series(np.nan, index=table.index)), errors="coerce")
-    out = pd.DataFrame(index=table.index)
-    for rule in rules:
-        if rule == "hu_10":
-            out[rule] = _flag(hu, 10.0)
-        elif rule == "size_40":
-            out[rule] = _flag(size, 40.0)
-        elif rule == "hu_10_and_size_40":
-            both = _flag(hu, 10.0) * _flag(size, 40.0)
-            out[rule] = both
-        else:
-            raise ValueError(f"unknown rule {rule!r}; choose from {list(RULES)}")
-    return out
+    """One column per named rule (see :func:`rule_score`)."""
+    unknown = [r for r in rules if r not in GUIDELINE_RULES]
+    if unknown:
+        raise ValueError(f"unknown rule(s) {unknown}; choose from {list(GUIDELINE_RULES)}")
+    return pd.DataFrame({name: rule_score(table, GUIDELINE_RULES[name]) for name in rules}, index=table.index)

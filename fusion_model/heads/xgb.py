@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from fusion_model.experiment import XGBoostConfig
+from fusion_model.config import XGBoostConfig
 
 
 class XGBHead:
+    """An XGBoost head with scikit-learn's fit / decision_function contract, stored as XGBoost JSON."""
+
     def __init__(self, config: XGBoostConfig, feature_names: Sequence[str], seed: int = 0):
         self.config = config
         self.feature_names = list(feature_names)
@@ -31,6 +33,7 @@ class XGBHead:
         }
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "XGBHead":
+        """Fit on a feature matrix (columns as ``feature_names``; NaN = missing) and 0/1 labels."""
         y = np.asarray(y, dtype=float)
         dtrain = xgb.DMatrix(np.asarray(X, dtype=float), label=y, feature_names=self.feature_names,
                              missing=np.nan)
@@ -45,10 +48,12 @@ class XGBHead:
         return self.booster_.predict(data, output_margin=True)
 
     def save(self, path: Path) -> None:
+        """Write the booster in XGBoost's own JSON format."""
         self.booster_.save_model(str(path))
 
     @classmethod
     def load(cls, path: Path, config: XGBoostConfig, feature_names: Sequence[str]) -> "XGBHead":
+        """Read a saved head; its feature names must be the manifest's."""
         head = cls(config, feature_names)
         head.booster_ = xgb.Booster()
         head.booster_.load_model(str(path))

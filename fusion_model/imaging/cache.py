@@ -21,6 +21,7 @@ CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
+    """FUSION_MODEL_CACHE, or ~/.cache/fusion-model."""
     env = os.environ.get("FUSION_MODEL_CACHE")
     if env:
         return Path(env)
@@ -28,16 +29,20 @@ def default_cache_dir() -> Path:
 
 
 class ImageCache:
+    """Crops and features on disk, keyed by the files' contents and the settings."""
+
     def __init__(self, root: Path | None):
         self.root = None if root is None else Path(root) / "images"
         self.hits = 0
         self.misses = 0
 
     def key(self, files: list[Path], settings: dict) -> str:
+        """The cache key of a computation on these files with these settings."""
         payload = {"format": CACHE_FORMAT, "files": [sha256_path(f) for f in files], "settings": settings}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def path(self, key: str, suffix: str) -> Path:
+        """Where the entry of ``key`` lives."""
         assert self.root is not None
         return self.root / key[:2] / f"{key}{suffix}"
 
@@ -59,7 +64,9 @@ class ImageCache:
         return value
 
     def array(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached array of ``key``, computed and stored on a miss."""
         return self._get_or_compute(key, ".npy", compute, lambda p: np.load(p, allow_pickle=False), atomic_save_npy)
 
     def json(self, key: str, compute: Callable[[], dict]) -> dict:
+        """The cached JSON object of ``key``, computed and stored on a miss."""
         return self._get_or_compute(key, ".json", compute, lambda p: json.loads(p.read_text()), atomic_write_json)

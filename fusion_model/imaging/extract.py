@@ -1,31 +1,33 @@
-"""One pass over a cohort's images: lesion crops and radiological features, cached.
+"""One pass over lesions' images: crops and radiological features, cached.
 
-Lesions are read one at a time. A lesion that cannot be read goes to the errors table and
+Lesions (:class:`~fusion_model.records.LesionRecord`) are read one at a time. A lesion that cannot be read goes to the errors table and
 the pass goes on, unless ``strict``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from fusion_model.cohort.load import Cohort, LesionRecord
+from fusion_model.config import PreprocessConfig
 from fusion_model.errors import UserInputError
 from fusion_model.features.radiological import radiological_features
 from fusion_model.imaging.cache import ImageCache
-from fusion_model.imaging.preprocess import LesionVolumes, PreprocessConfig, crop_channels, lesion_crop, \
-    load_lesion_volumes
+from fusion_model.imaging.preprocess import LesionVolumes, crop_channels, lesion_crop, load_lesion_volumes
 from fusion_model.progress import track
+from fusion_model.records import LesionRecord
 
 FEATURES_VERSION = 2  # 2: thickness features
 
 
 @dataclass
 class LesionError:
+    """A lesion that could not be read, and why."""
+
     lesion_id: str
     row: int
     message: str
@@ -33,6 +35,8 @@ class LesionError:
 
 @dataclass
 class CohortImages:
+    """Crops and radiological features of the readable lesions, and the errors of the others."""
+
     lesion_ids: list[str]
     channels: list[str]
     crops: np.ndarray | None  # (lesions, channels, z, y, x) float16, rows follow lesion_ids
@@ -40,6 +44,7 @@ class CohortImages:
     errors: list[LesionError] = field(default_factory=list)
 
     def errors_frame(self) -> pd.DataFrame:
+        """The errors as a table (lesion_id, row, message)."""
         return pd.DataFrame([e.__dict__ for e in self.errors], columns=["lesion_id", "row", "message"])
 
 
@@ -54,13 +59,15 @@ def _lazy_volumes(lesion: LesionRecord, phases, config: PreprocessConfig) -> Cal
     def load() -> LesionVolumes:
         return load_lesion_volumes(lesion.phase_paths, lesion.mask_path, lesion.mask_label, phases,
                                    config.resample_mismatched,
-                                   where=f"lesion {lesion.lesion_id} (clinical.csv row {lesion.row})")
+                                   where=lesion.where)
 
     return load
 
 
-def extract_cohort_images(
-    cohort: Cohort,
+def extract_lesion_images(
+    lesions: Sequence[LesionRecord],
+    phases: Sequence[str],
+    ct_intensities: bool,
     config: PreprocessConfig,
     cache: ImageCache,
     crops: bool = True,
@@ -68,13 +75,14 @@ def extract_cohort_images(
     strict: bool = False,
     progress: bool = True,
 ) -> CohortImages:
-    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities)
+    """Crops (channels: ``phases`` when they hold HU, then the mask) and features of each lesion, cached."""
+    channels = crop_channels(phases, ct_intensities)
     crop_settings = {"kind": "crop", "config": config.model_dump(mode="json"), "channels": channels}
-    feature_settings = {"kind": "features", "version": FEATURES_VERSION, "ct": cohort.spec.ct_intensities,
+    feature_settings = {"kind": "features", "version": FEATURES_VERSION, "ct": ct_intensities,
                         "resample": config.resample_mismatched}
     ids, arrays, rows, errors = [], [], [], []
-    for lesion in track(cohort.lesions(), "reading lesions", total=len(cohort.table), enabled=progress):
-        load = _lazy_volumes(lesion, cohort.spec.phases, config)
+    for lesion in track(lesions, "reading lesions", total=len(lesions), enabled=progress):
+        load = _lazy_volumes(lesion, phases, config)
         try:
             files = _files(lesion)
             if crops:
@@ -83,7 +91,7 @@ def extract_cohort_images(
             if features:
                 key = cache.key(files, {**feature_settings, "mask_label": lesion.mask_label})
                 rows.append(cache.json(key, lambda load=load: radiological_features(
-                    load().phases, load().mask, cohort.spec.ct_intensities)))
+                    load().phases, load().mask, ct_intensities)))
             ids.append(lesion.lesion_id)
         except UserInputError as err:
             if strict:

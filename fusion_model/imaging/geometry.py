@@ -10,6 +10,8 @@ import SimpleITK as sitk
 
 @dataclass(frozen=True)
 class Geometry:
+    """An image's grid in physical space: size, spacing, origin and direction."""
+
     size: tuple[int, ...]
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
@@ -17,6 +19,7 @@ class Geometry:
 
     @classmethod
     def of(cls, image: sitk.Image | sitk.ImageFileReader) -> "Geometry":
+        """The geometry of an image or of a reader's header."""
         return cls(
             tuple(int(v) for v in image.GetSize()),
             tuple(float(v) for v in image.GetSpacing()),
@@ -25,6 +28,7 @@ class Geometry:
         )
 
     def describe(self) -> str:
+        """The grid in words for messages."""
         sp = "x".join(f"{v:g}" for v in self.spacing)
         return f"size {self.size}, spacing {sp} mm, origin ({', '.join(f'{v:.2f}' for v in self.origin)})"
 

@@ -14,32 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from pydantic import Field, model_validator
 
-from fusion_model.configbase import StrictModel
+from fusion_model.config import PreprocessConfig
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.geometry import Geometry, geometry_differences, resample_onto
 from fusion_model.imaging.io import read_image
 
 AIR_HU = -1000.0
-
-
-class PreprocessConfig(StrictModel):
-    spacing_mm: float = Field(1.0, gt=0, le=10, description="isotropic voxel size of the crop")
-    crop_size_mm: float = Field(64.0, gt=0, le=512, description="edge of the lesion-centred cube")
-    hu_window: tuple[float, float] = Field((-200.0, 300.0), description="HU mapped to 0 and 1 (clipped)")
-    resample_mismatched: bool = Field(False, description="resample phases/mask onto the reference phase grid "
-                                                         "when they do not share physical space")
-
-    @model_validator(mode="after")
-    def _window_ordered(self) -> "PreprocessConfig":
-        if self.hu_window[0] >= self.hu_window[1]:
-            raise ValueError(f"hu_window {self.hu_window}: the lower bound must be below the upper bound")
-        return self
-
-    @property
-    def crop_voxels(self) -> int:
-        return max(1, int(round(self.crop_size_mm / self.spacing_mm)))
 
 
 def crop_channels(phases: Sequence[str], ct_intensities: bool) -> list[str]:
@@ -54,6 +35,7 @@ def binary_mask(mask: sitk.Image, label: int | None) -> sitk.Image:
 
 
 def lesion_centroid(mask01: sitk.Image) -> tuple[float, float, float]:
+    """Physical centre (mm) of the lesion in a 0/1 mask."""
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(mask01)
     if not stats.HasLabel(1):

@@ -21,6 +21,7 @@ _ENV = jinja2.Environment(
 
 
 def data_uri(png: bytes) -> str:
+    """PNG bytes as a data: URI to embed in a page."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -53,6 +54,7 @@ _ENV.filters.update(num=_num, pct=_pct, ci=_ci, pvalue=_pvalue,
 
 
 def render(template: str, **context) -> str:
+    """Render a packaged Jinja2 template (autoescaped)."""
     return _ENV.get_template(template).render(**context)
 
 

@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from pydantic import Field, field_validator
 
-from clinical_schema import LAB_COLUMNS, PATH_COLUMNS, PHASES
+from clinical_schema import LAB_COLUMNS, PATH_COLUMNS
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, write_cohort_spec
-from fusion_model.configbase import StrictModel, known_names
+from fusion_model.config import SynthConfig
 from fusion_model.features.radiological import max_axial_diameter_mm
 from fusion_model.fileio import atomic_directory, atomic_write_text
 from fusion_model.progress import track
@@ -40,6 +39,8 @@ TRUTH_FILE = "truth.csv"
 
 @dataclass(frozen=True)
 class CentreProfile:
+    """How a synthetic centre scans: voxel spacing, noise, HU offset, lab missingness."""
+
     name: str
     inplane_mm: float
     slice_mm: float
@@ -65,20 +66,6 @@ LAB_DECIMALS = {"cortisol_post_dst_ug_dl": 2, "plasma_metanephrines_xuln": 2, "d
 FOV_MM = (250.0, 190.0)
 FOV_CENTRE_Y_MM = 10.0
 Z_MARGIN_MM = 15.0
-
-
-class SynthConfig(StrictModel):
-    patients: int = Field(100, ge=1, le=100_000)
-    seed: int = 0
-    centres: int = Field(3, ge=1, le=len(CENTRES), description="number of centres (centre_a, centre_b, ...)")
-    phases: list[str] = Field(default_factory=lambda: ["unenhanced", "venous"])
-    two_lesion_fraction: float = Field(0.08, ge=0, le=1)
-    workers: int = Field(0, ge=0, description="processes; 0 = up to 2, as many as cores allow")
-
-    @field_validator("phases")
-    @classmethod
-    def _phases(cls, phases: list[str]) -> list[str]:
-        return known_names(phases, PHASES, "phase", ordered=True)
 
 
 def observed_variables(phases: list[str], labs_present: list[str]) -> frozenset[str]:

@@ -74,6 +74,7 @@ class Anatomy:
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> "Anatomy":
+        """A patient's anatomy: organ positions and sizes, randomly scaled."""
         scale = rng.uniform(0.92, 1.08)
         return cls(
             body_half_width=115 * scale * rng.uniform(0.95, 1.05),
@@ -83,6 +84,7 @@ class Anatomy:
         )
 
     def adrenal(self, side: str) -> tuple[float, float]:
+        """Centre (x, y in mm) of the adrenal gland on ``side``."""
         return self.adrenal_right if side == "right" else self.adrenal_left
 
 

@@ -41,9 +41,15 @@ from scipy.special import logsumexp
 
 
 class Dist:
-    def sample(self, rng: np.random.Generator) -> float: ...
+    """A one-dimensional distribution the generator draws from and the oracle evaluates."""
 
-    def logpdf(self, x: float) -> float: ...
+    def sample(self, rng: np.random.Generator) -> float:
+        """One draw."""
+        raise NotImplementedError
+
+    def logpdf(self, x: float) -> float:
+        """Log density (log probability for a Bernoulli) at ``x``."""
+        raise NotImplementedError
 
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -55,6 +61,8 @@ def _norm_cdf(z: float) -> float:
 
 @dataclass(frozen=True)
 class TruncNormal(Dist):
+    """A normal distribution truncated to [lo, hi]."""
+
     mu: float
     sd: float
     lo: float = -math.inf
@@ -64,6 +72,7 @@ class TruncNormal(Dist):
         return math.log(_norm_cdf((self.hi - self.mu) / self.sd) - _norm_cdf((self.lo - self.mu) / self.sd))
 
     def sample(self, rng):
+        """One draw by rejection."""
         for _ in range(10_000):  # rejection; truncation here keeps most of the mass
             x = rng.normal(self.mu, self.sd)
             if self.lo <= x <= self.hi:
@@ -71,6 +80,7 @@ class TruncNormal(Dist):
         return float(min(max(self.mu, self.lo), self.hi))
 
     def logpdf(self, x):
+        """Log density of the truncated normal."""
         if not self.lo <= x <= self.hi:
             return -math.inf
         z = (x - self.mu) / self.sd
@@ -91,9 +101,11 @@ class LogNormal(Dist):
         return TruncNormal(math.log(self.median), self.sigma, lo, math.log(self.hi) if self.hi < math.inf else math.inf)
 
     def sample(self, rng):
+        """One draw."""
         return float(math.exp(self._log_dist().sample(rng)))
 
     def logpdf(self, x):
+        """Log density of the log-normal."""
         if x <= 0:
             return -math.inf
         return self._log_dist().logpdf(math.log(x)) - math.log(x)
@@ -101,18 +113,24 @@ class LogNormal(Dist):
 
 @dataclass(frozen=True)
 class Bernoulli(Dist):
+    """A yes/no variable with probability ``p`` of yes."""
+
     p: float
 
     def sample(self, rng):
+        """1.0 with probability p, else 0.0."""
         return float(rng.random() < self.p)
 
     def logpdf(self, x):
+        """Log probability of the outcome ``x``."""
         p = self.p if x >= 0.5 else 1.0 - self.p
         return math.log(p) if p > 0 else -math.inf
 
 
 @dataclass(frozen=True)
 class TypeProfile:
+    """One lesion type: prevalence, malignancy, and the distributions of its latent values."""
+
     name: str
     lesion_type: str  # value written to the clinical table
     malignant: bool
@@ -220,11 +238,13 @@ IMAGING_VARIABLES = tuple(PROFILES[0].variables)
 
 
 def draw_type(rng: np.random.Generator) -> TypeProfile:
+    """A lesion type, drawn by prevalence."""
     weights = np.array([p.prevalence for p in PROFILES])
     return PROFILES[int(rng.choice(len(PROFILES), p=weights))]
 
 
 def draw_latents(profile: TypeProfile, rng: np.random.Generator) -> dict[str, float]:
+    """The latent values (size, attenuation, enhancement, texture, clinical, labs) of a lesion of this type."""
     latents = {name: dist.sample(rng) for name, dist in profile.variables.items()}
     weights = np.array([w for w, _ in profile.states])
     state = profile.states[int(rng.choice(len(weights), p=weights / weights.sum()))][1]

@@ -15,22 +15,18 @@ import yaml
 from optuna.trial import TrialState
 
 from fusion_model import __version__
+from fusion_model.config import ExperimentConfig, load_experiment, with_params
 from fusion_model.errors import UserInputError
-from fusion_model.experiment import ExperimentConfig, load_experiment, with_params
 from fusion_model.fileio import atomic_write_text
-from fusion_model.tune.search import (
-    Objective,
-    TrainingSet,
-    count_trials,
-    open_storage,
-    open_study,
-    run_worker,
-    storage_label,
-)
+from fusion_model.tune.objective import Objective, TrainingSet
+from fusion_model.tune.storage import open_storage, storage_label
+from fusion_model.tune.workers import count_trials, open_study, run_worker
 
 
 @dataclass(frozen=True)
 class TuneRequest:
+    """What `fusion-model tune` was asked to do."""
+
     config_path: Path
     cohort: Path
     out: Path
@@ -45,11 +41,14 @@ class TuneRequest:
 
     @property
     def study_name(self) -> str:
+        """The study's name: --study, or the experiment's name."""
         return self.study or load_experiment(self.config_path).name
 
 
 @dataclass
 class TuneResult:
+    """The study, its run folder, the best config written, and the trials this process finished."""
+
     study: optuna.Study
     out: Path
     best_config: Path | None
@@ -93,16 +92,18 @@ def _prepare(request: TuneRequest, progress: bool):
     storage = open_storage(request.storage, request.out)
     study = open_study(config, storage, request.study_name, config.seed + 7919 * request.worker,
                        training.fingerprint, test_ids)
-    return config, training, study
+    return config, training, study, storage
 
 
 def _worker_process(request: TuneRequest) -> None:
     _set_threads(request.jobs)
-    config, training, study = _prepare(request, progress=False)
-    run_worker(Objective(config, training, request.out), study, request.trials, request.out, request.timeout_s)
+    config, training, study, storage = _prepare(request, progress=False)
+    run_worker(Objective(config, training, request.out), study, storage, request.trials, request.out,
+               request.timeout_s)
 
 
 def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True) -> TuneResult:
+    """Run a search to its trial total (one or ``jobs`` processes) and write its outputs."""
     from fusion_model.progress import Progress
 
     if request.trials < 1:
@@ -110,7 +111,7 @@ def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True
     if request.jobs < 1:
         raise UserInputError("--jobs must be at least 1")
     request.out.mkdir(parents=True, exist_ok=True)
-    config, training, study = _prepare(request, progress)
+    config, training, study, storage = _prepare(request, progress)
     finished_here = 0
     with Progress(enabled=progress) as bar:
         task = bar.add_task(f"study {request.study_name}", total=request.trials,
@@ -121,7 +122,7 @@ def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True
             def on_trial(number, state, value):
                 bar.update(task, completed=min(request.trials, count_trials(study)[0]))
 
-            finished_here = run_worker(Objective(config, training, request.out), study, request.trials,
+            finished_here = run_worker(Objective(config, training, request.out), study, storage, request.trials,
                                        request.out, request.timeout_s, on_trial)
         else:
             context = multiprocessing.get_context("spawn")
@@ -149,6 +150,7 @@ def _with_worker(request: TuneRequest, worker: int) -> TuneRequest:
 
 # -------------------------------------------------------------------------------- outputs
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """Every trial of the study as a row: state, value, time, parameters."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"number": t.number, "state": t.state.name, "value": t.value,
@@ -160,6 +162,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def best_config_yaml(study: optuna.Study, config: ExperimentConfig) -> str:
+    """The best trial's configuration as a YAML file that `train` accepts unchanged."""
     best = study.best_trial
     tuned = with_params(config, best.params)
     header = (f"# Best configuration of study {study.study_name!r}: trial {best.number}, "
@@ -205,6 +208,7 @@ def _importance_png(importances: dict[str, float]) -> bytes | None:
 
 
 def write_study_outputs(study: optuna.Study, config: ExperimentConfig, request: TuneRequest) -> Path | None:
+    """trials.csv, best_config.yaml and study_report.html in the run folder."""
     from fusion_model.report import data_uri, render
 
     frame = trials_frame(study)

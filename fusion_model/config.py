@@ -1,28 +1,97 @@
-"""Experiment configuration: one YAML file, validated by pydantic, passed down explicitly."""
+"""Configuration as data: every configuration class of fusion-model, validated by pydantic.
+
+An experiment is one YAML file (``ExperimentConfig``); ``fusion-model synth`` takes a
+``SynthConfig``. This module imports no torch, SimpleITK or XGBoost, so reading a config is
+cheap and the stages receive their section explicitly.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from clinical_schema import PHASES
+from fusion_model.catalogue import GUIDELINE_RULES, VARIANTS
 from fusion_model.configbase import StrictModel, known_names, load_yaml_model
-from fusion_model.encoder.train import EncoderConfig
-from fusion_model.imaging.preprocess import PreprocessConfig
+from fusion_model.errors import UserInputError
 
-VARIANTS = ("imaging", "imaging_radiological", "imaging_clinical", "all")
-BASELINES = ("hu_10", "size_40", "hu_10_and_size_40")
-FEATURE_GROUPS = ("imaging", "radiological", "clinical", "laboratory")
-VARIANT_GROUPS = {
-    "imaging": ("imaging",),
-    "imaging_radiological": ("imaging", "radiological"),
-    "imaging_clinical": ("imaging", "clinical", "laboratory"),
-    "all": ("imaging", "radiological", "clinical", "laboratory"),
-}
+SYNTH_CENTRES = 3  # the centre profiles of fusion_model.synthetic.generate.CENTRES
+
+
+class PreprocessConfig(StrictModel):
+    """Lesion-centred crops: isotropic spacing, cube size, HU window, resampling of mismatched grids."""
+
+    spacing_mm: float = Field(1.0, gt=0, le=10, description="isotropic voxel size of the crop")
+    crop_size_mm: float = Field(64.0, gt=0, le=512, description="edge of the lesion-centred cube")
+    hu_window: tuple[float, float] = Field((-200.0, 300.0), description="HU mapped to 0 and 1 (clipped)")
+    resample_mismatched: bool = Field(False, description="resample phases/mask onto the reference phase grid "
+                                                         "when they do not share physical space")
+
+    @model_validator(mode="after")
+    def _window_ordered(self) -> "PreprocessConfig":
+        if self.hu_window[0] >= self.hu_window[1]:
+            raise ValueError(f"hu_window {self.hu_window}: the lower bound must be below the upper bound")
+        return self
+
+    @property
+    def crop_voxels(self) -> int:
+        """Voxels along each edge of the crop."""
+        return max(1, int(round(self.crop_size_mm / self.spacing_mm)))
+
+
+class EncoderConfig(StrictModel):
+    """The image encoder: network shape, training schedule, augmentation, inference.
+
+    Its folds and seed are the experiment's (``split.folds``, ``seed``): one split serves encoder and heads.
+    """
+
+    kind: Literal["3d", "2.5d"] = "3d"
+    width: int = Field(16, ge=4, le=128)
+    depth: int = Field(3, ge=1, le=5)
+    embedding_size: int = Field(32, ge=2, le=512)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    stem_stride: int = Field(4, ge=1, le=8)
+    mask_pooling: bool = Field(True, description="pool features over the lesion as well as the whole crop")
+    epochs: int = Field(30, ge=1, le=1000)
+    batch_size: int = Field(16, ge=2, le=512)
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    patience: int = Field(8, ge=1)
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    class_weighting: Literal["balanced", "none"] = "balanced"
+    augmentation_strength: float = Field(1.0, ge=0, le=3)
+    hu_jitter: float = Field(10.0, ge=0, description="intensity shift, HU")
+    tta_views: int = Field(4, ge=1, le=4, description="1 = no test-time augmentation; up to 4 axial flips")
+    slices_per_lesion: int = Field(6, ge=1, description="2.5D: slice stacks per lesion per epoch")
+    aggregation: Literal["topk_mean", "fraction_above"] = "topk_mean"
+    top_k: int = Field(3, ge=1)
+    operating_value: float = Field(0.5, gt=0, lt=1)
+    inference_batch_size: int = Field(64, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_own_split(cls, data):
+        moved = {"folds": "split.folds", "seed": "seed (top level)"}
+        if isinstance(data, dict):
+            for key in moved.keys() & data.keys():
+                raise ValueError(f"encoder.{key} is not a setting: the encoder uses the experiment's {moved[key]}, "
+                                 "so that encoder and heads share one split; remove it")
+        return data
+
+    def fingerprint(self) -> str:
+        """A short hash of every setting (checkpoints and cached outputs are keyed by it)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class FeatureConfig(StrictModel):
+    """Which table columns feed each feature group, and how many embedding components the fusion head sees."""
+
     radiological: list[str] = Field(default_factory=lambda: ["size_mm", "unenhanced_hu"])
     image_radiological: bool = Field(True, description="add radiological features computed from image + mask")
     clinical: list[str] = Field(default_factory=lambda: [
@@ -36,6 +105,8 @@ class FeatureConfig(StrictModel):
 
 
 class XGBoostConfig(StrictModel):
+    """The XGBoost heads' hyperparameters and monotone constraints."""
+
     n_estimators: int = Field(300, ge=1, le=5000)
     max_depth: int = Field(3, ge=1, le=12)
     learning_rate: float = Field(0.05, gt=0, le=1)
@@ -51,6 +122,8 @@ class XGBoostConfig(StrictModel):
 
 
 class FusionConfig(StrictModel):
+    """How a variant combines the image and the tabular features: fusion head or late fusion."""
+
     method: Literal["fusion_head", "late_fusion"] = Field(
         "fusion_head", description="what a variant outputs: the XGBoost fusion head, or the weighted average of "
                                    "image and tabular logits")
@@ -68,10 +141,14 @@ class FusionConfig(StrictModel):
 
 
 class CalibrationConfig(StrictModel):
+    """How out-of-fold margins become probabilities."""
+
     method: Literal["sigmoid", "isotonic"] = "sigmoid"
 
 
 class SplitConfig(StrictModel):
+    """Which lesions train and which test, and the patient-grouped folds shared by encoder and heads."""
+
     mode: Literal["kfold", "column", "centre"] = Field(
         "kfold", description="kfold: cross-validation on all lesions; column: the cohort's split column "
                              "(train_value for training); centre: hold out test_centre")
@@ -110,6 +187,7 @@ class SearchParam(StrictModel):
         return self
 
     def values_to_check(self) -> list:
+        """The values a search may suggest at its edges (every choice, or low and high)."""
         if self.type == "categorical":
             return list(self.choices)
         cast = int if self.type == "int" else float
@@ -117,6 +195,8 @@ class SearchParam(StrictModel):
 
 
 class SearchConfig(StrictModel):
+    """The search space and objective of `fusion-model tune`."""
+
     objective_variant: str = Field("all", description="the variant whose cross-validated score is optimised")
     metric: Literal["auc", "brier"] = Field("auc", description="auc: patient-grouped CV AUC (maximised); brier: "
                                                                "Brier score of cross-fitted calibrated OOF "
@@ -139,6 +219,8 @@ class SearchConfig(StrictModel):
 
 
 class ExperimentConfig(StrictModel):
+    """One experiment: preprocessing, encoder, features, heads, fusion, calibration, split, variants, rules."""
+
     name: str = Field("experiment", min_length=1)
     seed: int = 0
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
@@ -149,7 +231,7 @@ class ExperimentConfig(StrictModel):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     variants: list[str] = Field(default_factory=lambda: list(VARIANTS))
-    baselines: list[str] = Field(default_factory=lambda: list(BASELINES))
+    baselines: list[str] = Field(default_factory=lambda: list(GUIDELINE_RULES))
     primary_variant: str = "all"
     search: SearchConfig | None = Field(None, description="hyperparameter search space for `fusion-model tune`")
 
@@ -161,7 +243,7 @@ class ExperimentConfig(StrictModel):
     @field_validator("baselines")
     @classmethod
     def _baselines(cls, baselines: list[str]) -> list[str]:
-        return known_names(baselines, BASELINES, "baseline") if baselines else []
+        return known_names(baselines, GUIDELINE_RULES, "baseline") if baselines else []
 
     @model_validator(mode="after")
     def _primary_is_trained(self) -> "ExperimentConfig":
@@ -189,8 +271,6 @@ def with_params(config: "ExperimentConfig", params: dict) -> "ExperimentConfig":
             raise KeyError(f"{key!r} is not a configuration key")
         data[section][name] = value
     data["search"] = None
-    from pydantic import ValidationError
-
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
@@ -198,4 +278,31 @@ def with_params(config: "ExperimentConfig", params: dict) -> "ExperimentConfig":
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
+    """The validated experiment of a YAML file (errors name the key)."""
     return load_yaml_model(ExperimentConfig, path)
+
+
+class SynthConfig(StrictModel):
+    """A synthetic cohort: size, seed, centres, phases written, share of patients with two lesions."""
+
+    patients: int = Field(100, ge=1, le=100_000)
+    seed: int = 0
+    centres: int = Field(3, ge=1, le=SYNTH_CENTRES, description="number of centres (centre_a, centre_b, ...)")
+    phases: list[str] = Field(default_factory=lambda: ["unenhanced", "venous"])
+    two_lesion_fraction: float = Field(0.08, ge=0, le=1)
+    workers: int = Field(0, ge=0, description="processes; 0 = up to 2, as many as cores allow")
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, phases: list[str]) -> list[str]:
+        return known_names(phases, PHASES, "phase", ordered=True)
+
+
+def packaged_experiment(name: str) -> Path:
+    """A shipped experiment config: ``experiments/NAME`` of the repository, installed with the package as
+    ``fusion_model/experiments/NAME`` (in the source tree that folder is a link to the top-level one)."""
+    path = Path(__file__).parent / "experiments" / name
+    if not path.is_file():
+        raise UserInputError(f"{path}: the shipped experiment {name!r} is missing from this installation; "
+                             "reinstall fusion-model")
+    return path
