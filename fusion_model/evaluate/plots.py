@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import io
+import matplotlib.pyplot as plt
+import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-DPI = 110
-
-
-def png_bytes(fig, dpi: int = DPI) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+from fusion_model.report.figures import png_bytes
 
 
 def _colours(names: list[str]) -> dict[str, str]:

@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fusion_model.catalogue import FEATURE_GROUPS  # noqa: E402
-from fusion_model.evaluate.plots import png_bytes  # noqa: E402
 from fusion_model.explain.names import format_value, label_with_unit  # noqa: E402
+from fusion_model.report.figures import png_bytes  # noqa: E402
 
 RED, BLUE = "#c0392b", "#2e6da4"
 

@@ -174,7 +174,7 @@ def best_config_yaml(study: optuna.Study, config: ExperimentConfig) -> str:
 def _history_png(frame: pd.DataFrame, metric: str) -> bytes:
     import matplotlib.pyplot as plt
 
-    from fusion_model.evaluate.plots import png_bytes
+    from fusion_model.report.figures import png_bytes
 
     fig, ax = plt.subplots(figsize=(6.6, 3.8))
     done = frame[frame["state"] == "COMPLETE"]
@@ -197,7 +197,7 @@ def _importance_png(importances: dict[str, float]) -> bytes | None:
         return None
     import matplotlib.pyplot as plt
 
-    from fusion_model.evaluate.plots import png_bytes
+    from fusion_model.report.figures import png_bytes
 
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(6.6, 0.35 * len(names) + 1.2))
