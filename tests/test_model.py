@@ -58,10 +58,10 @@ def test_thresholds_are_the_operating_points_of_the_training_oof_probabilities(f
         youden = ((p[labels == 1] >= thresholds["youden"]).mean() + (p[labels == 0] < thresholds["youden"]).mean()
                   - 1)
         assert youden == pytest.approx(j.max())
-        # sensitivity targets: reached, and by the highest such threshold
+        # sensitivity targets: reached, at the best specificity any OOF threshold reaching them has
         for name, target in (("sensitivity_90", 0.90), ("sensitivity_95", 0.95)):
             assert (p[labels == 1] >= thresholds[name]).mean() >= target
-            assert thresholds[name] == pytest.approx(candidates[sensitivity >= target].max())
+            assert (p[labels == 0] < thresholds[name]).mean() == pytest.approx(specificity[sensitivity >= target].max())
         assert thresholds["sensitivity_95"] <= thresholds["sensitivity_90"]
     before = {name: dict(fit.thresholds) for name, fit in model.variants_.items()}
     model.predict_variants(data.subset(np.arange(5)))
@@ -209,3 +209,24 @@ def test_train_and_predict_end_to_end(cohort_dir, tmp_path):
     assert "does_not_exist.nii.gz" in errors[0].message
     assert len(predictions) == len(table) - 1 and predictions["probability"].between(0, 1).all()
     assert (tmp_path / "pred_errors.csv").is_file()
+
+
+@pytest.mark.slow
+def test_training_twice_in_fresh_processes_writes_identical_heads_and_oof_predictions(trained_model, tmp_path):
+    """Same config, same seed, same machine: the same artifact, byte for byte where it holds results."""
+    from fusion_model.fileio import sha256_file
+    from tests.test_cli import run_cli
+
+    hashes = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        result = run_cli("train", "--config", trained_model["config"], "--cohort", trained_model["train_cohort"],
+                         "--out", out, "--cache", tmp_path / f"cache{k}")
+        assert result.returncode == 0, result.stderr
+        files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("manifest.json",
+                                                                                   "manifest.sha256"))
+        assert any(p.parent.name == "heads" for p in files) and (out / "oof_predictions.csv") in files
+        hashes.append({p.relative_to(out).as_posix(): sha256_file(p) for p in files})
+    assert hashes[0] == hashes[1]
+    first, second = (json.loads((tmp_path / f"run{k}" / "manifest.json").read_text()) for k in range(2))
+    assert first["variants"] == second["variants"] and first["metrics"] == second["metrics"]

@@ -7,7 +7,8 @@ from sklearn.metrics import roc_curve
 
 
 def operating_thresholds(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Youden's J maximum, and the highest thresholds reaching 90% and 95% sensitivity."""
+    """Youden's J maximum, and for 90% and 95% sensitivity a threshold that reaches it with the best
+    specificity any threshold reaching it has (a corner of the ROC curve)."""
     fpr, tpr, thresholds = roc_curve(labels, probabilities)
     thresholds = np.minimum(thresholds, 1.0)
     out = {"youden": float(thresholds[int(np.argmax(tpr - fpr))])}
