@@ -273,10 +273,15 @@ def predict(
                   + (f" (see {out.with_name(out.stem + '_errors.csv')})" if errors else ""))
 
 
+def _ci_text(pair) -> str:
+    return "{:.3f}-{:.3f}".format(*pair) if pair else "-"
+
+
 def _print_evaluation(result) -> None:
     metrics = result.metrics
     table = Table(title=f"evaluation: {metrics['cohort']['lesions']} lesions, {metrics['cohort']['malignant']} malignant")
-    for column in ("model", "kind", "AUC", "95% CI (DeLong)", "95% CI (bootstrap)", "sens / spec at", "Brier"):
+    shown = f"95% CI ({metrics['settings']['auc_ci_shown_description']})"
+    for column in ("model", "kind", "AUC", shown, "95% CI (bootstrap)", "sens / spec at", "Brier"):
         table.add_column(column)
     for name, m in metrics["models"].items():
         if not m.get("auc"):
@@ -285,14 +290,17 @@ def _print_evaluation(result) -> None:
         point = m["operating_points"][0]
         sens, spec = point["sensitivity"]["value"], point["specificity"]["value"]
         table.add_row(name, m["kind"], _fmt_auc(m["auc"]["value"]),
-                      "{:.3f}-{:.3f}".format(*m["auc"]["delong_ci"]), "{:.3f}-{:.3f}".format(*m["auc"]["bootstrap_ci"]),
+                      _ci_text(m["auc"]["ci"]), _ci_text(m["auc"]["bootstrap_ci"]),
                       f"{sens:.0%} / {spec:.0%} ({point['name']})",
                       _fmt_auc(m["calibration"]["brier"]) if m.get("calibration") else "-")
     if metrics.get("oracle"):
         oracle = metrics["oracle"]["auc"]
-        table.add_row("oracle", "generator's true risk", _fmt_auc(oracle["value"]),
-                      "{:.3f}-{:.3f}".format(*oracle["delong_ci"]), "", "", "")
+        table.add_row("oracle", "generator's true risk", _fmt_auc(oracle["value"]), _ci_text(oracle["ci"]), "", "",
+                      "")
     console.print(table)
+    for name, m in metrics["models"].items():
+        if m.get("auc") and m["auc"].get("note"):
+            console.print(f"[yellow]note[/yellow]: {name}: {m['auc']['note']}")
     for entry in metrics.get("not_evaluated", []):
         console.print(f"[red]not evaluated[/red]: lesion {entry['lesion_id']} (row {entry['row']}): {entry['message']}")
     console.print(f"report: {result.out / 'report.html'} (also metrics.json, predictions.csv, "
@@ -308,8 +316,10 @@ def evaluate(
     cohort: Annotated[Optional[Path], typer.Option("--cohort", help="labelled cohort directory")] = None,
     predictions: Annotated[bool, typer.Option("--predictions", help="evaluate the prediction CSVs given as "
                                                                     "arguments instead of a model")] = False,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC CIs")] = 2000,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC and calibration CIs")] = 2000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    auc_ci: Annotated[str, typer.Option("--auc-ci", help="the AUC interval shown: logit (logit-transformed DeLong, "
+                                                         "inside 0-1) or wald (AUC +/- 1.96 SE)")] = "logit",
     cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
     centre: Annotated[Optional[str], typer.Option("--centre", help="evaluate only this centre's lesions (e.g. the "
                                                                    "centre held out with train --test-centre)")] = None,
@@ -324,7 +334,7 @@ def evaluate(
 
     if bootstrap < 200:
         raise UserInputError(f"--bootstrap {bootstrap}: use at least 200 resamples (2000 or more for a report)")
-    settings = EvaluationSettings(bootstrap_resamples=bootstrap, seed=seed)
+    settings = EvaluationSettings(bootstrap_resamples=bootstrap, seed=seed, auc_interval=auc_ci)
     if predictions or files:
         if not predictions:
             raise UserInputError("prediction files given without --predictions; write "
@@ -387,6 +397,9 @@ def tune(
     test_centre: Annotated[Optional[str], typer.Option("--test-centre", help="held-out centre, never used in "
                                                                              "an objective")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per worker (default: this "
+                                                                     "machine's cores shared among the live workers "
+                                                                     "of the run folder)")] = None,
 ) -> None:
     """Optuna search over the config's search space: resumable, shareable by many workers."""
     from fusion_model.config import load_experiment
@@ -395,7 +408,7 @@ def tune(
 
     name = study or load_experiment(config).name
     request = TuneRequest(config, cohort, out or Path("runs") / f"{name}-tune", trials, timeout, storage, study,
-                          jobs, worker, test_centre, cache)
+                          jobs, worker, test_centre, cache, threads)
     result = run_tune(request)
     from optuna.trial import TrialState
 
@@ -452,16 +465,13 @@ def demo(
                        console=console)
     table = Table(title=f"external centre {summary['external_centre']}: {summary['lesions']['external']} lesions "
                         f"(trained on {summary['lesions']['training']})")
-    for column in ("model", "kind", "AUC", "95% CI (DeLong)", "95% CI (bootstrap)"):
+    for column in ("model", "kind", "AUC", "95% CI (DeLong, logit)", "95% CI (bootstrap)"):
         table.add_column(column)
     for name, h in summary["external_auc"].items():
-        ci = "{:.3f}-{:.3f}".format(*h["delong_ci"]) if h["delong_ci"] else "-"
-        boot = "{:.3f}-{:.3f}".format(*h["bootstrap_ci"]) if h["bootstrap_ci"] else "-"
-        table.add_row(name, h["kind"], _fmt_auc(h["auc"]), ci, boot)
+        table.add_row(name, h["kind"], _fmt_auc(h["auc"]), _ci_text(h["ci"]), _ci_text(h["bootstrap_ci"]))
     oracle = summary["external_oracle_auc"]
     if oracle:
-        table.add_row("oracle", "generator's true risk", _fmt_auc(oracle["value"]),
-                      "{:.3f}-{:.3f}".format(*oracle["delong_ci"]), "")
+        table.add_row("oracle", "generator's true risk", _fmt_auc(oracle["value"]), _ci_text(oracle["ci"]), "")
     console.print(table)
     seconds = summary["seconds"]
     console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))

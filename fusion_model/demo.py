@@ -95,6 +95,7 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
     metrics = evaluation.metrics
     headline = {name: {"kind": m["kind"], "auc": m["auc"]["value"] if m.get("auc") else None,
                        "delong_ci": m["auc"]["delong_ci"] if m.get("auc") else None,
+                       "ci": m["auc"]["ci"] if m.get("auc") else None,
                        "bootstrap_ci": m["auc"].get("bootstrap_ci") if m.get("auc") else None}
                 for name, m in metrics["models"].items()}
     summary = {

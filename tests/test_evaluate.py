@@ -159,3 +159,32 @@ def test_evaluate_one_centre_and_refuse_an_unknown_one(trained_model, tmp_path):
         evaluate_model(trained_model["model"], trained_model["test_cohort"], tmp_path / "x",
                        ImageCache(trained_model["cache"]), FAST, progress=False, centre="centre_x")
     assert not (tmp_path / "x").exists()
+
+
+def test_degenerate_models_get_null_figures_with_notes_in_metrics_and_report(tmp_path):
+    """Perfect separation, a constant score and two perfect models: no zero-width interval, no p = 1."""
+    from fusion_model.evaluate.run import evaluate_predictions
+
+    labels = np.repeat([0, 1], 20)
+    frame = pd.DataFrame({"lesion_id": [f"L{i}" for i in range(40)], "label": labels,
+                          "p_perfect": np.where(labels == 1, 0.8, 0.2) + np.linspace(0, 0.1, 40),
+                          "p_perfect_too": np.where(labels == 1, 0.9, 0.1),
+                          "p_constant": 0.3,
+                          "p_ordinary": np.clip(0.3 + 0.35 * labels + np.sin(np.arange(40)) * 0.3, 0.01, 0.99)})
+    frame.to_csv(tmp_path / "scores.csv", index=False)
+    result = evaluate_predictions([tmp_path / "scores.csv"], tmp_path / "report", settings=FAST, progress=False)
+    models = result.metrics["models"]
+    for name in ("perfect", "perfect_too", "constant"):
+        auc = models[name]["auc"]
+        assert auc["ci"] is None and auc["delong_ci"] is None and auc["bootstrap_ci"] is None and auc["note"]
+    assert models["perfect"]["calibration"]["slope"] is None and "separate" in models["perfect"]["calibration"]["note"]
+    assert models["constant"]["calibration"]["slope"] is None
+    ordinary = models["ordinary"]
+    assert ordinary["auc"]["ci"] == ordinary["auc"]["delong_logit_ci"] and ordinary["calibration"]["slope_ci"]
+    assert len(ordinary["decision_curve"]["net_benefit_ci"]["low"]) == len(ordinary["decision_curve"]["thresholds"])
+    pair = next(c for c in result.metrics["comparisons"] if {c["a"], c["b"]} == {"perfect", "perfect_too"})
+    assert pair["p_value"] is None and pair["ci"] is None and "perfectly" in pair["note"]
+    assert "no subgroups by centre, size" in result.metrics["subgroups_note"]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "separate the classes perfectly" in html and "no subgroups by" in html.lower()
+    assert "logit-transformed" in html and "statsmodels" in html

@@ -152,3 +152,113 @@ def test_net_benefit_by_hand():
     nb = stats.net_benefit(labels, p, [0.5])
     assert nb[0] == pytest.approx(1 / 5 - 1 / 5 * 0.5 / 0.5)
     assert stats.net_benefit_treat_all(labels, [0.25])[0] == pytest.approx(0.4 - 0.6 * 0.25 / 0.75)
+
+
+# ----------------------------------------------------------------------- degenerate statistics
+SEPARATED = (np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.array([0.05, 0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.95]))
+
+
+def _logistic_newton(x: np.ndarray, y: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """An independent maximum-likelihood fit (Newton-Raphson) to check statsmodels' against."""
+    beta = np.zeros(x.shape[1])
+    for _ in range(200):
+        mu = 1 / (1 + np.exp(-(x @ beta + offset)))
+        step = np.linalg.solve(x.T @ ((mu * (1 - mu))[:, None] * x), x.T @ (y - mu))
+        beta += step
+        if np.abs(step).max() < 1e-12:
+            break
+    return beta
+
+
+def test_calibration_intercept_and_slope_agree_with_an_independent_fit():
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.02, 0.98, 300)
+    labels = (rng.random(300) < p ** 1.3).astype(int)
+    result = stats.calibration(labels, p)
+    lp = np.log(p / (1 - p))
+    ones = np.ones((300, 1))
+    assert result["intercept"] == pytest.approx(_logistic_newton(ones, labels, lp)[0], abs=1e-7)
+    assert result["slope"] == pytest.approx(_logistic_newton(np.column_stack([ones, lp]), labels, 0 * lp)[1], abs=1e-7)
+    assert result["observed_expected"]["value"] == pytest.approx(labels.sum() / p.sum())
+    low, high = result["observed_expected"]["ci"]
+    assert low < result["observed_expected"]["value"] < high
+    assert result["clipped_predictions"] == 0 and "note" not in result
+    smoothed = result["smoothed"]
+    assert len(smoothed["predicted"]) == len(smoothed["observed"]) and 0 <= min(smoothed["observed"])
+
+
+def test_calibration_slope_is_missing_with_a_reason_when_it_does_not_exist():
+    labels, p = SEPARATED
+    separated = stats.calibration(labels, p)
+    assert separated["slope"] is None and "separate the classes perfectly" in separated["note"]
+    assert separated["intercept"] is not None and math.isfinite(separated["intercept"])
+    constant = stats.calibration(labels, np.full(8, 0.3))
+    assert constant["slope"] is None and "same predicted probability" in constant["note"]
+    assert constant["smoothed"] is None
+    clipped = stats.calibration(np.array([0, 1, 0, 1]), np.array([0.0, 1.0, 0.4, 0.6]))
+    assert clipped["clipped_predictions"] == 2
+
+
+def test_perfect_and_constant_scores_have_no_auc_interval_but_a_note():
+    labels, p = SEPARATED
+    perfect = stats.delong(labels, p)
+    assert perfect.se(0) == 0 and perfect.logit_ci(0) is None and "perfectly" in perfect.degenerate_note(0)
+    constant = stats.delong(labels, np.full(8, 0.5))
+    assert constant.aucs[0] == 0.5 and constant.degenerate_note(0)
+    rng = np.random.default_rng(1)
+    scores = labels + rng.normal(0, 0.8, 8)
+    ordinary = stats.delong(labels, scores)
+    low, high = ordinary.logit_ci(0)
+    assert 0 < low < ordinary.aucs[0] < high < 1 and ordinary.degenerate_note(0) is None
+
+
+def test_logit_interval_stays_inside_and_is_asymmetric_near_one():
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1], 15)
+    scores = labels * 2.5 + rng.normal(0, 1, 30)
+    d = stats.delong(labels, scores)
+    assert 0.9 < d.aucs[0] < 1
+    wald, logit = d.ci(0), d.logit_ci(0)
+    assert logit[1] < 1 and (1 - logit[1]) < (d.aucs[0] - logit[0])  # shorter towards 1
+    assert wald[1] == pytest.approx(min(1.0, d.aucs[0] + stats.Z95 * d.se(0)))
+
+
+def test_paired_test_of_two_perfect_models_is_not_computed():
+    labels, p = SEPARATED
+    test = stats.delong_paired_test(labels, p, p ** 2)
+    assert test.auc_a == test.auc_b == 1.0
+    assert test.ci is None and test.z is None and test.p_value is None and "perfectly" in test.note
+
+
+def test_bootstrap_calibration_is_seeded_and_brackets_the_estimates():
+    rng = np.random.default_rng(11)
+    p = rng.uniform(0.05, 0.95, 200)
+    labels = (rng.random(200) < p).astype(int)
+    thresholds = [0.1, 0.2, 0.3]
+    first = stats.bootstrap_calibration(labels, p, thresholds, resamples=300, seed=4)
+    assert first == stats.bootstrap_calibration(labels, p, thresholds, resamples=300, seed=4)
+    point = stats.calibration(labels, p)
+    for key in ("brier", "intercept", "slope"):
+        low, high = first[f"{key}_ci"]
+        assert low < point[key] < high
+    benefit = stats.net_benefit(labels, p, thresholds)
+    assert (np.array(first["net_benefit_ci"]["low"]) <= benefit + 1e-12).all()
+    assert (np.array(first["net_benefit_ci"]["high"]) >= benefit - 1e-12).all()
+
+
+def test_bootstrap_leaves_out_resamples_without_a_slope():
+    labels, p = SEPARATED
+    result = stats.bootstrap_calibration(labels, p, [0.2], resamples=200, seed=0)
+    assert result["slope_ci"] is None and result["resamples_without_slope"] == 200
+    assert result["brier_ci"] is not None
+
+
+def test_wilson_interval_is_statsmodels_and_matches_the_formula():
+    for successes, total in ((0, 7), (3, 10), (10, 10), (41, 97)):
+        p, z = successes / total, stats.Z95
+        centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+        half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+        low, high = stats.wilson_ci(successes, total)
+        assert low == pytest.approx(max(0, centre - half), abs=1e-12)
+        assert high == pytest.approx(min(1, centre + half), abs=1e-12)
+    assert stats.wilson_ci(0, 7)[0] == 0.0 and stats.wilson_ci(10, 10)[1] == 1.0

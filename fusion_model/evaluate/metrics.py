@@ -44,6 +44,17 @@ class EvaluationSettings:
     small_subgroup_per_class: int = 10
     decision_thresholds: tuple[float, ...] = tuple(np.round(np.arange(0.01, 0.61, 0.01), 2))
     reliability_bins: int = 10
+    auc_interval: str = "logit"  # the AUC interval the report shows: "logit" (logit-transformed DeLong) or "wald"
+
+    def __post_init__(self) -> None:
+        if self.auc_interval not in AUC_INTERVALS:
+            raise UserInputError(f"AUC interval {self.auc_interval!r}: choose from {list(AUC_INTERVALS)}")
+
+
+AUC_INTERVALS = {
+    "logit": "DeLong, logit-transformed (stays inside 0-1)",
+    "wald": "DeLong, AUC +/- 1.96 SE clipped to 0-1",
+}
 
 
 TRAINING_THRESHOLD_NAMES = {
@@ -69,12 +80,21 @@ def check_scores(score_sets: list[ScoreSet], cases: pd.DataFrame) -> None:
             raise UserInputError(f"model {s.name!r} has infinite scores; give finite numbers")
 
 
-def _auc_block(labels: np.ndarray, scores: np.ndarray, settings: EvaluationSettings | None) -> dict:
+def auc_summary(labels: np.ndarray, scores: np.ndarray, settings: EvaluationSettings | None,
+               interval: str = "logit") -> dict:
+    """AUC with its DeLong SE and intervals; ``ci`` is the one reports show. Where the SE is 0 (perfect
+    separation, constant scores) every interval is null, with a note."""
     d = stats.delong(labels, scores)
-    out = {"value": float(d.aucs[0]), "delong_se": d.se(0), "delong_ci": list(d.ci(0))}
+    logit_ci = d.logit_ci(0)
+    out = {"value": float(d.aucs[0]), "delong_se": d.se(0), "delong_ci": list(d.ci(0)),
+           "delong_logit_ci": list(logit_ci) if logit_ci else None}
+    note = d.degenerate_note(0)
+    if note:
+        out.update(delong_ci=None, delong_logit_ci=None, note=note)
     if settings is not None:
         low, high, _ = stats.bootstrap_auc(labels, scores, settings.bootstrap_resamples, settings.seed)
-        out["bootstrap_ci"] = [low, high]
+        out["bootstrap_ci"] = None if note else [low, high]
+    out["ci"] = out["delong_logit_ci"] if interval == "logit" else out["delong_ci"]
     return out
 
 
@@ -126,15 +146,19 @@ def _model_metrics(cases: pd.DataFrame, s: ScoreSet, settings: EvaluationSetting
         out["auc"] = None
         out["note"] = str(err)
         return out
-    out["auc"] = _auc_block(labels, scores, settings)
+    out["auc"] = auc_summary(labels, scores, settings, settings.auc_interval)
     out["roc"] = _roc_curve(labels, scores)
     out["operating_points"] = _operating_points(labels, scores, s)
     if s.is_probability and s.kind != "rule":
+        t = np.asarray(settings.decision_thresholds)
         out["calibration"] = stats.calibration(labels, scores)
         out["calibration"]["bins"] = stats.reliability_bins(labels, scores, settings.reliability_bins)
         out["calibration"]["histogram"] = np.histogram(scores, bins=20, range=(0, 1))[0].tolist()
-        t = np.asarray(settings.decision_thresholds)
-        out["decision_curve"] = {"thresholds": t.tolist(), "net_benefit": stats.net_benefit(labels, scores, t).tolist()}
+        uncertainty = stats.bootstrap_calibration(labels, scores, t, settings.bootstrap_resamples, settings.seed)
+        out["calibration"].update({k: uncertainty[k] for k in ("brier_ci", "intercept_ci", "slope_ci",
+                                                               "resamples_without_slope")})
+        out["decision_curve"] = {"thresholds": t.tolist(), "net_benefit": stats.net_benefit(labels, scores, t).tolist(),
+                                 "net_benefit_ci": uncertainty["net_benefit_ci"]}
     else:
         out["calibration"] = None
         out["calibration_note"] = ("a rule's 0/1 call is not a probability" if s.kind == "rule"
@@ -160,7 +184,9 @@ def _comparisons(cases: pd.DataFrame, score_sets: list[ScoreSet]) -> list[dict]:
             stats.require_both_classes(labels, f"the lesions scored by both {a.name} and {b.name}")
             test = stats.delong_paired_test(labels, va.to_numpy(float)[both], vb.to_numpy(float)[both])
             row.update({"auc_a": test.auc_a, "auc_b": test.auc_b, "difference": test.difference,
-                        "ci": list(test.ci), "z": test.z, "p_value": test.p_value})
+                        "ci": list(test.ci) if test.ci else None, "z": test.z, "p_value": test.p_value})
+            if test.note:
+                row["note"] = test.note
         except stats.SingleClassError as err:
             row["note"] = str(err)
         out.append(row)
@@ -183,6 +209,21 @@ def _subgroup_definitions(cases: pd.DataFrame) -> list[tuple[str, str, np.ndarra
         for kind in sorted(cases["lesion_type"].dropna().unique()):
             groups.append(("lesion type", str(kind), (cases["lesion_type"] == kind).to_numpy()))
     return groups
+
+
+SUBGROUP_COLUMNS = {"centre": "centre", "size_mm": "size (40 mm)", "unenhanced_hu": "unenhanced HU (10 HU)",
+                    "lesion_type": "lesion type"}
+
+
+def subgroups_note(cases: pd.DataFrame) -> str | None:
+    """Why some subgroups are missing (their columns are absent or empty), or None."""
+    absent = [(column, what) for column, what in SUBGROUP_COLUMNS.items()
+              if column not in cases or cases[column].isna().all()]
+    if not absent:
+        return None
+    return (f"no subgroups by {', '.join(what for _, what in absent)}: the evaluated lesions have no "
+            f"{', '.join(column for column, _ in absent)} values; with prediction files, give the cohort directory "
+            "(--cohort) or add those columns to the file")
 
 
 def _subgroup_threshold(s: ScoreSet) -> float | None:
@@ -213,7 +254,7 @@ def _subgroups(cases: pd.DataFrame, score_sets: list[ScoreSet], settings: Evalua
             entry: dict = {"n": int(have.sum())}
             try:
                 stats.require_both_classes(sl, f"subgroup {by} {group}")
-                entry["auc"] = _auc_block(sl, sv, None)
+                entry["auc"] = auc_summary(sl, sv, None, settings.auc_interval)
             except stats.SingleClassError as err:
                 entry["auc"] = None
                 entry["note"] = str(err)
@@ -256,7 +297,11 @@ def compute_metrics(cases: pd.DataFrame, score_sets: list[ScoreSet], settings: E
     return {
         "cohort": cases_summary(cases),
         "settings": {"bootstrap_resamples": settings.bootstrap_resamples, "bootstrap_seed": settings.seed,
-                     "ci_level": 0.95, "auc_ci_methods": ["delong", "stratified_bootstrap_percentile"],
+                     "ci_level": 0.95, "auc_ci_methods": ["delong", "delong_logit", "stratified_bootstrap_percentile"],
+                     "auc_ci_shown": settings.auc_interval, "auc_ci_shown_description": AUC_INTERVALS[settings.auc_interval],
+                     "calibration_fit": "binomial GLM (statsmodels, IRLS)",
+                     "calibration_logit_clip": [stats.LOGIT_CLIP, 1 - stats.LOGIT_CLIP],
+                     "calibration_smoothing": "LOWESS, frac 2/3, no robustness iterations",
                      "proportion_ci": "wilson", "likelihood_ratio_ci": "log method (Simel 1991)",
                      "small_subgroup_lesions": settings.small_subgroup_lesions,
                      "small_subgroup_per_class": settings.small_subgroup_per_class},
@@ -266,4 +311,5 @@ def compute_metrics(cases: pd.DataFrame, score_sets: list[ScoreSet], settings: E
                                      "treat_none": [0.0] * len(t)},
         "comparisons": _comparisons(cases, score_sets),
         "subgroups": _subgroups(cases, score_sets, settings),
+        "subgroups_note": subgroups_note(cases),
     }

@@ -8,6 +8,15 @@ import numpy as np
 from fusion_model.report.figures import png_bytes
 
 
+def _fmt(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _auc_label(auc: dict) -> str:
+    ci = auc.get("ci")
+    return f"AUC {auc['value']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else " (no CI)")
+
+
 def _colours(names: list[str]) -> dict[str, str]:
     cmap = plt.get_cmap("tab10")
     return {name: cmap(i % 10) for i, name in enumerate(names)}
@@ -21,7 +30,7 @@ def roc_plot(metrics: dict) -> bytes:
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
     for name, m in models.items():
         auc = m["auc"]
-        label = f"{name}: AUC {auc['value']:.3f} ({auc['delong_ci'][0]:.3f}-{auc['delong_ci'][1]:.3f})"
+        label = f"{name}: {_auc_label(auc)}"
         if m["kind"] == "rule":
             point = m["operating_points"][0]
             fpr, tpr = 1 - point["specificity"]["value"], point["sensitivity"]["value"]
@@ -55,10 +64,14 @@ def calibration_plot(metrics: dict) -> bytes | None:
         c = m["calibration"]
         x = [b["mean_predicted"] for b in c["bins"]]
         y = [b["observed"] for b in c["bins"]]
-        ax.plot(x, y, marker="o", color=colours[name],
-                label=f"{name}: slope {c['slope']:.2f}, intercept {c['intercept']:.2f}, Brier {c['brier']:.3f}")
+        ax.plot(x, y, marker="o", ls="none", color=colours[name],
+                label=f"{name}: slope {_fmt(c['slope'], 2)}, intercept {_fmt(c['intercept'], 2)}, "
+                      f"Brier {c['brier']:.3f}")
+        if c.get("smoothed"):
+            ax.plot(c["smoothed"]["predicted"], c["smoothed"]["observed"], lw=1.8, color=colours[name])
         hist.stairs(c["histogram"], edges, color=colours[name], lw=1.5)
-    ax.set(ylabel="observed share malignant", ylim=(-0.02, 1.02), title="Reliability diagram (10 bins)")
+    ax.set(ylabel="observed share malignant", ylim=(-0.02, 1.02),
+           title="Reliability diagram (points: 10 bins; lines: LOWESS)")
     ax.legend(fontsize=7.5, loc="upper left")
     ax.grid(alpha=0.3)
     hist.set(xlabel="predicted probability of malignancy", ylabel="lesions", xlim=(0, 1))
@@ -78,9 +91,14 @@ def decision_curve_plot(metrics: dict) -> bytes | None:
     ax.plot(t, ref["treat_all"], color="grey", lw=1.5, label="treat all (resect every lesion)")
     ax.plot(t, ref["treat_none"], color="black", lw=1.5, label="treat none")
     top = max(ref["treat_all"][0], 0.05)
+    primary = metrics.get("primary_model")
     for name, m in models.items():
-        ax.plot(m["decision_curve"]["thresholds"], m["decision_curve"]["net_benefit"], lw=2, color=colours[name],
-                label=name)
+        curve = m["decision_curve"]
+        ax.plot(curve["thresholds"], curve["net_benefit"], lw=2, color=colours[name], label=name)
+        band = curve.get("net_benefit_ci")
+        if band and (name == primary or len(models) == 1):
+            ax.fill_between(curve["thresholds"], band["low"], band["high"], color=colours[name], alpha=0.15,
+                            lw=0, label=f"{name}: 95% bootstrap interval")
     ax.set(xlabel="threshold probability", ylabel="net benefit", ylim=(-0.05 * top * 2, top * 1.15),
            title="Decision curve")
     ax.legend(fontsize=7.5)
@@ -100,7 +118,8 @@ def subgroup_plot(metrics: dict, model: str) -> bytes | None:
         labels.append(f"{row['by']}: {row['group']} (n={row['n']})" + (" *" if row["small"] else ""))
         if entry.get("auc"):
             auc = entry["auc"]
-            ax.plot(auc["delong_ci"], [i, i], color="black", lw=1.2)
+            if auc.get("ci"):
+                ax.plot(auc["ci"], [i, i], color="black", lw=1.2)
             ax.plot(auc["value"], i, marker="s", color="tab:blue" if not row["small"] else "tab:orange")
         else:
             ax.text(0.52, i, "AUC undefined (one class)", va="center", fontsize=7, color="grey")
@@ -110,7 +129,8 @@ def subgroup_plot(metrics: dict, model: str) -> bytes | None:
     ax.axvline(0.5, color="grey", ls=":", lw=1)
     ax.set_yticks(range(len(rows)), labels, fontsize=7.5)
     ax.invert_yaxis()
-    ax.set(xlim=(0.3, 1.0), xlabel=f"AUC of {model} (95% CI, DeLong); * small subgroup",
+    ax.set(xlim=(0.3, 1.0), xlabel=f"AUC of {model} (95% CI, {metrics['settings']['auc_ci_shown_description']}); "
+                                   "* small subgroup",
            title="Subgroups")
     ax.grid(axis="x", alpha=0.3)
     return png_bytes(fig)

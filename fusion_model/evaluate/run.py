@@ -22,6 +22,7 @@ from fusion_model.evaluate.metrics import (
     METRICS_FORMAT_VERSION,
     EvaluationSettings,
     ScoreSet,
+    auc_summary,
     compute_metrics,
 )
 from fusion_model.fileio import json_safe, sha256_file
@@ -178,16 +179,22 @@ def methods_paragraph(metrics: dict) -> str:
     s = metrics["settings"]
     return (
         "Discrimination is the area under the ROC curve (AUC), computed as the Mann-Whitney statistic (ties count "
-        "one half), with 95% confidence intervals by DeLong's method (midrank algorithm of Sun and Xu, 2014) and by "
+        "one half), with 95% confidence intervals by DeLong's method (midrank algorithm of Sun and Xu, 2014; the "
+        f"tables show the {s['auc_ci_shown_description']} interval, metrics.json holds both) and by "
         f"a stratified percentile bootstrap ({s['bootstrap_resamples']} resamples of malignant and benign lesions "
         f"separately, seed {s['bootstrap_seed']}). Pairs of models are compared on the lesions both score with "
         "DeLong's paired test (two-sided, unadjusted). Sensitivity, specificity, accuracy, positive and negative "
         "predictive values carry Wilson score intervals; likelihood ratios carry log-method intervals (Simel 1991), "
         "with a 0.5 continuity correction where a cell of the confusion matrix is zero. Calibration is summarised "
         "by the Brier score, the calibration intercept (logistic regression of the outcome with the predicted "
-        "log-odds as offset) and the calibration slope (logistic regression on the predicted log-odds), and shown "
-        "as a reliability diagram. Clinical utility is the net benefit of a decision curve (Vickers and Elkin "
-        "2006) against resecting all or no lesions. Subgroups by centre, size (40 mm), unenhanced attenuation "
+        "log-odds as offset) and the calibration slope (logistic regression on the predicted log-odds), both fitted "
+        "as binomial GLMs (statsmodels) on log-odds of probabilities clipped to "
+        f"[{s['calibration_logit_clip'][0]:g}, 1 - {s['calibration_logit_clip'][0]:g}]; a slope that does not exist "
+        "(perfect separation, equal predictions) or a fit that does not converge is reported as missing with the "
+        "reason. The observed/expected ratio carries a log-scale Poisson interval; the Brier score, intercept, slope "
+        "and net benefit carry percentile intervals from the same stratified bootstrap. Calibration is shown as a "
+        "reliability diagram with a LOWESS smoothed curve (frac 2/3). Clinical utility is the net benefit of a "
+        "decision curve (Vickers and Elkin 2006) against resecting all or no lesions. Subgroups by centre, size (40 mm), unenhanced attenuation "
         f"(10 HU) and lesion type are reported with DeLong intervals; those with fewer than "
         f"{s['small_subgroup_lesions']} lesions or fewer than {s['small_subgroup_per_class']} of a class are flagged "
         "as small. Guideline rules are scored as 0/1 tests.")
@@ -237,17 +244,17 @@ def write_evaluation(out: Path, metrics: dict, predictions: pd.DataFrame, source
     return EvaluationResult(Path(out), document, sorted(files))
 
 
-def _oracle(cases: pd.DataFrame, cohort_root: Path | None) -> dict | None:
+def _oracle(cases: pd.DataFrame, cohort_root: Path | None, interval: str) -> dict | None:
     if cohort_root is None or not (Path(cohort_root) / "truth.csv").is_file():
         return None
     truth = pd.read_csv(Path(cohort_root) / "truth.csv", dtype={"lesion_id": str}).set_index("lesion_id")
     ids = [i for i in cases.index if i in truth.index]
     labels = cases.loc[ids, "label"].to_numpy(dtype=int)
     try:
-        d = stats.delong(labels, truth.loc[ids, "oracle_risk"].to_numpy(float))
+        return {"n": len(ids), "auc": auc_summary(labels, truth.loc[ids, "oracle_risk"].to_numpy(float), None,
+                                                  interval)}
     except stats.SingleClassError:
         return None
-    return {"n": len(ids), "auc": {"value": float(d.aucs[0]), "delong_ci": list(d.ci(0))}}
 
 
 def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None = None,
@@ -265,7 +272,7 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
     cases = cases_from_predictions(frames, cohort.table if cohort else None)
     score_sets = score_sets_from_predictions(frames)
     metrics = compute_metrics(cases, score_sets, settings, progress=progress)
-    metrics["oracle"] = _oracle(cases, cohort.root if cohort else None)
+    metrics["oracle"] = _oracle(cases, cohort.root if cohort else None, metrics["settings"]["auc_ci_shown"])
     predictions = cases.copy()
     for s in score_sets:
         predictions[s.name] = s.scores.reindex(cases.index)
@@ -304,7 +311,7 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     score_sets += [ScoreSet(r, "rule", predicted[f"rule_{r}"], rule_description(r), False)
                    for r in model.config.baselines if f"rule_{r}" in predicted]
     metrics = compute_metrics(cases, score_sets, settings, progress=progress)
-    metrics["oracle"] = _oracle(cases, cohort.root)
+    metrics["oracle"] = _oracle(cases, cohort.root, metrics["settings"]["auc_ci_shown"])
     fingerprint = cohort_fingerprint(cohort)
     warnings = []
     overlap_note = None

@@ -8,7 +8,13 @@
 - proportions with Wilson score intervals, likelihood ratios with the log method
   (Simel et al. 1991, J Clin Epidemiol 44:763);
 - calibration intercept (calibration-in-the-large: logistic model with logit(p) as offset)
-  and slope (logistic regression on logit(p)), Brier score (Van Calster et al. 2019);
+  and slope (logistic regression on logit(p)), fitted by statsmodels' GLM, which reports
+  non-convergence and separation; probabilities are clipped to [1e-6, 1 - 1e-6] before the
+  logit (the count of clipped predictions is reported); the observed/expected ratio; a LOWESS
+  smoothed calibration curve; Brier score (Van Calster et al. 2019); seeded stratified bootstrap
+  CIs of the calibration figures and of net benefit;
+- the logit-transformed DeLong interval for an AUC, which stays inside (0, 1) and covers better
+  near 1 and in small samples than AUC +/- 1.96 SE (e.g. Pepe 2003, section 5.2);
 - net benefit for decision curves (Vickers & Elkin 2006, Med Decis Making 26:565).
 
 Inputs are 1-D arrays; labels are 0/1 with 1 = malignant. Nothing here reads files.
@@ -99,6 +105,29 @@ class DeLong:
         auc, se = float(self.aucs[i]), self.se(i)
         return max(0.0, auc - z * se), min(1.0, auc + z * se)
 
+    def logit_ci(self, i: int = 0, z: float = Z95) -> tuple[float, float] | None:
+        """The interval on the logit scale, back-transformed (SE by the delta method); None where the AUC is
+        0 or 1 or its SE is 0 (no interval exists)."""
+        auc, se = float(self.aucs[i]), self.se(i)
+        if not 0 < auc < 1 or se <= 0:
+            return None
+        centre, half = math.log(auc / (1 - auc)), z * se / (auc * (1 - auc))
+        return _expit(centre - half), _expit(centre + half)
+
+    def degenerate_note(self, i: int = 0) -> str | None:
+        """Why score ``i`` has no interval (its DeLong SE is 0), or None."""
+        if self.se(i) > 0:
+            return None
+        auc = float(self.aucs[i])
+        if auc in (0.0, 1.0):
+            return ("the scores separate the classes perfectly on these lesions, so DeLong's SE is 0 and no "
+                    "interval can be given; a larger sample would show the uncertainty")
+        return ("DeLong's SE is 0 (e.g. every lesion has the same score), so no interval can be given")
+
+
+def _expit(x: float) -> float:
+    return float(1 / (1 + math.exp(-x)))
+
 
 def delong(labels, *score_arrays) -> DeLong:
     """AUC of each score array and DeLong's covariance, via midranks: O(k N log N)."""
@@ -131,18 +160,24 @@ class PairedTest:
     auc_a: float
     auc_b: float
     difference: float
-    ci: tuple[float, float]
-    z: float
-    p_value: float
+    ci: tuple[float, float] | None
+    z: float | None
+    p_value: float | None
+    note: str | None = None
 
 
 def delong_paired_test(labels, scores_a, scores_b) -> PairedTest:
-    """DeLong's test of AUC(a) = AUC(b) on the same lesions (two-sided)."""
+    """DeLong's test of AUC(a) = AUC(b) on the same lesions (two-sided); no test (None and a note) where
+    the variance of the difference is 0."""
     d = delong(labels, scores_a, scores_b)
     diff = float(d.aucs[0] - d.aucs[1])
     var = float(d.covariance[0, 0] + d.covariance[1, 1] - 2 * d.covariance[0, 1])
-    if var <= 1e-15:  # identical rankings: no evidence of a difference
-        return PairedTest(float(d.aucs[0]), float(d.aucs[1]), diff, (diff, diff), 0.0, 1.0)
+    if var <= 1e-15:
+        both_perfect = all(a in (0.0, 1.0) for a in d.aucs)
+        note = ("both scores separate the classes perfectly on these lesions" if both_perfect
+                else "the two scores rank these lesions identically")
+        return PairedTest(float(d.aucs[0]), float(d.aucs[1]), diff, None, None, None,
+                          note + ": the variance of the AUC difference is 0, so DeLong's test cannot be computed")
     se = math.sqrt(var)
     z = diff / se
     p = float(2 * sps.norm.sf(abs(z)))
@@ -173,13 +208,12 @@ def bootstrap_auc(labels, scores, resamples: int = 2000, seed: int = 0, level: f
 # ------------------------------------------------------------------------ operating points
 def wilson_ci(successes: int, total: int, z: float = Z95) -> tuple[float, float] | None:
     """Wilson score interval; None when there is nothing to count."""
+    from statsmodels.stats.proportion import proportion_confint
+
     if total <= 0:
         return None
-    p = successes / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low, high = proportion_confint(successes, total, alpha=float(2 * sps.norm.sf(z)), method="wilson")
+    return (0.0 if successes == 0 else max(0.0, float(low))), (1.0 if successes == total else min(1.0, float(high)))
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -244,36 +278,138 @@ def threshold_for_specificity(labels, scores, target: float) -> float:
 
 
 # ------------------------------------------------------------------------------ calibration
-def _logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+LOGIT_CLIP = 1e-6  # probabilities are clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before the logit
+
+
+def _logit(p: np.ndarray, eps: float = LOGIT_CLIP) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
     return np.log(p / (1 - p))
 
 
-def _logistic_fit(X: np.ndarray, y: np.ndarray, offset: np.ndarray, iterations: int = 100) -> np.ndarray:
-    """Unpenalised logistic regression by Newton's method (X includes the intercept column)."""
-    beta = np.zeros(X.shape[1])
-    for _ in range(iterations):
-        eta = np.clip(X @ beta + offset, -30, 30)
-        mu = 1 / (1 + np.exp(-eta))
-        w = np.maximum(mu * (1 - mu), 1e-10)
-        step = np.linalg.lstsq(X.T @ (w[:, None] * X), X.T @ (y - mu), rcond=None)[0]
-        beta = beta + step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return beta
+def _glm_logistic(y: np.ndarray, X: np.ndarray, offset: np.ndarray | None = None):
+    """statsmodels' binomial GLM; (fitted result, None) or (None, why it has no estimate)."""
+    import warnings
+
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerfectSeparationWarning)
+        warnings.simplefilter("error", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            result = sm.GLM(y, X, family=sm.families.Binomial(), offset=offset).fit(maxiter=100)
+        except (PerfectSeparationError, PerfectSeparationWarning):
+            return None, "perfect separation: the estimate grows without bound"
+        except ConvergenceWarning:
+            return None, "the fit did not converge"
+    if not result.converged or not np.all(np.isfinite(result.params)):
+        return None, "the fit did not converge"
+    return result, None
+
+
+def separation(labels: np.ndarray, scores: np.ndarray) -> bool:
+    """Whether a threshold on the scores splits the classes with no overlap (ties at it allowed)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return bool(pos.size and neg.size and (neg.max() <= pos.min() or pos.max() <= neg.min()))
+
+
+def calibration_intercept_slope(labels, probabilities) -> dict:
+    """Calibration intercept (slope fixed at 1) and slope; None with a note where one does not exist."""
+    labels, p = np.asarray(labels).astype(int), np.asarray(probabilities, dtype=float)
+    lp = _logit(p)
+    ones = np.ones((len(p), 1))
+    out: dict = {"intercept": None, "slope": None}
+    notes = []
+    fit, why = _glm_logistic(labels, ones, offset=lp)
+    if fit is None:
+        notes.append(f"calibration intercept: {why}")
+    else:
+        out["intercept"] = float(fit.params[0])
+    if np.ptp(lp) == 0:
+        notes.append("calibration slope: every lesion has the same predicted probability, so the slope is "
+                     "undefined")
+    elif separation(labels, lp):
+        notes.append("calibration slope: the predictions separate the classes perfectly, so the slope does not "
+                     "exist (its estimate grows without bound)")
+    else:
+        fit, why = _glm_logistic(labels, np.column_stack([ones, lp]))
+        if fit is None:
+            notes.append(f"calibration slope: {why}")
+        else:
+            out["slope"] = float(fit.params[1])
+    if notes:
+        out["note"] = "; ".join(notes)
+    return out
+
+
+def observed_expected(labels, probabilities, z: float = Z95) -> dict:
+    """Observed / expected number of malignant lesions, with a log-scale CI (Poisson on the observed count)."""
+    observed, expected = float(np.sum(labels)), float(np.sum(probabilities))
+    if observed == 0 or expected == 0:
+        return {"value": None if expected == 0 else 0.0, "ci": None}
+    ratio, half = observed / expected, z / math.sqrt(observed)
+    return {"value": ratio, "ci": [ratio * math.exp(-half), ratio * math.exp(half)]}
+
+
+def smoothed_calibration(labels, probabilities, points: int = 50, frac: float = 2 / 3) -> dict | None:
+    """LOWESS of the outcome on the predicted probability over the predictions' range (None when they are
+    all equal)."""
+    from statsmodels.nonparametric.smoothers_lowess import lowess
+
+    labels, p = np.asarray(labels, dtype=float), np.asarray(probabilities, dtype=float)
+    if np.ptp(p) == 0:
+        return None
+    grid = np.linspace(p.min(), p.max(), points)
+    observed = np.clip(lowess(labels, p, frac=frac, it=0, xvals=grid), 0.0, 1.0)
+    return {"predicted": grid.tolist(), "observed": observed.tolist(), "method": f"LOWESS (frac {frac:.2f})"}
 
 
 def calibration(labels, probabilities) -> dict:
-    """Brier score, calibration intercept (slope fixed at 1) and slope; ideal: 0 and 1."""
+    """Brier score, calibration intercept and slope (None and a note where undefined), observed/expected
+    ratio, LOWESS curve; ideal: intercept 0, slope 1, O/E 1."""
     labels, p = _check(labels, probabilities)
     if (p < 0).any() or (p > 1).any():
         raise ValueError("calibration needs probabilities in [0, 1]")
-    lp = _logit(p)
-    ones = np.ones((len(p), 1))
-    intercept = float(_logistic_fit(ones, labels, lp)[0])
-    slope_fit = _logistic_fit(np.column_stack([ones, lp]), labels, np.zeros(len(p)))
-    return {"brier": float(np.mean((p - labels) ** 2)), "intercept": intercept, "slope": float(slope_fit[1]),
-            "mean_predicted": float(p.mean()), "observed_rate": float(labels.mean())}
+    out = {"brier": float(np.mean((p - labels) ** 2)), **calibration_intercept_slope(labels, p),
+           "mean_predicted": float(p.mean()), "observed_rate": float(labels.mean()),
+           "observed_expected": observed_expected(labels, p),
+           "clipped_predictions": int(((p < LOGIT_CLIP) | (p > 1 - LOGIT_CLIP)).sum()),
+           "smoothed": smoothed_calibration(labels, p)}
+    return out
+
+
+def bootstrap_calibration(labels, probabilities, thresholds, resamples: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> dict:
+    """Percentile CIs from a seeded stratified bootstrap: Brier score, intercept, slope, and net benefit at
+    each threshold. Resamples where the intercept or slope does not exist (separation) are counted and left
+    out of that figure's interval."""
+    labels, p = _check(labels, probabilities)
+    require_both_classes(labels)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    t = np.asarray(thresholds, dtype=float)
+    briers, intercepts, slopes, benefits = [], [], [], []
+    for _ in range(resamples):
+        idx = np.concatenate([pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]])
+        y, q = labels[idx], p[idx]
+        briers.append(float(np.mean((q - y) ** 2)))
+        fit = calibration_intercept_slope(y, q)
+        intercepts.append(np.nan if fit["intercept"] is None else fit["intercept"])
+        slopes.append(np.nan if fit["slope"] is None else fit["slope"])
+        benefits.append(net_benefit(y, q, t))
+    alpha = (1 - level) / 2
+
+    def interval(values) -> list[float] | None:
+        values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values)]
+        return None if values.size < 0.5 * resamples else np.quantile(values, [alpha, 1 - alpha]).tolist()
+
+    benefits = np.asarray(benefits)
+    return {"brier_ci": interval(briers), "intercept_ci": interval(intercepts), "slope_ci": interval(slopes),
+            "resamples_without_slope": int(np.isnan(slopes).sum()),
+            "net_benefit_ci": {"low": np.quantile(benefits, alpha, axis=0).tolist(),
+                               "high": np.quantile(benefits, 1 - alpha, axis=0).tolist()}}
 
 
 def reliability_bins(labels, probabilities, bins: int = 10) -> list[dict]:
