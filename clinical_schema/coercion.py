@@ -48,7 +48,7 @@ def coerce_text(col: pd.Series) -> tuple[pd.Series, list[int]]:
 
 
 def coerce_number(col: pd.Series) -> tuple[pd.Series, list[int]]:
-    """Numbers (decimal comma accepted); returns the rows that are not numbers."""
+    """Numbers; returns the rows that are not numbers."""
     keys = [_key(v) for v in col]
     values = pd.to_numeric(pd.Series(keys, index=col.index, dtype="object"), errors="coerce")
     bad = [i for i, (k, v) in enumerate(zip(keys, values)) if k is not None and np.isnan(v)]

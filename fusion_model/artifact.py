@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clinical_schema import SCHEMA_VERSION
@@ -121,7 +122,12 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
     manifest = read_manifest(path)
     config = parse_model(ExperimentConfig, manifest["config"], f"{path / MANIFEST} config")
     network = build_network(config.encoder, manifest["crop_channels"])
-    network.load_state_dict(load_file(str(path / manifest["encoder"]["file"])), strict=True)
+    encoder_file = path / manifest["encoder"]["file"]
+    try:
+        network.load_state_dict(load_file(str(encoder_file)), strict=True)
+    except (SafetensorError, RuntimeError, OSError, ValueError, KeyError) as err:  # wrong file: nothing ran
+        raise UserInputError(f"{encoder_file}: not the encoder weights this model's config describes "
+                             f"({type(err).__name__}); the artifact is damaged: retrain or restore it") from None
     encoder = ImageEncoder.from_network(config, network, manifest["encoder"]["oof_auc"],
                                         manifest["encoder"]["final_epochs"], progress=progress)
 

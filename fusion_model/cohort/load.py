@@ -6,6 +6,7 @@ whoever needs them (validation, preprocessing, features), never all at once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +26,43 @@ if TYPE_CHECKING:  # reading images needs SimpleITK: imported when images() is c
     from fusion_model.imaging.extract import CohortImages
 
 
+DELIMITERS = (",", ";", "\t")
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
+
+
+def csv_delimiter(path: Path) -> str:
+    """The delimiter of a CSV file's header line: comma, or the semicolon (or tab) that spreadsheet
+    software writes in much of Europe."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            header = handle.readline()
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{path}: is not UTF-8 text ({err.reason}); save it as CSV UTF-8") from None
+    counts = {d: header.count(d) for d in DELIMITERS}
+    return max(DELIMITERS, key=lambda d: (counts[d], d == ","))
+
+
 def read_clinical_csv(path: Path) -> pd.DataFrame:
-    """Every cell as text (coercion belongs to the schema); empty-like cells as missing."""
+    """Every cell as text (coercion belongs to the schema); empty-like cells as missing.
+
+    Comma-, semicolon- and tab-separated files are read alike; in a semicolon-separated file a decimal
+    comma (``3,5``) is read as a decimal point, as the spreadsheet that wrote it meant.
+    """
     if not Path(path).is_file():
         raise UserInputError(f"{path}: not found; the cohort's clinical table must be a CSV with one row per lesion")
     na_values = sorted(NA_STRINGS | {s.upper() for s in NA_STRINGS} | {s.title() for s in NA_STRINGS})
+    delimiter = csv_delimiter(path)
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=na_values, skipinitialspace=True)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=na_values, skipinitialspace=True,
+                            sep=delimiter, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise UserInputError(f"{path}: cannot be parsed as CSV ({str(err).strip()})") from None
     except pd.errors.EmptyDataError:
         raise UserInputError(f"{path}: is empty; it needs a header row and one row per lesion") from None
+    if delimiter == ";":
+        table = table.apply(lambda col: col.map(
+            lambda v: v.replace(",", ".") if isinstance(v, str) and _DECIMAL_COMMA.match(v) else v))
+    return table
 
 
 def resolve_inside(root: Path, relative: str, what: str) -> Path:
@@ -148,4 +175,6 @@ def load_cohort(root: Path, require_label: bool = False) -> Cohort:
         more = f" (and {len(result.problems) - 1} more problems; run 'fusion-model validate {root}')" \
             if len(result.problems) > 1 else ""
         raise CohortValidationError(first + more, result.problems)
+    if len(result.table) == 0:
+        raise UserInputError(f"{root / TABLE_FILE}: has a header but no lesion rows; add one row per lesion")
     return Cohort(root=root, spec=spec, table=result.table.reset_index(drop=True))

@@ -19,7 +19,9 @@ from fusion_model.cohort.load import Cohort, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.geometry import Geometry, geometry_differences
-from fusion_model.imaging.io import read_image, read_image_header
+from fusion_model.imaging.io import read_image
+from fusion_model.imaging.preprocess import binary_mask
+from fusion_model.imaging.quality import ct_value_problems, non_finite_voxels
 from fusion_model.progress import track
 from fusion_model.records import LesionRecord
 
@@ -92,7 +94,10 @@ def validate_cohort(
     for p in table_check.problems:
         report.error(TABLE_FILE + (f" row {p.row}" if p.row else ""), p.message(TABLE_FILE).split(", ", 1)[-1])
     table = table_check.table
-    if table is None or "lesion_id" not in table or "mask_path" not in table:
+    if not table_check.ok or table is None:
+        return report  # later checks read columns that a failed table cannot be trusted to hold
+    if len(table) == 0:
+        report.error(TABLE_FILE, "has a header but no lesion rows; add one row per lesion")
         return report
 
     _check_table_against_spec(table, spec, report)
@@ -111,10 +116,11 @@ def _check_table_against_spec(table: pd.DataFrame, spec: CohortSpec, report: Val
             report.error(TABLE_FILE, f"column {column!r} names files but cohort.json 'phases' lacks {phase!r}; "
                                      "add the phase or empty the column")
     if spec.centres:
-        unknown = sorted(set(table["centre"].dropna()) - set(spec.centres))
-        if unknown:
-            report.error(TABLE_FILE, f"centres {unknown} are not among cohort.json 'centres' {spec.centres}; "
-                                     "add them there or correct the table")
+        for centre in sorted(set(table["centre"].dropna()) - set(spec.centres)):
+            rows = [i + 2 for i in np.flatnonzero((table["centre"] == centre).to_numpy())]
+            shown = ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+            report.error(f"{TABLE_FILE} rows {shown}", f"centre {centre!r} is not among cohort.json 'centres' "
+                                                        f"{spec.centres}; add it there or correct these rows")
     if not spec.ct_intensities and "unenhanced_hu" in table and table["unenhanced_hu"].notna().any():
         report.warn(TABLE_FILE, "cohort.json says ct_intensities is false, yet unenhanced_hu has values")
 
@@ -158,9 +164,12 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
     geometries = {"mask": (lesion.mask_path, Geometry.of(mask))}
     for phase, path in lesion.phase_paths.items():
         try:
-            geometries[phase] = (path, Geometry.of(read_image_header(path)))
+            image = read_image(path)
         except UserInputError as err:
             report.error(where, f"{phase} phase: {err}")
+            continue
+        geometries[phase] = (path, Geometry.of(image))
+        _check_ct_values(image, phase, path, mask, lesion, cohort.spec.ct_intensities, where, report)
     if reference_phase not in geometries:
         return
     ref_path, ref_geometry = geometries[reference_phase]
@@ -177,6 +186,21 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
         else:
             report.error(where, text + f"; re-export them on one grid, or pass --resample to resample "
                                        f"onto the {reference_phase} grid")
+
+
+def _check_ct_values(image: sitk.Image, phase: str, path: Path, mask: sitk.Image, lesion: LesionRecord,
+                     ct_intensities: bool, where: str, report: ValidationReport) -> None:
+    """Finite voxels; with HU intensities, a plausible range for the phase (the lesion's mean where the mask
+    shares the image's grid)."""
+    if ct_intensities:
+        same_grid = not geometry_differences(Geometry.of(image), Geometry.of(mask))
+        lesion_mask = binary_mask(mask, lesion.mask_label) if same_grid else None
+        problems = ct_value_problems(image, phase, lesion_mask)
+    else:
+        bad = non_finite_voxels(image)
+        problems = [f"{bad} voxel(s) are NaN or infinite; the volume is damaged, export it again"] if bad else []
+    for problem in problems:
+        report.error(where, f"{phase} phase ({path.name}): {problem}")
 
 
 def _check_mask_values(mask: sitk.Image, lesion: LesionRecord, where: str, report: ValidationReport) -> None:

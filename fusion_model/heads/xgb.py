@@ -9,15 +9,17 @@ import numpy as np
 import xgboost as xgb
 
 from fusion_model.config import XGBoostConfig
+from fusion_model.errors import UserInputError
 
 
 class XGBHead:
     """An XGBoost head with scikit-learn's fit / decision_function contract, stored as XGBoost JSON."""
 
-    def __init__(self, config: XGBoostConfig, feature_names: Sequence[str], seed: int = 0):
+    def __init__(self, config: XGBoostConfig, feature_names: Sequence[str], seed: int = 0, threads: int = 2):
         self.config = config
         self.feature_names = list(feature_names)
         self.seed = seed
+        self.threads = threads
 
     def _params(self, y: np.ndarray) -> dict:
         c = self.config
@@ -27,7 +29,7 @@ class XGBHead:
             "objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
             "max_depth": c.max_depth, "eta": c.learning_rate, "subsample": c.subsample,
             "colsample_bytree": c.colsample_bytree, "min_child_weight": c.min_child_weight,
-            "lambda": c.reg_lambda, "alpha": c.reg_alpha, "seed": self.seed, "nthread": 2,
+            "lambda": c.reg_lambda, "alpha": c.reg_alpha, "seed": self.seed, "nthread": self.threads,
             "scale_pos_weight": (len(y) - positives) / positives,
             "monotone_constraints": "(" + ",".join(map(str, monotone)) + ")",
         }
@@ -56,7 +58,12 @@ class XGBHead:
         """Read a saved head; its feature names must be the manifest's."""
         head = cls(config, feature_names)
         head.booster_ = xgb.Booster()
-        head.booster_.load_model(str(path))
+        try:
+            head.booster_.load_model(str(path))
+        except xgb.core.XGBoostError:
+            raise UserInputError(f"{path}: is not an XGBoost model file; the artifact is damaged: retrain the model "
+                                 "or restore the file") from None
         if list(head.booster_.feature_names or []) != list(feature_names):
-            raise ValueError(f"{path}: model features {head.booster_.feature_names} differ from the manifest's")
+            raise UserInputError(f"{path}: model features {head.booster_.feature_names} differ from the manifest's; "
+                                 "the artifact is inconsistent: retrain the model")
         return head

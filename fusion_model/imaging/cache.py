@@ -17,7 +17,7 @@ import numpy as np
 
 from fusion_model.fileio import atomic_save_npy, atomic_write_json, sha256_path
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: volumes are checked for truncation, NaN and HU range before caching
 
 
 def default_cache_dir() -> Path:

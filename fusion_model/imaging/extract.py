@@ -52,14 +52,15 @@ def _files(lesion: LesionRecord) -> list:
     return [*lesion.phase_paths.values(), lesion.mask_path]
 
 
-def _lazy_volumes(lesion: LesionRecord, phases, config: PreprocessConfig) -> Callable[[], LesionVolumes]:
+def _lazy_volumes(lesion: LesionRecord, phases, config: PreprocessConfig,
+                  ct_intensities: bool) -> Callable[[], LesionVolumes]:
     """Read the lesion's volumes on first use only (a cache hit needs no image)."""
 
     @functools.cache
     def load() -> LesionVolumes:
         return load_lesion_volumes(lesion.phase_paths, lesion.mask_path, lesion.mask_label, phases,
                                    config.resample_mismatched,
-                                   where=lesion.where)
+                                   where=lesion.where, ct_intensities=ct_intensities)
 
     return load
 
@@ -82,7 +83,7 @@ def extract_lesion_images(
                         "resample": config.resample_mismatched}
     ids, arrays, rows, errors = [], [], [], []
     for lesion in track(lesions, "reading lesions", total=len(lesions), enabled=progress):
-        load = _lazy_volumes(lesion, phases, config)
+        load = _lazy_volumes(lesion, phases, config, ct_intensities)
         try:
             files = _files(lesion)
             if crops:

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_write
+from fusion_model.imaging.quality import check_file_complete
 
 
 def _dicom_series_files(folder: Path) -> list[str]:
@@ -40,15 +41,12 @@ def read_image(path: Path, pixel_type: int | None = None) -> sitk.Image:
             reader.SetFileNames(_dicom_series_files(path))
             image = reader.Execute()
         else:
+            check_file_complete(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
         raise UserInputError(f"{path}: cannot be read as an image ({first})") from None
-    if image.GetDimension() != 3:
-        raise UserInputError(f"{path}: is {image.GetDimension()}D; a 3D volume is needed")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise UserInputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                             "a scalar volume is needed")
+    _check_scalar_3d(path, image)
     if pixel_type is not None:
         image = sitk.Cast(image, pixel_type)
     return image
@@ -67,7 +65,17 @@ def read_image_header(path: Path) -> sitk.ImageFileReader | sitk.Image:
         reader.ReadImageInformation()
     except RuntimeError:
         raise UserInputError(f"{path}: cannot be read as an image (unknown or damaged format)") from None
+    _check_scalar_3d(path, reader)
     return reader
+
+
+def _check_scalar_3d(path: Path, image: sitk.Image | sitk.ImageFileReader) -> None:
+    if image.GetDimension() != 3:
+        raise UserInputError(f"{path}: is {image.GetDimension()}D; a 3D volume is needed")
+    components = (image.GetNumberOfComponentsPerPixel() if isinstance(image, sitk.Image)
+                  else image.GetNumberOfComponents())
+    if components != 1:
+        raise UserInputError(f"{path}: has {components} components per voxel; a scalar volume is needed")
 
 
 def write_image(image: sitk.Image, path: Path, compress: bool = True) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,6 +20,7 @@ from fusion_model.config import PreprocessConfig
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.geometry import Geometry, geometry_differences, resample_onto
 from fusion_model.imaging.io import read_image
+from fusion_model.imaging.quality import ct_value_problems, non_finite_voxels
 
 AIR_HU = -1000.0
 
@@ -80,9 +82,13 @@ class LesionVolumes:
 
 def load_lesion_volumes(
     phase_paths: dict[str, "object"], mask_path, mask_label: int | None, phase_order: Sequence[str],
-    resample_mismatched: bool, where: str,
+    resample_mismatched: bool, where: str, ct_intensities: bool = True,
 ) -> LesionVolumes:
-    """Read one lesion's phases and mask; put them on one grid or refuse with a clear message."""
+    """Read one lesion's phases and mask; put them on one grid or refuse with a clear message.
+
+    Every phase must hold finite values; with ``ct_intensities`` they must also look like HU of that
+    phase (see :func:`fusion_model.imaging.quality.ct_value_problems`).
+    """
     present = [p for p in phase_order if p in phase_paths]
     if not present:
         raise UserInputError(f"{where}: no CT phase file for this lesion")
@@ -109,6 +115,11 @@ def load_lesion_volumes(
             mask = resampled
         else:
             phases[name] = resampled
+    for name, image in phases.items():
+        problems = (ct_value_problems(image, name, mask) if ct_intensities
+                    else [f"{n} voxel(s) are NaN or infinite"] if (n := non_finite_voxels(image)) else [])
+        if problems:
+            raise UserInputError(f"{where}: {name} phase ({Path(phase_paths[name]).name}): {'; '.join(problems)}")
     return LesionVolumes(phases=phases, mask=mask, reference_phase=reference_phase)
 
 
