@@ -142,12 +142,13 @@ class VariantFit:
 class VariantFitter:
     """Cross-validates and fits variants on out-of-fold encoder outputs, as one experiment configures."""
 
-    def __init__(self, config: ExperimentConfig):
+    def __init__(self, config: ExperimentConfig, threads: int = 2):
         self.config = config
+        self.threads = threads
 
     def head(self, feature_names: list[str]) -> XGBHead:
         """An unfitted XGBoost head over these features."""
-        return XGBHead(self.config.xgboost, feature_names, seed=self.config.seed)
+        return XGBHead(self.config.xgboost, feature_names, seed=self.config.seed, threads=self.threads)
 
     def cv_margins(self, X: pd.DataFrame, y: np.ndarray, folds) -> np.ndarray:
         """Out-of-fold margins of a head over ``X``'s columns."""

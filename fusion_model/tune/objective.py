@@ -71,6 +71,7 @@ class Objective:
         self.search = base.search
         self.training = training
         self.cache_dir = Path(out) / "encoder_outputs"
+        self.threads = 2  # XGBoost threads; a worker sets its share of the machine before each trial
 
     def _encoder_key(self, config: ExperimentConfig) -> str:
         payload = {"encoder": config.encoder.model_dump(mode="json"), "folds": config.split.folds,
@@ -139,7 +140,7 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"head fold {k}")
 
-        margins = VariantFitter(config).oof_margins(X_img, X_tab[tab_names], y, t.patient_ids, encoder.folds_,
+        margins = VariantFitter(config, self.threads).oof_margins(X_img, X_tab[tab_names], y, t.patient_ids, encoder.folds_,
                                                     methods=(method,), on_fold=on_fold)[method]
         auc = auc_mann_whitney(y, margins)
         facts = {"encoder_outputs": key, "encoder_cached": cached, "auc": auc, "lesions": len(y),

@@ -38,6 +38,7 @@ class TuneRequest:
     worker: int = 0
     test_centre: str | None = None
     cache: Path | None = None
+    threads: int | None = None  # per worker; None: this machine's cores divided among its live workers
 
     @property
     def study_name(self) -> str:
@@ -72,14 +73,6 @@ def training_set(config: ExperimentConfig, cohort_dir: Path, cache, test_centre:
     return TrainingSet(data, labels, data.table["patient_id"].to_numpy()), test_ids
 
 
-def _set_threads(jobs: int) -> None:
-    import os
-
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, jobs)))
-
-
 def _prepare(request: TuneRequest, progress: bool):
     from fusion_model.imaging.cache import ImageCache, default_cache_dir
 
@@ -96,10 +89,9 @@ def _prepare(request: TuneRequest, progress: bool):
 
 
 def _worker_process(request: TuneRequest) -> None:
-    _set_threads(request.jobs)
     config, training, study, storage = _prepare(request, progress=False)
     run_worker(Objective(config, training, request.out), study, storage, request.trials, request.out,
-               request.timeout_s)
+               request.timeout_s, threads=request.threads)
 
 
 def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True) -> TuneResult:
@@ -110,6 +102,8 @@ def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True
         raise UserInputError("--trials must be at least 1")
     if request.jobs < 1:
         raise UserInputError("--jobs must be at least 1")
+    if request.threads is not None and request.threads < 1:
+        raise UserInputError("--threads must be at least 1 (or left out: a share of the machine's cores)")
     request.out.mkdir(parents=True, exist_ok=True)
     config, training, study, storage = _prepare(request, progress)
     finished_here = 0
@@ -117,13 +111,12 @@ def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True
         task = bar.add_task(f"study {request.study_name}", total=request.trials,
                             completed=min(request.trials, count_trials(study)[0]))
         if request.jobs == 1:
-            _set_threads(1 if request.worker else 0)
 
             def on_trial(number, state, value):
                 bar.update(task, completed=min(request.trials, count_trials(study)[0]))
 
             finished_here = run_worker(Objective(config, training, request.out), study, storage, request.trials,
-                                       request.out, request.timeout_s, on_trial)
+                                       request.out, request.timeout_s, on_trial, request.threads)
         else:
             context = multiprocessing.get_context("spawn")
             workers = [context.Process(target=_worker_process, args=(_with_worker(request, request.worker + i),))

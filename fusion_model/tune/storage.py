@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 
 import optuna
@@ -34,18 +35,31 @@ def open_storage(storage: str | None, out: Path) -> BaseStorage:
     if storage in (None, "", "journal"):
         path = Path(out) / JOURNAL_FILE
     elif "://" in storage:
-        try:
-            return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                              grace_period=HEARTBEAT_GRACE_S)
-        except Exception as err:  # SQLAlchemy raises many kinds; the user needs the URL and the reason
-            raise UserInputError(f"--storage {storage}: cannot open ({type(err).__name__}: {err}); give a "
-                                 "SQLAlchemy URL such as postgresql://user:pass@host/db or sqlite:///study.db") from None
+        return _open_database(storage)
     else:
         path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _open_database(url: str, attempts: int = 5) -> BaseStorage:
+    """An RDB storage with heartbeats. Workers started together race to create the schema; the loser's
+    error is transient, so opening is retried before the user hears of it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                              grace_period=HEARTBEAT_GRACE_S)
+        except Exception as err:  # SQLAlchemy raises many kinds; the user needs the URL and the reason
+            if attempt < attempts and not isinstance(err, (ImportError, ValueError)):
+                time.sleep(0.5 * attempt)
+                continue
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+            raise UserInputError(
+                f"--storage {storage_label(url, Path('.'))}: cannot open ({type(err).__name__}: {detail}); give a "
+                "SQLAlchemy URL such as postgresql://user:pass@host/db or sqlite:///study.db (PostgreSQL needs "
+                "pip install 'fusion-model[postgres]')") from None
 
 
 def storage_label(storage: str | None, out: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from optuna.trial import TrialState
 from fusion_model.config import ExperimentConfig
 from fusion_model.errors import UserInputError
 from fusion_model.tune.objective import Objective
-from fusion_model.tune.storage import claim_lock, fail_dead_trials, heartbeat, worker_identity
+from fusion_model.tune.storage import claim_lock, fail_dead_trials, heartbeat, process_alive, worker_identity
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -64,10 +65,59 @@ def count_trials(study: optuna.Study) -> tuple[int, int]:
     return finished, len(trials) - finished
 
 
+WORKERS_DIR = ".workers"
+
+
+def _worker_file(out: Path, host: str, pid: int) -> Path:
+    return Path(out) / WORKERS_DIR / f"{host}-{pid}"
+
+
+def live_local_workers(out: Path) -> int:
+    """Workers of this machine registered in the run folder whose process is alive (stale entries removed)."""
+    identity = worker_identity()
+    folder = Path(out) / WORKERS_DIR
+    live = 0
+    for entry in folder.glob(f"{identity['host']}-*") if folder.is_dir() else ():
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and process_alive(int(pid)):
+            live += 1
+        else:
+            entry.unlink(missing_ok=True)
+    return live
+
+
+def thread_share(out: Path, threads: int | None) -> int:
+    """Threads for this worker: ``threads`` when given, else this machine's cores divided among its live
+    workers of the run folder (however they were started: --jobs or several commands)."""
+    if threads:
+        return threads
+    return max(1, (os.cpu_count() or 1) // max(1, live_local_workers(out)))
+
+
+def _use_threads(objective: Objective, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    objective.threads = threads
+
+
 def run_worker(objective: Objective, study: optuna.Study, storage: BaseStorage, trials: int, out: Path,
-               timeout_s: float | None, on_trial=None) -> int:
+               timeout_s: float | None, on_trial=None, threads: int | None = None) -> int:
     """Run trials until ``trials`` are finished in the study (by any worker) or the timeout; returns how
-    many this worker finished."""
+    many this worker finished. Before each trial the worker sizes its torch and XGBoost threads to its
+    share of the machine (:func:`thread_share`), so workers never oversubscribe the cores."""
+    identity = worker_identity()
+    registration = _worker_file(out, identity["host"], identity["pid"])
+    registration.parent.mkdir(parents=True, exist_ok=True)
+    registration.touch()
+    try:
+        return _run_trials(objective, study, storage, trials, out, timeout_s, on_trial, threads)
+    finally:
+        registration.unlink(missing_ok=True)
+
+
+def _run_trials(objective: Objective, study: optuna.Study, storage: BaseStorage, trials: int, out: Path,
+                timeout_s: float | None, on_trial, threads: int | None) -> int:
     start = time.monotonic()
     mine = 0
     while True:
@@ -84,6 +134,7 @@ def run_worker(objective: Objective, study: optuna.Study, storage: BaseStorage, 
         if trial is None:  # the last trials are running elsewhere: wait for them (or for their worker to die)
             time.sleep(1.0)
             continue
+        _use_threads(objective, thread_share(out, threads))
         state, value = TrialState.COMPLETE, None
         try:
             with heartbeat(study, storage, trial):
