@@ -51,9 +51,9 @@ class EvaluationSettings:
             raise UserInputError(f"AUC interval {self.auc_interval!r}: choose from {list(AUC_INTERVALS)}")
 
 
-AUC_INTERVALS = {
-    "logit": "DeLong, logit-transformed (stays inside 0-1)",
-    "wald": "DeLong, AUC +/- 1.96 SE clipped to 0-1",
+AUC_INTERVALS = {  # the interval reports show: its short name (the methods paragraph explains it)
+    "logit": "DeLong, logit",
+    "wald": "DeLong, Wald",
 }
 
 

@@ -179,8 +179,10 @@ def methods_paragraph(metrics: dict) -> str:
     s = metrics["settings"]
     return (
         "Discrimination is the area under the ROC curve (AUC), computed as the Mann-Whitney statistic (ties count "
-        "one half), with 95% confidence intervals by DeLong's method (midrank algorithm of Sun and Xu, 2014; the "
-        f"tables show the {s['auc_ci_shown_description']} interval, metrics.json holds both) and by "
+        "one half), with 95% confidence intervals by DeLong's method (midrank algorithm of Sun and Xu, 2014; "
+        + ("the tables show the logit-transformed interval, which stays inside 0-1 and covers better near 1 and in "
+           "small samples" if s["auc_ci_shown"] == "logit" else "the tables show AUC +/- 1.96 SE clipped to 0-1")
+        + "; metrics.json holds both) and by "
         f"a stratified percentile bootstrap ({s['bootstrap_resamples']} resamples of malignant and benign lesions "
         f"separately, seed {s['bootstrap_seed']}). Pairs of models are compared on the lesions both score with "
         "DeLong's paired test (two-sided, unadjusted). Sensitivity, specificity, accuracy, positive and negative "
