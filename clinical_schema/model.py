@@ -137,12 +137,15 @@ class ClinicalTable(pa.DataFrameModel):
         nullable=True, description="Delayed-phase CT volume (for washout).", metadata=_meta("files"),
     )
     mask_path: Series[str] = pa.Field(
-        str_length={"min_value": 1}, description="Lesion segmentation on the grid of the CT phases.",
+        str_length={"min_value": 1},
+        description="Lesion segmentation: a label image on the grid of the CT phases, or a DICOM SEG or RTSTRUCT "
+                    "file drawn on the first CT phase (put on its grid when read).",
         metadata=_meta("files"),
     )
     mask_label: Optional[Series[pd.Int64Dtype]] = pa.Field(
         ge=1, nullable=True,
-        description="Label value of this lesion in a multi-label mask; empty means every non-zero voxel.",
+        description="Label value of this lesion in a multi-label mask (the segment number of a DICOM SEG, the ROI "
+                    "number of an RTSTRUCT); empty means every non-zero voxel, or the only segment / ROI.",
         metadata=_meta("files"),
     )
 

@@ -185,6 +185,6 @@ def test_degenerate_models_get_null_figures_with_notes_in_metrics_and_report(tmp
     pair = next(c for c in result.metrics["comparisons"] if {c["a"], c["b"]} == {"perfect", "perfect_too"})
     assert pair["p_value"] is None and pair["ci"] is None and "perfectly" in pair["note"]
     assert "no subgroups by centre, size" in result.metrics["subgroups_note"]
-    html = (tmp_path / "report" / "report.html").read_text()
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert "separate the classes perfectly" in html and "no subgroups by" in html.lower()
     assert "logit-transformed" in html and "statsmodels" in html

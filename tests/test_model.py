@@ -228,5 +228,5 @@ def test_training_twice_in_fresh_processes_writes_identical_heads_and_oof_predic
         assert any(p.parent.name == "heads" for p in files) and (out / "oof_predictions.csv") in files
         hashes.append({p.relative_to(out).as_posix(): sha256_file(p) for p in files})
     assert hashes[0] == hashes[1]
-    first, second = (json.loads((tmp_path / f"run{k}" / "manifest.json").read_text()) for k in range(2))
+    first, second = (json.loads((tmp_path / f"run{k}" / "manifest.json").read_text(encoding="utf-8")) for k in range(2))
     assert first["variants"] == second["variants"] and first["metrics"] == second["metrics"]

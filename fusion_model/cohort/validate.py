@@ -18,6 +18,7 @@ from clinical_schema import LAB_COLUMNS, PATH_COLUMNS, PHASES, validate_clinical
 from fusion_model.cohort.load import Cohort, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
 from fusion_model.errors import UserInputError
+from fusion_model.imaging.dicom_masks import is_dicom_mask, read_dicom_mask
 from fusion_model.imaging.geometry import Geometry, geometry_differences
 from fusion_model.imaging.io import read_image
 from fusion_model.imaging.preprocess import binary_mask
@@ -147,16 +148,15 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
     except UserInputError as err:
         report.error(where, str(err).split(": ", 1)[-1])
         return
+    if not lesion.phase_paths:
+        report.error(where, f"no CT phase file; fill at least one of {[PATH_COLUMNS[p] for p in cohort.spec.phases]}")
+        return
     try:
-        mask = read_image(lesion.mask_path)
+        mask = _read_mask(lesion, cohort.spec.phases)
     except UserInputError as err:
         report.error(where, f"mask: {err}")
         return
     _check_mask_values(mask, lesion, where, report)
-
-    if not lesion.phase_paths:
-        report.error(where, f"no CT phase file; fill at least one of {[PATH_COLUMNS[p] for p in cohort.spec.phases]}")
-        return
     missing = [p for p in cohort.spec.phases if p not in lesion.phase_paths]
     if missing:
         report.warn(where, f"phase(s) {missing} missing for this lesion; models will treat them as missing")
@@ -186,6 +186,16 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
         else:
             report.error(where, text + f"; re-export them on one grid, or pass --resample to resample "
                                        f"onto the {reference_phase} grid")
+
+
+def _read_mask(lesion: LesionRecord, phases) -> sitk.Image:
+    """The mask file as stored, or a DICOM SEG / RTSTRUCT put on the lesion's first CT phase (as 0/1 with
+    the lesion's label, so the label checks below read it like a label image)."""
+    if not is_dicom_mask(lesion.mask_path):
+        return read_image(lesion.mask_path)
+    reference_phase = next(p for p in phases if p in lesion.phase_paths)
+    mask = read_dicom_mask(lesion.mask_path, lesion.mask_label, read_image(lesion.phase_paths[reference_phase]))
+    return sitk.Cast(mask, sitk.sitkUInt16) * int(lesion.mask_label or 1)
 
 
 def _check_ct_values(image: sitk.Image, phase: str, path: Path, mask: sitk.Image, lesion: LesionRecord,

@@ -98,6 +98,8 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_description: str 
         "0008|103e": series_description,
         "0020|000e": series_uid,
         "0020|000d": series_uid + ".1",
+        "0020|0052": series_uid + ".2",  # frame of reference: a SEG or RTSTRUCT drawn on this series refers to it
+        "0010|0020": "anonymous",
         "0020|0037": "\\".join(f"{v:.10f}" for v in (*direction[0:7:3], *direction[1:8:3])),
         "0028|1052": "0",
         "0028|1053": "1",

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from fusion_model.config import PreprocessConfig
 from fusion_model.errors import UserInputError
+from fusion_model.imaging.dicom_masks import is_dicom_mask, read_dicom_mask
 from fusion_model.imaging.geometry import Geometry, geometry_differences, resample_onto
 from fusion_model.imaging.io import read_image
 from fusion_model.imaging.quality import ct_value_problems, non_finite_voxels
@@ -34,6 +35,14 @@ def binary_mask(mask: sitk.Image, label: int | None) -> sitk.Image:
     """The lesion as a 0/1 uint8 image: voxels equal to ``label``, or all non-zero voxels."""
     out = sitk.Equal(mask, label) if label is not None else sitk.NotEqual(mask, 0)
     return sitk.Cast(out, sitk.sitkUInt8)
+
+
+def read_lesion_mask(mask_path, mask_label: int | None, reference: sitk.Image) -> sitk.Image:
+    """The lesion as a 0/1 mask: from a label image (``mask_label`` or any non-zero voxel), or from a DICOM
+    SEG / RTSTRUCT (``mask_label`` = segment / ROI number) put on the ``reference`` CT's grid."""
+    if is_dicom_mask(mask_path):
+        return read_dicom_mask(mask_path, mask_label, reference)
+    return binary_mask(read_image(mask_path), mask_label)
 
 
 def lesion_centroid(mask01: sitk.Image) -> tuple[float, float, float]:
@@ -92,12 +101,12 @@ def load_lesion_volumes(
     present = [p for p in phase_order if p in phase_paths]
     if not present:
         raise UserInputError(f"{where}: no CT phase file for this lesion")
-    mask = binary_mask(read_image(mask_path), mask_label)
-    if not np.any(sitk.GetArrayViewFromImage(mask)):
-        raise UserInputError(f"{where}: mask {mask_path} has no voxel of this lesion")
     reference_phase = present[0]
     phases = {p: read_image(phase_paths[p], sitk.sitkFloat32) for p in present}
     reference = phases[reference_phase]
+    mask = read_lesion_mask(mask_path, mask_label, reference)
+    if not np.any(sitk.GetArrayViewFromImage(mask)):
+        raise UserInputError(f"{where}: mask {mask_path} has no voxel of this lesion")
     ref_geometry = Geometry.of(reference)
     for name in [*present[1:], "mask"]:
         image = mask if name == "mask" else phases[name]
