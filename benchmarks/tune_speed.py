@@ -69,7 +69,8 @@ def main() -> None:
                    "--cache", str(tmp / "cache")]
         start = time.perf_counter()
         processes = [subprocess.Popen([*command, "--worker", str(10 + k)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True) for k in range(2)]
+                                      stderr=subprocess.PIPE, text=True, encoding="utf-8")
+                     for k in range(2)]
         for process in processes:
             _, stderr = process.communicate()
             if process.returncode:

@@ -48,7 +48,7 @@ def chromium() -> str:
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                            "--no-first-run", "--disable-extensions", "--enable-logging=stderr", "--v=0", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 def check_page(page: Path, screenshot_name: str | None = None, width: int = 1200, height: int = 2400) -> dict:

@@ -124,7 +124,7 @@ def test_clinical_csv_without_patient_id_stops_after_the_table_check(tmp_path):
 
 def test_header_only_table_is_not_a_cohort(tmp_path):
     root = write_cohort(tmp_path / "c")
-    header = (root / "clinical.csv").read_text().splitlines()[0]
+    header = (root / "clinical.csv").read_text(encoding="utf-8").splitlines()[0]
     (root / "clinical.csv").write_text(header + "\n")
     report = validate_cohort(root, progress=False)
     assert "no lesion rows" in _errors(report)
@@ -157,7 +157,7 @@ def test_artifact_file_of_the_wrong_format_is_one_line_exit_2(trained_model, tmp
     model = tmp_path / "model"
     shutil.copytree(trained_model["model"], model)
     (model / target).write_bytes(b'{"not": "a model"}' if target.endswith(".json") else b"\x00" * 64)
-    manifest = json.loads((model / "manifest.json").read_text())
+    manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
     manifest["files"][target] = sha256_file(model / target)  # a checksum cannot catch this
     (model / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (model / "manifest.sha256").write_text(sha256_file(model / "manifest.json") + "\n")

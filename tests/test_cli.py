@@ -71,7 +71,7 @@ def test_validate_clean_and_broken_cohort(tmp_path):
     root = write_cohort(tmp_path / "c")
     ok = run_cli("validate", root, "--json", tmp_path / "report.json")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
+    assert json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))["ok"] is True
     edit_table(root, size_mm={0: "-2"})
     bad = run_cli("validate", root)
     assert bad.returncode == 2
@@ -89,7 +89,7 @@ def test_user_error_is_one_line_exit_2(tmp_path):
 
 def test_schema_export(tmp_path):
     assert run_cli("schema", "--format", "json", "--out", tmp_path / "s.json").returncode == 0
-    assert "properties" in json.loads((tmp_path / "s.json").read_text())
+    assert "properties" in json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
     result = run_cli("schema")
     assert result.returncode == 0 and "| `unenhanced_hu` |" in result.stdout
 
@@ -124,7 +124,7 @@ def test_demo_end_to_end_at_a_reduced_size(tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--out", out, "--patients", "48", "--epochs", "2", "--bootstrap", "200")
     assert result.returncode == 0, result.stderr
-    summary = json.loads((out / "demo_summary.json").read_text())
+    summary = json.loads((out / "demo_summary.json").read_text(encoding="utf-8"))
     assert summary["lesions"]["external"] > 0 and summary["lesions"]["training"] > summary["lesions"]["external"]
     announced = summary["outputs"]
     assert {"evaluation_report", "evaluation_metrics", "case_review", "model_manifest"} <= set(announced)

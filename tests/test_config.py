@@ -20,7 +20,7 @@ def test_config_imports_without_torch_simpleitk_or_xgboost():
             "config = load_experiment(packaged_experiment('synthetic_demo.yaml'))\n"
             "assert config.encoder.epochs > 0\n"
             "print('ok')\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 

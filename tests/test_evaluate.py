@@ -30,7 +30,7 @@ def test_report_files_and_metrics_layout(report):
                  "decision_curve.png", "subgroups.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert not list(out.parent.glob(".*partial"))
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["format"] == "fusion-model-metrics" and metrics["format_version"] == METRICS_FORMAT_VERSION
     assert metrics["settings"]["bootstrap_resamples"] == 2000
     models = metrics["models"]
@@ -66,7 +66,7 @@ def test_report_files_and_metrics_layout(report):
 
 
 def test_report_html_is_self_contained_with_fingerprints(report):
-    html = (report.out / "report.html").read_text()
+    html = (report.out / "report.html").read_text(encoding="utf-8")
     metrics = report.metrics
     assert metrics["source"]["cohort_fingerprint"] in html and metrics["source"]["model_manifest_sha256"] in html
     assert "src=\"data:image/png;base64," in html and "http://" not in html and "https://" not in html
@@ -97,7 +97,7 @@ def test_evaluate_prediction_files_of_two_models(report, tmp_path):
     result = run_cli("evaluate", "--predictions", tmp_path / "fused.csv", tmp_path / "imaging.csv", "--out", out,
                      "--bootstrap", 500)
     assert result.returncode == 0, result.stderr
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics["models"]) == {"fused", "imaging"}
     assert metrics["models"]["fused"]["auc"]["value"] == pytest.approx(report.metrics["models"]["all"]["auc"]["value"])
     assert metrics["comparisons"][0]["a"] == "fused" and 0 <= metrics["comparisons"][0]["p_value"] <= 1

@@ -91,7 +91,7 @@ def test_case_review_page_and_case_cards(explained):
     assert len(cards) == len(result.lesion_ids)
     for name in ("beeswarm.png", "mean_abs_shap.png", "beeswarm_tabular_head.png", "groups.png"):
         assert (out / "global" / name).stat().st_size > 1000
-    index = (out / "index.html").read_text()
+    index = (out / "index.html").read_text(encoding="utf-8")
     probabilities = [float(p) for p in pd.read_csv(out / "shap_values.csv")["probability"]]
     assert index.count('class="case"') == len(probabilities)
     shown = [int(v) for v in __import__("re").findall(r'<span class="pill \w+">(\d+)%</span>', index)]
@@ -101,7 +101,7 @@ def test_case_review_page_and_case_cards(explained):
 
 def test_case_card_shows_missing_labs_as_missing(explained):
     result, lesion_id = explained
-    card = (result.out / "cases" / f"{lesion_id}.html").read_text()
+    card = (result.out / "cases" / f"{lesion_id}.html").read_text(encoding="utf-8")
     assert "calibrated probability" in card and "Why" in card
     assert card.count('src="data:image/png;base64,') == 2
     for label in ("cortisol after 1 mg dexamethasone", "DHEA-S", "potassium"):

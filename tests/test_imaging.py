@@ -97,3 +97,12 @@ def test_cache_is_keyed_by_content_and_settings(tmp_path):
     assert cache.key([f], {"spacing": 2}) != key
     f.write_bytes(b"two")
     assert cache.key([f], {"spacing": 1}) != key
+
+
+def test_writing_a_dicom_series_keeps_the_process_locale(tmp_path):
+    """GDCM's writer sets the C locale; text decoding elsewhere in the process must not change."""
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    write_dicom_series(to_image(np.zeros((4, 8, 8), np.int16)), tmp_path / "series")
+    assert locale.setlocale(locale.LC_ALL) == before

@@ -137,7 +137,7 @@ def test_incompatible_artifact_is_refused(fitted, tmp_path):
 
     model, _, _ = fitted
     run = save_model(model, tmp_path / "run", {"name": "test"})
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     manifest["schema_version"] = "9.0"
     (run / "manifest.json").write_text(json.dumps(manifest))
     (run / "manifest.sha256").write_text(sha256_file(run / "manifest.json"))

@@ -85,7 +85,7 @@ def test_two_workers_on_postgresql_survive_a_sigkill_with_an_exact_trial_total(t
                    str(trained_model["train_cohort"]), "--trials", str(trials), "--out", str(out), "--cache",
                    str(trained_model["cache"]), "--storage", postgres_url, "--study", "pg-study",
                    "--worker", str(number)]
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, encoding="utf-8")
 
     first, second = worker(0), worker(1)
     storage = optuna.storages.RDBStorage(postgres_url)

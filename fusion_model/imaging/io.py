@@ -6,6 +6,7 @@ Files in any format SimpleITK reads (NIfTI, NRRD, MHA/MHD, ...) and DICOM series
 from __future__ import annotations
 
 import hashlib
+import locale
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -104,6 +105,16 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_description: str 
         "0028|1052": "0",
         "0028|1053": "1",
     }
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's DICOM writer resets the process locale to "C"
+    try:
+        _write_slices(writer, image, common, series_uid, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+    return folder
+
+
+def _write_slices(writer: sitk.ImageFileWriter, image: sitk.Image, common: dict, series_uid: str,
+                  folder: Path) -> None:
     for k in range(image.GetDepth()):
         slice_image = image[:, :, k]
         for tag, value in common.items():
@@ -115,4 +126,3 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_description: str 
         slice_image.SetMetaData("0018|0050", f"{image.GetSpacing()[2]:.6f}")
         writer.SetFileName(str(folder / f"slice_{k:04d}.dcm"))
         writer.Execute(slice_image)
-    return folder
