@@ -6,6 +6,7 @@ from clinical_schema.model import (
     LAB_COLUMNS,
     LESION_TYPES,
     MALIGNANT_LESION_TYPES,
+    MASK_SOURCES,
     PATH_COLUMNS,
     PHASES,
     RADIOLOGICAL_COLUMNS,
@@ -21,7 +22,7 @@ from clinical_schema.validation import (
 )
 
 __all__ = [
-    "BOOLEAN_COLUMNS", "CLINICAL_COLUMNS", "LAB_COLUMNS", "LESION_TYPES", "MALIGNANT_LESION_TYPES",
+    "BOOLEAN_COLUMNS", "CLINICAL_COLUMNS", "LAB_COLUMNS", "LESION_TYPES", "MALIGNANT_LESION_TYPES", "MASK_SOURCES",
     "PATH_COLUMNS", "PHASES", "RADIOLOGICAL_COLUMNS", "SCHEMA_VERSION", "ClinicalTable", "ExtraFeature",
     "TableProblem", "TableValidation", "build_schema", "validate_clinical_table",
 ]

@@ -17,6 +17,8 @@ _TRUE = {"yes", "y", "true", "t", "1", "1.0", "ja", "oui", "si"}
 _FALSE = {"no", "n", "false", "f", "0", "0.0", "nein", "non"}
 _SEX = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M"}
 _SIDE = {"l": "left", "left": "left", "r": "right", "right": "right"}
+_MASK_SOURCE = {"manual": "manual", "human": "manual", "reader": "manual", "radiologist": "manual",
+                "auto": "auto", "automatic": "auto", "model": "auto", "segmenter": "auto"}
 _LABEL = {"0": 0, "0.0": 0, "benign": 0, "1": 1, "1.0": 1, "malignant": 1}
 _LESION_TYPE_ALIASES = {
     "acc": "adrenocortical_carcinoma",
@@ -106,6 +108,11 @@ def coerce_sex(col: pd.Series) -> tuple[pd.Series, list[int]]:
 def coerce_side(col: pd.Series) -> tuple[pd.Series, list[int]]:
     """L/R and common spellings (left, right) as left or right."""
     return _coerce_category(col, lambda key, raw: _SIDE.get(key, raw))
+
+
+def coerce_mask_source(col: pd.Series) -> tuple[pd.Series, list[int]]:
+    """manual / auto and common spellings (human, reader; automatic, model) as manual or auto."""
+    return _coerce_category(col, lambda key, raw: _MASK_SOURCE.get(key, raw))
 
 
 def normalise_lesion_type(key: str) -> str:

@@ -13,7 +13,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: mask_source
 
 LESION_TYPES = (
     "adenoma",
@@ -28,6 +28,7 @@ MALIGNANT_LESION_TYPES = ("metastasis", "adrenocortical_carcinoma")
 PHASES = ("unenhanced", "arterial", "venous", "delayed")
 SEXES = ("F", "M")
 SIDES = ("left", "right")
+MASK_SOURCES = ("manual", "auto")  # drawn by a reader, or by `fusion-model segment predict`
 
 
 def _meta(group: str, unit: str | None = None, **extra: object) -> dict:
@@ -141,6 +142,12 @@ class ClinicalTable(pa.DataFrameModel):
         description="Lesion segmentation: a label image on the grid of the CT phases, or a DICOM SEG or RTSTRUCT "
                     "file drawn on the first CT phase (put on its grid when read).",
         metadata=_meta("files"),
+    )
+    mask_source: Optional[Series[str]] = pa.Field(
+        isin=list(MASK_SOURCES), nullable=True,
+        description="Who outlined the lesion: manual (a reader) or auto (a segmentation model, e.g. fusion-model "
+                    "segment predict); empty means manual. Reports state it.",
+        metadata=_meta("files", coerced_from="case ignored; automatic, model, human, reader accepted"),
     )
     mask_label: Optional[Series[pd.Int64Dtype]] = pa.Field(
         ge=1, nullable=True,

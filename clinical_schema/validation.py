@@ -109,6 +109,7 @@ _COERCERS = {
     "mask_label": coercion.coerce_integer,
     "sex": coercion.coerce_sex,
     "side": coercion.coerce_side,
+    "mask_source": coercion.coerce_mask_source,
     "lesion_type": coercion.coerce_lesion_type,
     **{name: coercion.coerce_boolean for name in BOOLEAN_COLUMNS},
 }

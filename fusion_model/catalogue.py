@@ -5,6 +5,7 @@ configuration validates against it and the reports describe with it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Feature groups in report order, with the label a reader sees.
@@ -69,6 +70,19 @@ GUIDELINE_RULES = {rule.name: rule for rule in (
     GuidelineRule("hu_10_and_size_40", "unenhanced HU > 10 and size > 40 mm",
                   (("unenhanced_hu", 10.0), ("size_mm", 40.0))),
 )}
+
+
+# Who outlined a lesion (the cohort's mask_source column; empty means manual), as reports say it.
+MASK_SOURCE_WORDS = {"manual": "drawn by a reader", "auto": "automatic (a segmentation model)"}
+
+
+def mask_source_counts(sources: Iterable) -> dict[str, int]:
+    """Lesions per mask source; an empty cell (None, NaN) is a manual mask, as the cohort contract says."""
+    counts: dict[str, int] = {}
+    for source in sources:
+        key = source if isinstance(source, str) and source in MASK_SOURCE_WORDS else "manual"
+        counts[key] = counts.get(key, 0) + 1
+    return {source: counts[source] for source in MASK_SOURCE_WORDS if source in counts}
 
 
 def rule_description(name: str) -> str:

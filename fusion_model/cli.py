@@ -50,6 +50,8 @@ def _print_summary(summary: dict) -> None:
     if "splits" in summary:
         table.add_row("splits", ", ".join(f"{k}: {v}" for k, v in summary["splits"].items()))
     table.add_row("phases (lesions with file)", ", ".join(f"{k}: {v}" for k, v in summary["phases"].items()))
+    if summary.get("mask_sources"):
+        table.add_row("masks", ", ".join(f"{k}: {v}" for k, v in summary["mask_sources"].items()))
     missing = {k: v for k, v in summary["missing_percent"].items() if v > 0}
     table.add_row("missing (% of lesions)", ", ".join(f"{k}: {v:g}%" for k, v in missing.items()) or "none")
     console.print(table)

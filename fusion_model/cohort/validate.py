@@ -15,6 +15,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from clinical_schema import LAB_COLUMNS, PATH_COLUMNS, PHASES, validate_clinical_table
+from fusion_model.catalogue import mask_source_counts
 from fusion_model.cohort.load import Cohort, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
 from fusion_model.errors import UserInputError
@@ -241,6 +242,7 @@ def summarise(table: pd.DataFrame, spec: CohortSpec) -> dict:
         "centres": {str(k): int(v) for k, v in table["centre"].value_counts().sort_index().items()},
         "phases": {p: int(table[PATH_COLUMNS[p]].notna().sum()) if PATH_COLUMNS[p] in table else 0
                    for p in spec.phases},
+        "mask_sources": mask_source_counts(table["mask_source"] if "mask_source" in table else [None] * len(table)),
     }
     if "label" in table and table["label"].notna().any():
         labels = table["label"].dropna().astype(int)

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fusion_model.catalogue import MASK_SOURCE_WORDS, mask_source_counts
 from fusion_model.errors import UserInputError
 from fusion_model.evaluate import stats
 from fusion_model.progress import track
 
 METRICS_FORMAT = "fusion-model-metrics"
 METRICS_FORMAT_VERSION = 1
-CASE_COLUMNS = ("label", "patient_id", "centre", "size_mm", "unenhanced_hu", "lesion_type")
+CASE_COLUMNS = ("label", "patient_id", "centre", "size_mm", "unenhanced_hu", "lesion_type", "mask_source")
 
 
 @dataclass
@@ -208,6 +209,11 @@ def _subgroup_definitions(cases: pd.DataFrame) -> list[tuple[str, str, np.ndarra
     if "lesion_type" in cases and cases["lesion_type"].notna().any():
         for kind in sorted(cases["lesion_type"].dropna().unique()):
             groups.append(("lesion type", str(kind), (cases["lesion_type"] == kind).to_numpy()))
+    if "mask_source" in cases:
+        sources = cases["mask_source"].fillna("manual")
+        if sources.nunique() > 1:
+            for source in MASK_SOURCE_WORDS:
+                groups.append(("mask", source, (sources == source).to_numpy()))
     return groups
 
 
@@ -277,6 +283,8 @@ def cases_summary(cases: pd.DataFrame) -> dict:
         out["patients"] = int(cases["patient_id"].nunique())
     if "centre" in cases:
         out["centres"] = {str(k): int(v) for k, v in cases["centre"].value_counts().sort_index().items()}
+    if "mask_source" in cases:
+        out["mask_sources"] = mask_source_counts(cases["mask_source"])
     return out
 
 

@@ -23,7 +23,13 @@ import pandas as pd
 import shap
 
 from fusion_model import __version__
-from fusion_model.catalogue import FEATURE_GROUPS, GUIDELINE_RULES, rule_description, variant_description
+from fusion_model.catalogue import (
+    FEATURE_GROUPS,
+    GUIDELINE_RULES,
+    MASK_SOURCE_WORDS,
+    rule_description,
+    variant_description,
+)
 from fusion_model.errors import UserInputError
 from fusion_model.explain import plots
 from fusion_model.explain.contributions import Contributions, VariantExplainer, tree_shap
@@ -162,6 +168,8 @@ def case_context(lesion_id: str, row: pd.Series, predictions: pd.Series, contrib
         "side": row.get("side") if pd.notna(row.get("side", np.nan)) else None,
         "label": None if label is None or pd.isna(label) else int(label),
         "lesion_type": row.get("lesion_type") if pd.notna(row.get("lesion_type", np.nan)) else None,
+        "mask_source": MASK_SOURCE_WORDS[row.get("mask_source") if pd.notna(row.get("mask_source", np.nan))
+                                         else "manual"],
         "probability": probability, "risk_class": _risk_class(probability, thresholds),
         "suspicious": probability >= thresholds["youden"], "thresholds": thresholds,
         "variant": variant, "variant_description": variant_description(variant),
