@@ -57,11 +57,6 @@ class GuidelineRule:
     description: str
     conditions: tuple[tuple[str, float], ...]
 
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        """The columns the rule reads."""
-        return tuple(column for column, _ in self.conditions)
-
 
 # ESE/ENSAT 2023 (a lesion <= 10 HU unenhanced is benign); EURINE-ACT, Bancos 2020 (> 4 cm suspicious).
 GUIDELINE_RULES = {rule.name: rule for rule in (

@@ -12,7 +12,7 @@ import pandas as pd
 
 from fusion_model.artifact import load_model, save_model
 from fusion_model.catalogue import mask_source_counts
-from fusion_model.cohort import Cohort, load_cohort
+from fusion_model.cohort import Cohort, load_cohort, mask_sources
 from fusion_model.cohort.spec import COHORT_FILE, TABLE_FILE
 from fusion_model.config import ExperimentConfig
 from fusion_model.errors import UserInputError
@@ -128,8 +128,7 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
         "channels": crop_channels(cohort.spec.phases, cohort.spec.ct_intensities),
         "training_lesions": int(is_train.sum()), "test_lesions": int((~is_train).sum()),
         "test_centre": test_centre, "unreadable_lesions": [e.__dict__ for e in errors],
-        "mask_sources": mask_source_counts(train_data.table.get("mask_source", pd.Series(index=train_data.table.index,
-                                                                                          dtype=object))),
+        "mask_sources": mask_source_counts(mask_sources(train_data.table)),
         "oracle_auc_training": run.oracle_auc, "test_auc": run.test_auc,
     }
     save_model(model, out, cohort_info, overwrite=overwrite, extra_files=extra_files)
@@ -159,8 +158,7 @@ def predict(model_dir: Path, cohort_dir: Path, out_csv: Path, cache: ImageCache,
     primary = model.primary_variant
     thresholds = model.primary.thresholds
     out = pd.DataFrame({"patient_id": data.table["patient_id"], "centre": data.table["centre"],
-                        "mask_source": (data.table["mask_source"] if "mask_source" in data.table
-                                        else pd.Series("manual", index=data.table.index)).fillna("manual")})
+                        "mask_source": mask_sources(data.table)})
     out["probability"] = predictions[f"p_{primary}"]
     out["variant"] = primary
     out["suspicious_at_youden"] = (out["probability"] >= thresholds["youden"]).astype(int)

@@ -158,6 +158,12 @@ class Cohort:
         return self.lesion(int(matches[0]))
 
 
+def mask_sources(table: pd.DataFrame) -> pd.Series:
+    """Each lesion's mask source (manual / auto); an empty cell, or no mask_source column, means manual."""
+    column = table["mask_source"] if "mask_source" in table else pd.Series(index=table.index, dtype=object)
+    return column.fillna("manual")
+
+
 def load_cohort(root: Path, require_label: bool = False) -> Cohort:
     """Read cohort.json and clinical.csv and check the table against the schema.
 

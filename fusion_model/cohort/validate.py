@@ -16,14 +16,14 @@ import SimpleITK as sitk
 
 from clinical_schema import LAB_COLUMNS, PATH_COLUMNS, PHASES, validate_clinical_table
 from fusion_model.catalogue import mask_source_counts
-from fusion_model.cohort.load import Cohort, read_clinical_csv
+from fusion_model.cohort.load import Cohort, mask_sources, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.dicom_masks import is_dicom_mask, read_dicom_mask
 from fusion_model.imaging.geometry import Geometry, geometry_differences
 from fusion_model.imaging.io import read_image
 from fusion_model.imaging.preprocess import binary_mask
-from fusion_model.imaging.quality import ct_value_problems, non_finite_voxels
+from fusion_model.imaging.quality import ct_value_problems
 from fusion_model.progress import track
 from fusion_model.records import LesionRecord
 
@@ -152,8 +152,9 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
     if not lesion.phase_paths:
         report.error(where, f"no CT phase file; fill at least one of {[PATH_COLUMNS[p] for p in cohort.spec.phases]}")
         return
+    reference_phase = next(p for p in cohort.spec.phases if p in lesion.phase_paths)
     try:
-        mask = _read_mask(lesion, cohort.spec.phases)
+        mask, reference_image = _read_mask(lesion, lesion.phase_paths[reference_phase])
     except UserInputError as err:
         report.error(where, f"mask: {err}")
         return
@@ -161,16 +162,20 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
     missing = [p for p in cohort.spec.phases if p not in lesion.phase_paths]
     if missing:
         report.warn(where, f"phase(s) {missing} missing for this lesion; models will treat them as missing")
-    reference_phase = next(p for p in cohort.spec.phases if p in lesion.phase_paths)
     geometries = {"mask": (lesion.mask_path, Geometry.of(mask))}
+    lesion_mask = binary_mask(mask, lesion.mask_label)
     for phase, path in lesion.phase_paths.items():
         try:
-            image = read_image(path)
+            image = (reference_image if phase == reference_phase and reference_image is not None
+                     else read_image(path))
         except UserInputError as err:
             report.error(where, f"{phase} phase: {err}")
             continue
         geometries[phase] = (path, Geometry.of(image))
-        _check_ct_values(image, phase, path, mask, lesion, cohort.spec.ct_intensities, where, report)
+        same_grid = not geometry_differences(geometries[phase][1], geometries["mask"][1])
+        for problem in ct_value_problems(image, phase, lesion_mask if same_grid else None,
+                                         hounsfield=cohort.spec.ct_intensities):
+            report.error(where, f"{phase} phase ({path.name}): {problem}")
     if reference_phase not in geometries:
         return
     ref_path, ref_geometry = geometries[reference_phase]
@@ -189,29 +194,15 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
                                        f"onto the {reference_phase} grid")
 
 
-def _read_mask(lesion: LesionRecord, phases) -> sitk.Image:
+def _read_mask(lesion: LesionRecord, reference_path: Path) -> tuple[sitk.Image, sitk.Image | None]:
     """The mask file as stored, or a DICOM SEG / RTSTRUCT put on the lesion's first CT phase (as 0/1 with
-    the lesion's label, so the label checks below read it like a label image)."""
+    the lesion's label, so the label checks read it like a label image) together with that phase's image,
+    which was read for it (None for a mask file)."""
     if not is_dicom_mask(lesion.mask_path):
-        return read_image(lesion.mask_path)
-    reference_phase = next(p for p in phases if p in lesion.phase_paths)
-    mask = read_dicom_mask(lesion.mask_path, lesion.mask_label, read_image(lesion.phase_paths[reference_phase]))
-    return sitk.Cast(mask, sitk.sitkUInt16) * int(lesion.mask_label or 1)
-
-
-def _check_ct_values(image: sitk.Image, phase: str, path: Path, mask: sitk.Image, lesion: LesionRecord,
-                     ct_intensities: bool, where: str, report: ValidationReport) -> None:
-    """Finite voxels; with HU intensities, a plausible range for the phase (the lesion's mean where the mask
-    shares the image's grid)."""
-    if ct_intensities:
-        same_grid = not geometry_differences(Geometry.of(image), Geometry.of(mask))
-        lesion_mask = binary_mask(mask, lesion.mask_label) if same_grid else None
-        problems = ct_value_problems(image, phase, lesion_mask)
-    else:
-        bad = non_finite_voxels(image)
-        problems = [f"{bad} voxel(s) are NaN or infinite; the volume is damaged, export it again"] if bad else []
-    for problem in problems:
-        report.error(where, f"{phase} phase ({path.name}): {problem}")
+        return read_image(lesion.mask_path), None
+    reference = read_image(reference_path)
+    mask = read_dicom_mask(lesion.mask_path, lesion.mask_label, reference)
+    return sitk.Cast(mask, sitk.sitkUInt16) * int(lesion.mask_label or 1), reference
 
 
 def _check_mask_values(mask: sitk.Image, lesion: LesionRecord, where: str, report: ValidationReport) -> None:
@@ -242,7 +233,7 @@ def summarise(table: pd.DataFrame, spec: CohortSpec) -> dict:
         "centres": {str(k): int(v) for k, v in table["centre"].value_counts().sort_index().items()},
         "phases": {p: int(table[PATH_COLUMNS[p]].notna().sum()) if PATH_COLUMNS[p] in table else 0
                    for p in spec.phases},
-        "mask_sources": mask_source_counts(table["mask_source"] if "mask_source" in table else [None] * len(table)),
+        "mask_sources": mask_source_counts(mask_sources(table)),
     }
     if "label" in table and table["label"].notna().any():
         labels = table["label"].dropna().astype(int)

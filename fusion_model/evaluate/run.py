@@ -299,7 +299,7 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
                    centre: str | None = None, split: str | None = None) -> EvaluationResult:
     """Score a labelled cohort (or one centre of it) with every variant of a model and the rules, and report."""
     from fusion_model.artifact import MANIFEST, load_model
-    from fusion_model.cohort import load_cohort
+    from fusion_model.cohort import load_cohort, mask_sources
     from fusion_model.pipeline import check_cohort_matches_model, cohort_fingerprint, lesion_data
 
     model = load_model(model_dir, progress=progress)
@@ -313,8 +313,7 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     predicted = model.predict_variants(data)
     cases = data.table[[c for c in CASE_COLUMNS if c in data.table]].copy()
     cases["label"] = cases["label"].astype(int)
-    cases["mask_source"] = (cases["mask_source"] if "mask_source" in cases else pd.Series(index=cases.index,
-                                                                                           dtype=object)).fillna("manual")
+    cases["mask_source"] = mask_sources(cases)
     score_sets = [ScoreSet(v, "model", predicted[f"p_{v}"], variant_description(v), True, dict(fit.thresholds))
                   for v, fit in model.variants_.items()]
     score_sets += [ScoreSet(r, "rule", predicted[f"rule_{r}"], rule_description(r), False)

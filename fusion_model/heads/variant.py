@@ -27,7 +27,6 @@ from fusion_model.heads.xgb import XGBHead
 from fusion_model.splits import patient_grouped_folds
 
 METHODS = ("image_logit", "fusion_head", "late_fusion")
-HEAD_KINDS = ("fusion", "tabular")  # every non-imaging variant keeps both heads (explain shows the tabular one)
 
 
 def late_fusion_margin(image_logit, tabular_margin, weight: float):

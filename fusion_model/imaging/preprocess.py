@@ -21,7 +21,7 @@ from fusion_model.errors import UserInputError
 from fusion_model.imaging.dicom_masks import is_dicom_mask, read_dicom_mask
 from fusion_model.imaging.geometry import Geometry, geometry_differences, resample_onto
 from fusion_model.imaging.io import read_image
-from fusion_model.imaging.quality import ct_value_problems, non_finite_voxels
+from fusion_model.imaging.quality import ct_value_problems
 
 AIR_HU = -1000.0
 
@@ -125,8 +125,7 @@ def load_lesion_volumes(
         else:
             phases[name] = resampled
     for name, image in phases.items():
-        problems = (ct_value_problems(image, name, mask) if ct_intensities
-                    else [f"{n} voxel(s) are NaN or infinite"] if (n := non_finite_voxels(image)) else [])
+        problems = ct_value_problems(image, name, mask, hounsfield=ct_intensities)
         if problems:
             raise UserInputError(f"{where}: {name} phase ({Path(phase_paths[name]).name}): {'; '.join(problems)}")
     return LesionVolumes(phases=phases, mask=mask, reference_phase=reference_phase)

@@ -83,8 +83,11 @@ def check_file_complete(path: Path) -> None:
             raise UserInputError(f"{path}: the compressed file is damaged ({err}); {fix}") from None
         data = b"".join(chunks) if keep else None
     elif name.endswith(".nii"):
-        data = path.read_bytes()
-        head, total = data[:540], len(data)
+        with open(path, "rb") as handle:
+            head = handle.read(540)
+        total = path.stat().st_size
+        layout = _nifti_layout(head)
+        data = path.read_bytes() if layout and layout[2] is not None else None  # voxels only to look for NaN
     else:
         return
     layout = _nifti_layout(head) if is_nifti else None
@@ -110,8 +113,10 @@ def non_finite_voxels(image: sitk.Image) -> int:
     return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
-def ct_value_problems(image: sitk.Image, phase: str, mask01: sitk.Image | None = None) -> list[str]:
-    """Why a CT volume's values cannot be trusted as HU of this phase (empty when they can).
+def ct_value_problems(image: sitk.Image, phase: str, mask01: sitk.Image | None = None,
+                      hounsfield: bool = True) -> list[str]:
+    """Why a volume's values cannot be trusted (empty when they can): every voxel must be finite and, with
+    ``hounsfield``, the values must be HU of this phase.
 
     ``mask01`` (the lesion, on the image's grid) adds the check of the lesion's mean attenuation.
     """
@@ -119,6 +124,8 @@ def ct_value_problems(image: sitk.Image, phase: str, mask01: sitk.Image | None =
     bad = non_finite_voxels(image)
     if bad:
         problems.append(f"{bad} voxel(s) are NaN or infinite; the volume is damaged, export it again")
+        return problems
+    if not hounsfield:
         return problems
     values = sitk.GetArrayViewFromImage(image)
     share_above = float(np.count_nonzero(values > MAX_PLAUSIBLE_HU)) / max(1, values.size)
