@@ -92,9 +92,9 @@ def auc_summary(labels: np.ndarray, scores: np.ndarray, settings: EvaluationSett
     note = d.degenerate_note(0)
     if note:
         out.update(delong_ci=None, delong_logit_ci=None, note=note)
-    if settings is not None:
-        low, high, _ = stats.bootstrap_auc(labels, scores, settings.bootstrap_resamples, settings.seed)
-        out["bootstrap_ci"] = None if note else [low, high]
+    if settings is not None:  # no resampling where the note says no interval exists
+        out["bootstrap_ci"] = None if note else list(
+            stats.bootstrap_auc(labels, scores, settings.bootstrap_resamples, settings.seed)[:2])
     out["ci"] = out["delong_logit_ci"] if interval == "logit" else out["delong_ci"]
     return out
 
