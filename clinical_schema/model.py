@@ -13,7 +13,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-SCHEMA_VERSION = "1.1"  # 1.1: mask_source
+SCHEMA_VERSION = "1.2"  # 1.1: mask_source; 1.2: mask_path may be empty (lesions to outline)
 
 LESION_TYPES = (
     "adenoma",
@@ -138,9 +138,10 @@ class ClinicalTable(pa.DataFrameModel):
         nullable=True, description="Delayed-phase CT volume (for washout).", metadata=_meta("files"),
     )
     mask_path: Series[str] = pa.Field(
-        str_length={"min_value": 1},
+        str_length={"min_value": 1}, nullable=True,
         description="Lesion segmentation: a label image on the grid of the CT phases, or a DICOM SEG or RTSTRUCT "
-                    "file drawn on the first CT phase (put on its grid when read).",
+                    "file drawn on the first CT phase (put on its grid when read). Empty for a lesion not outlined "
+                    "yet: 'fusion-model segment predict' outlines it; training and evaluation need it.",
         metadata=_meta("files"),
     )
     mask_source: Optional[Series[str]] = pa.Field(

@@ -68,7 +68,8 @@ GUIDELINE_RULES = {rule.name: rule for rule in (
 
 
 # Who outlined a lesion (the cohort's mask_source column; empty means manual), as reports say it.
-MASK_SOURCE_WORDS = {"manual": "drawn by a reader", "auto": "automatic (a segmentation model)"}
+MASK_SOURCE_WORDS = {"manual": "drawn by a reader", "auto": "automatic (a segmentation model)",
+                     "none": "not outlined yet"}
 
 
 def mask_source_counts(sources: Iterable) -> dict[str, int]:

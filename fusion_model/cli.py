@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -77,7 +77,7 @@ def validate(
     require_labels: Annotated[bool, typer.Option("--require-labels", help="every lesion must have a label")] = False,
     resample: Annotated[bool, typer.Option("--resample", help="accept phases/masks on different grids "
                                                               "(they will be resampled onto the reference phase)")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write summary and problems as JSON")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write summary and problems as JSON")] = None,
 ) -> None:
     """Check a cohort directory: table schema, files, masks, geometry, split leakage. Exit 2 on errors."""
     from fusion_model.cohort import validate_cohort
@@ -103,10 +103,14 @@ def synth(
     centres: Annotated[int, typer.Option(help="number of centres (1-3)")] = 3,
     phases: Annotated[str, typer.Option(help="comma-separated phases")] = "unenhanced,venous",
     two_lesion_fraction: Annotated[float, typer.Option(help="share of patients with a lesion on each side")] = 0.08,
+    without_masks: Annotated[int, typer.Option(
+        "--without-masks", help="add this many patients whose lesions have no mask yet (for segment predict)")] = 0,
     workers: Annotated[int, typer.Option(help="processes (0 = automatic)")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing cohort directory")] = False,
 ) -> None:
-    """Write a synthetic cohort (CT phantoms, masks, clinical table, truth.csv with oracle risks)."""
+    """Write a synthetic cohort (CT phantoms, masks, clinical table, truth.csv with oracle risks).
+
+    Phases: any of unenhanced, arterial, venous, delayed (e.g. --phases unenhanced,arterial,venous)."""
     from fusion_model.config import SynthConfig
     from fusion_model.configbase import parse_model
     from fusion_model.synthetic.generate import synthesize_cohort
@@ -114,6 +118,7 @@ def synth(
     config = parse_model(SynthConfig, {
         "patients": patients, "seed": seed, "centres": centres, "two_lesion_fraction": two_lesion_fraction,
         "workers": workers, "phases": [p.strip() for p in phases.split(",") if p.strip()],
+        "patients_without_masks": without_masks,
     }, "synth options")
     synthesize_cohort(out, config, overwrite=overwrite)
     console.print(f"wrote {out}")
@@ -124,7 +129,7 @@ def import_medmnist_command(
     npz: Annotated[Path, typer.Argument(help="MedMNIST-format 3D npz (any of train/val/test splits)")],
     out: Annotated[Path, typer.Option("--out", help="cohort directory to create")],
     fov_mm: Annotated[float, typer.Option("--fov-mm", help="physical edge of each cube")] = 64.0,
-    name: Annotated[Optional[str], typer.Option(help="cohort name")] = None,
+    name: Annotated[str | None, typer.Option(help="cohort name")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Turn a MedMNIST 3D npz (e.g. AdrenalMNIST3D) into a cohort directory with shape features."""
@@ -142,7 +147,7 @@ def import_medmnist_command(
 def features(
     cohort: Annotated[Path, typer.Argument(help="cohort directory")],
     out: Annotated[Path, typer.Option("--out", help="CSV of radiological features per lesion")],
-    cache: Annotated[Optional[Path], typer.Option(help="cache directory (default ~/.cache/fusion-model)")] = None,
+    cache: Annotated[Path | None, typer.Option(help="cache directory (default ~/.cache/fusion-model)")] = None,
     resample: Annotated[bool, typer.Option("--resample")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
 ) -> None:
@@ -176,7 +181,7 @@ def features(
 @app.command()
 def preprocess(
     cohort: Annotated[Path, typer.Argument(help="cohort directory")],
-    cache: Annotated[Optional[Path], typer.Option(help="cache directory (default ~/.cache/fusion-model)")] = None,
+    cache: Annotated[Path | None, typer.Option(help="cache directory (default ~/.cache/fusion-model)")] = None,
     spacing_mm: Annotated[float, typer.Option(help="isotropic crop spacing")] = 1.0,
     crop_mm: Annotated[float, typer.Option(help="edge of the lesion-centred cube")] = 64.0,
     resample: Annotated[bool, typer.Option("--resample")] = False,
@@ -225,7 +230,7 @@ def _print_training_summary(run) -> None:
         console.print("held-out test AUC: " + ", ".join(f"{k} {_fmt_auc(v)}" for k, v in run.test_auc.items()))
 
 
-def _cache(cache: Optional[Path]):
+def _cache(cache: Path | None):
     from fusion_model.imaging.cache import ImageCache, default_cache_dir
 
     return ImageCache(cache or default_cache_dir())
@@ -236,9 +241,9 @@ def train(
     config: Annotated[Path, typer.Option("--config", help="experiment YAML (see experiments/)")],
     cohort: Annotated[Path, typer.Option("--cohort", help="labelled cohort directory")],
     out: Annotated[Path, typer.Option("--out", help="model artifact directory to create, e.g. runs/NAME")],
-    test_centre: Annotated[Optional[str], typer.Option("--test-centre", help="hold this centre out as "
+    test_centre: Annotated[str | None, typer.Option("--test-centre", help="hold this centre out as "
                                                                              "external test")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
+    cache: Annotated[Path | None, typer.Option(help="image cache directory")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
@@ -262,7 +267,7 @@ def predict(
     model: Annotated[Path, typer.Option("--model", help="model artifact directory (from train)")],
     cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory; labels not needed")],
     out: Annotated[Path, typer.Option("--out", help="predictions CSV to write")],
-    cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
+    cache: Annotated[Path | None, typer.Option(help="image cache directory")] = None,
     strict: Annotated[bool, typer.Option("--strict")] = False,
 ) -> None:
     """Malignancy probability per lesion (every variant, and the guideline rules) as CSV."""
@@ -311,21 +316,21 @@ def _print_evaluation(result) -> None:
 
 @app.command()
 def evaluate(
-    files: Annotated[Optional[list[Path]], typer.Argument(help="with --predictions: prediction CSVs (lesion_id, "
+    files: Annotated[list[Path] | None, typer.Argument(help="with --predictions: prediction CSVs (lesion_id, "
                                                                "label, a score per model)", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="report folder to write, e.g. reports/NAME")] = Path("reports/evaluation"),
-    model: Annotated[Optional[Path], typer.Option("--model", help="model artifact directory (from train)")] = None,
-    cohort: Annotated[Optional[Path], typer.Option("--cohort", help="labelled cohort directory")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="model artifact directory (from train)")] = None,
+    cohort: Annotated[Path | None, typer.Option("--cohort", help="labelled cohort directory")] = None,
     predictions: Annotated[bool, typer.Option("--predictions", help="evaluate the prediction CSVs given as "
                                                                     "arguments instead of a model")] = False,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC and calibration CIs")] = 2000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     auc_ci: Annotated[str, typer.Option("--auc-ci", help="the AUC interval shown: logit (logit-transformed DeLong, "
                                                          "inside 0-1) or wald (AUC +/- 1.96 SE)")] = "logit",
-    cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
-    centre: Annotated[Optional[str], typer.Option("--centre", help="evaluate only this centre's lesions (e.g. the "
+    cache: Annotated[Path | None, typer.Option(help="image cache directory")] = None,
+    centre: Annotated[str | None, typer.Option("--centre", help="evaluate only this centre's lesions (e.g. the "
                                                                    "centre held out with train --test-centre)")] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="evaluate only lesions of this split (the "
+    split: Annotated[str | None, typer.Option("--split", help="evaluate only lesions of this split (the "
                                                                  "cohort's split column, e.g. val)")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing report folder")] = False,
@@ -359,11 +364,11 @@ def explain(
     model: Annotated[Path, typer.Option("--model", help="model artifact directory (from train)")],
     cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory; labels not needed")],
     out: Annotated[Path, typer.Option("--out", help="folder for the case review page and case cards")],
-    lesion: Annotated[Optional[list[str]], typer.Option("--lesion", help="explain only this lesion id "
+    lesion: Annotated[list[str] | None, typer.Option("--lesion", help="explain only this lesion id "
                                                                           "(repeat for several)")] = None,
-    variant: Annotated[Optional[str], typer.Option(help="model variant to explain (default: the primary)")] = None,
-    centre: Annotated[Optional[str], typer.Option("--centre", help="explain only this centre's lesions")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
+    variant: Annotated[str | None, typer.Option(help="model variant to explain (default: the primary)")] = None,
+    centre: Annotated[str | None, typer.Option("--centre", help="explain only this centre's lesions")] = None,
+    cache: Annotated[Path | None, typer.Option(help="image cache directory")] = None,
     strict: Annotated[bool, typer.Option("--strict")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output folder")] = False,
 ) -> None:
@@ -386,20 +391,20 @@ def tune(
     config: Annotated[Path, typer.Option("--config", help="experiment YAML with a 'search' section")],
     cohort: Annotated[Path, typer.Option("--cohort", help="labelled cohort; only its training part is used")],
     trials: Annotated[int, typer.Option("--trials", help="finished trials the study should reach in total")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="run folder (journal storage, encoder outputs, "
+    out: Annotated[Path | None, typer.Option("--out", help="run folder (journal storage, encoder outputs, "
                                                               "report); default runs/STUDY-tune")] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="stop starting trials after S seconds")] = None,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="SQLAlchemy URL (postgresql://...) shared by "
+    timeout: Annotated[float | None, typer.Option("--timeout", help="stop starting trials after S seconds")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="SQLAlchemy URL (postgresql://...) shared by "
                                                                      "workers on many machines, or a journal file "
                                                                      "path; default: the run folder's journal")] = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="study name (default: the experiment's name)")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="study name (default: the experiment's name)")] = None,
     jobs: Annotated[int, typer.Option("--jobs", help="worker processes on this machine")] = 1,
     worker: Annotated[int, typer.Option("--worker", help="distinct number per extra worker started by hand "
                                                          "(seeds its sampler)")] = 0,
-    test_centre: Annotated[Optional[str], typer.Option("--test-centre", help="held-out centre, never used in "
+    test_centre: Annotated[str | None, typer.Option("--test-centre", help="held-out centre, never used in "
                                                                              "an objective")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="image cache directory")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per worker (default: this "
+    cache: Annotated[Path | None, typer.Option(help="image cache directory")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads per worker (default: this "
                                                                      "machine's cores shared among the live workers "
                                                                      "of the run folder)")] = None,
 ) -> None:
@@ -427,8 +432,8 @@ def tune(
 @app.command()
 def schema(
     format: Annotated[str, typer.Option("--format", help="markdown (data dictionary) or json (JSON Schema)")] = "markdown",
-    out: Annotated[Optional[Path], typer.Option("--out", help="file to write (default: print)")] = None,
-    cohort: Annotated[Optional[Path], typer.Option(help="include this cohort's declared extra features")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="file to write (default: print)")] = None,
+    cohort: Annotated[Path | None, typer.Option(help="include this cohort's declared extra features")] = None,
 ) -> None:
     """Export the clinical table contract as a data dictionary or a JSON Schema."""
     import json
@@ -456,7 +461,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="where the demo writes its cohort, model and reports")] = DEFAULT_DEMO_DIR,
     patients: Annotated[int, typer.Option(help="synthetic patients (about a third at the external centre)")] = 210,
     seed: Annotated[int, typer.Option()] = 0,
-    epochs: Annotated[Optional[int], typer.Option(help="encoder epochs (default: the demo experiment's 25)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="encoder epochs (default: the demo experiment's 25)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC CIs")] = 2000,
 ) -> None:
     """The main job end to end: synthesise, validate, train, evaluate on an external centre, explain."""
@@ -481,6 +486,113 @@ def demo(
     for name, path in summary["outputs"].items():
         console.print(f"  {name}: {path}")
     console.print(f"  summary: {out / 'demo_summary.json'}")
+
+
+segment_app = typer.Typer(
+    help="Find and outline lesions: train a MONAI 3D U-Net on outlined scans, predict masks for a cohort, evaluate.",
+    no_args_is_help=True)
+app.add_typer(segment_app, name="segment")
+
+DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda")]
+RegionOption = Annotated[Path | None, typer.Option(
+    "--region", help="CSV with the adrenal region per patient_id: box columns x_min_mm..z_max_mm (LPS mm) or "
+                     "region_mask_path (an organ mask, e.g. TotalSegmentator's adrenal labels); default: whole scan")]
+
+
+def _regions(region: Path | None, cohort: Path):
+    from fusion_model.segment.scans import read_regions
+
+    return read_regions(region, cohort) if region else None
+
+
+@segment_app.command("train")
+def segment_train(
+    cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory with outlined lesions")],
+    out: Annotated[Path, typer.Option("--out", help="segmenter folder to write")],
+    config: Annotated[Path | None, typer.Option("--config", help="segmenter YAML (experiments/segment.yaml)")] = None,
+    test_centre: Annotated[str | None, typer.Option("--test-centre", help="leave this centre out")] = None,
+    region: RegionOption = None,
+    device: DeviceOption = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Train the lesion segmenter (resumes after a kill: run the same command again)."""
+    from fusion_model.config import load_segment_config
+    from fusion_model.segment.train import train_segmenter
+
+    settings = load_segment_config(config)
+    if threads:
+        settings = settings.model_copy(update={"threads": threads})
+    run = train_segmenter(cohort, out, settings, device=device, regions=_regions(region, cohort),
+                          test_centre=test_centre, overwrite=overwrite)
+    f = run.figures
+    op = f["operating_point"]
+    if f["resumed_from_epoch"] is not None:
+        console.print(f"resumed after epoch {f['resumed_from_epoch'] + 1}")
+    if run.skipped:
+        console.print(f"left out {len(run.skipped)} scan(s) with lesions not outlined: {', '.join(run.skipped[:10])}")
+    console.print(f"trained on {f['training_patients']} patients, early-stopped on {f['early_stopping_patients']} "
+                  f"({', '.join(f['centres'])}); best epoch {f['best_epoch'] + 1} of {f['epochs_run']}")
+    dice = f["early_stopping_lesion_dice"]
+    console.print(f"early-stopping patients: lesion Dice median {dice['median']:.3f}, mean {dice['mean']:.3f}; "
+                  f"operating point: component probability >= {op['threshold']:.3f} gives sensitivity "
+                  f"{op['sensitivity']:.3f} at {op['fp_per_scan']:.2f} false positives per scan")
+    console.print(f"{f['minutes']:.1f} min on {f['device']}, peak memory {f['peak_memory_gb']:.2f} GB; wrote {out}")
+
+
+@segment_app.command("predict")
+def segment_predict(
+    model: Annotated[Path, typer.Option("--model", help="segmenter folder from segment train")],
+    cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory to outline")],
+    out: Annotated[Path, typer.Option("--out", help="new cohort directory with the automatic masks")],
+    centre: Annotated[str | None, typer.Option("--centre", help="only this centre")] = None,
+    region: RegionOption = None,
+    device: DeviceOption = "auto",
+    dicom_seg: Annotated[bool, typer.Option("--dicom-seg/--no-dicom-seg",
+                                            help="also write DICOM SEG when the images are DICOM")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Outline every lesion of a cohort; write a new cohort (mask_source = auto) and list lesions not found."""
+    from fusion_model.segment.predict import NOT_FOUND_FILE, predict_masks
+
+    run = predict_masks(model, cohort, out, centre=centre, regions=_regions(region, cohort), device=device,
+                        dicom_seg=dicom_seg, overwrite=overwrite)
+    console.print(f"outlined {run.found} of {run.lesions} lesions ({run.seconds_per_scan:.1f} s per scan, peak "
+                  f"memory {run.peak_memory_gb:.2f} GB)" + (f"; {run.dicom_seg_files} DICOM SEG file(s)"
+                                                           if run.dicom_seg_files else ""))
+    if len(run.not_found):
+        console.print(f"[yellow]not found[/yellow] ({len(run.not_found)}, listed in {out / NOT_FOUND_FILE}; their "
+                      "rows keep an empty mask_path): " + ", ".join(run.not_found["lesion_id"].head(20)))
+    console.print(f"wrote {out}")
+
+
+@segment_app.command("evaluate")
+def segment_evaluate(
+    model: Annotated[Path, typer.Option("--model", help="segmenter folder from segment train")],
+    cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory with reference masks")],
+    out: Annotated[Path, typer.Option("--out", help="report folder")],
+    centre: Annotated[str | None, typer.Option("--centre", help="only this centre")] = None,
+    region: RegionOption = None,
+    device: DeviceOption = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Dice, HD95, surface Dice, volume difference and FROC of the segmenter against reference masks."""
+    from fusion_model.segment.evaluate import evaluate_segmenter
+
+    result = evaluate_segmenter(model, cohort, out, centre=centre, regions=_regions(region, cohort), device=device,
+                                overwrite=overwrite)
+    table = Table(title=f"segmenter on {result.metrics['cohort_name']}")
+    for column in ("centre", "lesions", "Dice median", "Dice mean", "HD95 median (mm)", "sensitivity",
+                   "FP / scan"):
+        table.add_column(column)
+    blocks = [("all", result.metrics["overall"]), *result.metrics["per_centre"].items()]
+    for name, b in blocks:
+        op = b["detection"]["operating_point"]
+        table.add_row(name, str(b["lesions"]), f"{b['dice']['median']:.3f}", f"{b['dice']['mean']:.3f}",
+                      "-" if b["hd95_mm"]["median"] is None else f"{b['hd95_mm']['median']:.1f}",
+                      f"{op['sensitivity']:.3f}", f"{op['fp_per_scan']:.2f}")
+    console.print(table)
+    console.print(f"{result.metrics['seconds_per_scan']:.1f} s per scan; wrote {out / 'report.html'}")
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ class PreprocessConfig(StrictModel):
                                                          "when they do not share physical space")
 
     @model_validator(mode="after")
-    def _window_ordered(self) -> "PreprocessConfig":
+    def _window_ordered(self) -> PreprocessConfig:
         if self.hu_window[0] >= self.hu_window[1]:
             raise ValueError(f"hu_window {self.hu_window}: the lower bound must be below the upper bound")
         return self
@@ -171,7 +171,7 @@ class SearchParam(StrictModel):
     choices: list[str | int | float | bool | None] | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SearchParam":
+    def _consistent(self) -> SearchParam:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs a non-empty 'choices' list")
@@ -246,7 +246,7 @@ class ExperimentConfig(StrictModel):
         return known_names(baselines, GUIDELINE_RULES, "baseline") if baselines else []
 
     @model_validator(mode="after")
-    def _primary_is_trained(self) -> "ExperimentConfig":
+    def _primary_is_trained(self) -> ExperimentConfig:
         if self.primary_variant not in self.variants:
             raise ValueError(f"primary_variant {self.primary_variant!r} is not among variants {self.variants}")
         if self.search is not None:
@@ -262,7 +262,7 @@ class ExperimentConfig(StrictModel):
         return self
 
 
-def with_params(config: "ExperimentConfig", params: dict) -> "ExperimentConfig":
+def with_params(config: ExperimentConfig, params: dict) -> ExperimentConfig:
     """A validated copy of ``config`` with dotted keys (``xgboost.max_depth``) set."""
     data = config.model_dump(mode="json")
     for key, value in params.items():
@@ -290,12 +290,95 @@ class SynthConfig(StrictModel):
     centres: int = Field(3, ge=1, le=SYNTH_CENTRES, description="number of centres (centre_a, centre_b, ...)")
     phases: list[str] = Field(default_factory=lambda: ["unenhanced", "venous"])
     two_lesion_fraction: float = Field(0.08, ge=0, le=1)
+    patients_without_masks: int = Field(0, ge=0, le=100_000, description="patients added after the others whose "
+                                        "mask_path is empty (to outline with 'fusion-model segment predict'); "
+                                        "their reference masks go to truth_masks/")
     workers: int = Field(0, ge=0, description="processes; 0 = up to 2, as many as cores allow")
 
     @field_validator("phases")
     @classmethod
     def _phases(cls, phases: list[str]) -> list[str]:
         return known_names(phases, PHASES, "phase", ordered=True)
+
+
+class SegmentConfig(StrictModel):
+    """The lesion segmenter (``fusion-model segment``): a MONAI 3D U-Net on isotropic patches of the CT phases.
+
+    Phases are the network's input channels (each HU-windowed to [0, 1]); the target is every lesion of a
+    patient. A patient-grouped part of the training patients (``validation_fraction``) is held out for
+    early stopping and for choosing the component-probability operating point.
+    """
+
+    name: str = "segmenter"
+    seed: int = 0
+    phases: list[str] | None = Field(None, description="input phases; default: every phase of the cohort")
+    spacing_mm: float = Field(2.0, gt=0.25, le=8, description="isotropic voxel size the network sees")
+    patch_voxels: tuple[int, int, int] = Field((48, 48, 32), description="training / sliding-window patch, "
+                                                                          "voxels along x, y, z")
+    hu_window: tuple[float, float] = Field((-250.0, 350.0), description="HU mapped to 0 and 1 (clipped)")
+    region_margin_mm: float = Field(20.0, ge=0, description="margin around a given adrenal region")
+    architecture: Literal["unet", "dynunet"] = "unet"
+    channels: tuple[int, ...] = Field((16, 32, 64, 128), description="feature maps per U-Net level")
+    residual_units: int = Field(1, ge=0, le=4)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    epochs: int = Field(60, ge=1, le=10_000)
+    iterations_per_epoch: int = Field(40, ge=1, description="optimiser steps per epoch")
+    batch_size: int = Field(4, ge=1, le=256, description="patches per step")
+    patches_per_volume: int = Field(2, ge=1, le=32)
+    foreground_ratio: float = Field(0.67, ge=0, le=1, description="share of patches centred on a lesion voxel")
+    learning_rate: float = Field(2e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-5, ge=0)
+    patience: int = Field(10, ge=1, description="epochs without a better validation Dice before stopping")
+    validation_fraction: float = Field(0.2, gt=0, lt=0.6)
+    intensity_jitter: float = Field(0.05, ge=0, le=0.5, description="random shift/scale of windowed values")
+    flip: bool = Field(True, description="random flips along every axis")
+    voxel_threshold: float = Field(0.5, gt=0, lt=1, description="foreground probability for a voxel")
+    min_component_mm3: float = Field(100.0, ge=0, description="smaller connected components are dropped")
+    max_false_positives_per_scan: float = Field(0.5, ge=0, description="the operating point: the lowest "
+                                                "component-probability threshold within this FP rate")
+    overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window overlap")
+    spacing_tolerance: float = Field(2.0, ge=1, description="refuse scans whose voxel edge is this many times "
+                                                            "outside the training range")
+    min_extent_mm: float = Field(24.0, gt=0, description="refuse scans shorter than this along an axis")
+    refine: bool = Field(True, description="re-outline each found lesion on a crop scaled to its size")
+    refine_voxels: int = Field(48, ge=16, le=160, description="edge of the refinement crop, voxels")
+    refine_context: float = Field(1.8, ge=1.1, le=5, description="crop edge / the lesion's largest extent")
+    refine_min_mm: float = Field(24.0, gt=0, description="smallest crop edge, mm")
+    refine_crops_per_lesion: int = Field(8, ge=1, le=64, description="randomly shifted and scaled training crops")
+    refine_shift_jitter: float = Field(0.15, ge=0, le=1, description="SD of the crop-centre shift / lesion extent")
+    refine_scale_jitter: float = Field(0.3, ge=0, le=1, description="crop edge scaled by exp(U(-j, j))")
+    refine_epochs: int = Field(30, ge=1, le=10_000)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, phases: list[str] | None) -> list[str] | None:
+        return None if phases is None else known_names(phases, PHASES, "phase", ordered=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SegmentConfig:
+        if self.hu_window[0] >= self.hu_window[1]:
+            raise ValueError(f"hu_window {self.hu_window}: the lower bound must be below the upper bound")
+        levels = len(self.channels) - 1
+        if levels < 1:
+            raise ValueError("channels: give at least two U-Net levels, e.g. [16, 32, 64]")
+        for edge in self.patch_voxels:
+            if edge < 2 ** levels or edge % 2 ** levels:
+                raise ValueError(f"patch_voxels {list(self.patch_voxels)}: every edge must be a multiple of "
+                                 f"{2 ** levels} (2 to the number of down-sampling levels)")
+        if self.refine_voxels % 2 ** levels:
+            raise ValueError(f"refine_voxels {self.refine_voxels}: must be a multiple of {2 ** levels}")
+        return self
+
+    def fingerprint(self) -> str:
+        """A hash of every setting that changes training (for checkpoints)."""
+        settings = self.model_dump(exclude={"threads", "name"})
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_segment_config(path: Path | None) -> SegmentConfig:
+    """The segmenter settings from a YAML file, or the defaults."""
+    return SegmentConfig() if path is None else load_yaml_model(SegmentConfig, path)
 
 
 def packaged_experiment(name: str) -> Path:

@@ -1,6 +1,6 @@
 """Lesion records: what the stages need to know of one lesion's files, independent of where they came from.
 
-A leaf module (no imports from the rest of the package): the cohort loader makes these records and
+A leaf module (it imports only the error classes): the cohort loader makes these records and
 the imaging stage reads them, without either package importing the other.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fusion_model.errors import MissingMaskError
 
 
 @dataclass(frozen=True)
@@ -18,10 +20,17 @@ class LesionRecord:
     patient_id: str
     centre: str
     row: int  # line in clinical.csv (header = 1)
-    mask_path: Path
+    mask_path: Path | None  # None: not outlined yet (fusion-model segment predict outlines it)
     mask_label: int | None
     phase_paths: dict[str, Path] = field(default_factory=dict)
     label: int | None = None
+
+    def require_mask(self) -> Path:
+        """The mask path; a lesion without one is refused with what to do."""
+        if self.mask_path is None:
+            raise MissingMaskError(f"{self.where}: mask_path is empty; outline the lesion, or run 'fusion-model "
+                                   "segment predict' to outline it and use the cohort it writes")
+        return self.mask_path
 
     @property
     def where(self) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from clinical_schema import PATH_COLUMNS, validate_clinical_table
@@ -131,11 +132,27 @@ class Cohort:
             patient_id=str(row["patient_id"]),
             centre=str(row["centre"]),
             row=line,
-            mask_path=resolve_inside(self.root, str(row["mask_path"]), f"{where}, column 'mask_path'"),
+            mask_path=None if pd.isna(row.get("mask_path")) else
+            resolve_inside(self.root, str(row["mask_path"]), f"{where}, column 'mask_path'"),
             mask_label=None if mask_label is None or pd.isna(mask_label) else int(mask_label),
             phase_paths=phase_paths,
             label=None if label is None or pd.isna(label) else int(label),
         )
+
+    @property
+    def outlined(self) -> pd.Series:
+        """Per table row: whether the lesion has a mask."""
+        return self.table["mask_path"].notna()
+
+    def require_masks(self) -> None:
+        """Refuse a cohort with lesions not outlined yet, naming them (training and evaluation need masks)."""
+        missing = np.flatnonzero(~self.outlined.to_numpy())
+        if len(missing):
+            rows = ", ".join(f"{self._line(i)} ({self.table['lesion_id'].iloc[i]})" for i in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise UserInputError(
+                f"{self.root / TABLE_FILE}: {len(missing)} lesion(s) have no mask_path (rows {rows}{more}); outline "
+                "them, or run 'fusion-model segment predict --model SEG --cohort DIR --out NEWDIR' and use NEWDIR")
 
     def lesions(self) -> Iterator[LesionRecord]:
         """Every lesion's file record, in table order."""
@@ -147,6 +164,8 @@ class Cohort:
         ``options``: crops, features, strict, progress)."""
         from fusion_model.imaging.extract import extract_lesion_images
 
+        if options.get("strict"):
+            self.require_masks()
         return extract_lesion_images(list(self.lesions()), self.spec.phases, self.spec.ct_intensities, config,
                                      cache, **options)
 
@@ -159,9 +178,13 @@ class Cohort:
 
 
 def mask_sources(table: pd.DataFrame) -> pd.Series:
-    """Each lesion's mask source (manual / auto); an empty cell, or no mask_source column, means manual."""
+    """Each lesion's mask source (manual / auto; an empty cell, or no mask_source column, means manual), or
+    ``none`` where mask_path is empty."""
     column = table["mask_source"] if "mask_source" in table else pd.Series(index=table.index, dtype=object)
-    return column.fillna("manual")
+    column = column.fillna("manual")
+    if "mask_path" in table:
+        column = column.where(table["mask_path"].notna(), "none")
+    return column
 
 
 def load_cohort(root: Path, require_label: bool = False) -> Cohort:

@@ -153,17 +153,22 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
         report.error(where, f"no CT phase file; fill at least one of {[PATH_COLUMNS[p] for p in cohort.spec.phases]}")
         return
     reference_phase = next(p for p in cohort.spec.phases if p in lesion.phase_paths)
-    try:
-        mask, reference_image = _read_mask(lesion, lesion.phase_paths[reference_phase])
-    except UserInputError as err:
-        report.error(where, f"mask: {err}")
-        return
-    _check_mask_values(mask, lesion, where, report)
+    geometries, lesion_mask, reference_image = {}, None, None
+    if lesion.mask_path is None:
+        report.warn(where, "no mask_path: the lesion is not outlined yet; 'fusion-model segment predict' outlines "
+                           "it, and train / evaluate skip it until then")
+    else:
+        try:
+            mask, reference_image = _read_mask(lesion, lesion.phase_paths[reference_phase])
+        except UserInputError as err:
+            report.error(where, f"mask: {err}")
+            return
+        _check_mask_values(mask, lesion, where, report)
+        geometries["mask"] = (lesion.mask_path, Geometry.of(mask))
+        lesion_mask = binary_mask(mask, lesion.mask_label)
     missing = [p for p in cohort.spec.phases if p not in lesion.phase_paths]
     if missing:
         report.warn(where, f"phase(s) {missing} missing for this lesion; models will treat them as missing")
-    geometries = {"mask": (lesion.mask_path, Geometry.of(mask))}
-    lesion_mask = binary_mask(mask, lesion.mask_label)
     for phase, path in lesion.phase_paths.items():
         try:
             image = (reference_image if phase == reference_phase and reference_image is not None
@@ -172,7 +177,7 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
             report.error(where, f"{phase} phase: {err}")
             continue
         geometries[phase] = (path, Geometry.of(image))
-        same_grid = not geometry_differences(geometries[phase][1], geometries["mask"][1])
+        same_grid = "mask" in geometries and not geometry_differences(geometries[phase][1], geometries["mask"][1])
         for problem in ct_value_problems(image, phase, lesion_mask if same_grid else None,
                                          hounsfield=cohort.spec.ct_intensities):
             report.error(where, f"{phase} phase ({path.name}): {problem}")

@@ -212,7 +212,7 @@ def _subgroup_definitions(cases: pd.DataFrame) -> list[tuple[str, str, np.ndarra
     if "mask_source" in cases:
         sources = cases["mask_source"].fillna("manual")
         if sources.nunique() > 1:
-            for source in MASK_SOURCE_WORDS:
+            for source in [s for s in MASK_SOURCE_WORDS if (sources == s).any()]:
                 groups.append(("mask", source, (sources == source).to_numpy()))
     return groups
 

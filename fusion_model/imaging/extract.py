@@ -49,7 +49,7 @@ class CohortImages:
 
 
 def _files(lesion: LesionRecord) -> list:
-    return [*lesion.phase_paths.values(), lesion.mask_path]
+    return [*lesion.phase_paths.values(), lesion.require_mask()]
 
 
 def _lazy_volumes(lesion: LesionRecord, phases, config: PreprocessConfig,

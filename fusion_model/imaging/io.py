@@ -16,7 +16,7 @@ from fusion_model.fileio import atomic_write
 from fusion_model.imaging.quality import check_file_complete
 
 
-def _dicom_series_files(folder: Path) -> list[str]:
+def dicom_series_files(folder: Path) -> list[str]:
     reader = sitk.ImageSeriesReader()
     series_ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
     if not series_ids:
@@ -39,7 +39,7 @@ def read_image(path: Path, pixel_type: int | None = None) -> sitk.Image:
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(_dicom_series_files(path))
+            reader.SetFileNames(dicom_series_files(path))
             image = reader.Execute()
         else:
             check_file_complete(path)

@@ -6,6 +6,9 @@ whose type, size, attenuation, enhancement, texture and clinical/lab values are 
 (:mod:`fusion_model.synthetic.phantom`) per phase. Centres differ in voxel spacing, noise,
 a small HU calibration offset and lab missingness.
 
+``patients_without_masks`` more patients are drawn the same way but their rows leave mask_path empty
+(lesions for ``fusion-model segment predict`` to outline); their reference masks go to ``truth_masks/``.
+
 Outside clinical.csv, ``truth.csv`` holds each lesion's generator type, latent values and
 ``oracle_risk``: the exact P(malignant | everything observable about the lesion) under the
 generator, where observable means the latent imaging values for the phases written, the
@@ -35,6 +38,7 @@ from fusion_model.synthetic import phantom
 from fusion_model.synthetic.profiles import IMAGING_VARIABLES, TypeProfile, draw_latents, draw_type, oracle_risk
 
 TRUTH_FILE = "truth.csv"
+TRUTH_MASKS = "truth_masks"  # reference masks of the patients written without a mask_path
 
 
 @dataclass(frozen=True)
@@ -141,11 +145,14 @@ def synthesize_patient(index: int, config: SynthConfig, out_dir: Path) -> tuple[
         drawings.append(drawing)
         mask[drawing.box][drawing.mask] = k + 1
 
+    outlined = index < config.patients
+
     def write(array: np.ndarray, name: str) -> str:
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(spacing)
         image.SetOrigin(grid.origin)
-        rel = f"images/{name}.nii.gz" if not name.endswith("mask") else f"masks/{name}.nii.gz"
+        folder = "images" if not name.endswith("mask") else "masks" if outlined else TRUTH_MASKS
+        rel = f"{folder}/{name}.nii.gz"
         sitk.WriteImage(image, str(out_dir / rel), True, 1)
         return rel
 
@@ -175,13 +182,13 @@ def synthesize_patient(index: int, config: SynthConfig, out_dir: Path) -> tuple[
             "bilateral": "yes" if len(lesions) > 1 else "no",
             **labs,
             **{PATH_COLUMNS[p]: paths[p] for p in config.phases},
-            "mask_path": mask_rel, "mask_label": k + 1 if len(lesions) > 1 else None,
+            "mask_path": mask_rel if outlined else None, "mask_label": k + 1 if len(lesions) > 1 else None,
         }
         observed = observed_variables(config.phases, [c for c in LAB_COLUMNS if labs[c] is not None])
         truths.append({
             "lesion_id": lesion_id, "patient_id": patient_id, "centre": centre.name,
             "generator_type": lesion.profile.name, "label": int(lesion.profile.malignant),
-            "oracle_risk": oracle_risk(lat, observed),
+            "oracle_risk": oracle_risk(lat, observed), "truth_mask_path": mask_rel,
             **{f"latent_{name}": value for name, value in lat.items()},
         })
         rows.append(row)
@@ -197,8 +204,10 @@ def synthesize_cohort(out: Path, config: SynthConfig, overwrite: bool = False, p
     with atomic_directory(out, overwrite) as staging:
         (staging / "images").mkdir()
         (staging / "masks").mkdir()
+        if config.patients_without_masks:
+            (staging / TRUTH_MASKS).mkdir()
         workers = config.workers or min(2, os.cpu_count() or 1)
-        tasks = [(i, config, staging) for i in range(config.patients)]
+        tasks = [(i, config, staging) for i in range(config.patients + config.patients_without_masks)]
         if workers > 1 and config.patients > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 results = list(track(pool.map(_patient_task, tasks, chunksize=1), "synthesising patients",
@@ -214,7 +223,8 @@ def synthesize_cohort(out: Path, config: SynthConfig, overwrite: bool = False, p
         atomic_write_text(staging / TRUTH_FILE, pd.DataFrame(truths).to_csv(index=False))
         centres = [c.name for c in CENTRES[: config.centres]]
         write_cohort_spec(staging, CohortSpec(
-            name=f"synthetic-{config.patients}p-seed{config.seed}",
+            name=f"synthetic-{config.patients}p-seed{config.seed}"
+                 + (f"+{config.patients_without_masks}unoutlined" if config.patients_without_masks else ""),
             description="Synthetic adrenal CT cohort from fusion-model synth; truth.csv holds the generator's "
                         "lesion types, latent values and oracle risk.",
             phases=config.phases, centres=centres, source="fusion-model synth", licence="CC0",

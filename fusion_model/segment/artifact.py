@@ -1,0 +1,99 @@
+"""The trained segmenter on disk, pickle-free: ``segmenter.json`` (settings, phases, the scan spacings it was
+trained on, the operating point, training figures) and ``segmenter.safetensors`` (the network's weights)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fusion_model import __version__
+from fusion_model.config import SegmentConfig
+from fusion_model.configbase import parse_model
+from fusion_model.errors import UserInputError
+from fusion_model.fileio import atomic_directory, json_safe
+from fusion_model.segment.network import build_segmenter
+
+FORMAT = "fusion-model-segmenter"
+FORMAT_VERSION = 1
+MANIFEST = "segmenter.json"
+WEIGHTS = "segmenter.safetensors"
+REFINER_WEIGHTS = "refiner.safetensors"
+
+
+@dataclass
+class Segmenter:
+    """A trained lesion segmenter: network, settings, input phases, training spacing range, operating point."""
+
+    network: torch.nn.Module
+    config: SegmentConfig
+    phases: list[str]
+    spacing_range: tuple[list[float], list[float]]  # per-axis (x, y, z) min and max voxel edge seen in training
+    threshold: float  # component-probability operating point
+    info: dict = field(default_factory=dict)
+    refiner: torch.nn.Module | None = None  # the lesion-centred second stage (config.refine)
+
+    def to(self, device: torch.device) -> Segmenter:
+        """Move the networks to a device."""
+        self.network.to(device)
+        if self.refiner is not None:
+            self.refiner.to(device)
+        return self
+
+    def save(self, out: Path, overwrite: bool = False) -> Path:
+        """Write the segmenter directory atomically."""
+        with atomic_directory(Path(out), overwrite=overwrite) as staging:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+            save_file(state, str(staging / WEIGHTS))
+            if self.refiner is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.refiner.state_dict().items()},
+                          str(staging / REFINER_WEIGHTS))
+            manifest = json_safe({
+                "format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
+                "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "config": self.config.model_dump(mode="json"), "phases": self.phases,
+                "spacing_range_mm": {"min": self.spacing_range[0], "max": self.spacing_range[1]},
+                "component_threshold": self.threshold, **self.info,
+            })
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        return Path(out)
+
+
+def load_segmenter(path: Path) -> Segmenter:
+    """Read a segmenter directory written by ``fusion-model segment train``."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise UserInputError(f"{path}: not a segmenter (no {MANIFEST}); give the --out folder of "
+                             "'fusion-model segment train'")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{manifest_path}: unreadable ({err}); retrain the segmenter") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise UserInputError(f"{manifest_path}: segmenter format {manifest.get('format')!r} version "
+                             f"{manifest.get('format_version')!r}; this fusion-model reads version {FORMAT_VERSION}: "
+                             "retrain it")
+    config = parse_model(SegmentConfig, manifest["config"], str(manifest_path))
+    network = _load_network(config, len(manifest["phases"]), path / WEIGHTS)
+    refiner = _load_network(config, len(manifest["phases"]), path / REFINER_WEIGHTS) if config.refine else None
+    spacing = manifest["spacing_range_mm"]
+    info = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "config", "phases",
+                                                           "spacing_range_mm", "component_threshold")}
+    return Segmenter(network, config, list(manifest["phases"]), (spacing["min"], spacing["max"]),
+                     float(manifest["component_threshold"]), info, refiner)
+
+
+def _load_network(config: SegmentConfig, in_channels: int, weights: Path) -> torch.nn.Module:
+    network = build_segmenter(config, in_channels)
+    try:
+        network.load_state_dict(load_file(str(weights)))
+    except (SafetensorError, FileNotFoundError, RuntimeError, OSError) as err:
+        raise UserInputError(f"{weights}: the segmenter weights cannot be read ({str(err).splitlines()[0]}); "
+                             "retrain the segmenter") from None
+    return network.eval()

@@ -1,0 +1,106 @@
+"""Segmentation and detection metrics: per-lesion overlap (MONAI's Dice, 95% Hausdorff distance, surface Dice)
+and lesion-wise detection over the component-probability threshold (FROC, operating point)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+
+SURFACE_TOLERANCE_MM = 2.0
+CROP_MARGIN_VOXELS = 3
+
+
+def overlap_metrics(predicted: np.ndarray, reference: np.ndarray, spacing_zyx: tuple[float, float, float]) -> dict:
+    """Dice, HD95 (mm), surface Dice at 2 mm and volume difference of one lesion (arrays z, y, x of 0/1).
+
+    An empty prediction (a missed lesion) has Dice 0, surface Dice 0, no Hausdorff distance and a volume
+    difference of -100%.
+    """
+    predicted, reference = predicted.astype(bool), reference.astype(bool)
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    ref_ml, pred_ml = reference.sum() * voxel_ml, predicted.sum() * voxel_ml
+    out = {"reference_ml": ref_ml, "predicted_ml": pred_ml, "volume_difference_ml": pred_ml - ref_ml,
+           "volume_difference_percent": 100.0 * (pred_ml - ref_ml) / ref_ml if ref_ml else float("nan")}
+    if not predicted.any():
+        return {**out, "dice": 0.0, "hd95_mm": float("nan"), "surface_dice_2mm": 0.0}
+    both = np.argwhere(predicted | reference)
+    lo = np.maximum(both.min(axis=0) - CROP_MARGIN_VOXELS, 0)
+    hi = both.max(axis=0) + CROP_MARGIN_VOXELS + 1
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+
+    def onehot(mask: np.ndarray) -> torch.Tensor:
+        m = torch.from_numpy(np.pad(mask[box], CROP_MARGIN_VOXELS))
+        return torch.stack([~m, m]).float()[None]
+
+    y_pred, y = onehot(predicted), onehot(reference)
+    spacing = [float(v) for v in spacing_zyx]
+    dice = float(compute_dice(y_pred, y, include_background=False)[0, 0])
+    with warnings.catch_warnings():  # MONAI 1.5-1.6 warns about its own use of a deprecated argument
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        hd95 = float(compute_hausdorff_distance(y_pred, y, percentile=95, spacing=spacing)[0, 0])
+        surface = float(compute_surface_dice(y_pred, y, [SURFACE_TOLERANCE_MM], spacing=spacing)[0, 0])
+    return {**out, "dice": dice, "hd95_mm": hd95, "surface_dice_2mm": surface}
+
+
+@dataclass
+class DetectionRecord:
+    """Detection outcome over scans: per reference lesion the highest probability among components touching
+    it (0 when none does), and the probabilities of components touching no lesion (false positives)."""
+
+    lesion_probability: list[float] = field(default_factory=list)
+    false_positive_probability: list[float] = field(default_factory=list)
+    scans: int = 0
+
+    def add_scan(self, component_labels: np.ndarray, probabilities: dict[int, float],
+                 lesion_masks: list[np.ndarray]) -> list[list[int]]:
+        """Score one scan; return, per lesion, the labels of the components that touch it."""
+        touching_per_lesion, touched = [], set()
+        for mask in lesion_masks:
+            labels = sorted(int(v) for v in np.unique(component_labels[mask.astype(bool)]) if v)
+            touching_per_lesion.append(labels)
+            touched.update(labels)
+            self.lesion_probability.append(max((probabilities[v] for v in labels), default=0.0))
+        self.false_positive_probability += [p for v, p in probabilities.items() if v not in touched]
+        self.scans += 1
+        return touching_per_lesion
+
+    def at(self, threshold: float) -> tuple[float, float]:
+        """(lesion sensitivity, false positives per scan) keeping components with probability >= threshold."""
+        lesions = np.asarray(self.lesion_probability)
+        fps = np.asarray(self.false_positive_probability)
+        sensitivity = float(np.mean(lesions >= threshold)) if len(lesions) else float("nan")
+        return sensitivity, float(np.sum(fps >= threshold) / max(self.scans, 1))
+
+    def froc(self) -> list[dict]:
+        """The FROC curve: one point per distinct component probability, threshold descending."""
+        values = np.unique(np.concatenate([self.lesion_probability, self.false_positive_probability, [1.0]]))
+        points = []
+        for threshold in values[::-1]:
+            if threshold <= 0:
+                continue
+            sensitivity, fp = self.at(float(threshold))
+            points.append({"threshold": float(threshold), "sensitivity": sensitivity, "fp_per_scan": fp})
+        return points
+
+    def operating_threshold(self, max_fp_per_scan: float, floor: float) -> float:
+        """The lowest component-probability threshold (not below ``floor``) with at most ``max_fp_per_scan``
+        false positives per scan: the most sensitive operating point within that rate."""
+        fps = np.sort(np.asarray(self.false_positive_probability))[::-1]
+        allowed = int(np.floor(max_fp_per_scan * max(self.scans, 1) + 1e-9))
+        if len(fps) <= allowed:
+            return float(floor)
+        return float(max(floor, np.nextafter(fps[allowed], np.inf)))
+
+
+def summarise_dice(values) -> dict:
+    """Mean, SD, median, quartiles and range of a list of per-lesion values (NaN ignored)."""
+    array = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if not len(array):
+        return {"n": 0, "mean": None, "sd": None, "median": None, "q1": None, "q3": None, "min": None, "max": None}
+    return {"n": len(array), "mean": float(array.mean()), "sd": float(array.std(ddof=1)) if len(array) > 1
+            else 0.0, "median": float(np.median(array)), "q1": float(np.percentile(array, 25)),
+            "q3": float(np.percentile(array, 75)), "min": float(array.min()), "max": float(array.max())}

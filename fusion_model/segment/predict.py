@@ -1,0 +1,230 @@
+"""`fusion-model segment predict`: outline every lesion of a cohort and write a new cohort that uses the masks.
+
+For each scan: sliding-window probabilities, resampled onto the scan's own grid, thresholded, split into
+connected components (smaller than ``min_component_mm3`` dropped), each with its highest voxel probability.
+Components at or above the segmenter's operating point are matched to the table's lesions: by ``side`` where
+given, otherwise the most probable free component. Each lesion found gets its label in ``masks/KEY_auto.nii.gz``
+(and, for DICOM images, a DICOM SEG beside it); lesions where nothing was found keep an empty mask_path and
+are listed in ``not_found.csv``. The new cohort shares the images (hard links where the file system allows,
+copies otherwise), keeps every other cell of clinical.csv as written, and says ``mask_source = auto``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+
+from clinical_schema import PATH_COLUMNS
+from fusion_model import __version__
+from fusion_model.cohort import load_cohort
+from fusion_model.cohort.load import Cohort, read_clinical_csv
+from fusion_model.cohort.spec import TABLE_FILE, write_cohort_spec
+from fusion_model.errors import UserInputError
+from fusion_model.fileio import atomic_directory
+from fusion_model.imaging.io import read_image_header
+from fusion_model.progress import track
+from fusion_model.segment.artifact import Segmenter, load_segmenter
+from fusion_model.segment.infer import Component, match_lesions, segment_scan
+from fusion_model.segment.network import resolve_device
+from fusion_model.segment.scans import (
+    Region,
+    ScanRecord,
+    check_scan_geometry,
+    cohort_scans,
+    load_scan,
+)
+
+NOT_FOUND_FILE = "not_found.csv"
+COMPONENTS_FILE = "components.csv"
+SUMMARY_FILE = "segmentation.json"
+
+
+@dataclass
+class ScanPrediction:
+    """One scan's result: component labels on its grid, the components, and each lesion's component."""
+
+    labels: np.ndarray
+    components: list[Component]
+    matched: list[int | None]
+    reference: sitk.Image
+    seconds: float
+
+
+def check_cohort_for_segmenter(cohort: Cohort, scans: list[ScanRecord], segmenter: Segmenter) -> None:
+    """Refuse, before any work, a cohort without the segmenter's phases or with scans it cannot handle."""
+    lacking = [p for p in segmenter.phases if p not in cohort.spec.phases]
+    if lacking:
+        raise UserInputError(
+            f"{cohort.root / 'cohort.json'}: the segmenter was trained on phases {segmenter.phases} and this cohort "
+            f"has {cohort.spec.phases} (no {lacking}); use a segmenter trained on this cohort's phases")
+    for scan in scans:
+        missing = [p for p in segmenter.phases if p not in scan.phase_paths]
+        if missing:
+            raise UserInputError(f"{scan.where}: no {missing} phase file, which the segmenter needs; give the file "
+                                 "or leave this patient out")
+        header = read_image_header(scan.phase_paths[segmenter.phases[0]])
+        check_scan_geometry(header, f"{scan.where}, {scan.phase_paths[segmenter.phases[0]].name}",
+                            segmenter.config, segmenter.spacing_range)
+
+
+def predict_scan(segmenter: Segmenter, scan: ScanRecord, device: torch.device,
+                 region: Region | None = None) -> ScanPrediction:
+    """Find and outline the lesions of one scan."""
+    started = time.perf_counter()
+    volume = load_scan(scan, segmenter.phases, segmenter.config, with_target=False, region=region,
+                       spacing_range=segmenter.spacing_range)
+    labels, components = segment_scan(segmenter.network, segmenter.refiner, volume, segmenter.config, device)
+    matched = match_lesions(scan.sides, components, segmenter.threshold)
+    return ScanPrediction(labels, components, matched, volume.reference, time.perf_counter() - started)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=_link_file)
+    else:
+        _link_file(source, target)
+
+
+def _link_file(source, target) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _write_dicom_seg(series: Path, lesion_labels: np.ndarray, lesion_ids: list[str], path: Path) -> None:
+    """A DICOM SEG on the CT series, one segment per found lesion (so a PACS viewer shows the outline)."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from fusion_model.imaging.io import dicom_series_files
+
+    sources = [pydicom.dcmread(f) for f in dicom_series_files(series)]
+    algorithm = hd.AlgorithmIdentificationSequence(name="fusion-model segment", version=__version__,
+                                                   family=codes.DCM.ArtificialIntelligence)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=k + 1, segment_label=f"lesion {lesion_id}"[:64],
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm) for k, lesion_id in enumerate(lesion_ids)]
+    pixels = np.stack([lesion_labels == k + 1 for k in range(len(lesion_ids))], axis=-1)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="fusion-model",
+        manufacturer_model_name="fusion-model segment", software_versions=__version__, device_serial_number="0",
+        series_description="fusion-model automatic lesion masks", omit_empty_frames=False)
+    seg.save_as(path)
+
+
+@dataclass
+class PredictRun:
+    """What segment predict wrote and found."""
+
+    out: Path
+    lesions: int
+    found: int
+    not_found: pd.DataFrame
+    seconds_per_scan: float
+    peak_memory_gb: float
+    dicom_seg_files: int = 0
+    summary: dict = field(default_factory=dict)
+
+
+def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | None = None,
+                  regions: dict[str, Region] | None = None, device: str = "auto", dicom_seg: bool = True,
+                  overwrite: bool = False, progress: bool = True) -> PredictRun:
+    """Outline the lesions of a cohort (or one centre of it) and write a new cohort directory using the masks."""
+    segmenter = load_segmenter(model_dir)
+    torch_device = resolve_device(device)
+    segmenter.to(torch_device)
+    if segmenter.config.threads:
+        torch.set_num_threads(segmenter.config.threads)
+    cohort = load_cohort(cohort_dir).select(centre=centre)
+    scans = cohort_scans(cohort)
+    check_cohort_for_segmenter(cohort, scans, segmenter)
+    out = Path(out)
+    if out.resolve() == Path(cohort_dir).resolve():
+        raise UserInputError(f"{out}: is the input cohort; give a new directory for the cohort with automatic masks")
+    raw = read_clinical_csv(Path(cohort_dir) / TABLE_FILE)
+    raw = raw[raw["lesion_id"].astype(str).isin(set(cohort.table["lesion_id"]))].reset_index(drop=True)
+    row_of = {str(lesion_id): i for i, lesion_id in enumerate(raw["lesion_id"].astype(str))}
+    for column in ("mask_path", "mask_label", "mask_source"):
+        raw[column] = pd.Series([None] * len(raw), dtype=object)
+    regions = regions or {}
+    not_found, component_rows, seconds, seg_files = [], [], [], 0
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        for column in [PATH_COLUMNS[p] for p in cohort.spec.phases if PATH_COLUMNS[p] in cohort.table]:
+            for rel in sorted(set(cohort.table[column].dropna().astype(str))):
+                _link_or_copy(Path(cohort_dir) / rel, staging / rel)
+        (staging / "masks").mkdir(exist_ok=True)
+        for scan in track(scans, "outlining lesions", total=len(scans), enabled=progress):
+            result = predict_scan(segmenter, scan, torch_device, regions.get(scan.patient_id))
+            seconds.append(result.seconds)
+            lesion_labels = np.zeros(result.labels.shape, dtype=np.uint8)
+            found_ids = []
+            for k, (lesion, component) in enumerate(zip(scan.lesions, result.matched)):
+                row = row_of[lesion.lesion_id]
+                if component is None:
+                    side = scan.sides[k]
+                    not_found.append({"lesion_id": lesion.lesion_id, "patient_id": lesion.patient_id,
+                                      "row": lesion.row, "side": side,
+                                      "reason": f"no component{' on the ' + side + ' side' if side else ''} with "
+                                                f"probability >= {segmenter.threshold:.3f} and volume >= "
+                                                f"{segmenter.config.min_component_mm3:g} mm3"})
+                    continue
+                found_ids.append(lesion.lesion_id)
+                label = len(found_ids)
+                lesion_labels[result.labels == component] = label
+                raw.loc[row, ["mask_path", "mask_label", "mask_source"]] = [f"masks/{scan.key}_auto.nii.gz", label,
+                                                                            "auto"]
+            if found_ids:
+                image = sitk.GetImageFromArray(lesion_labels)
+                image.CopyInformation(result.reference)
+                sitk.WriteImage(image, str(staging / "masks" / f"{scan.key}_auto.nii.gz"), True)
+                reference_path = scan.phase_paths[segmenter.phases[0]]
+                if dicom_seg and reference_path.is_dir():
+                    _write_dicom_seg(reference_path, lesion_labels, found_ids,
+                                     staging / "masks" / f"{scan.key}_auto_seg.dcm")
+                    seg_files += 1
+            lesion_of = {c: scan.lesions[k].lesion_id for k, c in enumerate(result.matched) if c is not None}
+            for c in result.components:
+                component_rows.append({
+                    "scan": scan.key, "patient_id": scan.patient_id, "component": c.label,
+                    "probability": round(c.probability, 4), "volume_mm3": round(c.volume_mm3, 1),
+                    "x_mm": round(c.centroid_mm[0], 1), "y_mm": round(c.centroid_mm[1], 1),
+                    "z_mm": round(c.centroid_mm[2], 1), "side": c.side,
+                    "above_operating_point": c.probability >= segmenter.threshold,
+                    "lesion_id": lesion_of.get(c.label, "")})
+        raw["mask_label"] = raw["mask_label"].astype("Int64")
+        raw.to_csv(staging / TABLE_FILE, index=False)
+        not_found_frame = pd.DataFrame(not_found, columns=["lesion_id", "patient_id", "row", "side", "reason"])
+        not_found_frame.to_csv(staging / NOT_FOUND_FILE, index=False)
+        pd.DataFrame(component_rows).to_csv(staging / COMPONENTS_FILE, index=False)
+        spec = cohort.spec.model_copy(update={
+            "name": f"{cohort.spec.name} (automatic masks)",
+            "description": (cohort.spec.description + " " if cohort.spec.description else "")
+            + f"Masks by fusion-model segment predict ({Path(model_dir).name}).",
+            "centres": [c for c in cohort.spec.centres if c in set(cohort.table["centre"])]})
+        write_cohort_spec(staging, spec)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        summary = {"segmenter": str(model_dir), "source_cohort": str(cohort_dir), "centre": centre,
+                   "component_threshold": segmenter.threshold, "scans": len(scans), "lesions": len(raw),
+                   "found": len(raw) - len(not_found), "not_found": [r["lesion_id"] for r in not_found],
+                   "seconds_per_scan": float(np.mean(seconds)) if seconds else 0.0, "peak_memory_gb": peak,
+                   "device": str(torch_device), "dicom_seg_files": seg_files}
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return PredictRun(out, len(raw), len(raw) - len(not_found), not_found_frame, summary["seconds_per_scan"],
+                      peak, seg_files, summary)

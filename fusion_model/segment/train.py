@@ -1,0 +1,343 @@
+"""`fusion-model segment train`: fit the U-Net on a cohort's outlined scans.
+
+Patients are split (grouped, per centre) into a training part and an early-stopping part. Training draws
+foreground-oversampled patches with MONAI's dictionary transforms (random crops by positive/negative label,
+flips, intensity jitter) and minimises Dice + cross-entropy under a polynomial learning-rate decay. Each epoch
+ends with sliding-window inference on the early-stopping scans; the network with the best mean Dice there is
+kept, and those scans then set the component-probability operating point (the most sensitive threshold
+within ``max_false_positives_per_scan``). A checkpoint is written after every epoch: a killed run started
+again with the same command resumes where it stopped. Randomness comes from (seed, epoch), so a resumed run
+continues as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.transforms import (
+    Compose,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+from monai.transforms.utils import map_binary_to_indices
+
+from fusion_model.cohort import load_cohort
+from fusion_model.config import SegmentConfig
+from fusion_model.errors import UserInputError
+from fusion_model.fileio import atomic_write
+from fusion_model.progress import track
+from fusion_model.segment.artifact import Segmenter
+from fusion_model.segment.infer import (
+    match_lesions,
+    patch_zyx,
+    probability_map,
+    segment_scan,
+)
+from fusion_model.segment.metrics import (
+    DetectionRecord,
+    overlap_metrics,
+    summarise_dice,
+)
+from fusion_model.segment.network import build_segmenter, resolve_device
+from fusion_model.segment.refine import training_crops
+from fusion_model.segment.scans import Region, ScanRecord, cohort_scans, load_scan
+
+BACKGROUND_SAMPLES = 50_000  # background patch centres kept per scan (uniform subsample)
+
+
+@dataclass
+class SegmenterRun:
+    """What training produced: the segmenter and the figures to print."""
+
+    segmenter: Segmenter
+    out: Path
+    figures: dict = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def split_patients(scans: list[ScanRecord], fraction: float, seed: int) -> np.ndarray:
+    """Boolean per scan: in the early-stopping part. Patients are kept whole; each centre gives its share
+    (at least one patient in all, and never a centre's only patient)."""
+    rng = np.random.default_rng([seed, 7])
+    held: set[str] = set()
+    by_centre = {c: sorted({s.patient_id for s in scans if s.centre == c}) for c in sorted({s.centre for s in scans})}
+    for patients in by_centre.values():
+        count = min(round(fraction * len(patients)), len(patients) - 1)
+        held.update(rng.permutation(patients)[:count])
+    if not held:
+        largest = max(by_centre.values(), key=len)
+        if len(largest) > 1 or len(by_centre) > 1:
+            held.add(str(rng.choice(largest)))
+    return np.array([s.patient_id in held for s in scans])
+
+
+def _pad_to_patch(image: np.ndarray, target: np.ndarray, patch: tuple[int, int, int]):
+    pad = [(0, max(0, p - n)) for p, n in zip(patch, target.shape)]
+    if any(after for _, after in pad):
+        image = np.pad(image, [(0, 0), *pad])
+        target = np.pad(target, pad)
+    return image, target
+
+
+def _training_example(image: np.ndarray, target: np.ndarray, patch, rng: np.random.Generator) -> dict:
+    image, target = _pad_to_patch(image, target, patch)
+    fg, bg = map_binary_to_indices(target)
+    fg, bg = np.asarray(fg), np.asarray(bg)
+    if len(bg) > BACKGROUND_SAMPLES:
+        bg = np.sort(rng.choice(bg, BACKGROUND_SAMPLES, replace=False))
+    return {"image": image.astype(np.float16), "label": target[None], "fg": fg, "bg": bg}
+
+
+def training_transforms(config: SegmentConfig, crop: bool = True) -> Compose:
+    """Foreground-oversampled random patches (for whole scans; not for the refiner's crops), flips and intensity
+    jitter (MONAI dictionary transforms)."""
+    keys = ["image", "label"]
+    steps = []
+    if crop:
+        steps.append(RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch_zyx(config),
+                                            pos=config.foreground_ratio, neg=1.0 - config.foreground_ratio,
+                                            num_samples=config.patches_per_volume, fg_indices_key="fg",
+                                            bg_indices_key="bg"))
+    if config.flip:
+        steps += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    if config.intensity_jitter:
+        steps += [RandScaleIntensityd("image", factors=config.intensity_jitter, prob=1.0),
+                  RandShiftIntensityd("image", offsets=config.intensity_jitter, prob=1.0)]
+    return Compose(steps)
+
+
+def _batch(examples: list[dict], chosen: np.ndarray, transform: Compose) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for index in chosen:
+        sample = {**examples[index], "image": examples[index]["image"].astype(np.float32)}
+        patches = transform(sample)
+        for patch in patches if isinstance(patches, list) else [patches]:
+            images.append(torch.as_tensor(patch["image"]))
+            labels.append(torch.as_tensor(patch["label"]))
+    return torch.stack(images).float(), torch.stack(labels).long()
+
+
+def _scan_dice(probability: np.ndarray, target: np.ndarray, threshold: float) -> float:
+    predicted = probability >= threshold
+    denominator = predicted.sum() + target.sum()
+    return float(2.0 * np.logical_and(predicted, target).sum() / denominator) if denominator else 1.0
+
+
+def _run_key(config: SegmentConfig, scans: list[ScanRecord], held: np.ndarray) -> str:
+    text = "|".join(f"{s.key}:{int(h)}:{sorted(str(p) for p in s.phase_paths.values())}"
+                    f":{[str(lesion.mask_path) for lesion in s.lesions]}" for s, h in zip(scans, held))
+    return hashlib.sha256(f"{config.fingerprint()}|{text}".encode()).hexdigest()
+
+
+@dataclass
+class FitResult:
+    """A trained network (its best epoch's weights) and its epoch history."""
+
+    network: torch.nn.Module
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    history: list[dict]
+    resumed_from_epoch: int | None
+
+
+def _fit(stage: str, in_channels: int, config: SegmentConfig, epochs: int,
+         next_batch: Callable[[np.random.Generator], tuple[torch.Tensor, torch.Tensor]],
+         score: Callable[[torch.nn.Module], float], transform: Compose, checkpoint: Path, run_key: str,
+         device: torch.device, progress: bool, on_epoch: Callable[[dict], None] | None) -> FitResult:
+    """Train one network with Dice + cross-entropy, polynomial decay, early stopping on ``score`` and a
+    checkpoint per epoch (resumed when it belongs to the same run)."""
+    torch.manual_seed(config.seed)
+    network = build_segmenter(config, in_channels).to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    total_steps = epochs * config.iterations_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - min(step, total_steps - 1)
+                                                                           / total_steps) ** 0.9)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "best_model": None}
+    resumed = None
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
+        if saved.get("run_key") == run_key:
+            network.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            state = {k: saved[k] for k in state}
+            resumed = state["epoch"]
+    remaining = range(state["epoch"] + 1, epochs)
+    for epoch in track(remaining, f"training the {stage}", total=len(remaining), enabled=progress):
+        if state["bad_epochs"] >= config.patience:
+            break
+        network.train()
+        generator = np.random.default_rng([config.seed, epoch, len(stage)])
+        transform.set_random_state(seed=int(generator.integers(2**31 - 1)))
+        torch.manual_seed(int(generator.integers(2**31 - 1)))
+        total = 0.0
+        for _ in range(config.iterations_per_epoch):
+            x, y = next_batch(generator)
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
+                loss = loss_function(network(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += float(loss.item())
+        value = score(network)
+        record = {"stage": stage, "epoch": epoch, "train_loss": total / config.iterations_per_epoch,
+                  "val_dice": value, "lr": scheduler.get_last_lr()[0]}
+        if value > state["best_score"]:
+            state.update(best_score=value, best_epoch=epoch, bad_epochs=0,
+                         best_model={k: v.detach().cpu().clone() for k, v in network.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["history"].append(record)
+        payload = {"run_key": run_key, "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(), **state}
+        atomic_write(checkpoint, functools.partial(torch.save, payload))
+        if on_epoch is not None:
+            on_epoch(record)
+    network.load_state_dict(state["best_model"])
+    network.eval()
+    return FitResult(network, int(state["best_epoch"]), float(state["best_score"]), int(state["epoch"] + 1),
+                     state["history"], resumed)
+
+
+def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: str = "auto",
+                    regions: dict[str, Region] | None = None, test_centre: str | None = None,
+                    overwrite: bool = False, progress: bool = True,
+                    on_epoch: Callable[[dict], None] | None = None) -> SegmenterRun:
+    """Train a segmenter on the cohort's outlined scans (leaving out ``test_centre``) and write it to ``out``."""
+    started = time.perf_counter()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+    torch_device = resolve_device(device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    cohort = load_cohort(cohort_dir)
+    if test_centre is not None:
+        cohort.select(centre=test_centre)  # refuses an unknown centre
+        cohort = cohort.subset(cohort.table["lesion_id"][cohort.table["centre"] != test_centre])
+    scans = cohort_scans(cohort)
+    outlined = [s for s in scans if s.outlined]
+    if not outlined:
+        raise UserInputError(f"{cohort_dir}: no lesion has a mask (mask_path is empty in every row); segment train "
+                             "learns from outlined lesions: add masks for some patients")
+    skipped = [s.key for s in scans if not s.outlined]
+    phases = list(config.phases or cohort.spec.phases)
+    held = split_patients(outlined, config.validation_fraction, config.seed)
+    if len({s.patient_id for s in outlined}) < 3:
+        raise UserInputError(f"{cohort_dir}: {len(outlined)} outlined patient(s) are too few to train and early-stop "
+                             "a segmenter; outline at least 3 patients")
+    regions = regions or {}
+    patch = patch_zyx(config)
+    rng = np.random.default_rng([config.seed, 11])
+    train_examples, refine_train, refine_val, val_volumes, val_scans, spacings = [], [], [], [], [], []
+    for scan, is_val in track(list(zip(outlined, held)), "reading scans", total=len(outlined), enabled=progress):
+        volume = load_scan(scan, phases, config, with_target=True, region=regions.get(scan.patient_id))
+        spacings.append(volume.native_spacing_mm)
+        if config.refine:
+            crops = training_crops(volume.phase_images, volume.lesion_masks, volume.reference, config, rng,
+                                   jitter=not is_val)
+            (refine_val if is_val else refine_train).extend(crops)
+        if is_val:
+            val_volumes.append(volume)
+            val_scans.append(scan)
+        else:
+            train_examples.append(_training_example(volume.image, volume.target, patch, rng))
+
+    run_key = _run_key(config, outlined, held)
+    checkpoint = out.parent / f".{out.name}.checkpoint.pt"
+    transform = training_transforms(config)
+    volumes_per_step = max(1, config.batch_size // config.patches_per_volume)
+
+    def detector_batch(generator: np.random.Generator):
+        chosen = generator.choice(len(train_examples), volumes_per_step,
+                                  replace=len(train_examples) < volumes_per_step)
+        return _batch(train_examples, chosen, transform)
+
+    def detector_score(network: torch.nn.Module) -> float:
+        return float(np.mean([_scan_dice(probability_map(network, v.image, config, torch_device), v.target,
+                                         config.voxel_threshold) for v in val_volumes]))
+
+    detector = _fit("detector", len(phases), config, config.epochs, detector_batch, detector_score, transform,
+                    checkpoint, run_key, torch_device, progress, on_epoch)
+    refiner = None
+    if config.refine:
+        crop_transform = training_transforms(config, crop=False)
+
+        def refiner_batch(generator: np.random.Generator):
+            chosen = generator.choice(len(refine_train), config.batch_size, replace=len(refine_train) <
+                                      config.batch_size)
+            return _batch([{"image": refine_train[i][0], "label": refine_train[i][1][None]} for i in chosen],
+                          np.arange(len(chosen)), crop_transform)
+
+        def refiner_score(network: torch.nn.Module) -> float:
+            network.eval()
+            with torch.no_grad():
+                scores = []
+                for image, target in refine_val:
+                    logits = network(torch.from_numpy(image.astype(np.float32))[None].to(torch_device))
+                    scores.append(_scan_dice(torch.softmax(logits.float(), 1)[0, 1].cpu().numpy(), target,
+                                             config.voxel_threshold))
+            return float(np.mean(scores))
+
+        refiner = _fit("refiner", len(phases), config, config.refine_epochs, refiner_batch, refiner_score,
+                       crop_transform, checkpoint.with_name(checkpoint.name.replace(".pt", "-refiner.pt")), run_key,
+                       torch_device, progress, on_epoch)
+
+    detection = DetectionRecord()
+    lesion_dice = []
+    for scan, volume in zip(val_scans, val_volumes):
+        labels, components = segment_scan(detector.network, refiner.network if refiner else None, volume, config,
+                                          torch_device)
+        masks = volume.lesion_masks
+        detection.add_scan(labels, {c.label: c.probability for c in components}, list(masks))
+        matched = match_lesions(scan.sides, components, 0.0)
+        spacing_zyx = tuple(reversed(volume.reference.GetSpacing()))
+        for mask, label in zip(masks, matched):
+            lesion_dice.append(overlap_metrics(labels == label if label else np.zeros_like(mask), mask,
+                                               spacing_zyx)["dice"])
+    threshold = detection.operating_threshold(config.max_false_positives_per_scan, config.voxel_threshold)
+    sensitivity, fp_per_scan = detection.at(threshold)
+    spacing_array = np.array(spacings)
+    figures = {
+        "training_patients": len({s.patient_id for s, h in zip(outlined, held) if not h}),
+        "early_stopping_patients": len({s.patient_id for s, h in zip(outlined, held) if h}),
+        "centres": sorted({s.centre for s in outlined}),
+        "epochs_run": detector.epochs_run, "best_epoch": detector.best_epoch,
+        "early_stopping_scan_dice": detector.best_score,
+        "refiner": None if refiner is None else {"epochs_run": refiner.epochs_run, "best_epoch": refiner.best_epoch,
+                                                 "early_stopping_crop_dice": refiner.best_score,
+                                                 "training_crops": len(refine_train)},
+        "early_stopping_lesion_dice": summarise_dice(lesion_dice),
+        "operating_point": {"threshold": threshold, "sensitivity": sensitivity, "fp_per_scan": fp_per_scan},
+        "device": str(torch_device), "minutes": (time.perf_counter() - started) / 60,
+        "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "resumed_from_epoch": detector.resumed_from_epoch, "skipped_scans_without_masks": skipped,
+    }
+    history = {"detector": detector.history, "refiner": refiner.history if refiner else []}
+    network = detector.network
+    segmenter = Segmenter(network, config, phases, (spacing_array.min(axis=0).tolist(),
+                                                    spacing_array.max(axis=0).tolist()),
+                          threshold, {"training": figures, "history": history, "cohort": str(cohort.spec.name)},
+                          refiner.network if refiner else None)
+    segmenter.save(out, overwrite=overwrite)
+    checkpoint.unlink(missing_ok=True)
+    checkpoint.with_name(checkpoint.name.replace(".pt", "-refiner.pt")).unlink(missing_ok=True)
+    return SegmenterRun(segmenter, out, figures, skipped)
