@@ -113,7 +113,8 @@ def risk_on_auto_masks(cohort: Path, auto: Path, out: Path) -> dict:
     cache = ImageCache(out / "cache")
     model_dir = out / "risk_model"
     config = load_experiment(packaged_experiment("synthetic_demo.yaml"))
-    pipeline.train(config, cohort, model_dir, cache, test_centre=TEST_CENTRE, overwrite=True)
+    if not (model_dir / "manifest.json").is_file():  # it depends on the cohort only: a rerun reuses it
+        pipeline.train(config, cohort, model_dir, cache, test_centre=TEST_CENTRE, overwrite=True)
     model = load_model(model_dir)
     manual_data, _, _ = pipeline.lesion_data(load_cohort(cohort).select(centre=TEST_CENTRE), model.config, cache)
     auto_data, auto_errors, _ = pipeline.lesion_data(load_cohort(auto), model.config, cache)

@@ -312,7 +312,7 @@ class SegmentConfig(StrictModel):
     name: str = "segmenter"
     seed: int = 0
     phases: list[str] | None = Field(None, description="input phases; default: every phase of the cohort")
-    spacing_mm: float = Field(2.0, gt=0.25, le=8, description="isotropic voxel size the network sees")
+    spacing_mm: float = Field(3.0, gt=0.25, le=8, description="isotropic voxel size the detector sees")
     patch_voxels: tuple[int, int, int] = Field((48, 48, 32), description="training / sliding-window patch, "
                                                                           "voxels along x, y, z")
     hu_window: tuple[float, float] = Field((-250.0, 350.0), description="HU mapped to 0 and 1 (clipped)")
@@ -321,7 +321,7 @@ class SegmentConfig(StrictModel):
     channels: tuple[int, ...] = Field((16, 32, 64, 128), description="feature maps per U-Net level")
     residual_units: int = Field(1, ge=0, le=4)
     dropout: float = Field(0.0, ge=0, lt=1)
-    epochs: int = Field(60, ge=1, le=10_000)
+    epochs: int = Field(80, ge=1, le=10_000)
     iterations_per_epoch: int = Field(40, ge=1, description="optimiser steps per epoch")
     batch_size: int = Field(4, ge=1, le=256, description="patches per step")
     patches_per_volume: int = Field(2, ge=1, le=32)
@@ -336,18 +336,25 @@ class SegmentConfig(StrictModel):
     min_component_mm3: float = Field(100.0, ge=0, description="smaller connected components are dropped")
     max_false_positives_per_scan: float = Field(0.5, ge=0, description="the operating point: the lowest "
                                                 "component-probability threshold within this FP rate")
+    match_min_probability: float | None = Field(
+        0.5, gt=0, lt=1, description="components a lesion of the table may take: at least this probability (the "
+        "table says the lesion exists, so its side's most probable component is taken even below the detection "
+        "operating point); null = the operating point")
     overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window overlap")
+
     spacing_tolerance: float = Field(2.0, ge=1, description="refuse scans whose voxel edge is this many times "
                                                             "outside the training range")
     min_extent_mm: float = Field(24.0, gt=0, description="refuse scans shorter than this along an axis")
     refine: bool = Field(True, description="re-outline each found lesion on a crop scaled to its size")
     refine_voxels: int = Field(48, ge=16, le=160, description="edge of the refinement crop, voxels")
-    refine_context: float = Field(1.8, ge=1.1, le=5, description="crop edge / the lesion's largest extent")
+    refine_context: float = Field(2.0, ge=1.1, le=5, description="crop edge / the lesion's largest extent")
     refine_min_mm: float = Field(24.0, gt=0, description="smallest crop edge, mm")
     refine_crops_per_lesion: int = Field(8, ge=1, le=64, description="randomly shifted and scaled training crops")
     refine_shift_jitter: float = Field(0.15, ge=0, le=1, description="SD of the crop-centre shift / lesion extent")
     refine_scale_jitter: float = Field(0.3, ge=0, le=1, description="crop edge scaled by exp(U(-j, j))")
-    refine_epochs: int = Field(30, ge=1, le=10_000)
+    refine_epochs: int = Field(70, ge=1, le=10_000)
+    refine_test_time_flips: int = Field(4, ge=1, le=4, description="the refiner's probabilities averaged over "
+                                                                    "this many mirrorings (1 = none; then x, y, z)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
     @field_validator("phases")

@@ -6,7 +6,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 # Fixtures that train a model: every test that uses one, directly or through another fixture, is an
 # end-to-end test and carries the 'slow' marker (`pytest -m "not slow"` is the quick loop).
-TRAINING_FIXTURES = {"trained_model", "fitted"}
+TRAINING_FIXTURES = {"trained_model", "fitted", "trained_segmenter"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -38,6 +38,12 @@ def test_help_lists_every_command_and_each_has_its_own_help():
     assert registered == set(COMMANDS), "a command was added: list it here and in the README"
     for command in COMMANDS:
         assert runner.invoke(app, [command, "--help"]).exit_code == 0, command
+    groups = {g.name: g.typer_instance for g in app.registered_groups}
+    assert set(groups) == {"segment"} and "segment" in listed
+    segment = {c.name for c in groups["segment"].registered_commands}
+    assert segment == {"train", "predict", "evaluate"}
+    for command in segment:
+        assert runner.invoke(app, ["segment", command, "--help"]).exit_code == 0, command
 
 
 def test_predict_command_writes_every_readable_lesion_and_names_the_rest(trained_model, tmp_path):

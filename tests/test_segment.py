@@ -249,3 +249,134 @@ def test_predict_refuses_other_phases_and_spacing(trained_segmenter, tmp_path):
     with pytest.raises(UserInputError, match="far outside the segmenter's training range"):
         predict_masks(model, coarse, tmp_path / "out2", progress=False)
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_training_resumes_where_it_stopped(tmp_path):
+    from safetensors.torch import load_file
+
+    from fusion_model.segment.train import train_segmenter
+
+    cohort = _phantom_cohort(tmp_path / "c", patients=6, seed=2)
+    config = SegmentConfig(**{**TINY_SEGMENTER, "epochs": 3, "iterations_per_epoch": 2, "refine_epochs": 2})
+    whole = train_segmenter(cohort, tmp_path / "whole", config, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(record):
+        if record["stage"] == "detector" and record["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_segmenter(cohort, tmp_path / "resumed", config, progress=False, on_epoch=kill_after_first_epoch)
+    assert not (tmp_path / "resumed").exists() and (tmp_path / ".resumed.checkpoint.pt").is_file()
+    resumed = train_segmenter(cohort, tmp_path / "resumed", config, progress=False)
+    assert resumed.figures["resumed_from_epoch"] == 1
+    for name in ("segmenter.safetensors", "refiner.safetensors"):
+        a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "resumed" / name))
+        assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert resumed.segmenter.threshold == whole.segmenter.threshold
+
+
+def test_cli_segment_errors_are_one_line(tmp_path):
+    from tests.test_cli import run_cli
+
+    root = _phantom_cohort(tmp_path / "c", patients=3, outlined=0)
+    result = run_cli("segment", "train", "--cohort", root, "--out", tmp_path / "seg")
+    assert result.returncode == 2
+    assert "no lesion has a mask" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = run_cli("segment", "predict", "--model", tmp_path / "nothing", "--cohort", root, "--out", tmp_path / "o")
+    assert result.returncode == 2 and "not a segmenter" in result.stderr
+
+
+def test_cohort_rows_without_masks_are_listed_not_dropped(tmp_path):
+    from fusion_model.cohort import load_cohort, validate_cohort
+    from fusion_model.config import PreprocessConfig
+    from fusion_model.imaging.cache import ImageCache
+
+    root = _phantom_cohort(tmp_path / "c", patients=4, outlined=2)
+    report = validate_cohort(root, progress=False)
+    assert report.ok and report.summary["mask_sources"] == {"manual": 2, "none": 2}
+    assert sum("not outlined yet" in p.message for p in report.problems) == 2
+    cohort = load_cohort(root)
+    images = cohort.images(PreprocessConfig(spacing_mm=4, crop_size_mm=32), ImageCache(tmp_path / "cache"),
+                           progress=False)
+    assert images.lesion_ids == ["P01-L1", "P02-L1"]
+    assert [e.lesion_id for e in images.errors] == ["P03-L1", "P04-L1"]
+    assert "segment predict" in images.errors[0].message
+    with pytest.raises(UserInputError, match=r"2 lesion\(s\) have no mask_path \(rows 4 \(P03-L1\), 5 \(P04-L1\)\)"):
+        cohort.images(PreprocessConfig(spacing_mm=4, crop_size_mm=32), ImageCache(tmp_path / "cache"), strict=True,
+                      progress=False)
+
+
+def test_predict_writes_dicom_seg_for_dicom_images(trained_segmenter, tmp_path):
+    """A cohort of DICOM series gets a DICOM SEG per scan beside the NIfTI masks; read back with highdicom onto
+    the CT grid, it holds the same lesion voxels."""
+    from fusion_model.imaging.dicom_masks import read_dicom_mask
+    from fusion_model.imaging.io import read_image, write_dicom_series
+    from fusion_model.segment.predict import predict_masks
+
+    root = _phantom_cohort(tmp_path / "nifti", patients=2, seed=5, outlined=0)
+    table = pd.read_csv(root / "clinical.csv")
+    for i, row in table.iterrows():
+        series = write_dicom_series(sitk.ReadImage(str(root / row["unenhanced_path"])),
+                                    root / f"images/{row['patient_id']}_ct")
+        table.loc[i, "unenhanced_path"] = series.relative_to(root).as_posix()
+    table.to_csv(root / "clinical.csv", index=False)
+    run = predict_masks(trained_segmenter["run"].out, root, tmp_path / "auto", progress=False)
+    assert run.dicom_seg_files == run.found >= 1
+    auto = pd.read_csv(tmp_path / "auto/clinical.csv")
+    for _, row in auto.dropna(subset=["mask_path"]).iterrows():
+        ct = read_image(tmp_path / "auto" / row["unenhanced_path"])
+        seg = tmp_path / "auto/masks" / f"{row['patient_id']}_auto_seg.dcm"
+        from_seg = sitk.GetArrayFromImage(read_dicom_mask(seg, int(row["mask_label"]), ct)) > 0
+        from_nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "auto" / row["mask_path"]))) == \
+            row["mask_label"]
+        assert from_seg.any() and np.array_equal(from_seg, from_nifti)
+
+
+def test_regions_from_boxes_or_organ_masks(tmp_path):
+    from fusion_model.cohort import load_cohort
+    from fusion_model.segment.scans import cohort_scans, load_scan, read_regions
+
+    root = _phantom_cohort(tmp_path / "c", patients=2)
+    organ = np.zeros((24, 48, 48), np.uint8)
+    organ[10:14, 20:30, 30:40] = 7  # an adrenal label of an organ segmentation
+    sitk.WriteImage(to_image(organ, (2.0, 2.0, 2.0)), str(root / "masks/P02_organs.nii.gz"))
+    (root / "regions.csv").write_text("patient_id,x_min_mm,x_max_mm,y_min_mm,y_max_mm,z_min_mm,z_max_mm,"
+                                      "region_mask_path\nP01,10,20,10,20,10,20,\nP02,,,,,,,masks/P02_organs.nii.gz\n")
+    regions = read_regions(root / "regions.csv", root)
+    assert regions["P01"].box_mm == (10.0, 20.0, 10.0, 20.0, 10.0, 20.0)
+    scan = cohort_scans(load_cohort(root))[1]
+    volume = load_scan(scan, ["unenhanced"], SegmentConfig(spacing_mm=2.0, min_extent_mm=20), with_target=False,
+                       region=regions["P02"])
+    # the organ's box (x 60-78 mm, y 40-58 mm, z 20-26 mm) + 20 mm, clipped to the scan (0-94 mm, 0-46 mm in z)
+    assert volume.grid.GetOrigin() == pytest.approx((40.0, 20.0, 0.0))
+    assert volume.image.shape[1:] == (24, 30, 28)
+    (root / "bad.csv").write_text("patient_id,x_min_mm,x_max_mm,y_min_mm,y_max_mm,z_min_mm,z_max_mm\nP01,20,10,0,5,0,5\n")
+    with pytest.raises(UserInputError, match=r"bad\.csv row 2: box .* each \*_min_mm must be below"):
+        read_regions(root / "bad.csv", root)
+    (root / "none.csv").write_text("patient_id,centre\nP01,A\n")
+    with pytest.raises(UserInputError, match="give the box columns"):
+        read_regions(root / "none.csv", root)
+
+
+def test_cli_segment_predict_and_evaluate(trained_segmenter, tmp_path):
+    from typer.testing import CliRunner
+
+    from fusion_model.cli import app
+
+    model = trained_segmenter["run"].out
+    cohort = _phantom_cohort(tmp_path / "c", patients=3, seed=11)
+    runner = CliRunner()
+    result = runner.invoke(app, ["segment", "predict", "--model", str(model), "--cohort", str(cohort), "--out",
+                                 str(tmp_path / "auto"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "outlined" in result.output and (tmp_path / "auto/clinical.csv").is_file()
+    result = runner.invoke(app, ["segment", "evaluate", "--model", str(model), "--cohort", str(cohort), "--out",
+                                 str(tmp_path / "report"), "--centre", "A"])
+    assert result.exit_code == 0, result.output
+    assert "Dice median" in result.output and (tmp_path / "report/report.html").is_file()
+    assert json.loads((tmp_path / "report/metrics.json").read_text(encoding="utf-8"))["centre"] == "A"

@@ -103,3 +103,26 @@ def test_existing_output_is_not_overwritten(tmp_path):
     with pytest.raises(UserInputError, match="already exists"):
         synthesize_cohort(out, SynthConfig(patients=1), progress=False)
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_patients_without_masks_and_any_phases(tmp_path):
+    """--without-masks adds patients whose rows leave mask_path empty (their reference masks go to truth_masks/);
+    any phases can be written, arterial included."""
+    import SimpleITK as sitk
+
+    config = SynthConfig(patients=3, seed=4, phases=["unenhanced", "arterial", "venous"], patients_without_masks=2,
+                         two_lesion_fraction=0.0, workers=1)
+    out = synthesize_cohort(tmp_path / "c", config, progress=False)
+    table = pd.read_csv(out / "clinical.csv")
+    assert list(table["mask_path"].isna()) == [False, False, False, True, True]
+    assert table["arterial_path"].notna().all()
+    truth = pd.read_csv(out / "truth.csv")
+    unoutlined = truth[truth["patient_id"].isin(table.loc[table["mask_path"].isna(), "patient_id"])]
+    for rel in unoutlined["truth_mask_path"]:
+        assert rel.startswith("truth_masks/") and sitk.GetArrayFromImage(sitk.ReadImage(str(out / rel))).any()
+    report = validate_cohort(out, progress=False)
+    assert report.ok and report.summary["mask_sources"] == {"manual": 3, "none": 2}
+    arterial = sitk.GetArrayFromImage(sitk.ReadImage(str(out / table["arterial_path"][0])))
+    unenhanced = sitk.GetArrayFromImage(sitk.ReadImage(str(out / table["unenhanced_path"][0])))
+    soft_tissue = (unenhanced > 20) & (unenhanced < 60)  # aorta, kidneys, spleen, liver enhance
+    assert arterial[soft_tissue].mean() > unenhanced[soft_tissue].mean() + 20

@@ -38,6 +38,12 @@ class Segmenter:
     info: dict = field(default_factory=dict)
     refiner: torch.nn.Module | None = None  # the lesion-centred second stage (config.refine)
 
+    @property
+    def match_threshold(self) -> float:
+        """The least component probability a lesion of the table may be matched to."""
+        minimum = self.config.match_min_probability
+        return self.threshold if minimum is None else min(minimum, self.threshold)
+
     def to(self, device: torch.device) -> Segmenter:
         """Move the networks to a device."""
         self.network.to(device)

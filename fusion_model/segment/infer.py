@@ -24,12 +24,30 @@ def patch_zyx(config: SegmentConfig) -> tuple[int, int, int]:
 def probability_map(network: torch.nn.Module, image: np.ndarray, config: SegmentConfig,
                     device: torch.device, sw_batch_size: int = 4) -> np.ndarray:
     """Foreground probability (z, y, x) float32 on the segmenter's grid, by Gaussian-weighted sliding windows."""
-    network.eval()
     inputs = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
-    with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
-        logits = sliding_window_inference(inputs, patch_zyx(config), sw_batch_size, network, overlap=config.overlap,
-                                          mode="gaussian", padding_mode="constant", cval=0.0)
-    return torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return sliding_window_inference(x, patch_zyx(config), sw_batch_size, network, overlap=config.overlap,
+                                        mode="gaussian", padding_mode="constant", cval=0.0)
+
+    return flip_averaged_probability(network, predictor, inputs, 1, device)
+
+
+FLIP_VIEWS = ((), (4,), (3,), (2,))  # none, then x, y, z mirrored (tensor dims: batch, channel, z, y, x)
+
+
+def flip_averaged_probability(network: torch.nn.Module, predictor, inputs: torch.Tensor, views: int,
+                              device: torch.device) -> np.ndarray:
+    """Foreground probability of ``predictor(inputs)``, averaged over the first ``views`` mirrorings."""
+    network.eval()
+    total = None
+    for dims in FLIP_VIEWS[:views]:
+        x = torch.flip(inputs, dims) if dims else inputs
+        with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
+            probability = torch.softmax(predictor(x).float(), dim=1)[:, 1:2]
+        probability = torch.flip(probability, dims) if dims else probability
+        total = probability if total is None else total + probability
+    return (total / max(1, min(views, len(FLIP_VIEWS))))[0, 0].cpu().numpy()
 
 
 def to_native(probability: np.ndarray, volume: ScanVolume) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 For each scan: sliding-window probabilities, resampled onto the scan's own grid, thresholded, split into
 connected components (smaller than ``min_component_mm3`` dropped), each with its highest voxel probability.
-Components at or above the segmenter's operating point are matched to the table's lesions: by ``side`` where
-given, otherwise the most probable free component. Each lesion found gets its label in ``masks/KEY_auto.nii.gz``
+Components are matched to the table's lesions (which the table says exist): by ``side`` where given, otherwise
+the most probable free component, among components with at least ``match_min_probability`` (default 0.5: any
+component; null: the detection operating point). Each lesion found gets its label in ``masks/KEY_auto.nii.gz``
 (and, for DICOM images, a DICOM SEG beside it); lesions where nothing was found keep an empty mask_path and
 are listed in ``not_found.csv``. The new cohort shares the images (hard links where the file system allows,
 copies otherwise), keeps every other cell of clinical.csv as written, and says ``mask_source = auto``.
@@ -84,7 +85,7 @@ def predict_scan(segmenter: Segmenter, scan: ScanRecord, device: torch.device,
     volume = load_scan(scan, segmenter.phases, segmenter.config, with_target=False, region=region,
                        spacing_range=segmenter.spacing_range)
     labels, components = segment_scan(segmenter.network, segmenter.refiner, volume, segmenter.config, device)
-    matched = match_lesions(scan.sides, components, segmenter.threshold)
+    matched = match_lesions(scan.sides, components, segmenter.match_threshold)
     return ScanPrediction(labels, components, matched, volume.reference, time.perf_counter() - started)
 
 
@@ -182,7 +183,7 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
                     not_found.append({"lesion_id": lesion.lesion_id, "patient_id": lesion.patient_id,
                                       "row": lesion.row, "side": side,
                                       "reason": f"no component{' on the ' + side + ' side' if side else ''} with "
-                                                f"probability >= {segmenter.threshold:.3f} and volume >= "
+                                                f"probability >= {segmenter.match_threshold:.3f} and volume >= "
                                                 f"{segmenter.config.min_component_mm3:g} mm3"})
                     continue
                 found_ids.append(lesion.lesion_id)

@@ -87,14 +87,15 @@ def refine_component(refiner: torch.nn.Module, images: list[sitk.Image], compone
     refiner finds nothing at its centre."""
     from scipy import ndimage
 
+    from fusion_model.segment.infer import flip_averaged_probability
+
     centre, extent = lesion_box_mm(component, reference)
     edge = crop_edge_mm(extent, config)
     refiner.eval()
     for _ in range(MAX_GROWTHS + 1):
         image, grid = crop_on(images, centre, edge, config, reference.GetDirection())
-        with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
-            logits = refiner(torch.from_numpy(image)[None].to(device))
-        probability = torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+        probability = flip_averaged_probability(refiner, refiner, torch.from_numpy(image)[None].to(device),
+                                                config.refine_test_time_flips, device)
         inside = probability >= config.voxel_threshold
         if not _touches_border(inside):
             break

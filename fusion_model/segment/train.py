@@ -308,7 +308,7 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
                                           torch_device)
         masks = volume.lesion_masks
         detection.add_scan(labels, {c.label: c.probability for c in components}, list(masks))
-        matched = match_lesions(scan.sides, components, 0.0)
+        matched = match_lesions(scan.sides, components, config.match_min_probability or 0.0)
         spacing_zyx = tuple(reversed(volume.reference.GetSpacing()))
         for mask, label in zip(masks, matched):
             lesion_dice.append(overlap_metrics(labels == label if label else np.zeros_like(mask), mask,
