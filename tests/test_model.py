@@ -175,13 +175,6 @@ def test_config_errors_name_the_key(tmp_path):
     assert "encoder.widht: unknown key" in message and "xgboost.max_depth" in message and "everything" in message
 
 
-def test_shipped_experiment_configs_load():
-    from pathlib import Path
-
-    for path in sorted(Path(__file__).parents[1].joinpath("experiments").glob("*.yaml")):
-        load_experiment(path)
-
-
 def test_train_and_predict_end_to_end(cohort_dir, tmp_path):
     import yaml
 
