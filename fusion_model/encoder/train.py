@@ -9,7 +9,6 @@ exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from fusion_model.checkpoints import resume_checkpoint, save_checkpoint
 from fusion_model.config import EncoderConfig
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
 from fusion_model.encoder.transforms import augment, flip_views, training_transforms
-from fusion_model.errors import UserInputError
-from fusion_model.fileio import atomic_write
 from fusion_model.progress import track
 
 EpochHook = Callable[[int, dict], None]
@@ -142,16 +140,9 @@ def train_encoder(
     state = {"epoch": -1, "best_auc": -np.inf, "best_neg_loss": -np.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": [], "best_model": None}
     resumed = None
-    if checkpoint is not None and Path(checkpoint).is_file():
-        saved = torch.load(checkpoint, weights_only=True)
-        if saved.get("run_key") != run_key:
-            raise UserInputError(f"{checkpoint}: checkpoint of a different training run (other config, data or "
-                                 "split); delete it or use another checkpoint folder")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = {k: saved[k] for k in state}
-        resumed = state["epoch"]
+    restored = resume_checkpoint(checkpoint, run_key, model, optimizer, scheduler, state)
+    if restored is not None:
+        state, resumed = restored, restored["epoch"]
 
     epoch_iter = range(state["epoch"] + 1, epochs)
     for epoch in track(epoch_iter, description, total=len(epoch_iter), enabled=progress):
@@ -193,9 +184,7 @@ def train_encoder(
         state["epoch"] = epoch
         state["history"].append(record)
         if checkpoint is not None:
-            payload = {"run_key": run_key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), **state}
-            atomic_write(Path(checkpoint), functools.partial(torch.save, payload))
+            save_checkpoint(checkpoint, run_key, model, optimizer, scheduler, state)
         if on_epoch is not None:
             on_epoch(epoch, record)
 

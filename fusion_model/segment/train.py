@@ -12,7 +12,6 @@ continues as the uninterrupted one would.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import resource
 import time
@@ -32,10 +31,10 @@ from monai.transforms import (
 )
 from monai.transforms.utils import map_binary_to_indices
 
+from fusion_model.checkpoints import resume_checkpoint, save_checkpoint
 from fusion_model.cohort import load_cohort
 from fusion_model.config import SegmentConfig
 from fusion_model.errors import UserInputError
-from fusion_model.fileio import atomic_write
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter
 from fusion_model.segment.infer import (
@@ -168,14 +167,9 @@ def _fit(stage: str, in_channels: int, config: SegmentConfig, epochs: int,
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "best_model": None}
     resumed = None
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
-        if saved.get("run_key") == run_key:
-            network.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = {k: saved[k] for k in state}
-            resumed = state["epoch"]
+    restored = resume_checkpoint(checkpoint, run_key, network, optimizer, scheduler, state, refuse_other_runs=False)
+    if restored is not None:  # a checkpoint of other settings is overwritten: the same --out, a new run
+        state, resumed = restored, restored["epoch"]
     remaining = range(state["epoch"] + 1, epochs)
     for epoch in track(remaining, f"training the {stage}", total=len(remaining), enabled=progress):
         if state["bad_epochs"] >= config.patience:
@@ -206,9 +200,7 @@ def _fit(stage: str, in_channels: int, config: SegmentConfig, epochs: int,
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         state["history"].append(record)
-        payload = {"run_key": run_key, "model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), **state}
-        atomic_write(checkpoint, functools.partial(torch.save, payload))
+        save_checkpoint(checkpoint, run_key, network, optimizer, scheduler, state)
         if on_epoch is not None:
             on_epoch(record)
     network.load_state_dict(state["best_model"])
@@ -263,6 +255,7 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
 
     run_key = _run_key(config, outlined, held)
     checkpoint = out.parent / f".{out.name}.checkpoint.pt"
+    refiner_checkpoint = out.parent / f".{out.name}.checkpoint-refiner.pt"
     transform = training_transforms(config)
     volumes_per_step = max(1, config.batch_size // config.patches_per_volume)
 
@@ -298,7 +291,7 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
             return float(np.mean(scores))
 
         refiner = _fit("refiner", len(phases), config, config.refine_epochs, refiner_batch, refiner_score,
-                       crop_transform, checkpoint.with_name(checkpoint.name.replace(".pt", "-refiner.pt")), run_key,
+                       crop_transform, refiner_checkpoint, run_key,
                        torch_device, progress, on_epoch)
 
     detection = DetectionRecord()
@@ -339,5 +332,5 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
                           refiner.network if refiner else None)
     segmenter.save(out, overwrite=overwrite)
     checkpoint.unlink(missing_ok=True)
-    checkpoint.with_name(checkpoint.name.replace(".pt", "-refiner.pt")).unlink(missing_ok=True)
+    refiner_checkpoint.unlink(missing_ok=True)
     return SegmenterRun(segmenter, out, figures, skipped)
