@@ -494,6 +494,9 @@ segment_app = typer.Typer(
 app.add_typer(segment_app, name="segment")
 
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda")]
+SegmenterOption = Annotated[Path, typer.Option("--model", help="segmenter folder from segment train")]
+CentreOption = Annotated[str | None, typer.Option("--centre", help="only this centre")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite")]
 RegionOption = Annotated[Path | None, typer.Option(
     "--region", help="CSV with the adrenal region per patient_id: box columns x_min_mm..z_max_mm (LPS mm) or "
                      "region_mask_path (an organ mask, e.g. TotalSegmentator's adrenal labels); default: whole scan")]
@@ -514,7 +517,7 @@ def segment_train(
     region: RegionOption = None,
     device: DeviceOption = "auto",
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Train the lesion segmenter (resumes after a kill: run the same command again)."""
     from fusion_model.config import load_segment_config
@@ -542,15 +545,15 @@ def segment_train(
 
 @segment_app.command("predict")
 def segment_predict(
-    model: Annotated[Path, typer.Option("--model", help="segmenter folder from segment train")],
+    model: SegmenterOption,
     cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory to outline")],
     out: Annotated[Path, typer.Option("--out", help="new cohort directory with the automatic masks")],
-    centre: Annotated[str | None, typer.Option("--centre", help="only this centre")] = None,
+    centre: CentreOption = None,
     region: RegionOption = None,
     device: DeviceOption = "auto",
     dicom_seg: Annotated[bool, typer.Option("--dicom-seg/--no-dicom-seg",
                                             help="also write DICOM SEG when the images are DICOM")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Outline every lesion of a cohort; write a new cohort (mask_source = auto) and list lesions not found."""
     from fusion_model.segment.predict import NOT_FOUND_FILE, predict_masks
@@ -568,13 +571,13 @@ def segment_predict(
 
 @segment_app.command("evaluate")
 def segment_evaluate(
-    model: Annotated[Path, typer.Option("--model", help="segmenter folder from segment train")],
+    model: SegmenterOption,
     cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory with reference masks")],
     out: Annotated[Path, typer.Option("--out", help="report folder")],
-    centre: Annotated[str | None, typer.Option("--centre", help="only this centre")] = None,
+    centre: CentreOption = None,
     region: RegionOption = None,
     device: DeviceOption = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Dice, HD95, surface Dice, volume difference and FROC of the segmenter against reference masks."""
     from fusion_model.segment.evaluate import evaluate_segmenter

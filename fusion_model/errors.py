@@ -16,10 +16,6 @@ class UserInputError(FusionModelError):
     """Bad input from the user: a file, a table, a config value or a CLI argument."""
 
 
-class MissingMaskError(UserInputError):
-    """A lesion without a mask where one is needed."""
-
-
 class CohortValidationError(UserInputError):
     """A cohort failed validation; ``problems`` lists every problem found."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion_model.errors import MissingMaskError
+from fusion_model.errors import UserInputError
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class LesionRecord:
     def require_mask(self) -> Path:
         """The mask path; a lesion without one is refused with what to do."""
         if self.mask_path is None:
-            raise MissingMaskError(f"{self.where}: mask_path is empty; outline the lesion, or run 'fusion-model "
+            raise UserInputError(f"{self.where}: mask_path is empty; outline the lesion, or run 'fusion-model "
                                    "segment predict' to outline it and use the cohort it writes")
         return self.mask_path
 

@@ -12,7 +12,6 @@ marked. Everything is reported overall and per centre: HTML report, metrics.json
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,12 @@ from fusion_model.segment.metrics import (
     SURFACE_TOLERANCE_MM,
     DetectionRecord,
     overlap_metrics,
-    summarise_dice,
+    scan_detection,
+    summarise,
 )
 from fusion_model.segment.network import resolve_device
 from fusion_model.segment.predict import check_cohort_for_segmenter, predict_scan
+from fusion_model.segment.report import write_segment_report
 from fusion_model.segment.scans import Region, cohort_scans, lesion_masks
 
 FP_RATES = (0.25, 0.5, 1.0, 2.0)
@@ -93,8 +94,6 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
                        regions: dict[str, Region] | None = None, device: str = "auto", overwrite: bool = False,
                        progress: bool = True) -> SegmentEvaluation:
     """Run the segmenter on a cohort with reference masks and report segmentation and detection figures."""
-    from fusion_model.segment.report import write_segment_report
-
     started = time.perf_counter()
     segmenter = load_segmenter(model_dir)
     torch_device = resolve_device(device)
@@ -112,8 +111,9 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
         seconds.append(result.seconds)
         masks = lesion_masks(scan, result.reference)
         probabilities = {c.label: c.probability for c in result.components}
-        touching = overall.add_scan(result.labels, probabilities, list(masks))
-        per_centre.setdefault(scan.centre, DetectionRecord()).add_scan(result.labels, probabilities, list(masks))
+        lesion_p, false_positive_p, touching = scan_detection(result.labels, probabilities, list(masks))
+        overall.add(lesion_p, false_positive_p)
+        per_centre.setdefault(scan.centre, DetectionRecord()).add(lesion_p, false_positive_p)
         spacing_zyx = tuple(reversed(result.reference.GetSpacing()))
         for lesion, side, mask, matched, touched in zip(scan.lesions, scan.sides, masks, result.matched, touching):
             predicted = result.labels == matched if matched is not None else np.zeros_like(mask)
@@ -127,9 +127,9 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
 
     def block(frame: pd.DataFrame, record: DetectionRecord) -> dict:
         return {"lesions": len(frame), "scans": record.scans,
-                "dice": summarise_dice(frame["dice"]), "hd95_mm": summarise_dice(frame["hd95_mm"]),
-                "surface_dice_2mm": summarise_dice(frame["surface_dice_2mm"]),
-                "volume_difference_percent": summarise_dice(frame["volume_difference_percent"]),
+                "dice": summarise(frame["dice"]), "hd95_mm": summarise(frame["hd95_mm"]),
+                "surface_dice_2mm": summarise(frame["surface_dice_2mm"]),
+                "volume_difference_percent": summarise(frame["volume_difference_percent"]),
                 "found_by_matching": float(frame["found"].mean()),
                 "detection": detection_summary(record, segmenter.threshold)}
 
@@ -147,8 +147,3 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
     evaluation = SegmentEvaluation(metrics, lesions, Path(out), views)
     write_segment_report(evaluation, overwrite=overwrite)
     return evaluation
-
-
-def metrics_json(evaluation: SegmentEvaluation) -> str:
-    """metrics.json text (NaN as null)."""
-    return json.dumps(evaluation.metrics, indent=2, allow_nan=False) + "\n"

@@ -69,10 +69,10 @@ class Component:
     side: str  # "left" / "right" of the body midline (LPS x: + is the patient's left)
 
 
-def find_components(probability: np.ndarray, reference: sitk.Image, config: SegmentConfig
-                    ) -> tuple[np.ndarray, list[Component]]:
+def find_components(probability: np.ndarray, reference: sitk.Image, config: SegmentConfig,
+                    midline_x: float | None = None) -> tuple[np.ndarray, list[Component]]:
     """Label array (z, y, x; 0 background, components 1..n most probable first) and the components, after
-    dropping those under ``min_component_mm3``."""
+    dropping those under ``min_component_mm3``; sides relative to ``midline_x`` (default: the body's)."""
     binary = sitk.GetImageFromArray((probability >= config.voxel_threshold).astype(np.uint8))
     binary.CopyInformation(reference)
     labelled = sitk.ConnectedComponent(binary, True)
@@ -80,7 +80,7 @@ def find_components(probability: np.ndarray, reference: sitk.Image, config: Segm
     stats.Execute(labelled)
     labels = sitk.GetArrayFromImage(labelled)
     voxel_mm3 = float(np.prod(reference.GetSpacing()))
-    midline = body_midline_x(reference)
+    midline = body_midline_x(reference) if midline_x is None else midline_x
     found = []
     if stats.GetNumberOfLabels():
         peak = np.zeros(labels.max() + 1)
@@ -92,24 +92,23 @@ def find_components(probability: np.ndarray, reference: sitk.Image, config: Segm
             centroid = tuple(float(v) for v in stats.GetCentroid(label))
             found.append((float(peak[label]), label, volume, centroid))
     found.sort(key=lambda item: -item[0])
-    out = np.zeros(labels.shape, dtype=np.uint16)
+    rank_of = np.zeros(int(labels.max()) + 1, dtype=np.uint16)  # connected-component label -> rank (0: dropped)
     components = []
     for rank, (peak_p, label, volume, centroid) in enumerate(found, start=1):
-        out[labels == label] = rank
+        rank_of[label] = rank
         components.append(Component(rank, volume, peak_p, centroid, "left" if centroid[0] > midline else "right"))
-    return out, components
+    return rank_of[labels], components
 
 
 def refine_components(refiner: torch.nn.Module, volume: ScanVolume, labels: np.ndarray,
-                      components: list[Component], config: SegmentConfig, device: torch.device
-                      ) -> tuple[np.ndarray, list[Component]]:
+                      components: list[Component], config: SegmentConfig, device: torch.device,
+                      midline_x: float) -> tuple[np.ndarray, list[Component]]:
     """Each component re-outlined by the lesion-centred refiner (most probable first keeps contested voxels);
     probabilities stay the first stage's, volumes, centroids and sides are measured again."""
     from fusion_model.segment.refine import refine_component
 
     out = np.zeros(labels.shape, dtype=np.uint16)
     voxel_mm3 = float(np.prod(volume.reference.GetSpacing()))
-    midline = body_midline_x(volume.reference)
     refined = []
     for component in components:
         mask = refine_component(refiner, volume.phase_images, labels == component.label, volume.reference, config,
@@ -122,7 +121,7 @@ def refine_components(refiner: torch.nn.Module, volume: ScanVolume, labels: np.n
         centroid = tuple(float(v) for v in volume.reference.TransformContinuousIndexToPhysicalPoint(
             [float(v) for v in zyx[::-1]]))
         refined.append(Component(label, float(mask.sum()) * voxel_mm3, component.probability, centroid,
-                                 "left" if centroid[0] > midline else "right"))
+                                 "left" if centroid[0] > midline_x else "right"))
     return out, refined
 
 
@@ -131,9 +130,10 @@ def segment_scan(network: torch.nn.Module, refiner: torch.nn.Module | None, volu
     """Components (label array on the scan's own grid, and their figures) of one loaded scan: whole-scan
     sliding window, components, then each re-outlined by the refiner when there is one."""
     native = to_native(probability_map(network, volume.image, config, device), volume)
-    labels, components = find_components(native, volume.reference, config)
+    midline = body_midline_x(volume.reference)
+    labels, components = find_components(native, volume.reference, config, midline)
     if refiner is not None and components:
-        labels, components = refine_components(refiner, volume, labels, components, config, device)
+        labels, components = refine_components(refiner, volume, labels, components, config, device, midline)
     return labels, components
 
 

@@ -46,6 +46,20 @@ def overlap_metrics(predicted: np.ndarray, reference: np.ndarray, spacing_zyx: t
     return {**out, "dice": dice, "hd95_mm": hd95, "surface_dice_2mm": surface}
 
 
+def scan_detection(component_labels: np.ndarray, probabilities: dict[int, float], lesion_masks: list[np.ndarray]
+                   ) -> tuple[list[float], list[float], list[list[int]]]:
+    """One scan's detection outcome: per lesion the highest probability of a component touching it (0: none),
+    the probabilities of the components touching no lesion, and per lesion the touching components' labels."""
+    touching_per_lesion, touched, lesion_probability = [], set(), []
+    for mask in lesion_masks:
+        labels = sorted(int(v) for v in np.unique(component_labels[mask.astype(bool)]) if v)
+        touching_per_lesion.append(labels)
+        touched.update(labels)
+        lesion_probability.append(max((probabilities[v] for v in labels), default=0.0))
+    false_positive_probability = [p for v, p in probabilities.items() if v not in touched]
+    return lesion_probability, false_positive_probability, touching_per_lesion
+
+
 @dataclass
 class DetectionRecord:
     """Detection outcome over scans: per reference lesion the highest probability among components touching
@@ -58,15 +72,16 @@ class DetectionRecord:
     def add_scan(self, component_labels: np.ndarray, probabilities: dict[int, float],
                  lesion_masks: list[np.ndarray]) -> list[list[int]]:
         """Score one scan; return, per lesion, the labels of the components that touch it."""
-        touching_per_lesion, touched = [], set()
-        for mask in lesion_masks:
-            labels = sorted(int(v) for v in np.unique(component_labels[mask.astype(bool)]) if v)
-            touching_per_lesion.append(labels)
-            touched.update(labels)
-            self.lesion_probability.append(max((probabilities[v] for v in labels), default=0.0))
-        self.false_positive_probability += [p for v, p in probabilities.items() if v not in touched]
+        lesion_probability, false_positive_probability, touching = scan_detection(component_labels, probabilities,
+                                                                                  lesion_masks)
+        self.add(lesion_probability, false_positive_probability)
+        return touching
+
+    def add(self, lesion_probability: list[float], false_positive_probability: list[float]) -> None:
+        """Add one scored scan (see :func:`scan_detection`)."""
+        self.lesion_probability += lesion_probability
+        self.false_positive_probability += false_positive_probability
         self.scans += 1
-        return touching_per_lesion
 
     def at(self, threshold: float) -> tuple[float, float]:
         """(lesion sensitivity, false positives per scan) keeping components with probability >= threshold."""
@@ -96,8 +111,8 @@ class DetectionRecord:
         return float(max(floor, np.nextafter(fps[allowed], np.inf)))
 
 
-def summarise_dice(values) -> dict:
-    """Mean, SD, median, quartiles and range of a list of per-lesion values (NaN ignored)."""
+def summarise(values) -> dict:
+    """Mean, SD, median, quartiles and range of per-lesion values (NaN and None ignored)."""
     array = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if not len(array):
         return {"n": 0, "mean": None, "sd": None, "median": None, "q1": None, "q3": None, "min": None, "max": None}

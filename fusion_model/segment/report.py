@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from fusion_model.report.figures import plt, png_bytes
@@ -68,8 +70,6 @@ def overlay_png(view, title: str) -> bytes:
 
 def write_segment_report(evaluation, overwrite: bool = False):
     """Write report.html, metrics.json, lesions.csv and the PNG figures into the evaluation's folder."""
-    from fusion_model.segment.evaluate import metrics_json
-
     metrics = evaluation.metrics
     pngs = {"froc.png": froc_png(metrics), "dice_by_centre.png": dice_png(evaluation.lesions)}
     views = sorted(evaluation.views, key=lambda v: v.dice)
@@ -82,6 +82,6 @@ def write_segment_report(evaluation, overwrite: bool = False):
                   created_utc=metrics["created_utc"],
                   images={k: data_uri(v) for k, v in pngs.items()}, overlays=[n for n, _ in picks],
                   worst=evaluation.lesions.sort_values("dice").head(10).to_dict("records"))
-    files = {"report.html": html, "metrics.json": metrics_json(evaluation),
+    files = {"report.html": html, "metrics.json": json.dumps(metrics, indent=2, allow_nan=False) + "\n",
              "lesions.csv": evaluation.lesions.to_csv(index=False), **{f"figures/{k}": v for k, v in pngs.items()}}
     return write_report_dir(evaluation.out, files, overwrite=overwrite)

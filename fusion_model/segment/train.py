@@ -46,7 +46,7 @@ from fusion_model.segment.infer import (
 from fusion_model.segment.metrics import (
     DetectionRecord,
     overlap_metrics,
-    summarise_dice,
+    summarise,
 )
 from fusion_model.segment.network import build_segmenter, resolve_device
 from fusion_model.segment.refine import training_crops
@@ -318,7 +318,7 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
         "refiner": None if refiner is None else {"epochs_run": refiner.epochs_run, "best_epoch": refiner.best_epoch,
                                                  "early_stopping_crop_dice": refiner.best_score,
                                                  "training_crops": len(refine_train)},
-        "early_stopping_lesion_dice": summarise_dice(lesion_dice),
+        "early_stopping_lesion_dice": summarise(lesion_dice),
         "operating_point": {"threshold": threshold, "sensitivity": sensitivity, "fp_per_scan": fp_per_scan},
         "device": str(torch_device), "minutes": (time.perf_counter() - started) / 60,
         "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
