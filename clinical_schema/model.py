@@ -13,7 +13,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-SCHEMA_VERSION = "1.2"  # 1.1: mask_source; 1.2: mask_path may be empty (lesions to outline)
+SCHEMA_VERSION = "1.3"  # 1.1: mask_source; 1.2: mask_path may be empty (lesions to outline); 1.3: a second reader's mask (mask_path_b, mask_label_b)
 
 LESION_TYPES = (
     "adenoma",
@@ -154,6 +154,19 @@ class ClinicalTable(pa.DataFrameModel):
         ge=1, nullable=True,
         description="Label value of this lesion in a multi-label mask (the segment number of a DICOM SEG, the ROI "
                     "number of an RTSTRUCT); empty means every non-zero voxel, or the only segment / ROI.",
+        metadata=_meta("files"),
+    )
+
+    mask_path_b: Optional[Series[str]] = pa.Field(
+        str_length={"min_value": 1}, nullable=True,
+        description="A second reader's segmentation of the same lesion (same kinds of file as mask_path, on the "
+                    "same grid), for 'fusion-model agreement'; empty where only one reader outlined the lesion. "
+                    "It may be the mask 'fusion-model segment predict' wrote (automatic against manual).",
+        metadata=_meta("files"),
+    )
+    mask_label_b: Optional[Series[pd.Int64Dtype]] = pa.Field(
+        ge=1, nullable=True,
+        description="Label value of this lesion in mask_path_b, as mask_label is for mask_path.",
         metadata=_meta("files"),
     )
 

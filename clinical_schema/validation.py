@@ -107,6 +107,7 @@ def _extra_column(feature: ExtraFeature) -> pa.Column:
 _COERCERS = {
     "label": coercion.coerce_label,
     "mask_label": coercion.coerce_integer,
+    "mask_label_b": coercion.coerce_integer,
     "sex": coercion.coerce_sex,
     "side": coercion.coerce_side,
     "mask_source": coercion.coerce_mask_source,
@@ -116,6 +117,7 @@ _COERCERS = {
 _UNREADABLE = {
     "label": "0/1 or benign/malignant",
     "mask_label": "a whole number >= 1",
+    "mask_label_b": "a whole number >= 1",
     **{name: "yes/no, true/false or 1/0" for name in BOOLEAN_COLUMNS},
 }
 

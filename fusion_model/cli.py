@@ -52,6 +52,8 @@ def _print_summary(summary: dict) -> None:
     table.add_row("phases (lesions with file)", ", ".join(f"{k}: {v}" for k, v in summary["phases"].items()))
     if summary.get("mask_sources"):
         table.add_row("masks", ", ".join(f"{k}: {v}" for k, v in summary["mask_sources"].items()))
+    if "second_reader_masks" in summary:
+        table.add_row("second reader's masks", str(summary["second_reader_masks"]))
     missing = {k: v for k, v in summary["missing_percent"].items() if v > 0}
     table.add_row("missing (% of lesions)", ", ".join(f"{k}: {v:g}%" for k, v in missing.items()) or "none")
     console.print(table)
@@ -78,12 +80,14 @@ def validate(
     resample: Annotated[bool, typer.Option("--resample", help="accept phases/masks on different grids "
                                                               "(they will be resampled onto the reference phase)")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write summary and problems as JSON")] = None,
+    masks_b: Annotated[Path | None, typer.Option("--masks-b", help="folder of a second reader's masks, named as the "
+                                                                   "mask_path files: checked like the first")] = None,
 ) -> None:
     """Check a cohort directory: table schema, files, masks, geometry, split leakage. Exit 2 on errors."""
     from fusion_model.cohort import validate_cohort
     from fusion_model.fileio import atomic_write_json
 
-    report = validate_cohort(cohort, require_label=require_labels, resample_mismatched=resample)
+    report = validate_cohort(cohort, require_label=require_labels, resample_mismatched=resample, masks_b_dir=masks_b)
     if report.summary:
         _print_summary(report.summary)
     _print_problems(report.problems)
@@ -105,6 +109,8 @@ def synth(
     two_lesion_fraction: Annotated[float, typer.Option(help="share of patients with a lesion on each side")] = 0.08,
     without_masks: Annotated[int, typer.Option(
         "--without-masks", help="add this many patients whose lesions have no mask yet (for segment predict)")] = 0,
+    second_reader: Annotated[bool, typer.Option(
+        "--second-reader", help="also write a second reader's outlines (mask_path_b), for fusion-model agreement")] = False,
     workers: Annotated[int, typer.Option(help="processes (0 = automatic)")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing cohort directory")] = False,
 ) -> None:
@@ -118,7 +124,7 @@ def synth(
     config = parse_model(SynthConfig, {
         "patients": patients, "seed": seed, "centres": centres, "two_lesion_fraction": two_lesion_fraction,
         "workers": workers, "phases": [p.strip() for p in phases.split(",") if p.strip()],
-        "patients_without_masks": without_masks,
+        "patients_without_masks": without_masks, "second_reader": second_reader,
     }, "synth options")
     synthesize_cohort(out, config, overwrite=overwrite)
     console.print(f"wrote {out}")
@@ -596,6 +602,55 @@ def segment_evaluate(
                       f"{op['sensitivity']:.3f}", f"{op['fp_per_scan']:.2f}")
     console.print(table)
     console.print(f"{result.metrics['seconds_per_scan']:.1f} s per scan; wrote {out / 'report.html'}")
+
+
+@app.command()
+def agreement(
+    cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory with two readers' masks (mask_path and "
+                                                          "mask_path_b), or any outlined cohort with --perturb")],
+    out: Annotated[Path, typer.Option("--out", help="report folder, e.g. reports/agreement")],
+    model: Annotated[Path | None, typer.Option("--model", help="model artifact: also compare its answers")] = None,
+    masks_b: Annotated[Path | None, typer.Option("--masks-b", help="folder of the second reader's masks, named as "
+                                                                   "the mask_path files (instead of mask_path_b)")] = None,
+    perturb: Annotated[bool, typer.Option("--perturb", help="no second reader: compare each outline with itself "
+                                                            "eroded/dilated by 1 and 2 voxels and smoothly perturbed")] = False,
+    contour_dice: Annotated[float, typer.Option("--contour-dice", help="Dice of the smooth perturbation")] = 0.90,
+    seed: Annotated[int, typer.Option(help="random seed of the perturbations")] = 0,
+    resample: Annotated[bool, typer.Option("--resample", help="resample second masks on another grid onto the CT")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Reader agreement: Dice/HD95 of the two outlines, feature ICCs, Bland-Altman and the model's stability."""
+    from fusion_model.agreement.run import AgreementSettings, run_agreement
+
+    if perturb and masks_b is not None:
+        raise UserInputError("--perturb compares each outline with perturbed copies of itself; leave out --masks-b")
+    result = run_agreement(cohort, out, AgreementSettings(masks_b_dir=masks_b, perturb=perturb,
+                                                          contour_dice=contour_dice, seed=seed, resample=resample),
+                           model_dir=model, overwrite=overwrite)
+    m = result.metrics
+    table = Table(title=f"agreement on {m['cohort_name']} ({m['lesions_compared']} lesions compared)")
+    columns = ["comparison", "Dice mean (SD)", "Dice range", "features ICC(2,1) < 0.75"]
+    if model is not None:
+        columns += [f"{m['primary_variant']}: prob. ICC", "mean |dp|", "class flips", "AUC first -> other (p)"]
+    for column in columns:
+        table.add_column(column)
+    for b in m["comparisons"]:
+        d = b["segmentation"]["dice"]
+        row = [b["title"], f"{d['mean']:.3f} ({d['sd']:.3f})", f"{d['min']:.3f}-{d['max']:.3f}",
+               str(len(b["features_below_0.75"]))]
+        if model is not None:
+            p = b["model"][m["primary_variant"]]
+            icc = p["icc"]["icc2_1"]
+            auc = p.get("auc")
+            row += ["-" if icc is None else f"{icc['icc']:.3f}", f"{p['mean_absolute_difference']:.3f}",
+                    str(p["flips"]), "-" if not auc else
+                    f"{auc['a']:.3f} -> {auc['b']:.3f} ({'-' if auc['p_value'] is None else format(auc['p_value'], '.3f')})"]
+        table.add_row(*row)
+    console.print(table)
+    if m["read_once"]:
+        console.print(f"[yellow]{len(m['read_once'])} lesion(s) with one outline only, not compared[/yellow] "
+                      "(listed in the report): " + ", ".join(r["lesion_id"] for r in m["read_once"][:20]))
+    console.print(f"{m['seconds']:.1f} s; wrote {out / 'report.html'}")
 
 
 def main() -> None:

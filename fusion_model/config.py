@@ -293,6 +293,8 @@ class SynthConfig(StrictModel):
     patients_without_masks: int = Field(0, ge=0, le=100_000, description="patients added after the others whose "
                                         "mask_path is empty (to outline with 'fusion-model segment predict'); "
                                         "their reference masks go to truth_masks/")
+    second_reader: bool = Field(False, description="also write a second reader's outline of every outlined lesion "
+                                "(masks_b/, columns mask_path_b / mask_label_b) for 'fusion-model agreement'")
     workers: int = Field(0, ge=0, description="processes; 0 = up to 2, as many as cores allow")
 
     @field_validator("phases")

@@ -380,3 +380,20 @@ def test_cli_segment_predict_and_evaluate(trained_segmenter, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Dice median" in result.output and (tmp_path / "report/report.html").is_file()
     assert json.loads((tmp_path / "report/metrics.json").read_text(encoding="utf-8"))["centre"] == "A"
+
+
+def test_automatic_masks_against_manual_ones(trained_segmenter, tmp_path):
+    """segment predict keeps the input's own masks as the second reader: agreement measures auto vs manual."""
+    from fusion_model.agreement.run import AgreementSettings, run_agreement
+    from fusion_model.cohort import validate_cohort
+    from fusion_model.segment.predict import MANUAL_MASKS, predict_masks
+
+    source = _phantom_cohort(tmp_path / "src", patients=5, seed=8, outlined=5)
+    predict_masks(trained_segmenter["run"].out, source, tmp_path / "auto", progress=False)
+    assert validate_cohort(tmp_path / "auto", progress=False).ok
+    table = pd.read_csv(tmp_path / "auto/clinical.csv")
+    assert table["mask_path_b"].str.startswith(MANUAL_MASKS + "/").all()
+    result = run_agreement(tmp_path / "auto", tmp_path / "r", AgreementSettings(), progress=False)
+    dice = result.metrics["comparisons"][0]["segmentation"]["dice"]
+    found = int(table["mask_path"].notna().sum())
+    assert result.metrics["lesions_compared"] == found and dice["mean"] > 0.5

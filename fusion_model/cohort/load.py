@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -138,6 +138,25 @@ class Cohort:
             phase_paths=phase_paths,
             label=None if label is None or pd.isna(label) else int(label),
         )
+
+    def lesion_b(self, row_index: int, masks_b_dir: Path | None = None) -> LesionRecord | None:
+        """The lesion's record with a second reader's mask (``mask_path_b`` / ``mask_label_b``, or with
+        ``masks_b_dir`` the file of the same name as ``mask_path`` in that folder, same label), or None where
+        there is no second mask (a lesion read once)."""
+        record = self.lesion(row_index)
+        if masks_b_dir is not None:
+            if record.mask_path is None:
+                return None
+            path = Path(masks_b_dir) / record.mask_path.name
+            return replace(record, mask_path=path, mask_label=record.mask_label) if path.exists() else None
+        row = self.table.iloc[row_index]
+        value = row.get("mask_path_b")
+        if value is None or pd.isna(value):
+            return None
+        label = row.get("mask_label_b")
+        where = f"{TABLE_FILE} row {record.row} (lesion {record.lesion_id}), column 'mask_path_b'"
+        return replace(record, mask_path=resolve_inside(self.root, str(value), where),
+                       mask_label=None if label is None or pd.isna(label) else int(label))
 
     @property
     def outlined(self) -> pd.Series:

@@ -21,7 +21,7 @@ from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.dicom_masks import is_dicom_mask, read_dicom_mask
 from fusion_model.imaging.geometry import Geometry, geometry_differences
-from fusion_model.imaging.io import read_image
+from fusion_model.imaging.io import read_image, read_image_header
 from fusion_model.imaging.preprocess import binary_mask
 from fusion_model.imaging.quality import ct_value_problems
 from fusion_model.progress import track
@@ -78,8 +78,13 @@ def validate_cohort(
     require_label: bool = False,
     resample_mismatched: bool = False,
     progress: bool = True,
+    masks_b_dir: Path | None = None,
 ) -> ValidationReport:
-    """Check a cohort directory: table schema, files, masks, geometry and split leakage, all at once."""
+    """Check a cohort directory: table schema, files, masks, geometry and split leakage, all at once.
+
+    A second reader's masks (columns ``mask_path_b`` / ``mask_label_b``, or ``masks_b_dir`` holding files named
+    as the ``mask_path`` files) are checked like the first: readable, holding the lesion's label, on its grid.
+    """
     root = Path(root)
     report = ValidationReport(root)
     if not root.is_dir():
@@ -104,10 +109,21 @@ def validate_cohort(
 
     _check_table_against_spec(table, spec, report)
     _check_split_leakage(table, report)
+    if masks_b_dir is not None and not Path(masks_b_dir).is_dir():
+        report.error(str(masks_b_dir), "--masks-b: not a folder; give the folder holding the second reader's masks, "
+                                       "named as the mask_path files")
+        return report
     cohort = Cohort(root=root, spec=spec, table=table.reset_index(drop=True))
+    second_reader = 0
     for i in track(range(len(table)), "checking images", total=len(table), enabled=progress):
-        _check_lesion_files(cohort, i, resample_mismatched, report)
+        reference_path = _check_lesion_files(cohort, i, resample_mismatched, report)
+        second_reader += _check_second_reader(cohort, i, masks_b_dir, reference_path, resample_mismatched, report)
     report.summary = summarise(table, spec)
+    if second_reader or masks_b_dir is not None or "mask_path_b" in table:
+        report.summary["second_reader_masks"] = second_reader
+        if masks_b_dir is not None and not second_reader:
+            report.error(str(masks_b_dir), "holds no file named as any mask_path file of the cohort; the second "
+                                           "reader's masks must carry the first reader's file names")
     return report
 
 
@@ -141,17 +157,18 @@ def _check_split_leakage(table: pd.DataFrame, report: ValidationReport) -> None:
             )
 
 
-def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: ValidationReport) -> None:
+def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: ValidationReport) -> Path | None:
+    """Check one lesion's phases and mask; returns the path of its reference phase when it could be read."""
     row = cohort.table.iloc[index]
     where = f"{TABLE_FILE} row {index + 2} (lesion {row['lesion_id']})"
     try:
         lesion = cohort.lesion(index)
     except UserInputError as err:
         report.error(where, str(err).split(": ", 1)[-1])
-        return
+        return None
     if not lesion.phase_paths:
         report.error(where, f"no CT phase file; fill at least one of {[PATH_COLUMNS[p] for p in cohort.spec.phases]}")
-        return
+        return None
     reference_phase = next(p for p in cohort.spec.phases if p in lesion.phase_paths)
     geometries, lesion_mask, reference_image = {}, None, None
     if lesion.mask_path is None:
@@ -162,7 +179,7 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
             mask, reference_image = _read_mask(lesion, lesion.phase_paths[reference_phase])
         except UserInputError as err:
             report.error(where, f"mask: {err}")
-            return
+            return None
         _check_mask_values(mask, lesion, where, report)
         geometries["mask"] = (lesion.mask_path, Geometry.of(mask))
         lesion_mask = binary_mask(mask, lesion.mask_label)
@@ -182,7 +199,7 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
                                          hounsfield=cohort.spec.ct_intensities):
             report.error(where, f"{phase} phase ({path.name}): {problem}")
     if reference_phase not in geometries:
-        return
+        return None
     ref_path, ref_geometry = geometries[reference_phase]
     for name, (path, geometry) in geometries.items():
         if name == reference_phase:
@@ -197,6 +214,38 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
         else:
             report.error(where, text + f"; re-export them on one grid, or pass --resample to resample "
                                        f"onto the {reference_phase} grid")
+    return ref_path
+
+
+def _check_second_reader(cohort: Cohort, index: int, masks_b_dir: Path | None, reference_path: Path | None,
+                         resample: bool, report: ValidationReport) -> int:
+    """Check the second reader's mask of one lesion like the first; 1 when there is one, else 0."""
+    where = f"{TABLE_FILE} row {cohort._line(index)} (lesion {cohort.table['lesion_id'].iloc[index]})"
+    try:
+        lesion = cohort.lesion_b(index, masks_b_dir)
+    except UserInputError as err:
+        report.error(where, str(err).split(": ", 1)[-1])
+        return 1
+    if lesion is None:
+        return 0
+    if reference_path is None:
+        return 1  # the lesion's own files are broken (reported above); nothing to put the second mask on
+    try:
+        mask, _ = _read_mask(lesion, reference_path)
+    except UserInputError as err:
+        report.error(where, f"second reader's mask: {err}")
+        return 1
+    _check_mask_values(mask, lesion, where + ", second reader", report,
+                       "mask_label" if masks_b_dir is not None else "mask_label_b")
+    differences = geometry_differences(Geometry.of(read_image_header(reference_path)), Geometry.of(mask))
+    if differences:
+        text = (f"second reader's mask ({lesion.mask_path.name}) and the CT ({reference_path.name}) do not share "
+                "physical space: " + "; ".join(differences))
+        if resample:
+            report.warn(where, text + " (it will be resampled onto the CT grid)")
+        else:
+            report.error(where, text + "; re-export it on the CT grid, or pass --resample")
+    return 1
 
 
 def _read_mask(lesion: LesionRecord, reference_path: Path) -> tuple[sitk.Image, sitk.Image | None]:
@@ -210,7 +259,8 @@ def _read_mask(lesion: LesionRecord, reference_path: Path) -> tuple[sitk.Image, 
     return sitk.Cast(mask, sitk.sitkUInt16) * int(lesion.mask_label or 1), reference
 
 
-def _check_mask_values(mask: sitk.Image, lesion: LesionRecord, where: str, report: ValidationReport) -> None:
+def _check_mask_values(mask: sitk.Image, lesion: LesionRecord, where: str, report: ValidationReport,
+                       label_column: str = "mask_label") -> None:
     values = sitk.GetArrayViewFromImage(mask)
     if np.issubdtype(values.dtype, np.floating) and not np.all(np.equal(np.mod(values, 1), 0)):
         report.error(where, f"mask {lesion.mask_path.name} holds fractional values; give a binary or label mask")
@@ -220,12 +270,12 @@ def _check_mask_values(mask: sitk.Image, lesion: LesionRecord, where: str, repor
     if lesion.mask_label is not None:
         if lesion.mask_label not in nonzero:
             report.error(where, f"mask {lesion.mask_path.name} has no voxel with label {lesion.mask_label} "
-                                f"(labels present: {nonzero or 'none'})")
+                                f"(labels present: {nonzero or 'none'}); correct {label_column}")
     elif not nonzero:
         report.error(where, f"mask {lesion.mask_path.name} is empty (no non-zero voxel); segment the lesion")
     elif len(nonzero) > 1:
         report.error(where, f"mask {lesion.mask_path.name} holds several labels {nonzero[:10]}; "
-                            "set mask_label to this lesion's label value")
+                            f"set {label_column} to this lesion's label value")
 
 
 def summarise(table: pd.DataFrame, spec: CohortSpec) -> dict:

@@ -8,6 +8,9 @@ component; null: the detection operating point). Each lesion found gets its labe
 (and, for DICOM images, a DICOM SEG beside it); lesions where nothing was found keep an empty mask_path and
 are listed in ``not_found.csv``. The new cohort shares the images (hard links where the file system allows,
 copies otherwise), keeps every other cell of clinical.csv as written, and says ``mask_source = auto``.
+The input's own masks, where it had them, become the second reader of the new cohort (``masks_manual/``,
+``mask_path_b`` / ``mask_label_b``), so that ``fusion-model agreement --cohort NEWDIR`` measures the automatic
+outlines against them.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from fusion_model.segment.scans import (
     load_scan,
 )
 
+MANUAL_MASKS = "masks_manual"  # the input cohort's masks: the new cohort's second reader
 NOT_FOUND_FILE = "not_found.csv"
 COMPONENTS_FILE = "components.csv"
 SUMMARY_FILE = "segmentation.json"
@@ -162,6 +166,10 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
     raw = read_clinical_csv(Path(cohort_dir) / TABLE_FILE)
     raw = raw[raw["lesion_id"].astype(str).isin(set(cohort.table["lesion_id"]))].reset_index(drop=True)
     row_of = {str(lesion_id): i for i, lesion_id in enumerate(raw["lesion_id"].astype(str))}
+    manual = cohort.table.set_index("lesion_id").reindex(columns=["mask_path", "mask_label"])
+    raw["mask_path_b"] = [None if pd.isna(v) else f"{MANUAL_MASKS}/{v}"
+                          for v in manual["mask_path"].reindex(raw["lesion_id"].astype(str))]
+    raw["mask_label_b"] = manual["mask_label"].reindex(raw["lesion_id"].astype(str)).to_numpy()
     for column in ("mask_path", "mask_label", "mask_source"):
         raw[column] = pd.Series([None] * len(raw), dtype=object)
     regions = regions or {}
@@ -170,6 +178,8 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
         for column in [PATH_COLUMNS[p] for p in cohort.spec.phases if PATH_COLUMNS[p] in cohort.table]:
             for rel in sorted(set(cohort.table[column].dropna().astype(str))):
                 _link_or_copy(Path(cohort_dir) / rel, staging / rel)
+        for rel in sorted(set(manual["mask_path"].dropna().astype(str))):
+            _link_or_copy(Path(cohort_dir) / rel, staging / MANUAL_MASKS / rel)
         (staging / "masks").mkdir(exist_ok=True)
         for scan in track(scans, "outlining lesions", total=len(scans), enabled=progress):
             result = predict_scan(segmenter, scan, torch_device, regions.get(scan.patient_id))
@@ -210,6 +220,9 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
                     "above_operating_point": c.probability >= segmenter.threshold,
                     "lesion_id": lesion_of.get(c.label, "")})
         raw["mask_label"] = raw["mask_label"].astype("Int64")
+        raw["mask_label_b"] = raw["mask_label_b"].astype("Int64")
+        if raw["mask_path_b"].isna().all():
+            raw = raw.drop(columns=["mask_path_b", "mask_label_b"])
         raw.to_csv(staging / TABLE_FILE, index=False)
         not_found_frame = pd.DataFrame(not_found, columns=["lesion_id", "patient_id", "row", "side", "reason"])
         not_found_frame.to_csv(staging / NOT_FOUND_FILE, index=False)

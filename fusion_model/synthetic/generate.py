@@ -6,6 +6,10 @@ whose type, size, attenuation, enhancement, texture and clinical/lab values are 
 (:mod:`fusion_model.synthetic.phantom`) per phase. Centres differ in voxel spacing, noise,
 a small HU calibration offset and lab missingness.
 
+With ``second_reader``, a second radiologist's outline of every outlined lesion goes to ``masks_b/``
+(``mask_path_b``): the first outline moved by a smooth random field (:func:`second_reader_outline`), a
+realistic disagreement for ``fusion-model agreement``.
+
 ``patients_without_masks`` more patients are drawn the same way but their rows leave mask_path empty
 (lesions for ``fusion-model segment predict`` to outline); their reference masks go to ``truth_masks/``.
 
@@ -33,12 +37,14 @@ from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, write_cohort_spec
 from fusion_model.config import SynthConfig
 from fusion_model.features.radiological import max_axial_diameter_mm
 from fusion_model.fileio import atomic_directory, atomic_write_text
+from fusion_model.agreement.perturb import second_reader_outline
 from fusion_model.progress import track
 from fusion_model.synthetic import phantom
 from fusion_model.synthetic.profiles import IMAGING_VARIABLES, TypeProfile, draw_latents, draw_type, oracle_risk
 
 TRUTH_FILE = "truth.csv"
 TRUTH_MASKS = "truth_masks"  # reference masks of the patients written without a mask_path
+SECOND_READER_MASKS = "masks_b"  # synth --second-reader: another reader's outlines (mask_path_b)
 
 
 @dataclass(frozen=True)
@@ -146,12 +152,21 @@ def synthesize_patient(index: int, config: SynthConfig, out_dir: Path) -> tuple[
         mask[drawing.box][drawing.mask] = k + 1
 
     outlined = index < config.patients
+    second_reader = config.second_reader and outlined
+    if second_reader:  # drawn from its own stream: the cohort is the same with or without a second reader
+        reader_rng = np.random.default_rng([config.seed, index, 2])
+        mask_b = np.zeros(shape, dtype=np.uint8)
+        for k, (lesion, drawing) in enumerate(zip(lesions, drawings)):
+            full = np.zeros(shape, dtype=bool)
+            full[drawing.box] = drawing.mask
+            outline = second_reader_outline(full, spacing[::-1], lesion.latents["irregularity"], reader_rng)
+            mask_b[outline & (mask_b == 0)] = k + 1
 
-    def write(array: np.ndarray, name: str) -> str:
+    def write(array: np.ndarray, name: str, folder: str | None = None) -> str:
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(spacing)
         image.SetOrigin(grid.origin)
-        folder = "images" if not name.endswith("mask") else "masks" if outlined else TRUTH_MASKS
+        folder = folder or ("images" if not name.endswith("mask") else "masks" if outlined else TRUTH_MASKS)
         rel = f"{folder}/{name}.nii.gz"
         sitk.WriteImage(image, str(out_dir / rel), True, 1)
         return rel
@@ -159,6 +174,7 @@ def synthesize_patient(index: int, config: SynthConfig, out_dir: Path) -> tuple[
     paths = {p: write(phantom.render_phase(labels, drawings, p, grid, centre.noise_hu, centre.hu_offset, rng),
                       f"{patient_id}_{p}") for p in config.phases}
     mask_rel = write(mask, f"{patient_id}_mask")
+    mask_b_rel = write(mask_b, f"{patient_id}_mask", SECOND_READER_MASKS) if second_reader else None
 
     rows, truths = [], []
     for k, (lesion, drawing) in enumerate(zip(lesions, drawings)):
@@ -184,6 +200,9 @@ def synthesize_patient(index: int, config: SynthConfig, out_dir: Path) -> tuple[
             **{PATH_COLUMNS[p]: paths[p] for p in config.phases},
             "mask_path": mask_rel if outlined else None, "mask_label": k + 1 if len(lesions) > 1 else None,
         }
+        if config.second_reader:
+            row["mask_path_b"] = mask_b_rel
+            row["mask_label_b"] = k + 1 if mask_b_rel and len(lesions) > 1 else None
         observed = observed_variables(config.phases, [c for c in LAB_COLUMNS if labs[c] is not None])
         truths.append({
             "lesion_id": lesion_id, "patient_id": patient_id, "centre": centre.name,
@@ -206,6 +225,8 @@ def synthesize_cohort(out: Path, config: SynthConfig, overwrite: bool = False, p
         (staging / "masks").mkdir()
         if config.patients_without_masks:
             (staging / TRUTH_MASKS).mkdir()
+        if config.second_reader:
+            (staging / SECOND_READER_MASKS).mkdir()
         workers = config.workers or min(2, os.cpu_count() or 1)
         tasks = [(i, config, staging) for i in range(config.patients + config.patients_without_masks)]
         if workers > 1 and config.patients > 1:
@@ -218,7 +239,9 @@ def synthesize_cohort(out: Path, config: SynthConfig, overwrite: bool = False, p
         rows = [r for rs, _ in results for r in rs]
         truths = [t for _, ts in results for t in ts]
         table = pd.DataFrame(rows)
-        table["mask_label"] = table["mask_label"].astype("Int64")
+        for column in ("mask_label", "mask_label_b"):
+            if column in table:
+                table[column] = table[column].astype("Int64")
         atomic_write_text(staging / TABLE_FILE, table.to_csv(index=False))
         atomic_write_text(staging / TRUTH_FILE, pd.DataFrame(truths).to_csv(index=False))
         centres = [c.name for c in CENTRES[: config.centres]]
