@@ -233,6 +233,9 @@ class ExperimentConfig(StrictModel):
     variants: list[str] = Field(default_factory=lambda: list(VARIANTS))
     baselines: list[str] = Field(default_factory=lambda: list(GUIDELINE_RULES))
     primary_variant: str = "all"
+    masks: list[str] = Field(default_factory=lambda: ["a"], description="outlines the encoder trains on: [a] the "
+                             "first reader's (mask_path); [a, b] also the second reader's (mask_path_b) as "
+                             "augmentation, one of the two drawn per lesion and epoch")
     search: SearchConfig | None = Field(None, description="hyperparameter search space for `fusion-model tune`")
 
     @field_validator("variants")
@@ -244,6 +247,14 @@ class ExperimentConfig(StrictModel):
     @classmethod
     def _baselines(cls, baselines: list[str]) -> list[str]:
         return known_names(baselines, GUIDELINE_RULES, "baseline") if baselines else []
+
+    @field_validator("masks")
+    @classmethod
+    def _masks(cls, masks: list[str]) -> list[str]:
+        if masks not in (["a"], ["a", "b"]):
+            raise ValueError(f"masks {masks}: give [a] (the first reader's outlines) or [a, b] (the second reader's "
+                             "as augmentation too)")
+        return masks
 
     @model_validator(mode="after")
     def _primary_is_trained(self) -> ExperimentConfig:

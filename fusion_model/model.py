@@ -46,10 +46,14 @@ class LesionData:
     image_features: pd.DataFrame
     crops: np.ndarray
     extra_features: tuple[str, ...] = ()
+    second_reader_crops: np.ndarray | None = None  # crops around a second outline (training augmentation)
 
     def __post_init__(self) -> None:
         if len(self.crops) != len(self.table):
             raise ValueError(f"{len(self.crops)} crops for {len(self.table)} lesions")
+        if self.second_reader_crops is not None and self.second_reader_crops.shape != self.crops.shape:
+            raise ValueError(f"second reader's crops {self.second_reader_crops.shape} differ from the crops "
+                             f"{self.crops.shape}")
 
     @property
     def lesion_ids(self) -> list[str]:
@@ -60,7 +64,8 @@ class LesionData:
         """The lesions at these positions."""
         ids = self.table.index[positions]
         return LesionData(self.table.loc[ids], self.image_features.reindex(ids), self.crops[positions],
-                          self.extra_features)
+                          self.extra_features,
+                          None if self.second_reader_crops is None else self.second_reader_crops[positions])
 
 
 def variant_tabular_features(variant: str, tabular_groups: dict[str, list[str]]) -> list[str]:
@@ -107,8 +112,8 @@ class FusionModel:
         groups = np.asarray(patient_ids)
         if len(y) != len(data.table) or len(groups) != len(y):
             raise UserInputError("labels and patient ids must have one entry per lesion")
-        encoder = ImageEncoder.for_experiment(self.config, self.checkpoint_dir, self.progress).fit(data.crops, y,
-                                                                                                  groups)
+        encoder = ImageEncoder.for_experiment(self.config, self.checkpoint_dir, self.progress).fit(
+            data.crops, y, groups, second_reader_crops=data.second_reader_crops)
         return self.fit_heads(data, y, groups, encoder)
 
     def fit_heads(self, data: LesionData, y: np.ndarray, groups: np.ndarray, encoder: ImageEncoder) -> "FusionModel":

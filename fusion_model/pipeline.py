@@ -46,6 +46,27 @@ def lesion_data(cohort: Cohort, config: ExperimentConfig, cache: ImageCache, str
     return LesionData(table, images.features, crops, extra), images.errors, notes
 
 
+def second_reader_crops(cohort: Cohort, data: LesionData, config: ExperimentConfig, cache: ImageCache,
+                        progress: bool = True) -> tuple[np.ndarray, int]:
+    """Crops around each lesion's second outline (``mask_path_b``), the first outline's where there is none, in
+    the rows of ``data``; and how many lesions have a second outline. A bad second mask is refused."""
+    table = cohort.table
+    if "mask_path_b" not in table or table["mask_path_b"].isna().all():
+        raise UserInputError(f"{cohort.root / TABLE_FILE}: the experiment's 'masks: [a, b]' trains on a second "
+                             "reader's outlines too, but no lesion has mask_path_b; add them or set 'masks: [a]'")
+    swapped = table.copy()
+    has_b = swapped["mask_path_b"].notna()
+    swapped["mask_path"] = swapped["mask_path"].where(~has_b, swapped["mask_path_b"])
+    second_labels = swapped["mask_label_b"] if "mask_label_b" in swapped else pd.Series(pd.NA, index=swapped.index)
+    first_labels = swapped["mask_label"] if "mask_label" in swapped else pd.Series(pd.NA, index=swapped.index)
+    swapped["mask_label"] = first_labels.astype("Int64").where(~has_b, second_labels.astype("Int64"))
+    second = Cohort(cohort.root, cohort.spec, swapped, cohort.lines).subset(data.table.index)
+    images = second.images(config.preprocess, cache, features=False, strict=True, progress=progress)
+    row_of = {lesion_id: i for i, lesion_id in enumerate(images.lesion_ids)}
+    crops = images.crops[[row_of[lesion_id] for lesion_id in data.table.index]]
+    return crops, int(has_b[table["lesion_id"].isin(data.table.index)].sum())
+
+
 def split_lesions(table: pd.DataFrame, config: ExperimentConfig, test_centre: str | None) -> np.ndarray:
     """Boolean mask of the training lesions; refuses a patient on both sides."""
     mode = "centre" if test_centre else config.split.mode
@@ -97,6 +118,9 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     data, errors, notes = lesion_data(cohort, config, cache, strict, progress)
     if len(data.table) == 0:
         raise UserInputError(f"{cohort_dir}: no lesion could be read; see the errors above")
+    second_reader_lesions = 0
+    if "b" in config.masks:
+        data.second_reader_crops, second_reader_lesions = second_reader_crops(cohort, data, config, cache, progress)
     train_ids = set(cohort.table["lesion_id"][train_mask])
     is_train = data.table.index.isin(train_ids)
     train_data = data.subset(np.flatnonzero(is_train))
@@ -130,6 +154,7 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
         "test_centre": test_centre, "unreadable_lesions": [e.__dict__ for e in errors],
         "mask_sources": mask_source_counts(mask_sources(train_data.table)),
         "oracle_auc_training": run.oracle_auc, "test_auc": run.test_auc,
+        "masks": config.masks, "second_reader_lesions": second_reader_lesions,
     }
     save_model(model, out, cohort_info, overwrite=overwrite, extra_files=extra_files)
     shutil.rmtree(checkpoints, ignore_errors=True)

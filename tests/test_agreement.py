@@ -323,3 +323,54 @@ def test_agreement_with_a_model_scores_like_predict(trained_model, tmp_path):
     assert mad["dilate_2"] > mad["dilate_1"]
     assert "The model's answer" in (tmp_path / "r/report.html").read_text()
 
+
+
+# ------------------------------------------------------------------------------ second reader as augmentation
+def test_training_batches_draw_the_second_readers_crop():
+    from fusion_model.config import EncoderConfig
+    from fusion_model.encoder.transforms import training_transforms
+    from fusion_model.encoder.train import _training_batch
+
+    config = EncoderConfig(augmentation_strength=0.0)
+    crops = np.zeros((4, 2, 8, 8, 8), np.float16)
+    second = np.ones((4, 2, 8, 8, 8), np.float16)
+    transform = training_transforms(0.0, (-200.0, 300.0), 0.0)
+    use = np.array([True, False, True, False])
+    x, _ = _training_batch(crops, np.zeros(4), np.arange(4), transform, config, np.random.default_rng(0), second, use)
+    assert x[:, 1].flatten(1).mean(1).tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_experiment_masks_option_is_checked():
+    from fusion_model.config import ExperimentConfig
+
+    assert ExperimentConfig().masks == ["a"]
+    assert ExperimentConfig(masks=["a", "b"]).masks == ["a", "b"]
+    with pytest.raises(ValueError, match=r"\[a\] .*\[a, b\]"):
+        ExperimentConfig(masks=["b"])
+
+
+def test_train_with_the_second_reader_as_augmentation(tmp_path):
+    import yaml
+
+    from fusion_model import pipeline
+    from fusion_model.config import SynthConfig, load_experiment
+    from fusion_model.errors import UserInputError
+    from fusion_model.imaging.cache import ImageCache
+    from fusion_model.synthetic.generate import synthesize_cohort
+    from tests.conftest import TINY_EXPERIMENT
+
+    cohort = synthesize_cohort(tmp_path / "c", SynthConfig(patients=30, seed=12, second_reader=True), progress=False)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY_EXPERIMENT, "masks": ["a", "b"]}))
+    cache = ImageCache(tmp_path / "cache")
+    run = pipeline.train(load_experiment(config), cohort, tmp_path / "m", cache, progress=False)
+    manifest = json.loads((tmp_path / "m/manifest.json").read_text())
+    assert manifest["cohort"]["masks"] == ["a", "b"] and manifest["cohort"]["second_reader_lesions"] > 30
+    plain_config = tmp_path / "plain.yaml"
+    plain_config.write_text(yaml.safe_dump(TINY_EXPERIMENT))
+    plain = pipeline.train(load_experiment(plain_config), cohort, tmp_path / "p", cache, progress=False)
+    # the encoder saw other crops: its out-of-fold outputs differ (the folds are the same)
+    assert not np.allclose(run.model.encoder_.oof_logits_, plain.model.encoder_.oof_logits_)
+    no_second = synthesize_cohort(tmp_path / "n", SynthConfig(patients=10, seed=12), progress=False)
+    with pytest.raises(UserInputError, match="mask_path_b"):
+        pipeline.train(load_experiment(config), no_second, tmp_path / "x", cache, progress=False)

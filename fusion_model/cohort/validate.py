@@ -221,6 +221,9 @@ def _check_second_reader(cohort: Cohort, index: int, masks_b_dir: Path | None, r
                          resample: bool, report: ValidationReport) -> int:
     """Check the second reader's mask of one lesion like the first; 1 when there is one, else 0."""
     where = f"{TABLE_FILE} row {cohort._line(index)} (lesion {cohort.table['lesion_id'].iloc[index]})"
+    if reference_path is None:  # the lesion's own files are broken (reported above): nothing to check against
+        value = cohort.table["mask_path_b"].iloc[index] if "mask_path_b" in cohort.table else None
+        return int(masks_b_dir is None and value is not None and not pd.isna(value))
     try:
         lesion = cohort.lesion_b(index, masks_b_dir)
     except UserInputError as err:
@@ -228,8 +231,6 @@ def _check_second_reader(cohort: Cohort, index: int, masks_b_dir: Path | None, r
         return 1
     if lesion is None:
         return 0
-    if reference_path is None:
-        return 1  # the lesion's own files are broken (reported above); nothing to put the second mask on
     try:
         mask, _ = _read_mask(lesion, reference_path)
     except UserInputError as err:

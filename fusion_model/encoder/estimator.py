@@ -74,8 +74,13 @@ class ImageEncoder:
             return None
         return lambda epoch, record: self.on_epoch(epoch, {**record, "fold": fold})
 
-    def fit(self, crops: np.ndarray, labels, patient_ids, fit_final: bool = True) -> "ImageEncoder":
-        """Fold models (out-of-fold logits and embeddings), then the final model unless ``fit_final`` is off."""
+    def fit(self, crops: np.ndarray, labels, patient_ids, fit_final: bool = True,
+            second_reader_crops: np.ndarray | None = None) -> "ImageEncoder":
+        """Fold models (out-of-fold logits and embeddings), then the final model unless ``fit_final`` is off.
+
+        ``second_reader_crops`` (same shape as ``crops``, around a second reader's outline): training batches
+        draw each lesion's crop from either set, per epoch; validation and out-of-fold outputs use ``crops``.
+        """
         crops = np.asarray(crops)
         labels = np.asarray(labels).astype(int)
         groups = np.asarray(patient_ids)
@@ -96,7 +101,7 @@ class ImageEncoder:
             result = train_encoder(
                 crops, labels, train_idx[inner_train], train_idx[inner_val], cfg, self.hu_window, seed=self.seed,
                 checkpoint=self._checkpoint(f"fold{k}"), on_epoch=self._hook(k), progress=self.progress,
-                description=f"encoder fold {k + 1}/{len(self.folds_)}",
+                description=f"encoder fold {k + 1}/{len(self.folds_)}", second_reader_crops=second_reader_crops,
             )
             logits, embeddings = predict(result.model, crops[test_idx], cfg)
             self.oof_logits_[test_idx] = logits
@@ -110,7 +115,7 @@ class ImageEncoder:
             final = train_encoder(crops, labels, np.arange(n), None, cfg, self.hu_window, seed=self.seed,
                                   epochs=self.final_epochs_,
                                   checkpoint=self._checkpoint("final"), progress=self.progress,
-                                  description="encoder on all lesions")
+                                  description="encoder on all lesions", second_reader_crops=second_reader_crops)
             self.model_ = final.model
         return self
 

@@ -72,8 +72,12 @@ def predict(model: LesionEncoder, crops: np.ndarray, config: EncoderConfig,
 
 
 def _training_batch(crops: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform, config: EncoderConfig,
-                    rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    augmented = [augment(crops[i], transform) for i in indices]
+                    rng: np.random.Generator, second_reader_crops: np.ndarray | None = None,
+                    use_second: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    if second_reader_crops is not None and use_second is not None:
+        augmented = [augment(second_reader_crops[i] if use_second[i] else crops[i], transform) for i in indices]
+    else:
+        augmented = [augment(crops[i], transform) for i in indices]
     if config.kind == "3d":
         return torch.stack(augmented), torch.as_tensor(labels[indices], dtype=torch.float32)
     xs, ys = [], []
@@ -113,8 +117,13 @@ def train_encoder(
     on_epoch: EpochHook | None = None,
     progress: bool = True,
     description: str = "training encoder",
+    second_reader_crops: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train on ``train_idx``; early-stop on ``val_idx`` (AUC) when given, else run all epochs."""
+    """Train on ``train_idx``; early-stop on ``val_idx`` (AUC) when given, else run all epochs.
+
+    With ``second_reader_crops``, each epoch draws for every lesion (with even odds) whether its training crop
+    is the first or the second reader's; validation uses ``crops``.
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     labels = np.asarray(labels).astype(np.float32)
@@ -136,7 +145,8 @@ def train_encoder(
     transform = training_transforms(config.augmentation_strength, hu_window, config.hu_jitter)
 
     run_key = hashlib.sha256(f"{config.fingerprint()}|{seed}|{epochs}|{np.asarray(train_idx).tobytes().hex()}|"
-                             f"{None if val_idx is None else np.asarray(val_idx).tobytes().hex()}".encode()).hexdigest()
+                             f"{None if val_idx is None else np.asarray(val_idx).tobytes().hex()}".encode()
+                             + (b"" if second_reader_crops is None else b"|second reader")).hexdigest()
     state = {"epoch": -1, "best_auc": -np.inf, "best_neg_loss": -np.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": [], "best_model": None}
     resumed = None
@@ -153,12 +163,14 @@ def train_encoder(
         transform.set_random_state(seed=int(generator.integers(2**31 - 1)))
         torch.manual_seed(int(generator.integers(2**31 - 1)))  # dropout
         order = generator.permutation(train_idx)
+        use_second = None if second_reader_crops is None else generator.random(len(crops)) < 0.5
         total_loss = 0.0
         for start in range(0, len(order), config.batch_size):
             batch_idx = order[start:start + config.batch_size]
             if len(batch_idx) < 2:
                 continue  # BatchNorm needs two examples
-            x, y = _training_batch(crops, labels, batch_idx, transform, config, generator)
+            x, y = _training_batch(crops, labels, batch_idx, transform, config, generator, second_reader_crops,
+                                   use_second)
             logits, _ = model(x)
             loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
