@@ -470,7 +470,8 @@ def demo(
     epochs: Annotated[int | None, typer.Option(help="encoder epochs (default: the demo experiment's 25)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC CIs")] = 2000,
 ) -> None:
-    """The main job end to end: synthesise, validate, train, evaluate on an external centre, explain."""
+    """The main job end to end: synthesise, validate, train, evaluate on an external centre, explain, and
+    measure how much the answers depend on the outline (a simulated second reader)."""
     from fusion_model.demo import demo_experiment, run_demo
 
     overrides = {"encoder": {"epochs": epochs}} if epochs else None
@@ -486,6 +487,11 @@ def demo(
     if oracle:
         table.add_row("oracle", "generator's true risk", _fmt_auc(oracle["value"]), _ci_text(oracle["ci"]), "")
     console.print(table)
+    a = summary["agreement"]
+    console.print(f"reader agreement on {a['lesions']} external lesions: Dice {a['dice_mean']:.3f}; {a['variant']} "
+                  f"probability ICC {_fmt_auc(a['probability_icc'])}, mean |dp| {a['mean_absolute_difference']:.3f}, "
+                  f"{a['class_flips']} class flip(s); AUC {_fmt_auc(a['auc_first'])} (first reader) vs "
+                  f"{_fmt_auc(a['auc_second'])} (second reader)")
     seconds = summary["seconds"]
     console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     console.print("outputs:")
@@ -616,6 +622,7 @@ def agreement(
                                                             "eroded/dilated by 1 and 2 voxels and smoothly perturbed")] = False,
     contour_dice: Annotated[float, typer.Option("--contour-dice", help="Dice of the smooth perturbation")] = 0.90,
     seed: Annotated[int, typer.Option(help="random seed of the perturbations")] = 0,
+    centre: Annotated[str | None, typer.Option("--centre", help="compare the lesions of this centre only")] = None,
     resample: Annotated[bool, typer.Option("--resample", help="resample second masks on another grid onto the CT")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
@@ -625,7 +632,8 @@ def agreement(
     if perturb and masks_b is not None:
         raise UserInputError("--perturb compares each outline with perturbed copies of itself; leave out --masks-b")
     result = run_agreement(cohort, out, AgreementSettings(masks_b_dir=masks_b, perturb=perturb,
-                                                          contour_dice=contour_dice, seed=seed, resample=resample),
+                                                          contour_dice=contour_dice, seed=seed, resample=resample,
+                                                          centre=centre),
                            model_dir=model, overwrite=overwrite)
     m = result.metrics
     table = Table(title=f"agreement on {m['cohort_name']} ({m['lesions_compared']} lesions compared)")

@@ -6,7 +6,9 @@
    holding the external centre (centre_c) out;
 4. evaluate every variant and rule on the external centre (report.html, metrics.json, ...);
 5. explain the external centre's lesions (case review page and case cards);
-6. print the headline figures beside the oracle AUC and list every output in ``demo_summary.json``.
+6. compare the model's answers with the outlines of a simulated second reader on the external centre
+   (``fusion-model agreement``: Dice, feature ICCs, probability ICC, class flips, AUC per reader);
+7. print the headline figures beside the oracle AUC and list every output in ``demo_summary.json``.
 """
 
 from __future__ import annotations
@@ -37,10 +39,22 @@ def demo_experiment(overrides: dict | None = None) -> ExperimentConfig:
     return parse_model(ExperimentConfig, data, "demo experiment")
 
 
+def _agreement_headline(metrics: dict) -> dict:
+    block = metrics["comparisons"][0]
+    primary = block["model"][metrics["primary_variant"]]
+    return {"lesions": metrics["lesions_compared"], "dice_mean": block["segmentation"]["dice"]["mean"],
+            "features_below_0.75": block["features_below_0.75"], "variant": metrics["primary_variant"],
+            "probability_icc": (primary["icc"]["icc2_1"] or {}).get("icc"),
+            "mean_absolute_difference": primary["mean_absolute_difference"], "class_flips": primary["flips"],
+            "auc_first": (primary.get("auc") or {}).get("a"), "auc_second": (primary.get("auc") or {}).get("b"),
+            "p_value": (primary.get("auc") or {}).get("p_value")}
+
+
 def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: ExperimentConfig | None = None,
              bootstrap: int = 2000, console=None, progress: bool = True) -> dict:
     """Run every stage; returns the summary also written to ``out/demo_summary.json``."""
     from fusion_model import pipeline
+    from fusion_model.agreement.run import AgreementSettings, run_agreement
     from fusion_model.cohort import validate_cohort
     from fusion_model.config import SynthConfig
     from fusion_model.evaluate.metrics import EvaluationSettings
@@ -59,37 +73,44 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
     stages: dict[str, float] = {}
     start_all = time.perf_counter()
 
-    say(f"1/5 synthesise a cohort of {patients} patients from three centres")
+    say(f"1/6 synthesise a cohort of {patients} patients from three centres")
     t = time.perf_counter()
-    cohort = synthesize_cohort(out / "cohort", SynthConfig(patients=patients, seed=seed, centres=3), overwrite=True,
+    cohort = synthesize_cohort(out / "cohort", SynthConfig(patients=patients, seed=seed, centres=3,
+                                                                          second_reader=True), overwrite=True,
                                progress=progress)
     stages["synthesise"] = time.perf_counter() - t
 
-    say("2/5 validate it")
+    say("2/6 validate it")
     t = time.perf_counter()
     report = validate_cohort(cohort, require_label=True, progress=progress)
     if not report.ok:
         raise FusionModelError(f"the synthetic cohort in {cohort} failed validation (a bug; please report it)")
     stages["validate"] = time.perf_counter() - t
 
-    say(f"3/5 train the four variants on centre_a + centre_b ({EXTERNAL_CENTRE} held out)")
+    say(f"3/6 train the four variants on centre_a + centre_b ({EXTERNAL_CENTRE} held out)")
     t = time.perf_counter()
     run = pipeline.train(experiment, cohort, out / "model", cache, test_centre=EXTERNAL_CENTRE, overwrite=True,
                          progress=progress)
     stages["train"] = time.perf_counter() - t
 
-    say(f"4/5 evaluate on the external centre {EXTERNAL_CENTRE}")
+    say(f"4/6 evaluate on the external centre {EXTERNAL_CENTRE}")
     t = time.perf_counter()
     evaluation = evaluate_model(out / "model", cohort, out / "evaluation", cache,
                                 EvaluationSettings(bootstrap_resamples=bootstrap), overwrite=True,
                                 progress=progress, centre=EXTERNAL_CENTRE)
     stages["evaluate"] = time.perf_counter() - t
 
-    say("5/5 explain the external centre's lesions")
+    say("5/6 explain the external centre's lesions")
     t = time.perf_counter()
     explained = explain_cohort(out / "model", cohort, out / "explain", cache, overwrite=True, progress=progress,
                                centre=EXTERNAL_CENTRE)
     stages["explain"] = time.perf_counter() - t
+
+    say(f"6/6 reader agreement on {EXTERNAL_CENTRE}: the first outlines against a second reader's")
+    t = time.perf_counter()
+    agreement = run_agreement(cohort, out / "agreement", AgreementSettings(centre=EXTERNAL_CENTRE),
+                              model_dir=out / "model", overwrite=True, progress=progress)
+    stages["agreement"] = time.perf_counter() - t
     stages["total"] = time.perf_counter() - start_all
 
     metrics = evaluation.metrics
@@ -106,6 +127,7 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
         "external_auc": headline,
         "external_oracle_auc": metrics["oracle"]["auc"] if metrics.get("oracle") else None,
         "training_oof_auc": run.model.oof_auc_, "training_oracle_auc": run.oracle_auc,
+        "agreement": _agreement_headline(agreement.metrics),
         "seconds": stages,
         "outputs": {
             "cohort": str(cohort / "clinical.csv"),
@@ -117,6 +139,7 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
                if name.endswith(".png")},
             "case_review": str(explained.out / "index.html"),
             "shap_values": str(explained.out / "shap_values.csv"),
+            "agreement_report": str(out / "agreement" / "report.html"),
         },
     }
     atomic_write_json(out / "demo_summary.json", summary)

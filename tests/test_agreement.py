@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import stats as sps
 
+from tests.browser import check_page
 from tests.helpers import edit_table, sphere_mask, to_image, write_cohort
 
 # Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges
@@ -322,6 +323,9 @@ def test_agreement_with_a_model_scores_like_predict(trained_model, tmp_path):
     mad = {b["name"]: b["model"]["all"]["mean_absolute_difference"] for b in m["comparisons"]}
     assert mad["dilate_2"] > mad["dilate_1"]
     assert "The model's answer" in (tmp_path / "r/report.html").read_text()
+    page = check_page(tmp_path / "r/report.html", "agreement-report.png")
+    assert page["images"] >= 5 * 4 and page["broken"] == []
+    assert page["problems"] == [] and page["console"] == []
 
 
 

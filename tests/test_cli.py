@@ -152,3 +152,4 @@ def test_demo_end_to_end_at_a_reduced_size(tmp_path):
     for variant in ("imaging", "all", "hu_10"):
         assert variant in result.stdout
     assert "oracle" in result.stdout
+    assert "reader agreement on" in result.stdout and summary["agreement"]["lesions"] == summary["lesions"]["external"]

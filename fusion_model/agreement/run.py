@@ -62,6 +62,7 @@ class AgreementSettings:
     contour_dice: float = DEFAULT_CONTOUR_DICE
     seed: int = 0
     resample: bool = False
+    centre: str | None = None
 
 
 @dataclass
@@ -235,7 +236,7 @@ def run_agreement(cohort_dir: Path, out: Path, settings: AgreementSettings | Non
         raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
     if not 0.5 <= settings.contour_dice < 1:
         raise UserInputError(f"--contour-dice {settings.contour_dice}: give a Dice between 0.5 and 1 (e.g. 0.9)")
-    cohort = load_cohort(cohort_dir)
+    cohort = load_cohort(cohort_dir).select(centre=settings.centre)
     model = None
     if model_dir is not None:
         from fusion_model.artifact import load_model
@@ -299,7 +300,7 @@ def run_agreement(cohort_dir: Path, out: Path, settings: AgreementSettings | Non
     metrics = json_safe({
         "format": "fusion-model-agreement", "package_version": __version__,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cohort": str(cohort_dir), "cohort_name": cohort.spec.name, "model": str(model_dir) if model_dir else None,
+        "cohort": str(cohort_dir), "cohort_name": cohort.spec.name, "centre": settings.centre, "model": str(model_dir) if model_dir else None,
         "primary_variant": model.primary_variant if model is not None else None,
         "mode": "perturbation" if settings.perturb else "second reader",
         "second_reader_source": None if settings.perturb else
