@@ -26,7 +26,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 

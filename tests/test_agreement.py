@@ -332,8 +332,8 @@ def test_agreement_with_a_model_scores_like_predict(trained_model, tmp_path):
 # ------------------------------------------------------------------------------ second reader as augmentation
 def test_training_batches_draw_the_second_readers_crop():
     from fusion_model.config import EncoderConfig
-    from fusion_model.encoder.transforms import training_transforms
     from fusion_model.encoder.train import _training_batch
+    from fusion_model.encoder.transforms import training_transforms
 
     config = EncoderConfig(augmentation_strength=0.0)
     crops = np.zeros((4, 2, 8, 8, 8), np.float16)
