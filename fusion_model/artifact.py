@@ -4,7 +4,8 @@
                          calibrators and thresholds as plain numbers, SHA-256 of every file
     manifest.sha256      SHA-256 of manifest.json
     encoder.safetensors  encoder weights (safetensors: tensors only)
-    heads/*.json         XGBoost models in XGBoost's own JSON format (named in each variant's entry)
+    heads/*.json         XGBoost models in XGBoost's own JSON format (named in each variant's entry; the
+                         subtype heads, with targets [malignancy, lesion_type], in "subtypes")
     oof_predictions.csv  out-of-fold probabilities on the training lesions
 
 Nothing is pickled. Loading verifies every hash and the versions, and refuses a modified,
@@ -29,6 +30,7 @@ from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.encoder.train import build_network
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, json_safe, sha256_file
+from fusion_model.heads.subtype import SubtypeFit
 from fusion_model.heads.variant import VariantFit
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.model import FusionModel
@@ -56,6 +58,7 @@ def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: boo
             return rel
 
         variants = {name: fit.to_manifest(save_head) for name, fit in model.variants_.items()}
+        subtypes = {name: fit.to_manifest(save_head) for name, fit in model.subtypes_.items()}
         model.oof_.to_csv(staging / OOF_FILE, index_label="lesion_id")
         for rel, text in (extra_files or {}).items():
             (staging / rel).write_text(text, encoding="utf-8")
@@ -73,6 +76,7 @@ def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: boo
             "pca": model.pca_,
             "tabular_groups": model.tabular_groups_,
             "variants": variants,
+            "subtypes": subtypes or None, "subtype": model.subtype_info_,
             "primary_variant": model.primary_variant,
             "metrics": {"oof_auc": model.oof_auc_, "baseline_oof_auc": model.baseline_oof_auc_},
             "files": files,
@@ -140,7 +144,13 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
     except (KeyError, TypeError, ValueError) as err:
         raise UserInputError(f"{path / MANIFEST}: a variant entry is incomplete or malformed ({err}); "
                              "retrain the model") from None
+    try:
+        subtypes = {name: SubtypeFit.from_manifest(name, entry, config.xgboost, path)
+                    for name, entry in (manifest.get("subtypes") or {}).items()}
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserInputError(f"{path / MANIFEST}: a subtype entry is incomplete or malformed ({err}); "
+                             "retrain the model") from None
     return FusionModel.from_fitted(config, encoder, variants, manifest["pca"], manifest["tabular_groups"],
                                    manifest["crop_channels"], manifest["metrics"]["baseline_oof_auc"],
                                    pd.read_csv(path / OOF_FILE, index_col="lesion_id"), progress=progress,
-                                   manifest=manifest)
+                                   manifest=manifest, subtypes=subtypes, subtype_info=manifest.get("subtype"))

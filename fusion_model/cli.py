@@ -234,6 +234,15 @@ def _print_training_summary(run) -> None:
     console.print(table)
     if run.test_auc:
         console.print("held-out test AUC: " + ", ".join(f"{k} {_fmt_auc(v)}" for k, v in run.test_auc.items()))
+    info = model.subtype_info_
+    if info:
+        lesions = sum(info["training_lesions"].values())
+        left = ", ".join(f"{n} {why}" for why, n in info["left_out"].items() if n) or "none"
+        console.print(f"lesion-type heads: {lesions} lesions of {len(info['classes'])} classes ("
+                      + ", ".join(f"{c} {n}" for c, n in info["training_lesions"].items()) + f"); left out: {left}"
+                      + (f"; 'rare' holds {', '.join(info['merged_into_rare'])}" if info["merged_into_rare"] else ""))
+        console.print("lesion-type out-of-fold macro AUC: " + ", ".join(
+            f"{v} {_fmt_auc(a['macro'])}" for v, a in info["oof_auc"].items()))
 
 
 def _cache(cache: Path | None):
@@ -275,11 +284,18 @@ def predict(
     out: Annotated[Path, typer.Option("--out", help="predictions CSV to write")],
     cache: Annotated[Path | None, typer.Option(help="image cache directory")] = None,
     strict: Annotated[bool, typer.Option("--strict")] = False,
+    all_variants: Annotated[bool, typer.Option("--all-variants", help="type probabilities of every variant, "
+                                                                      "not only the primary's")] = False,
 ) -> None:
-    """Malignancy probability per lesion (every variant, and the guideline rules) as CSV."""
+    """Malignancy probability per lesion (every variant, and the guideline rules) and, for a model with subtype
+    heads, the probability of each lesion type, as CSV."""
     from fusion_model import pipeline
 
-    predictions, errors = pipeline.predict(model, cohort, out, _cache(cache), strict=strict)
+    predictions, errors = pipeline.predict(model, cohort, out, _cache(cache), strict=strict,
+                                           all_variants=all_variants)
+    if not any(c.startswith("p_type_") for c in predictions.columns):
+        console.print("no lesion-type probabilities (p_type_*): this model has no subtype heads; train it with "
+                      "'targets: [malignancy, lesion_type]' in the experiment to add them")
     for error in errors:
         console.print(f"[red]not predicted[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
     console.print(f"wrote {out}: {len(predictions)} lesions predicted, {len(errors)} not"
@@ -316,6 +332,13 @@ def _print_evaluation(result) -> None:
             console.print(f"[yellow]note[/yellow]: {name}: {m['auc']['note']}")
     for entry in metrics.get("not_evaluated", []):
         console.print(f"[red]not evaluated[/red]: lesion {entry['lesion_id']} (row {entry['row']}): {entry['message']}")
+    subtype = metrics.get("subtype")
+    if subtype and subtype.get("variants"):
+        oracle = subtype.get("oracle")
+        console.print(f"lesion type ({subtype['lesions']} lesions, {len(subtype['classes'])} classes): macro AUC "
+                      + ", ".join(f"{v} {_fmt_auc(b['macro_auc'])}" for v, b in subtype["variants"].items())
+                      + (f", oracle {_fmt_auc(oracle['macro_auc'])}" if oracle else "") + "; top-1 accuracy "
+                      + ", ".join(f"{v} {b['top1_accuracy']:.0%}" for v, b in subtype["variants"].items()))
     console.print(f"report: {result.out / 'report.html'} (also metrics.json, predictions.csv, "
                   f"{', '.join(f for f in result.files if f.endswith('.png'))})")
 

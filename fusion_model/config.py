@@ -218,6 +218,17 @@ class SearchConfig(StrictModel):
         return params
 
 
+TARGETS = ("malignancy", "lesion_type")
+
+
+class SubtypeConfig(StrictModel):
+    """The lesion-type heads (``targets: [malignancy, lesion_type]``): which types are too rare to learn."""
+
+    min_lesions: int = Field(10, ge=2, le=10_000, description="a type with fewer training lesions is refused, "
+                                                               "or merged with the other rare ones (merge_rare)")
+    merge_rare: bool = Field(False, description="merge the types under min_lesions into one class 'rare'")
+
+
 class ExperimentConfig(StrictModel):
     """One experiment: preprocessing, encoder, features, heads, fusion, calibration, split, variants, rules."""
 
@@ -233,6 +244,9 @@ class ExperimentConfig(StrictModel):
     variants: list[str] = Field(default_factory=lambda: list(VARIANTS))
     baselines: list[str] = Field(default_factory=lambda: list(GUIDELINE_RULES))
     primary_variant: str = "all"
+    targets: list[str] = Field(default_factory=lambda: ["malignancy"], description="what the model learns: "
+                               "malignancy (always, the primary target) and optionally lesion_type (six-type heads)")
+    subtype: SubtypeConfig = Field(default_factory=SubtypeConfig)
     masks: list[str] = Field(default_factory=lambda: ["a"], description="outlines the encoder trains on: [a] the "
                              "first reader's (mask_path); [a, b] also the second reader's (mask_path_b) as "
                              "augmentation, one of the two drawn per lesion and epoch")
@@ -247,6 +261,15 @@ class ExperimentConfig(StrictModel):
     @classmethod
     def _baselines(cls, baselines: list[str]) -> list[str]:
         return known_names(baselines, GUIDELINE_RULES, "baseline") if baselines else []
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, targets: list[str]) -> list[str]:
+        targets = known_names(targets, TARGETS, "target", ordered=True)
+        if not targets or targets[0] != "malignancy":
+            raise ValueError(f"targets {targets}: malignancy is the primary target and must be listed "
+                             "(e.g. [malignancy, lesion_type])")
+        return targets
 
     @field_validator("masks")
     @classmethod

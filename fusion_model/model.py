@@ -35,6 +35,12 @@ from fusion_model.errors import UserInputError
 from fusion_model.evaluate.stats import nan_safe_auc
 from fusion_model.features.table import fit_pca, imaging_features, tabular_features
 from fusion_model.heads.baselines import rule_scores
+from fusion_model.heads.subtype import (
+    SubtypeFit,
+    fit_subtype,
+    one_vs_rest_auc,
+    subtype_classes,
+)
 from fusion_model.heads.variant import VariantFit, VariantFitter
 
 
@@ -60,7 +66,7 @@ class LesionData:
         """Lesion ids in row order."""
         return list(self.table.index)
 
-    def subset(self, positions: np.ndarray) -> "LesionData":
+    def subset(self, positions: np.ndarray) -> LesionData:
         """The lesions at these positions."""
         ids = self.table.index[positions]
         return LesionData(self.table.loc[ids], self.image_features.reindex(ids), self.crops[positions],
@@ -85,17 +91,18 @@ class FusionModel:
     def from_fitted(cls, config: ExperimentConfig, encoder: ImageEncoder, variants: dict[str, VariantFit],
                     pca: dict | None, tabular_groups: dict[str, list[str]], crop_channels: int,
                     baseline_oof_auc: dict[str, float], oof: pd.DataFrame, progress: bool = False,
-                    manifest: dict | None = None) -> "FusionModel":
+                    manifest: dict | None = None, subtypes: dict[str, SubtypeFit] | None = None,
+                    subtype_info: dict | None = None) -> FusionModel:
         """A fitted model from its parts (what ``fit`` produces and an artifact stores); ``manifest`` is the
         artifact's, when it was loaded from one (``manifest_``: training cohort, channels, versions)."""
         model = cls(config, progress=progress)._set_fitted(encoder, variants, pca, tabular_groups, crop_channels,
-                                                           baseline_oof_auc, oof)
+                                                           baseline_oof_auc, oof, subtypes, subtype_info)
         if manifest is not None:
             model.manifest_ = manifest
         return model
 
-    def _set_fitted(self, encoder, variants, pca, tabular_groups, crop_channels, baseline_oof_auc, oof
-                    ) -> "FusionModel":
+    def _set_fitted(self, encoder, variants, pca, tabular_groups, crop_channels, baseline_oof_auc, oof,
+                    subtypes=None, subtype_info=None) -> FusionModel:
         self.encoder_ = encoder
         self.variants_ = dict(variants)
         self.pca_ = pca
@@ -103,10 +110,12 @@ class FusionModel:
         self.crop_channels_ = int(crop_channels)
         self.baseline_oof_auc_ = dict(baseline_oof_auc)
         self.oof_ = oof
+        self.subtypes_ = dict(subtypes or {})  # variant -> SubtypeFit (targets include lesion_type)
+        self.subtype_info_ = subtype_info
         return self
 
     # ----------------------------------------------------------------------------- fitting
-    def fit(self, data: LesionData, labels, patient_ids) -> "FusionModel":
+    def fit(self, data: LesionData, labels, patient_ids) -> FusionModel:
         """Encoder over patient-grouped folds, then every variant's heads, calibration and thresholds."""
         y = np.asarray(labels).astype(int)
         groups = np.asarray(patient_ids)
@@ -116,7 +125,7 @@ class FusionModel:
             data.crops, y, groups, second_reader_crops=data.second_reader_crops)
         return self.fit_heads(data, y, groups, encoder)
 
-    def fit_heads(self, data: LesionData, y: np.ndarray, groups: np.ndarray, encoder: ImageEncoder) -> "FusionModel":
+    def fit_heads(self, data: LesionData, y: np.ndarray, groups: np.ndarray, encoder: ImageEncoder) -> FusionModel:
         """Heads, calibration and thresholds on a fitted encoder's out-of-fold outputs, over its folds."""
         cfg = self.config
         folds = encoder.folds_  # the heads are cross-validated over the encoder's folds
@@ -135,7 +144,33 @@ class FusionModel:
         for rule in rules:
             oof[f"rule_{rule}"] = rules[rule]
         baseline_oof_auc = {rule: nan_safe_auc(y, rules[rule].to_numpy()) for rule in rules}
-        return self._set_fitted(encoder, variants, pca, tabular_groups, data.crops.shape[1], baseline_oof_auc, oof)
+        subtypes, subtype_info = {}, None
+        if "lesion_type" in cfg.targets:
+            subtypes, subtype_info = self._fit_subtypes(data, X_img, X_tab, tabular_groups, variants, folds, oof)
+        return self._set_fitted(encoder, variants, pca, tabular_groups, data.crops.shape[1], baseline_oof_auc, oof,
+                                subtypes, subtype_info)
+
+    def _fit_subtypes(self, data: LesionData, X_img: pd.DataFrame, X_tab: pd.DataFrame, tabular_groups, variants,
+                      folds, oof: pd.DataFrame) -> tuple[dict, dict]:
+        """Each variant's subtype head on the same out-of-fold inputs; the primary's OOF probabilities go to
+        ``oof`` (columns p_type_CLASS and lesion_type)."""
+        cfg = self.config
+        types = data.table["lesion_type"] if "lesion_type" in data.table else pd.Series(np.nan, index=data.table.index)
+        classes = subtype_classes(types, cfg.subtype.min_lesions, cfg.subtype.merge_rare)
+        y_type = classes.encode(types)
+        fits, oof_auc = {}, {}
+        primary = cfg.primary_variant if cfg.primary_variant in variants else list(variants)[-1]
+        for variant in variants:
+            X = pd.concat([X_img, X_tab[variant_tabular_features(variant, tabular_groups)]], axis=1)
+            fits[variant], probabilities = fit_subtype(cfg, variant, X, y_type, folds, classes.classes)
+            oof_auc[variant] = one_vs_rest_auc(y_type, probabilities, classes.classes)
+            if variant == primary:
+                for k, name in enumerate(classes.classes):
+                    oof[f"p_type_{name}"] = probabilities[:, k]
+                oof["lesion_type"] = types.to_numpy()
+        info = {"classes": classes.classes, "merged_into_rare": classes.merged, "training_lesions": classes.counts,
+                "left_out": classes.left_out, "oof_auc": oof_auc}
+        return fits, info
 
     # --------------------------------------------------------------------------- prediction
     def _check_fitted(self) -> None:
@@ -178,6 +213,14 @@ class FusionModel:
         for rule in rules:
             out[f"rule_{rule}"] = rules[rule]
         return out
+
+    def predict_types(self, data: LesionData, frames: tuple[pd.DataFrame, pd.DataFrame] | None = None
+                      ) -> dict[str, pd.DataFrame]:
+        """Calibrated type probabilities of every variant (columns p_type_CLASS); empty without subtype heads."""
+        if not self.subtypes_:
+            return {}
+        X_img, X_tab = frames if frames is not None else self.feature_frames(data)
+        return {name: fit.probabilities(X_img, X_tab) for name, fit in self.subtypes_.items()}
 
     def predict_proba(self, data: LesionData) -> np.ndarray:
         """(n, 2) probabilities of benign and malignant from the primary variant."""

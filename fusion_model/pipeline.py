@@ -171,15 +171,20 @@ def check_cohort_matches_model(cohort: Cohort, model: FusionModel) -> None:
 
 
 def predict(model_dir: Path, cohort_dir: Path, out_csv: Path, cache: ImageCache, strict: bool = False,
-            progress: bool = True) -> tuple[pd.DataFrame, list[LesionError]]:
-    """Probabilities for every readable lesion of a cohort (labels not needed); errors for the rest."""
+            progress: bool = True, all_variants: bool = False) -> tuple[pd.DataFrame, list[LesionError]]:
+    """Probabilities for every readable lesion of a cohort (labels not needed); errors for the rest.
+
+    With subtype heads (targets include lesion_type): the primary variant's ``p_type_CLASS``, the most likely
+    type and its probability; with ``all_variants`` also every variant's (``VARIANT_p_type_CLASS``)."""
     model = load_model(model_dir, progress=progress)
     cohort = load_cohort(cohort_dir)
     check_cohort_matches_model(cohort, model)
     data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
     if len(data.table) == 0:
         raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to predict")
-    predictions = model.predict_variants(data)
+    frames = model.feature_frames(data)
+    predictions = model.predict_variants(data, frames)
+    types = model.predict_types(data, frames)
     primary = model.primary_variant
     thresholds = model.primary.thresholds
     out = pd.DataFrame({"patient_id": data.table["patient_id"], "centre": data.table["centre"],
@@ -188,6 +193,13 @@ def predict(model_dir: Path, cohort_dir: Path, out_csv: Path, cache: ImageCache,
     out["variant"] = primary
     out["suspicious_at_youden"] = (out["probability"] >= thresholds["youden"]).astype(int)
     out = pd.concat([out, predictions], axis=1)
+    if types:
+        primary_types = types[primary]
+        out["most_likely_type"] = primary_types.idxmax(axis=1).str.removeprefix("p_type_")
+        out["most_likely_type_probability"] = primary_types.max(axis=1)
+        out = pd.concat([out, primary_types], axis=1)
+        if all_variants:
+            out = pd.concat([out, *[frame.add_prefix(f"{name}_") for name, frame in types.items()]], axis=1)
     if "label" in data.table and data.table["label"].notna().any():
         out.insert(2, "label", data.table["label"])
     atomic_write_text(Path(out_csv), out.to_csv(index_label="lesion_id"))

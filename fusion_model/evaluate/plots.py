@@ -134,3 +134,26 @@ def subgroup_plot(metrics: dict, model: str) -> bytes | None:
            title="Subgroups")
     ax.grid(axis="x", alpha=0.3)
     return png_bytes(fig)
+
+
+def confusion_plot(metrics: dict, model: str) -> bytes | None:
+    """The primary model's confusion matrix of lesion types (counts; colour: share of the true type)."""
+    subtype = metrics.get("subtype") or {}
+    block = (subtype.get("variants") or {}).get(model)
+    if not block:
+        return None
+    confusion = block["confusion"]
+    classes, counts = confusion["classes"], np.asarray(confusion["counts"])
+    shares = np.asarray(confusion["row_normalised"])
+    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2.2, 0.9 * len(classes) + 1.6))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if shares[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("most likely type")
+    ax.set_ylabel("true type")
+    ax.set_title(f"{model}: lesion type", fontsize=9)
+    return png_bytes(fig)

@@ -16,6 +16,7 @@ from fusion_model import __version__
 from fusion_model.catalogue import MASK_SOURCE_WORDS, rule_description, variant_description
 from fusion_model.errors import UserInputError
 from fusion_model.evaluate import plots, stats
+from fusion_model.evaluate.subtype import subtype_metrics
 from fusion_model.evaluate.metrics import (
     CASE_COLUMNS,
     METRICS_FORMAT,
@@ -236,6 +237,7 @@ def write_evaluation(out: Path, metrics: dict, predictions: pd.DataFrame, source
             "decision_curve.png": plots.decision_curve_plot(document)}
     if primary:
         pngs["subgroups.png"] = plots.subgroup_plot(document, primary)
+        pngs["confusion.png"] = plots.confusion_plot(document, primary)
     pngs = {k: v for k, v in pngs.items() if v is not None}
     html = render("evaluate.html.j2", metrics=document, title=title, source=source, primary=primary,
                   images={k: data_uri(v) for k, v in pngs.items()}, methods_paragraph=methods_paragraph(document),
@@ -310,7 +312,9 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
     if len(data.table) == 0:
         raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to evaluate")
-    predicted = model.predict_variants(data)
+    frames = model.feature_frames(data)
+    predicted = model.predict_variants(data, frames)
+    types = model.predict_types(data, frames)
     cases = data.table[[c for c in CASE_COLUMNS if c in data.table]].copy()
     cases["label"] = cases["label"].astype(int)
     cases["mask_source"] = mask_sources(cases)
@@ -320,6 +324,11 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
                    for r in model.config.baselines if f"rule_{r}" in predicted]
     metrics = compute_metrics(cases, score_sets, settings, progress=progress)
     metrics["oracle"] = _oracle(cases, cohort.root, metrics["settings"]["auc_ci_shown"])
+    if types:
+        lesion_types = data.table["lesion_type"] if "lesion_type" in data.table else \
+            pd.Series(np.nan, index=data.table.index, dtype=object)
+        metrics["subtype"] = subtype_metrics(lesion_types, types, model.subtype_info_, cohort.root)
+        predicted = pd.concat([predicted, types[model.primary_variant]], axis=1)
     fingerprint = cohort_fingerprint(cohort)
     warnings = []
     overlap_note = None

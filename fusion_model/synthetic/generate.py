@@ -18,6 +18,9 @@ Outside clinical.csv, ``truth.csv`` holds each lesion's generator type, latent v
 generator, where observable means the latent imaging values for the phases written, the
 clinical values, and the labs present in clinical.csv (missing labs are missing completely at
 random, so they are marginalised out exactly). Its AUC is the best any model can reach.
+``oracle_type_<TYPE>`` is the exact posterior P(type | the same observables) over the six named kinds
+(adenoma, pheochromocytoma, myelolipoma, cyst, metastasis, adrenocortical carcinoma): the best subtype
+classifier's probabilities.
 """
 
 from __future__ import annotations
@@ -40,7 +43,14 @@ from fusion_model.fileio import atomic_directory, atomic_write_text
 from fusion_model.agreement.perturb import second_reader_outline
 from fusion_model.progress import track
 from fusion_model.synthetic import phantom
-from fusion_model.synthetic.profiles import IMAGING_VARIABLES, TypeProfile, draw_latents, draw_type, oracle_risk
+from fusion_model.synthetic.profiles import (
+    IMAGING_VARIABLES,
+    TypeProfile,
+    draw_latents,
+    draw_type,
+    oracle_risk,
+    oracle_type_posterior,
+)
 
 TRUTH_FILE = "truth.csv"
 TRUTH_MASKS = "truth_masks"  # reference masks of the patients written without a mask_path
@@ -208,6 +218,7 @@ def synthesize_patient(index: int, config: SynthConfig, out_dir: Path) -> tuple[
             "lesion_id": lesion_id, "patient_id": patient_id, "centre": centre.name,
             "generator_type": lesion.profile.name, "label": int(lesion.profile.malignant),
             "oracle_risk": oracle_risk(lat, observed), "truth_mask_path": mask_rel,
+            **{f"oracle_type_{t}": p for t, p in oracle_type_posterior(lat, observed).items()},
             **{f"latent_{name}": value for name, value in lat.items()},
         })
         rows.append(row)

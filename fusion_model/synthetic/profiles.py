@@ -262,6 +262,22 @@ def log_likelihood(profile: TypeProfile, latents: dict[str, float], observed: fr
     return total + float(logsumexp(per_state))
 
 
+SUBTYPES = ("adenoma", "pheochromocytoma", "myelolipoma", "cyst", "metastasis", "adrenocortical_carcinoma")
+
+
+def oracle_type_posterior(latents: dict[str, float], observed: frozenset[str]) -> dict[str, float]:
+    """Exact P(lesion type | the lesion's latent values in ``observed``, the type is one of the six named kinds)
+    under the generator: the best any subtype head can do (lesions of type ``other`` are left out of subtype
+    heads, so the posterior is over the six kinds)."""
+    kept = [p for p in PROFILES if p.lesion_type in SUBTYPES]
+    log_joint = np.array([math.log(p.prevalence) + log_likelihood(p, latents, observed) for p in kept])
+    weights = np.exp(log_joint - logsumexp(log_joint))
+    posterior = dict.fromkeys(SUBTYPES, 0.0)
+    for profile, weight in zip(kept, weights):
+        posterior[profile.lesion_type] += float(weight)
+    return posterior
+
+
 def oracle_risk(latents: dict[str, float], observed: frozenset[str]) -> float:
     """Exact P(malignant | the lesion's latent values in ``observed``) under the generator."""
     log_joint = np.array([math.log(p.prevalence) + log_likelihood(p, latents, observed) for p in PROFILES])

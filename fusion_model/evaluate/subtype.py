@@ -1,0 +1,104 @@
+"""The subtype section of an evaluation: how well each variant names the lesion type.
+
+Per type (one-vs-rest): AUC with its DeLong 95% CI, sensitivity and positive predictive value of the most likely
+type with Wilson CIs; overall: macro and prevalence-weighted AUC, top-1 and balanced accuracy, the multi-class
+Brier score (mean over lesions of the summed squared differences between the probabilities and the one-hot
+truth; 0 is perfect, 2 the worst), and the confusion matrix (counts and rows normalised to the true type).
+Lesions whose type is missing, ``other``, or a type the model has no class for are left out and counted.
+With a synthetic cohort's truth.csv, the generator's exact posterior is scored the same way (the oracle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fusion_model.evaluate import stats
+from fusion_model.heads.subtype import RARE
+
+
+def _true_classes(types: pd.Series, classes: list[str], merged: list[str]) -> pd.Series:
+    return types.map(lambda t: RARE if t in merged else t).where(lambda s: s.isin(classes))
+
+
+def _class_block(y: np.ndarray, probabilities: np.ndarray, k: int, predicted: np.ndarray) -> dict:
+    positives = int((y == k).sum())
+    block: dict = {"lesions": positives, "prevalence": positives / len(y) if len(y) else None}
+    try:
+        d = stats.delong((y == k).astype(int), probabilities[:, k])
+        block["auc"], block["auc_ci95"] = float(d.aucs[0]), list(d.ci(0))
+    except stats.SingleClassError:
+        block["auc"], block["auc_ci95"] = None, None
+    true_positive = int(((predicted == k) & (y == k)).sum())
+    called = int((predicted == k).sum())
+    block["sensitivity"] = true_positive / positives if positives else None
+    block["sensitivity_ci95"] = stats.wilson_ci(true_positive, positives)
+    block["ppv"] = true_positive / called if called else None
+    block["ppv_ci95"] = stats.wilson_ci(true_positive, called)
+    return block
+
+
+def score_types(y: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
+    """Every figure of one set of type probabilities (rows: lesions, columns: ``classes``) against the class
+    indices ``y``."""
+    predicted = probabilities.argmax(axis=1)
+    per_class = {c: _class_block(y, probabilities, k, predicted) for k, c in enumerate(classes)}
+    aucs = {c: b["auc"] for c, b in per_class.items() if b["auc"] is not None}
+    weights = {c: per_class[c]["prevalence"] for c in aucs}
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(confusion, (y, predicted), 1)
+    rows = confusion.sum(axis=1, keepdims=True)
+    recalls = [per_class[c]["sensitivity"] for c in classes if per_class[c]["sensitivity"] is not None]
+    onehot = np.eye(len(classes))[y]
+    correct = int((predicted == y).sum())
+    return {
+        "lesions": len(y), "per_class": per_class,
+        "macro_auc": float(np.mean(list(aucs.values()))) if aucs else None,
+        "weighted_auc": float(sum(weights[c] * a for c, a in aucs.items()) / sum(weights.values())) if aucs else None,
+        "top1_accuracy": correct / len(y) if len(y) else None, "top1_accuracy_ci95": stats.wilson_ci(correct, len(y)),
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else None,
+        "brier": float(np.mean(((probabilities - onehot) ** 2).sum(axis=1))) if len(y) else None,
+        "confusion": {"classes": classes, "counts": confusion.tolist(),
+                      "row_normalised": np.divide(confusion, np.maximum(rows, 1)).tolist()},
+    }
+
+
+def oracle_probabilities(cohort_root: Path, lesion_ids, classes: list[str], merged: list[str]) -> np.ndarray | None:
+    """The generator's exact type posterior (truth.csv) on the model's classes (merged types summed)."""
+    truth_path = Path(cohort_root) / "truth.csv"
+    if not truth_path.is_file():
+        return None
+    truth = pd.read_csv(truth_path, dtype={"lesion_id": str}).set_index("lesion_id")
+    columns = {c: [f"oracle_type_{t}" for t in (merged if c == RARE else [c])] for c in classes}
+    if not all(col in truth for cols in columns.values() for col in cols) or not set(lesion_ids) <= set(truth.index):
+        return None
+    rows = truth.loc[list(lesion_ids)]
+    values = np.column_stack([rows[cols].sum(axis=1).to_numpy(float) for cols in columns.values()])
+    return values / values.sum(axis=1, keepdims=True)
+
+
+def subtype_metrics(types: pd.Series, probabilities: dict[str, pd.DataFrame], info: dict,
+                    cohort_root: Path | None = None) -> dict:
+    """The subtype section: ``types`` the cohort's lesion_type per lesion, ``probabilities`` each variant's
+    p_type_* frame (same index), ``info`` the model's subtype manifest entry (classes, merged types)."""
+    classes, merged = list(info["classes"]), list(info.get("merged_into_rare") or [])
+    truth = _true_classes(types, classes, merged)
+    kept = truth.notna()
+    index = {c: i for i, c in enumerate(classes)}
+    y = truth[kept].map(index).to_numpy(dtype=int)
+    left_out = {"type missing": int(types.isna().sum()), "type other": int((types == "other").sum()),
+                "type without a class in the model": int((types.notna() & (types != "other") & ~kept).sum())}
+    out = {"classes": classes, "merged_into_rare": merged, "lesions": int(kept.sum()), "left_out": left_out,
+           "training_lesions": info.get("training_lesions"), "variants": {}, "oracle": None}
+    if kept.sum() == 0:
+        out["note"] = "no lesion of this cohort has a type the model names"
+        return out
+    for variant, frame in probabilities.items():
+        out["variants"][variant] = score_types(y, frame.loc[kept].to_numpy(float), classes)
+    if cohort_root is not None:
+        oracle = oracle_probabilities(cohort_root, truth[kept].index, classes, merged)
+        if oracle is not None:
+            out["oracle"] = score_types(y, oracle, classes)
+    return out

@@ -1,0 +1,197 @@
+"""Which kind of lesion: a multi-class head per variant beside the malignancy risk.
+
+For ``targets: [malignancy, lesion_type]`` every variant also fits an XGBoost ``multi:softprob`` head over the
+same inputs as its fusion head (the imaging features from the out-of-fold encoder outputs and the variant's
+tabular features; the image features alone for the imaging-only variant), cross-validated over the encoder's
+folds. Its out-of-fold margins fit one temperature (the softmax of margin / T minimising the out-of-fold
+log-loss: per-class probabilities that mean what they say, ranking unchanged); the head is then refitted on all
+subtype lesions for new data.
+
+Lesions whose type is missing or ``other`` are left out of the subtype heads (and counted). A type with fewer
+than ``subtype.min_lesions`` lesions is refused with a message naming it, or, with ``subtype.merge_rare``,
+merged with the other rare types into one class ``rare`` (the manifest lists what it holds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+
+from clinical_schema.model import LESION_TYPES
+from fusion_model.config import ExperimentConfig, XGBoostConfig
+from fusion_model.errors import UserInputError
+
+SUBTYPES = tuple(t for t in LESION_TYPES if t != "other")
+RARE = "rare"
+
+
+@dataclass
+class SubtypeClasses:
+    """The classes the subtype heads learn, which lesions they learn from, and what was left out."""
+
+    classes: list[str]
+    merged: list[str] = field(default_factory=list)  # types merged into RARE
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> lesions
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def encode(self, types: pd.Series) -> np.ndarray:
+        """Class index per lesion (-1: not a subtype lesion)."""
+        mapped = types.map(lambda t: RARE if t in self.merged else t)
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index.get(t, -1) if isinstance(t, str) else -1 for t in mapped], dtype=int)
+
+
+def subtype_classes(types: pd.Series, min_lesions: int, merge_rare: bool) -> SubtypeClasses:
+    """The classes of a training set's ``lesion_type`` column; rare types merged or refused."""
+    known = types[types.isin(SUBTYPES)]
+    left_out = {"type missing": int(types.isna().sum()), "type other": int((types == "other").sum())}
+    counts = {t: int((known == t).sum()) for t in SUBTYPES if (known == t).any()}
+    rare = sorted(t for t, n in counts.items() if n < min_lesions)
+    if rare and not merge_rare:
+        named = ", ".join(f"{t} ({counts[t]} lesion{'s' if counts[t] != 1 else ''})" for t in rare)
+        raise UserInputError(
+            f"lesion_type: {named} below subtype.min_lesions = {min_lesions}; a subtype head cannot learn a type "
+            "from so few lesions. Set 'subtype: {merge_rare: true}' in the experiment to merge the rare types into "
+            "one class 'rare', lower subtype.min_lesions, or drop 'lesion_type' from targets")
+    classes = [t for t in counts if t not in rare]
+    if rare:
+        merged_count = sum(counts[t] for t in rare)
+        if merged_count < 2:
+            raise UserInputError(f"lesion_type: the rare types {rare} have {merged_count} lesion(s) together, too "
+                                 "few even merged; add lesions or drop 'lesion_type' from targets")
+        classes.append(RARE)
+        counts = {**{t: counts[t] for t in classes if t != RARE}, RARE: merged_count}
+    if len(classes) < 2:
+        raise UserInputError(f"lesion_type: the training lesions hold {len(classes)} type(s) {classes}; a subtype "
+                             "head needs at least two; drop 'lesion_type' from targets")
+    return SubtypeClasses(classes, rare, left_out, counts)
+
+
+class MultiClassHead:
+    """An XGBoost ``multi:softprob`` head: fit on class indices, margins (n, classes), XGBoost JSON."""
+
+    def __init__(self, config: XGBoostConfig, feature_names, classes: int, seed: int = 0, threads: int = 2):
+        self.config = config
+        self.feature_names = list(feature_names)
+        self.classes = classes
+        self.seed = seed
+        self.threads = threads
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> MultiClassHead:
+        c = self.config
+        params = {"objective": "multi:softprob", "num_class": self.classes, "eval_metric": "mlogloss",
+                  "tree_method": "hist", "max_depth": c.max_depth, "eta": c.learning_rate, "subsample": c.subsample,
+                  "colsample_bytree": c.colsample_bytree, "min_child_weight": c.min_child_weight,
+                  "lambda": c.reg_lambda, "alpha": c.reg_alpha, "seed": self.seed, "nthread": self.threads}
+        counts = np.bincount(y, minlength=self.classes).astype(float)
+        weights = (len(y) / (self.classes * np.maximum(counts, 1.0)))[y]  # balanced: rare types count
+        data = xgb.DMatrix(np.asarray(X, dtype=float), label=y, weight=weights, feature_names=self.feature_names,
+                           missing=np.nan)
+        self.booster_ = xgb.train(params, data, num_boost_round=c.n_estimators)
+        return self
+
+    def margins(self, X: np.ndarray) -> np.ndarray:
+        data = xgb.DMatrix(np.asarray(X, dtype=float), feature_names=self.feature_names, missing=np.nan)
+        return np.asarray(self.booster_.predict(data, output_margin=True), dtype=float).reshape(len(X), self.classes)
+
+    def save(self, path) -> None:
+        self.booster_.save_model(str(path))
+
+    @classmethod
+    def load(cls, path, config: XGBoostConfig, feature_names, classes: int) -> MultiClassHead:
+        head = cls(config, feature_names, classes)
+        head.booster_ = xgb.Booster()
+        try:
+            head.booster_.load_model(str(path))
+        except xgb.core.XGBoostError:
+            raise UserInputError(f"{path}: is not an XGBoost model file; the artifact is damaged: retrain the model "
+                                 "or restore the file") from None
+        if list(head.booster_.feature_names or []) != list(feature_names):
+            raise UserInputError(f"{path}: model features differ from the manifest's; the artifact is "
+                                 "inconsistent: retrain the model")
+        return head
+
+
+def fit_temperature(margins: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the log-loss of softmax(margins / T) (bounded to [0.05, 20])."""
+    def loss(log_t: float) -> float:
+        return float(-log_softmax(margins / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
+
+    result = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+@dataclass
+class SubtypeFit:
+    """A variant's fitted subtype head."""
+
+    variant: str
+    classes: list[str]
+    features: list[str]
+    head: MultiClassHead
+    temperature: float
+
+    def frame(self, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> pd.DataFrame:
+        """What the head sees, in its column order."""
+        return pd.concat([X_img, X_tab], axis=1).reindex(columns=self.features)
+
+    def probabilities(self, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> pd.DataFrame:
+        """Calibrated type probabilities (columns p_type_CLASS), rows summing to 1."""
+        margins = self.head.margins(self.frame(X_img, X_tab).to_numpy(dtype=float))
+        return pd.DataFrame(softmax(margins / self.temperature, axis=1), index=X_img.index,
+                            columns=[f"p_type_{c}" for c in self.classes])
+
+    def to_manifest(self, save_head: Callable[[str, MultiClassHead], str]) -> dict:
+        return {"classes": self.classes, "features": self.features, "temperature": self.temperature,
+                "file": save_head(f"{self.variant}_subtype", self.head)}
+
+    @classmethod
+    def from_manifest(cls, variant: str, entry: dict, config: XGBoostConfig, root) -> SubtypeFit:
+        head = MultiClassHead.load(root / entry["file"], config, entry["features"], len(entry["classes"]))
+        return cls(variant, list(entry["classes"]), list(entry["features"]), head, float(entry["temperature"]))
+
+
+def fit_subtype(config: ExperimentConfig, variant: str, X: pd.DataFrame, y: np.ndarray, folds,
+                classes: list[str], threads: int = 2) -> tuple[SubtypeFit, np.ndarray]:
+    """Cross-validate a variant's subtype head over ``folds`` (positions in ``X``, lesions with y >= 0 used),
+    fit its temperature on the out-of-fold margins, refit on every subtype lesion. Returns the fit and the
+    calibrated out-of-fold probabilities (NaN rows for lesions not in a subtype class)."""
+    k = len(classes)
+    known = y >= 0
+    oof = np.full((len(y), k), np.nan)
+
+    def head() -> MultiClassHead:
+        return MultiClassHead(config.xgboost, list(X.columns), k, seed=config.seed, threads=threads)
+
+    values = X.to_numpy(dtype=float)
+    for train_idx, test_idx in folds:
+        train_idx, test_idx = train_idx[known[train_idx]], test_idx[known[test_idx]]
+        if len(test_idx) == 0:
+            continue
+        oof[test_idx] = head().fit(values[train_idx], y[train_idx]).margins(values[test_idx])
+    scored = known & np.isfinite(oof).all(axis=1)
+    temperature = fit_temperature(oof[scored], y[scored])
+    probabilities = np.full_like(oof, np.nan)
+    probabilities[scored] = softmax(oof[scored] / temperature, axis=1)
+    final = head().fit(values[known], y[known])
+    return SubtypeFit(variant, list(classes), list(X.columns), final, temperature), probabilities
+
+
+def one_vs_rest_auc(y: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
+    """Each class's one-vs-rest AUC over the scored lesions, their mean (macro) and prevalence-weighted mean."""
+    from fusion_model.evaluate.stats import nan_safe_auc
+
+    scored = (y >= 0) & np.isfinite(probabilities).all(axis=1)
+    per_class = {c: nan_safe_auc((y[scored] == k).astype(int), probabilities[scored, k])
+                 for k, c in enumerate(classes)}
+    valid = {c: v for c, v in per_class.items() if v == v}
+    weights = {c: float(np.mean(y[scored] == k)) for k, c in enumerate(classes)}
+    total = sum(weights[c] for c in valid)
+    return {"per_class": per_class, "macro": float(np.mean(list(valid.values()))) if valid else None,
+            "weighted": float(sum(weights[c] * v for c, v in valid.items()) / total) if total else None}
