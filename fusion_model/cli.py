@@ -510,6 +510,12 @@ def demo(
     if oracle:
         table.add_row("oracle", "generator's true risk", _fmt_auc(oracle["value"]), _ci_text(oracle["ci"]), "")
     console.print(table)
+    subtype = summary.get("external_subtype")
+    if subtype:
+        console.print(f"lesion type on {subtype['lesions']} external lesions ({len(subtype['classes'])} classes): macro "
+                      "AUC " + ", ".join(f"{v} {_fmt_auc(a)}" for v, a in subtype["macro_auc"].items())
+                      + f", oracle {_fmt_auc(subtype['oracle_macro_auc'])}; top-1 accuracy "
+                      + ", ".join(f"{v} {a:.0%}" for v, a in subtype["top1_accuracy"].items()))
     a = summary["agreement"]
     console.print(f"reader agreement on {a['lesions']} external lesions: Dice {a['dice_mean']:.3f}; {a['variant']} "
                   f"probability ICC {_fmt_auc(a['probability_icc'])}, mean |dp| {a['mean_absolute_difference']:.3f}, "

@@ -4,7 +4,8 @@
 2. validate it;
 3. train the four variants and the guideline rules on the internal centres (centre_a, centre_b),
    holding the external centre (centre_c) out;
-4. evaluate every variant and rule on the external centre (report.html, metrics.json, ...);
+4. evaluate every variant and rule on the external centre (report.html, metrics.json, ...), the lesion-type
+   heads beside malignancy;
 5. explain the external centre's lesions (case review page and case cards);
 6. compare the model's answers with the outlines of a simulated second reader on the external centre
    (``fusion-model agreement``: Dice, feature ICCs, probability ICC, class flips, AUC per reader);
@@ -37,6 +38,16 @@ def demo_experiment(overrides: dict | None = None) -> ExperimentConfig:
         else:
             data[section] = values
     return parse_model(ExperimentConfig, data, "demo experiment")
+
+
+def _subtype_headline(subtype: dict | None) -> dict | None:
+    if not subtype or not subtype.get("variants"):
+        return None
+    oracle = subtype.get("oracle")
+    return {"lesions": subtype["lesions"], "classes": subtype["classes"],
+            "macro_auc": {v: b["macro_auc"] for v, b in subtype["variants"].items()},
+            "top1_accuracy": {v: b["top1_accuracy"] for v, b in subtype["variants"].items()},
+            "oracle_macro_auc": oracle["macro_auc"] if oracle else None}
 
 
 def _agreement_headline(metrics: dict) -> dict:
@@ -127,6 +138,7 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
         "external_auc": headline,
         "external_oracle_auc": metrics["oracle"]["auc"] if metrics.get("oracle") else None,
         "training_oof_auc": run.model.oof_auc_, "training_oracle_auc": run.oracle_auc,
+        "external_subtype": _subtype_headline(metrics.get("subtype")),
         "agreement": _agreement_headline(agreement.metrics),
         "seconds": stages,
         "outputs": {

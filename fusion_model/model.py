@@ -23,6 +23,7 @@ primary variant's, as an (n, 2) array.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,6 +156,7 @@ class FusionModel:
         """Each variant's subtype head on the same out-of-fold inputs; the primary's OOF probabilities go to
         ``oof`` (columns p_type_CLASS and lesion_type)."""
         cfg = self.config
+        started = time.perf_counter()
         types = data.table["lesion_type"] if "lesion_type" in data.table else pd.Series(np.nan, index=data.table.index)
         classes = subtype_classes(types, cfg.subtype.min_lesions, cfg.subtype.merge_rare)
         y_type = classes.encode(types)
@@ -169,7 +171,7 @@ class FusionModel:
                     oof[f"p_type_{name}"] = probabilities[:, k]
                 oof["lesion_type"] = types.to_numpy()
         info = {"classes": classes.classes, "merged_into_rare": classes.merged, "training_lesions": classes.counts,
-                "left_out": classes.left_out, "oof_auc": oof_auc}
+                "left_out": classes.left_out, "oof_auc": oof_auc, "fit_seconds": time.perf_counter() - started}
         return fits, info
 
     # --------------------------------------------------------------------------- prediction

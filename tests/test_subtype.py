@@ -147,6 +147,22 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
     assert "Lesion type" in (tmp_path / "ev/report.html").read_text()
     assert "confusion.png" in evaluation.files
 
+    # explain: type probabilities on the card, SHAP of the most likely type, additive per class
+    from fusion_model.explain.contributions import SubtypeExplainer
+    from fusion_model.explain.run import explain_cohort
+
+    frames = reloaded.feature_frames(data)
+    types = SubtypeExplainer(reloaded, "all")(*frames)
+    for k, c in enumerate(types.classes):
+        assert np.allclose(types.base[c] + types.shap[c].sum(axis=1).to_numpy(), types.margins[:, k], atol=1e-4)
+    assert np.allclose(types.probabilities, fresh.to_numpy(), atol=1e-6)
+    first = data.lesion_ids[0]
+    explained = explain_cohort(tmp_path / "m", external, tmp_path / "ex", cache, lesion_ids=[first], progress=False)
+    card = (tmp_path / "ex" / next(f for f in explained.files if f.startswith("cases/"))).read_text()
+    best = types.classes[int(types.probabilities[0].argmax())].replace("_", " ")
+    assert "Which kind of lesion" in card and f"Most likely <b>{best}</b>" in card
+    assert f"made {best} " in card
+
 
 def test_predict_without_subtype_heads_says_why(trained_model, tmp_path):
     from tests.test_cli import run_cli

@@ -78,3 +78,43 @@ class VariantExplainer:
                 base = float(self.fit.mix(0.0, base))
         return Contributions(self.variant, values.astype(float), contributions, base, margin,
                              self.fit.calibrator(margin), feature_groups(self.model, list(values.columns)))
+
+
+@dataclass
+class TypeContributions:
+    """A variant's lesion-type margins per lesion split into feature contributions, one set per class (SHAP of
+    the multi-class head, exactly additive per class: ``base[c] + shap[c].sum(axis=1) == margins[:, k]``); the
+    probabilities are softmax(margins / temperature)."""
+
+    variant: str
+    classes: list[str]
+    values: pd.DataFrame
+    shap: dict[str, pd.DataFrame]
+    base: dict[str, float]
+    margins: np.ndarray
+    probabilities: np.ndarray
+
+
+class SubtypeExplainer:
+    """TreeSHAP of a variant's lesion-type head (every class), built once."""
+
+    def __init__(self, model: FusionModel, variant: str):
+        self.fit = model.subtypes_[variant]
+        self.variant = variant
+        self.tree = shap.TreeExplainer(self.fit.head.booster_)
+
+    def __call__(self, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> TypeContributions:
+        from scipy.special import softmax
+
+        X = self.fit.frame(X_img, X_tab).astype(float)
+        raw = self.tree.shap_values(X.to_numpy(dtype=float))
+        k = len(self.fit.classes)
+        values = np.stack(raw, axis=-1) if isinstance(raw, list) else np.asarray(raw, dtype=float)
+        values = values.reshape(len(X), X.shape[1], k)
+        expected = np.ravel(self.tree.expected_value).astype(float)
+        margins = self.fit.head.margins(X.to_numpy(dtype=float))
+        return TypeContributions(
+            self.variant, list(self.fit.classes), X,
+            {c: pd.DataFrame(values[:, :, j], index=X.index, columns=X.columns) for j, c in enumerate(self.fit.classes)},
+            {c: float(expected[j]) for j, c in enumerate(self.fit.classes)}, margins,
+            softmax(margins / self.fit.temperature, axis=1))

@@ -115,3 +115,12 @@ def factor_sentence(name: str, value, contribution: float) -> str:
         cut, meaning = f.reference
         text += f" ({meaning})" if float(value) > cut else f" (at or below {cut:g} {f.unit or ''})".replace(" )", ")")
     return f"{text} {strength}{direction} the risk"
+
+
+def type_factor_sentence(name: str, value, contribution: float, lesion_type: str) -> str:
+    """E.g. 'unenhanced attenuation 34 HU made pheochromocytoma more likely'."""
+    f = feature_name(name)
+    direction = "more" if contribution > 0 else "less"
+    strength = "much " if abs(contribution) >= 1.0 else "slightly " if abs(contribution) < 0.2 else ""
+    text = f"{f.label} not available (missing)" if is_missing(value) else f"{f.label} {format_value(name, value)}"
+    return f"{text} made {lesion_type.replace('_', ' ')} {strength}{direction} likely"

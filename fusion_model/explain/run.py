@@ -32,8 +32,14 @@ from fusion_model.catalogue import (
 )
 from fusion_model.errors import UserInputError
 from fusion_model.explain import plots
-from fusion_model.explain.contributions import Contributions, VariantExplainer, tree_shap
-from fusion_model.explain.names import factor_sentence, format_value, label_with_unit
+from fusion_model.explain.contributions import (
+    Contributions,
+    SubtypeExplainer,
+    TypeContributions,
+    VariantExplainer,
+    tree_shap,
+)
+from fusion_model.explain.names import factor_sentence, format_value, label_with_unit, type_factor_sentence
 from fusion_model.explain.saliency import GradCAM
 from fusion_model.model import FusionModel, LesionData
 from fusion_model.progress import track
@@ -98,6 +104,7 @@ class CaseExplainer:
         if self.variant not in model.variants_:
             raise UserInputError(f"variant {self.variant!r} is not in the model; it has {list(model.variants_)}")
         self.explainer = VariantExplainer(model, self.variant)
+        self.type_explainer = SubtypeExplainer(model, self.variant) if self.variant in model.subtypes_ else None
         self.gradcam = GradCAM(model.encoder_)
 
     def explain(self, data: LesionData, saliency: bool = True) -> "Explained":
@@ -106,6 +113,7 @@ class CaseExplainer:
         frames = self.model.feature_frames(data)
         predictions = self.model.predict_variants(data, frames)
         contributions = self.explainer(*frames)
+        types = self.type_explainer(*frames) if self.type_explainer is not None else None
         shap_seconds = time.perf_counter() - start
         lesions = []
         for i, lesion_id in enumerate(data.lesion_ids):
@@ -114,7 +122,7 @@ class CaseExplainer:
             lesions.append(LesionExplanation(lesion_id, float(contributions.probability[i]),
                                              float(contributions.margin[i]), volume, logit,
                                              time.perf_counter() - start))
-        return Explained(frames, predictions, contributions, lesions, shap_seconds)
+        return Explained(frames, predictions, contributions, lesions, shap_seconds, types)
 
 
 @dataclass
@@ -126,6 +134,7 @@ class Explained:
     contributions: Contributions
     lesions: list[LesionExplanation]
     shap_seconds: float                        # encoder pass, heads and SHAP for all lesions
+    types: TypeContributions | None = None     # lesion-type probabilities and SHAP (models with subtype heads)
 
     @property
     def saliency_seconds(self) -> float:
@@ -148,8 +157,25 @@ def _rule_call(value) -> str:
     return "suspicious" if value >= 0.5 else "benign"
 
 
+def type_context(types: TypeContributions, i: int) -> dict:
+    """The lesion-type part of a case card: every type's probability, and why the most likely one."""
+    probabilities = types.probabilities[i]
+    order = np.argsort(-probabilities)
+    best = types.classes[int(order[0])]
+    shap_row = types.shap[best].iloc[i]
+    values = types.values.iloc[i]
+    ranked = shap_row.abs().sort_values(ascending=False).index
+    return {"variant": types.variant,
+            "types": [{"type": types.classes[int(k)].replace("_", " "), "probability": float(probabilities[k])}
+                      for k in order],
+            "most_likely": best.replace("_", " "), "probability": float(probabilities[order[0]]),
+            "factors": [{"sentence": type_factor_sentence(n, values[n], float(shap_row[n]), best),
+                         "contribution": float(shap_row[n])} for n in ranked[:TOP_FACTORS]
+                        if abs(float(shap_row[n])) > 1e-6]}
+
+
 def case_context(lesion_id: str, row: pd.Series, predictions: pd.Series, contributions: Contributions, i: int,
-                 model: FusionModel, variant: str) -> dict:
+                 model: FusionModel, variant: str, types: TypeContributions | None = None) -> dict:
     """Everything a case card shows of one lesion, as template data."""
     values = contributions.values.iloc[i]
     shap_row = contributions.shap.iloc[i]
@@ -180,6 +206,7 @@ def case_context(lesion_id: str, row: pd.Series, predictions: pd.Series, contrib
                            for v in model.variants_ if v != variant],
         "rules": [{"rule": rule_description(r), "call": _rule_call(predictions.get(f"rule_{r}"))}
                   for r in model.config.baselines if f"rule_{r}" in predictions],
+        "lesion_types": type_context(types, i) if types is not None else None,
     }
 
 
@@ -279,7 +306,8 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     jobs = []
     for i, lesion_id in enumerate(data.lesion_ids):
         row = data.table.loc[lesion_id]
-        context = case_context(lesion_id, row, predictions.loc[lesion_id], contributions, i, model, variant)
+        context = case_context(lesion_id, row, predictions.loc[lesion_id], contributions, i, model, variant,
+                               explained.types)
         name = safe_name(lesion_id, taken)
         jobs.append((f"cases/{name}.html", context, data.crops[i], explained.lesions[i].saliency, channels,
                      contributions.values.iloc[i], contributions.shap.iloc[i], contributions.base, created))
@@ -313,6 +341,12 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
                           "probability": contributions.probability}, index=data.table.index)
     table = pd.concat([table, contributions.values.add_prefix("value:"), contributions.shap.add_prefix("shap:")],
                       axis=1)
+    if explained.types is not None:
+        types = explained.types
+        type_table = pd.DataFrame(types.probabilities, index=table.index,
+                                  columns=[f"p_type_{c}" for c in types.classes])
+        type_table.insert(0, "most_likely_type", [types.classes[k] for k in types.probabilities.argmax(axis=1)])
+        table = pd.concat([table, type_table], axis=1)
     files["shap_values.csv"] = table.to_csv(index_label="lesion_id")
     write_report_dir(out, files, overwrite=overwrite)
     timings["global_and_write_seconds"] = time.perf_counter() - start
