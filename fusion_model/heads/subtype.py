@@ -26,6 +26,7 @@ from scipy.special import log_softmax, softmax
 from clinical_schema.model import LESION_TYPES
 from fusion_model.config import ExperimentConfig, XGBoostConfig
 from fusion_model.errors import UserInputError
+from fusion_model.heads.xgb import load_booster, tree_params
 
 SUBTYPES = tuple(t for t in LESION_TYPES if t != "other")
 RARE = "rare"
@@ -86,9 +87,7 @@ class MultiClassHead:
     def fit(self, X: np.ndarray, y: np.ndarray) -> MultiClassHead:
         c = self.config
         params = {"objective": "multi:softprob", "num_class": self.classes, "eval_metric": "mlogloss",
-                  "tree_method": "hist", "max_depth": c.max_depth, "eta": c.learning_rate, "subsample": c.subsample,
-                  "colsample_bytree": c.colsample_bytree, "min_child_weight": c.min_child_weight,
-                  "lambda": c.reg_lambda, "alpha": c.reg_alpha, "seed": self.seed, "nthread": self.threads}
+                  **tree_params(c, self.seed, self.threads)}
         counts = np.bincount(y, minlength=self.classes).astype(float)
         weights = (len(y) / (self.classes * np.maximum(counts, 1.0)))[y]  # balanced: rare types count
         data = xgb.DMatrix(np.asarray(X, dtype=float), label=y, weight=weights, feature_names=self.feature_names,
@@ -106,15 +105,7 @@ class MultiClassHead:
     @classmethod
     def load(cls, path, config: XGBoostConfig, feature_names, classes: int) -> MultiClassHead:
         head = cls(config, feature_names, classes)
-        head.booster_ = xgb.Booster()
-        try:
-            head.booster_.load_model(str(path))
-        except xgb.core.XGBoostError:
-            raise UserInputError(f"{path}: is not an XGBoost model file; the artifact is damaged: retrain the model "
-                                 "or restore the file") from None
-        if list(head.booster_.feature_names or []) != list(feature_names):
-            raise UserInputError(f"{path}: model features differ from the manifest's; the artifact is "
-                                 "inconsistent: retrain the model")
+        head.booster_ = load_booster(path, feature_names)
         return head
 
 

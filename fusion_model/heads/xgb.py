@@ -12,6 +12,28 @@ from fusion_model.config import XGBoostConfig
 from fusion_model.errors import UserInputError
 
 
+def tree_params(config: XGBoostConfig, seed: int, threads: int) -> dict:
+    """The booster settings every head shares (objective and class weighting are the head's own)."""
+    return {"tree_method": "hist", "max_depth": config.max_depth, "eta": config.learning_rate,
+            "subsample": config.subsample, "colsample_bytree": config.colsample_bytree,
+            "min_child_weight": config.min_child_weight, "lambda": config.reg_lambda, "alpha": config.reg_alpha,
+            "seed": seed, "nthread": threads}
+
+
+def load_booster(path: Path, feature_names: Sequence[str]) -> xgb.Booster:
+    """A saved booster whose feature names must be the manifest's; a damaged or foreign file is refused."""
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(path))
+    except xgb.core.XGBoostError:
+        raise UserInputError(f"{path}: is not an XGBoost model file; the artifact is damaged: retrain the model "
+                             "or restore the file") from None
+    if list(booster.feature_names or []) != list(feature_names):
+        raise UserInputError(f"{path}: model features {booster.feature_names} differ from the manifest's; "
+                             "the artifact is inconsistent: retrain the model")
+    return booster
+
+
 class XGBHead:
     """An XGBoost head with scikit-learn's fit / decision_function contract, stored as XGBoost JSON."""
 
@@ -26,10 +48,7 @@ class XGBHead:
         positives = max(1.0, float(np.sum(y)))
         monotone = tuple(int(c.monotone.get(name, 0)) for name in self.feature_names)
         return {
-            "objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
-            "max_depth": c.max_depth, "eta": c.learning_rate, "subsample": c.subsample,
-            "colsample_bytree": c.colsample_bytree, "min_child_weight": c.min_child_weight,
-            "lambda": c.reg_lambda, "alpha": c.reg_alpha, "seed": self.seed, "nthread": self.threads,
+            "objective": "binary:logistic", "eval_metric": "auc", **tree_params(c, self.seed, self.threads),
             "scale_pos_weight": (len(y) - positives) / positives,
             "monotone_constraints": "(" + ",".join(map(str, monotone)) + ")",
         }
@@ -57,13 +76,5 @@ class XGBHead:
     def load(cls, path: Path, config: XGBoostConfig, feature_names: Sequence[str]) -> "XGBHead":
         """Read a saved head; its feature names must be the manifest's."""
         head = cls(config, feature_names)
-        head.booster_ = xgb.Booster()
-        try:
-            head.booster_.load_model(str(path))
-        except xgb.core.XGBoostError:
-            raise UserInputError(f"{path}: is not an XGBoost model file; the artifact is damaged: retrain the model "
-                                 "or restore the file") from None
-        if list(head.booster_.feature_names or []) != list(feature_names):
-            raise UserInputError(f"{path}: model features {head.booster_.feature_names} differ from the manifest's; "
-                                 "the artifact is inconsistent: retrain the model")
+        head.booster_ = load_booster(path, feature_names)
         return head
