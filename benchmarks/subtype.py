@@ -28,7 +28,8 @@ import pandas as pd
 
 from fusion_model.config import SynthConfig, load_experiment, packaged_experiment
 from fusion_model.evaluate import stats
-from fusion_model.heads.subtype import RARE
+from fusion_model.evaluate.subtype import oracle_probabilities
+from fusion_model.heads.subtype import SubtypeClasses
 from fusion_model.imaging.cache import ImageCache
 
 ALL_PHASES = "unenhanced,arterial,venous"
@@ -116,13 +117,11 @@ def main(argv: list[str] | None = None) -> dict:
         classes, merged = info["classes"], info["merged_into_rare"]
         oof = model.oof_
         truth = pd.read_csv(cohort / "truth.csv").set_index("lesion_id").loc[oof.index]
-        types = oof["lesion_type"].map(lambda t: RARE if t in merged else t)
-        kept = types.isin(classes).to_numpy()
-        y = types[kept].map({c: i for i, c in enumerate(classes)}).to_numpy(int)
+        codes = pd.Series(SubtypeClasses(classes, merged).encode(oof["lesion_type"]), index=oof.index)
+        kept = (codes >= 0).to_numpy()
+        y = codes[kept].to_numpy()
         model_p = oof.loc[kept, [f"p_type_{c}" for c in classes]].to_numpy(float)
-        oracle = np.column_stack([truth.loc[kept, [f"oracle_type_{t}" for t in (merged if c == RARE else [c])]]
-                                  .sum(axis=1).to_numpy(float) for c in classes])
-        oracle /= oracle.sum(axis=1, keepdims=True)
+        oracle = oracle_probabilities(cohort, oof.index[kept], classes, merged)
         model_types, oracle_types = per_type(y, model_p, classes), per_type(y, oracle, classes)
         block = {
             "phases": phases, "lesions": int(kept.sum()), "classes": classes, "merged_into_rare": merged,
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
             ids = oof.index[kept]
             ref_ids = [i for i in ids if i in reference["p"].index]
             for c in common:
-                labels = (types.loc[ref_ids] == c).astype(int).to_numpy()
+                labels = (codes.loc[ref_ids] == classes.index(c)).astype(int).to_numpy()
                 test = stats.delong_paired_test(labels, oof.loc[ref_ids, f"p_type_{c}"].to_numpy(float),
                                                 reference["p"].loc[ref_ids, f"p_type_{c}"].to_numpy(float))
                 block["versus_" + reference["name"]][c] = {"difference": test.difference, "p_value": test.p_value}

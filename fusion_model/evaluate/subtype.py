@@ -16,11 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_model.evaluate import stats
-from fusion_model.heads.subtype import RARE
-
-
-def _true_classes(types: pd.Series, classes: list[str], merged: list[str]) -> pd.Series:
-    return types.map(lambda t: RARE if t in merged else t).where(lambda s: s.isin(classes))
+from fusion_model.heads.subtype import RARE, SubtypeClasses
 
 
 def _class_block(y: np.ndarray, probabilities: np.ndarray, k: int, predicted: np.ndarray) -> dict:
@@ -84,10 +80,9 @@ def subtype_metrics(types: pd.Series, probabilities: dict[str, pd.DataFrame], in
     """The subtype section: ``types`` the cohort's lesion_type per lesion, ``probabilities`` each variant's
     p_type_* frame (same index), ``info`` the model's subtype manifest entry (classes, merged types)."""
     classes, merged = list(info["classes"]), list(info.get("merged_into_rare") or [])
-    truth = _true_classes(types, classes, merged)
-    kept = truth.notna()
-    index = {c: i for i, c in enumerate(classes)}
-    y = truth[kept].map(index).to_numpy(dtype=int)
+    codes = SubtypeClasses(classes, merged).encode(types)
+    kept = pd.Series(codes >= 0, index=types.index)
+    y = codes[codes >= 0]
     left_out = {"type missing": int(types.isna().sum()), "type other": int((types == "other").sum()),
                 "type without a class in the model": int((types.notna() & (types != "other") & ~kept).sum())}
     out = {"classes": classes, "merged_into_rare": merged, "lesions": int(kept.sum()), "left_out": left_out,
@@ -98,7 +93,7 @@ def subtype_metrics(types: pd.Series, probabilities: dict[str, pd.DataFrame], in
     for variant, frame in probabilities.items():
         out["variants"][variant] = score_types(y, frame.loc[kept].to_numpy(float), classes)
     if cohort_root is not None:
-        oracle = oracle_probabilities(cohort_root, truth[kept].index, classes, merged)
+        oracle = oracle_probabilities(cohort_root, types.index[kept], classes, merged)
         if oracle is not None:
             out["oracle"] = score_types(y, oracle, classes)
     return out
