@@ -21,7 +21,7 @@ from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.dicom_masks import is_dicom_mask, read_dicom_mask
 from fusion_model.imaging.geometry import Geometry, geometry_differences
-from fusion_model.imaging.io import read_image, read_image_header
+from fusion_model.imaging.io import read_image
 from fusion_model.imaging.preprocess import binary_mask
 from fusion_model.imaging.quality import ct_value_problems
 from fusion_model.progress import track
@@ -116,8 +116,8 @@ def validate_cohort(
     cohort = Cohort(root=root, spec=spec, table=table.reset_index(drop=True))
     second_reader = 0
     for i in track(range(len(table)), "checking images", total=len(table), enabled=progress):
-        reference_path = _check_lesion_files(cohort, i, resample_mismatched, report)
-        second_reader += _check_second_reader(cohort, i, masks_b_dir, reference_path, resample_mismatched, report)
+        reference = _check_lesion_files(cohort, i, resample_mismatched, report)
+        second_reader += _check_second_reader(cohort, i, masks_b_dir, reference, resample_mismatched, report)
     report.summary = summarise(table, spec)
     if second_reader or masks_b_dir is not None or "mask_path_b" in table:
         report.summary["second_reader_masks"] = second_reader
@@ -157,8 +157,9 @@ def _check_split_leakage(table: pd.DataFrame, report: ValidationReport) -> None:
             )
 
 
-def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: ValidationReport) -> Path | None:
-    """Check one lesion's phases and mask; returns the path of its reference phase when it could be read."""
+def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: ValidationReport
+                        ) -> tuple[Path, Geometry] | None:
+    """Check one lesion's phases and mask; returns its reference phase's path and grid when it could be read."""
     row = cohort.table.iloc[index]
     where = f"{TABLE_FILE} row {index + 2} (lesion {row['lesion_id']})"
     try:
@@ -214,16 +215,17 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
         else:
             report.error(where, text + f"; re-export them on one grid, or pass --resample to resample "
                                        f"onto the {reference_phase} grid")
-    return ref_path
+    return ref_path, ref_geometry
 
 
-def _check_second_reader(cohort: Cohort, index: int, masks_b_dir: Path | None, reference_path: Path | None,
+def _check_second_reader(cohort: Cohort, index: int, masks_b_dir: Path | None, reference: tuple[Path, Geometry] | None,
                          resample: bool, report: ValidationReport) -> int:
     """Check the second reader's mask of one lesion like the first; 1 when there is one, else 0."""
     where = f"{TABLE_FILE} row {cohort._line(index)} (lesion {cohort.table['lesion_id'].iloc[index]})"
-    if reference_path is None:  # the lesion's own files are broken (reported above): nothing to check against
+    if reference is None:  # the lesion's own files are broken (reported above): nothing to check against
         value = cohort.table["mask_path_b"].iloc[index] if "mask_path_b" in cohort.table else None
         return int(masks_b_dir is None and value is not None and not pd.isna(value))
+    reference_path, reference_geometry = reference
     try:
         lesion = cohort.lesion_b(index, masks_b_dir)
     except UserInputError as err:
@@ -238,7 +240,7 @@ def _check_second_reader(cohort: Cohort, index: int, masks_b_dir: Path | None, r
         return 1
     _check_mask_values(mask, lesion, where + ", second reader", report,
                        "mask_label" if masks_b_dir is not None else "mask_label_b")
-    differences = geometry_differences(Geometry.of(read_image_header(reference_path)), Geometry.of(mask))
+    differences = geometry_differences(reference_geometry, Geometry.of(mask))
     if differences:
         text = (f"second reader's mask ({lesion.mask_path.name}) and the CT ({reference_path.name}) do not share "
                 "physical space: " + "; ".join(differences))
