@@ -99,6 +99,26 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(trained_model, 
     assert not study.get_trials(states=(TrialState.RUNNING,))
 
 
+def test_dead_workers_trials_are_failed_even_when_their_pid_is_reused_or_never_recorded(tmp_path):
+    from fusion_model.tune.storage import claim_lock, fail_dead_trials, worker_identity
+
+    storage = open_storage(None, tmp_path)
+    study = optuna.create_study(study_name="s", storage=storage)
+    alive = study.ask()
+    alive.set_user_attr("worker", worker_identity())
+    reused = study.ask()  # a dead worker whose pid now belongs to this process: the start time differs
+    reused.set_user_attr("worker", {**worker_identity(), "started": (worker_identity()["started"] or 0) + 1})
+    unlabelled = study.ask()  # killed between asking for the trial and labelling it
+    with claim_lock(tmp_path):
+        failed = fail_dead_trials(study, storage)
+    states = {t.number: t.state for t in study.get_trials()}
+    if worker_identity()["started"] is None:  # no /proc: only the pid can be compared
+        assert failed == 1 and states[reused.number] == TrialState.RUNNING
+    else:
+        assert failed == 2 and states[reused.number] == TrialState.FAIL
+    assert states[alive.number] == TrialState.RUNNING and states[unlabelled.number] == TrialState.FAIL
+
+
 def test_two_processes_share_one_study_without_duplicates(trained_model, tmp_path):
     params = {"xgboost.n_estimators": {"type": "int", "low": 200, "high": 600},
               "xgboost.max_depth": {"type": "int", "low": 1, "high": 6},

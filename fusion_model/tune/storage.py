@@ -13,6 +13,7 @@ clean-up and heartbeats.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import os
 import socket
@@ -84,32 +85,65 @@ def claim_lock(out: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def process_start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, Linux ``/proc``); None where it cannot be read.
+
+    A pid alone names a process only while it lives: after it dies the kernel may hand the same pid to a
+    new process, which would make a dead worker's trial look alive for ever. pid and start time together
+    name one process.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+    try:
+        return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+    except (IndexError, ValueError):
+        return None
+
+
 def worker_identity() -> dict:
-    """This process as a trial's ``worker`` user attribute (host and pid)."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """This process as a trial's ``worker`` user attribute (host, pid and start time)."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "started": process_start_ticks(pid)}
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host with this pid exists."""
+def process_alive(pid: int, started: int | None = None) -> bool:
+    """Whether the process of this host with this pid (and, when given, this start time) exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if started is None:
         return True
-    return True
+    now = process_start_ticks(pid)
+    return now is None or now == int(started)
 
 
 def fail_dead_trials(study: optuna.Study, storage: BaseStorage) -> int:
     """Mark RUNNING trials of dead local workers (and, in a database, stale heartbeats) as FAIL; returns
-    how many local ones were failed."""
+    how many local ones were failed. Call it holding :func:`claim_lock`."""
     if isinstance(storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
     failed = 0
     host = socket.gethostname()
+    database = isinstance(storage, optuna.storages.RDBStorage)
+    now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker") or {}
-        if worker.get("host") == host and worker.get("pid") and not process_alive(int(worker["pid"])):
+        worker = trial.user_attrs.get("worker")
+        if worker is None:
+            # Asked but never labelled: its worker died between the two (both happen under the claim lock,
+            # which the caller holds). Workers of other machines share a database without that lock, so
+            # there the trial is given the heartbeat's grace period first.
+            started = trial.datetime_start or now
+            orphan = not database or (now - started).total_seconds() > HEARTBEAT_GRACE_S
+        else:
+            orphan = (worker.get("host") == host and bool(worker.get("pid"))
+                      and not process_alive(int(worker["pid"]), worker.get("started")))
+        if orphan:
             study.tell(trial.number, state=TrialState.FAIL)
             failed += 1
     return failed
