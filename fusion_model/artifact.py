@@ -43,48 +43,66 @@ ENCODER_FILE = "encoder.safetensors"
 OOF_FILE = "oof_predictions.csv"
 
 
+PHASES_DIR = "phases"
+
+
 def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: bool = False,
-               extra_files: dict[str, str] | None = None) -> Path:
-    """Write the artifact atomically; ``extra_files`` maps relative names to text contents."""
+               extra_files: dict[str, str] | None = None,
+               phase_models: dict[str, tuple[FusionModel, dict]] | None = None) -> Path:
+    """Write the artifact atomically; ``extra_files`` maps relative names to text contents; ``phase_models``
+    maps a CT phase to the same experiment trained on that phase alone and its cohort entry (``compare_phases``),
+    each written as a complete artifact under ``phases/PHASE/`` and covered by the main manifest's hashes."""
     model._check_fitted()
     with atomic_directory(Path(path), overwrite=overwrite) as staging:
-        (staging / "heads").mkdir()
-        state = {k: v.detach().contiguous() for k, v in model.encoder_.model_.state_dict().items()}
-        save_file(state, str(staging / ENCODER_FILE))
-
-        def save_head(key: str, head: XGBHead) -> str:
-            rel = f"heads/{key}.json"
-            head.save(staging / rel)
-            return rel
-
-        variants = {name: fit.to_manifest(save_head) for name, fit in model.variants_.items()}
-        subtypes = {name: fit.to_manifest(save_head) for name, fit in model.subtypes_.items()}
-        model.oof_.to_csv(staging / OOF_FILE, index_label="lesion_id")
-        for rel, text in (extra_files or {}).items():
-            (staging / rel).write_text(text, encoding="utf-8")
-        files = {p.relative_to(staging).as_posix(): sha256_file(p)
-                 for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = json_safe({
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "package_version": __version__, "schema_version": SCHEMA_VERSION,
-            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "config": model.config.model_dump(mode="json"),
-            "cohort": cohort_info,
-            "crop_channels": model.crop_channels_,
-            "encoder": {"file": ENCODER_FILE, "oof_auc": model.encoder_.oof_auc_,
-                        "final_epochs": model.encoder_.final_epochs_},
-            "pca": model.pca_,
-            "tabular_groups": model.tabular_groups_,
-            "variants": variants,
-            "subtypes": subtypes or None, "subtype": model.subtype_info_,
-            "primary_variant": model.primary_variant,
-            "metrics": {"oof_auc": model.oof_auc_, "baseline_oof_auc": model.baseline_oof_auc_},
-            "files": files,
-        })
-        text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
-        (staging / MANIFEST).write_text(text, encoding="utf-8")
-        (staging / MANIFEST_HASH).write_text(sha256_file(staging / MANIFEST) + "\n", encoding="utf-8")
+        phases = {}
+        for phase, (phase_model, phase_cohort) in (phase_models or {}).items():
+            phase_model._check_fitted()
+            (staging / PHASES_DIR / phase).mkdir(parents=True)
+            _write_artifact(phase_model, staging / PHASES_DIR / phase, phase_cohort, {}, {})
+            phases[phase] = f"{PHASES_DIR}/{phase}"
+        _write_artifact(model, staging, cohort_info, extra_files or {}, phases)
     return Path(path)
+
+
+def _write_artifact(model: FusionModel, staging: Path, cohort_info: dict, extra_files: dict[str, str],
+                    phase_models: dict[str, str]) -> None:
+    (staging / "heads").mkdir()
+    state = {k: v.detach().contiguous() for k, v in model.encoder_.model_.state_dict().items()}
+    save_file(state, str(staging / ENCODER_FILE))
+
+    def save_head(key: str, head: XGBHead) -> str:
+        rel = f"heads/{key}.json"
+        head.save(staging / rel)
+        return rel
+
+    variants = {name: fit.to_manifest(save_head) for name, fit in model.variants_.items()}
+    subtypes = {name: fit.to_manifest(save_head) for name, fit in model.subtypes_.items()}
+    model.oof_.to_csv(staging / OOF_FILE, index_label="lesion_id")
+    for rel, text in extra_files.items():
+        (staging / rel).write_text(text, encoding="utf-8")
+    files = {p.relative_to(staging).as_posix(): sha256_file(p)
+             for p in sorted(staging.rglob("*")) if p.is_file()}
+    manifest = json_safe({
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "package_version": __version__, "schema_version": SCHEMA_VERSION,
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": model.config.model_dump(mode="json"),
+        "cohort": cohort_info,
+        "crop_channels": model.crop_channels_,
+        "encoder": {"file": ENCODER_FILE, "oof_auc": model.encoder_.oof_auc_,
+                    "final_epochs": model.encoder_.final_epochs_},
+        "pca": model.pca_,
+        "tabular_groups": model.tabular_groups_,
+        "variants": variants,
+        "subtypes": subtypes or None, "subtype": model.subtype_info_,
+        "primary_variant": model.primary_variant,
+        "metrics": {"oof_auc": model.oof_auc_, "baseline_oof_auc": model.baseline_oof_auc_},
+        "phase_models": phase_models or None,
+        "files": files,
+    })
+    text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    (staging / MANIFEST).write_text(text, encoding="utf-8")
+    (staging / MANIFEST_HASH).write_text(sha256_file(staging / MANIFEST) + "\n", encoding="utf-8")
 
 
 def read_manifest(path: Path) -> dict:
@@ -154,3 +172,18 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
                                    manifest["crop_channels"], manifest["metrics"]["baseline_oof_auc"],
                                    pd.read_csv(path / OOF_FILE, index_col="lesion_id"), progress=progress,
                                    manifest=manifest, subtypes=subtypes, subtype_info=manifest.get("subtype"))
+
+
+def load_phase_models(path: Path, progress: bool = False) -> dict[str, FusionModel]:
+    """The same experiment trained on each CT phase alone (``compare_phases``), by phase; empty when the
+    artifact has none."""
+    path = Path(path)
+    entries = read_manifest(path).get("phase_models") or {}
+    models = {}
+    for phase, rel in entries.items():
+        folder = (path / rel).resolve()
+        if path.resolve() not in folder.parents:
+            raise UserInputError(f"{path / MANIFEST}: phase model {phase!r} points outside the artifact ({rel}); "
+                                 "the artifact is damaged: retrain or restore it")
+        models[phase] = load_model(folder, progress=progress)
+    return models

@@ -250,6 +250,11 @@ class ExperimentConfig(StrictModel):
     masks: list[str] = Field(default_factory=lambda: ["a"], description="outlines the encoder trains on: [a] the "
                              "first reader's (mask_path); [a, b] also the second reader's (mask_path_b) as "
                              "augmentation, one of the two drawn per lesion and epoch")
+    compare_phases: bool = Field(False, description="also train the same experiment on each CT phase alone (same "
+                                 "lesions, outlines and folds), kept in the artifact, so that `evaluate` on a "
+                                 "multi-phase cohort adds the per-phase table (each phase alone against all "
+                                 "phases, paired DeLong per target and type); training takes (1 + phases) times "
+                                 "as long")
     search: SearchConfig | None = Field(None, description="hyperparameter search space for `fusion-model tune`")
 
     @field_validator("variants")

@@ -34,6 +34,7 @@ from fusion_model.config import ExperimentConfig
 from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.errors import UserInputError
 from fusion_model.evaluate.stats import nan_safe_auc
+from fusion_model.features.radiological import features_seen_with
 from fusion_model.features.table import fit_pca, imaging_features, tabular_features
 from fusion_model.heads.baselines import rule_scores
 from fusion_model.heads.subtype import (
@@ -73,6 +74,22 @@ class LesionData:
         return LesionData(self.table.loc[ids], self.image_features.reindex(ids), self.crops[positions],
                           self.extra_features,
                           None if self.second_reader_crops is None else self.second_reader_crops[positions])
+
+    def with_phases(self, phases: list[str], cohort_phases: list[str]) -> LesionData:
+        """What a cohort with only ``phases`` (of the CT phases ``cohort_phases`` these crops hold) would show of
+        the same lesions: those phases' crop channels and the mask, the radiological features computed from no
+        other phase, and no table ``unenhanced_hu`` without the unenhanced phase. For the per-phase comparison
+        (``compare_phases``): the same lesions, outlines and folds, only the phases differ."""
+        unknown = [p for p in phases if p not in cohort_phases]
+        if unknown or self.crops.shape[1] != len(cohort_phases) + 1:
+            raise ValueError(f"phases {phases} are not a subset of the crops' phases {cohort_phases}")
+        channels = [cohort_phases.index(p) for p in phases] + [len(cohort_phases)]
+        table = self.table.copy()
+        if "unenhanced" not in phases and "unenhanced_hu" in table:
+            table["unenhanced_hu"] = np.nan
+        features = self.image_features[features_seen_with(self.image_features.columns, phases)]
+        second = None if self.second_reader_crops is None else self.second_reader_crops[:, channels]
+        return LesionData(table, features, self.crops[:, channels], self.extra_features, second)
 
 
 def variant_tabular_features(variant: str, tabular_groups: dict[str, list[str]]) -> list[str]:

@@ -115,6 +115,8 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
         raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
     cohort = load_cohort(cohort_dir, require_label=True)
     train_mask = split_lesions(cohort.table, config, test_centre)
+    if config.compare_phases:
+        check_phases_to_compare(cohort)
     data, errors, notes = lesion_data(cohort, config, cache, strict, progress)
     if len(data.table) == 0:
         raise UserInputError(f"{cohort_dir}: no lesion could be read; see the errors above")
@@ -128,6 +130,14 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     checkpoints = out.parent / f".{out.name}.checkpoints"
     model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints)
     model.fit(train_data, labels, train_data.table["patient_id"].to_numpy())
+    phase_models = {}
+    for phase in cohort.spec.phases if config.compare_phases else ():
+        if progress:
+            print(f"compare_phases: the same experiment on the {phase} phase alone")
+        phase_model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints / phase)
+        phase_model.fit(train_data.with_phases([phase], cohort.spec.phases), labels,
+                        train_data.table["patient_id"].to_numpy())
+        phase_models[phase] = phase_model
 
     run = TrainRun(model, out, errors, notes)
     extra_files = {}
@@ -156,9 +166,21 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
         "oracle_auc_training": run.oracle_auc, "test_auc": run.test_auc,
         "masks": config.masks, "second_reader_lesions": second_reader_lesions,
     }
-    save_model(model, out, cohort_info, overwrite=overwrite, extra_files=extra_files)
+    phase_entries = {phase: (phase_model, {**cohort_info, "phases": [phase], "channels": [phase, "mask"],
+                                           "test_auc": {}, "phase_of": cohort.spec.phases})
+                     for phase, phase_model in phase_models.items()}
+    save_model(model, out, cohort_info, overwrite=overwrite, extra_files=extra_files, phase_models=phase_entries)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return run
+
+
+def check_phases_to_compare(cohort: Cohort) -> None:
+    """``compare_phases`` needs a cohort with CT intensities on several phases."""
+    if not cohort.spec.ct_intensities or len(cohort.spec.phases) < 2:
+        shown = cohort.spec.phases if cohort.spec.ct_intensities else "none with CT intensities"
+        raise UserInputError(f"{cohort.root / COHORT_FILE}: the experiment sets 'compare_phases: true', which trains "
+                             f"the model on each CT phase alone, but this cohort's phases are {shown}; give a "
+                             "cohort with several phases or set 'compare_phases: false'")
 
 
 def check_cohort_matches_model(cohort: Cohort, model: FusionModel) -> None:

@@ -112,7 +112,7 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
     external = synthesize_cohort(tmp_path / "e", SynthConfig(patients=40, seed=42), progress=False)
     config = tmp_path / "x.yaml"
     config.write_text(yaml.safe_dump({**TINY_EXPERIMENT, "targets": ["malignancy", "lesion_type"],
-                                      "subtype": {"min_lesions": 6, "merge_rare": True}}))
+                                      "subtype": {"min_lesions": 6, "merge_rare": True}, "compare_phases": True}))
     cache = ImageCache(tmp_path / "cache")
     run = pipeline.train(load_experiment(config), cohort, tmp_path / "m", cache, progress=False)
     info = run.model.subtype_info_
@@ -146,6 +146,35 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
     assert sum(map(sum, primary["confusion"]["counts"])) == subtype["lesions"]
     assert "Lesion type" in (tmp_path / "ev/report.html").read_text()
     assert "confusion.png" in evaluation.files
+
+    # per phase: the same experiment on each phase alone, against all phases, on the same lesions
+    from fusion_model.artifact import load_phase_models
+
+    phase_models = load_phase_models(tmp_path / "m")
+    assert set(phase_models) == {"unenhanced", "venous"}
+    assert phase_models["venous"].crop_channels_ == 2 and reloaded.crop_channels_ == 3
+    assert "unenhanced_mean_hu" not in phase_models["venous"].tabular_groups_["radiological"]
+    assert "venous_enhancement_hu" not in phase_models["venous"].tabular_groups_["radiological"]
+    assert "unenhanced_mean_hu" in phase_models["unenhanced"].tabular_groups_["radiological"]
+    comparison = evaluation.metrics["phase_comparison"]
+    assert comparison["reference"] == "unenhanced+venous" and comparison["variant"] == "all"
+    rows = {r["name"]: r for r in comparison["sets"]}
+    assert set(rows) == {"unenhanced", "venous", "unenhanced+venous"}
+    assert rows["unenhanced+venous"]["malignancy"]["auc"] == pytest.approx(
+        evaluation.metrics["models"]["all"]["auc"]["value"])
+    assert rows["unenhanced+venous"]["subtype"]["macro_auc"] == pytest.approx(primary["macro_auc"])
+    for name in ("unenhanced", "venous"):
+        test = rows[name]["malignancy"]["vs_reference"]
+        assert 0 <= test["p_value"] <= 1 and test["difference_ci95"][0] < test["difference"] < test["difference_ci95"][1]
+        macro = rows[name]["subtype"]
+        low, high = macro["macro_auc_ci95"]
+        assert low <= macro["macro_auc"] <= high and set(macro["per_class"]) == set(info["classes"])
+        # the phase model scores what it scores on its own phase view of the same lesions
+        view = data.with_phases([name], ["unenhanced", "venous"])
+        expected = phase_models[name].predict_variants(view)["p_all"]
+        labels = data.table.loc[expected.index, "label"].astype(int)
+        assert roc_auc_score(labels, expected) == pytest.approx(rows[name]["malignancy"]["auc"])
+    assert "Per phase" in (tmp_path / "ev/report.html").read_text()
 
     # explain: type probabilities on the card, SHAP of the most likely type, additive per class
     from fusion_model.explain.contributions import SubtypeExplainer

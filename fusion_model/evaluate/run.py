@@ -16,6 +16,7 @@ from fusion_model import __version__
 from fusion_model.catalogue import MASK_SOURCE_WORDS, rule_description, variant_description
 from fusion_model.errors import UserInputError
 from fusion_model.evaluate import plots, stats
+from fusion_model.evaluate.phases import phase_comparison
 from fusion_model.evaluate.subtype import subtype_metrics
 from fusion_model.evaluate.metrics import (
     CASE_COLUMNS,
@@ -296,6 +297,35 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
                             primary=primary, overwrite=overwrite)
 
 
+def _phase_comparison(model_dir: Path, model, data, labels: pd.Series, predicted: pd.DataFrame, types: dict,
+                      progress: bool) -> dict | None:
+    """Each phase alone against all phases on these lesions (models trained with ``compare_phases``)."""
+    from fusion_model.artifact import load_phase_models
+
+    phase_models = load_phase_models(model_dir, progress=progress)
+    if not phase_models:
+        return None
+    primary = model.primary_variant
+    cohort_phases = model.manifest_["cohort"]["phases"]
+    everything = "+".join(cohort_phases)
+    scores = {}
+    type_probabilities = {everything: types[primary]} if types else {}
+    for phase, phase_model in phase_models.items():
+        view = data.with_phases([phase], cohort_phases)
+        frames = phase_model.feature_frames(view)
+        variant = primary if primary in phase_model.variants_ else phase_model.primary_variant
+        scores[phase] = phase_model.predict_variants(view, frames)[f"p_{variant}"]
+        phase_types = phase_model.predict_types(view, frames)
+        if phase_types and variant in phase_types and phase_model.subtype_info_["classes"] == \
+                model.subtype_info_["classes"]:
+            type_probabilities[phase] = phase_types[variant]
+    scores[everything] = predicted[f"p_{primary}"]
+    lesion_types = data.table["lesion_type"] if "lesion_type" in data.table else None
+    return phase_comparison(labels, scores, lesion_types, type_probabilities, model.subtype_info_,
+                            reference=everything, phases={**{p: [p] for p in phase_models}, everything: cohort_phases},
+                            variant=primary)
+
+
 def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings: EvaluationSettings | None = None,
                    strict: bool = False, overwrite: bool = False, progress: bool = True,
                    centre: str | None = None, split: str | None = None) -> EvaluationResult:
@@ -329,6 +359,8 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
             pd.Series(np.nan, index=data.table.index, dtype=object)
         metrics["subtype"] = subtype_metrics(lesion_types, types, model.subtype_info_, cohort.root)
         predicted = pd.concat([predicted, types[model.primary_variant]], axis=1)
+    metrics["phase_comparison"] = _phase_comparison(model_dir, model, data, cases["label"], predicted, types,
+                                                    progress)
     fingerprint = cohort_fingerprint(cohort)
     warnings = []
     overlap_note = None

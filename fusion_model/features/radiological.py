@@ -20,6 +20,8 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
+from clinical_schema import PHASES
+
 SIZE_DISAGREEMENT_FRACTION = 0.20
 HU_DISAGREEMENT = 10.0
 
@@ -144,6 +146,26 @@ def enhancement_features(means: dict[str, float]) -> dict[str, float]:
             else math.nan
         out["relative_washout_percent"] = 100.0 * (venous - delayed) / venous if abs(venous) > 1e-6 else math.nan
     return out
+
+
+WASHOUT_PHASES = {"absolute_washout_percent": {"unenhanced", "venous", "delayed"},
+                  "relative_washout_percent": {"venous", "delayed"}}
+
+
+def phases_needed(feature: str, known_phases=PHASES) -> set[str]:
+    """The CT phases a radiological feature is computed from (none for the shape features)."""
+    if feature in WASHOUT_PHASES:
+        return set(WASHOUT_PHASES[feature])
+    phase = next((p for p in known_phases if feature.startswith(f"{p}_")), None)
+    if phase is None:
+        return set()
+    return {phase, "unenhanced"} if feature.endswith("_enhancement_hu") else {phase}
+
+
+def features_seen_with(features, phases, known_phases=PHASES) -> list[str]:
+    """The features (in their order) a cohort with only ``phases`` would have: those computed from no phase
+    outside them."""
+    return [f for f in features if phases_needed(f, known_phases) <= set(phases)]
 
 
 def lesion_region(mask01: sitk.Image, pad: int = 1) -> tuple[list[int], list[int]]:

@@ -1,0 +1,128 @@
+"""The per-phase table of an evaluation: the same experiment trained on each CT phase alone against all phases
+together (``compare_phases: true`` at training), on the same lesions of the evaluated cohort.
+
+For each phase set, the primary variant's malignancy AUC (DeLong 95% CI) and, with lesion-type heads, each
+type's one-vs-rest AUC (DeLong 95% CI) and the macro AUC (percentile CI from a lesion bootstrap); against all
+phases, DeLong's paired test per target and type (difference, its 95% CI, two-sided p) and the macro AUC's
+difference with a paired bootstrap CI (the same resampled lesions for both). The reference row is the model
+trained on all phases, i.e. the evaluated model itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.stats as sps
+
+from fusion_model.evaluate import stats
+from fusion_model.heads.subtype import SubtypeClasses
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def _auc_block(labels: np.ndarray, scores: np.ndarray) -> dict:
+    try:
+        d = stats.delong(labels, scores)
+    except stats.SingleClassError:
+        return {"auc": None, "auc_ci95": None}
+    return {"auc": float(d.aucs[0]), "auc_ci95": list(d.ci(0))}
+
+
+def _paired(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray) -> dict:
+    try:
+        test = stats.delong_paired_test(labels, scores, reference)
+    except stats.SingleClassError:
+        return {"difference": None, "difference_ci95": None, "p_value": None, "note": "one class only"}
+    return {"difference": test.difference, "difference_ci95": list(test.ci) if test.ci else None,
+            "p_value": test.p_value, "note": test.note}
+
+
+def bootstrap_macro_auc(y: np.ndarray, probabilities: list[np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Macro one-vs-rest AUC of each probability matrix over the same resampled lesions: (resamples, sets).
+    A class absent from a resample (or present alone) is left out of that resample's mean, for every set."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    index = rng.integers(0, n, size=(resamples, n))
+    ys = y[index]
+    classes = probabilities[0].shape[1]
+    sums = np.zeros((resamples, len(probabilities)))
+    counts = np.zeros(resamples)
+    for k in range(classes):
+        positive = ys == k
+        m = positive.sum(axis=1)
+        valid = (m > 0) & (m < n)
+        counts += valid
+        for j, p in enumerate(probabilities):
+            ranks = sps.rankdata(p[index, k], axis=1)
+            auc = ((ranks * positive).sum(axis=1) - m * (m + 1) / 2) / np.maximum(m * (n - m), 1)
+            sums[:, j] += np.where(valid, auc, 0.0)
+    return sums / np.maximum(counts, 1)[:, None]
+
+
+def phase_comparison(labels: pd.Series, scores: dict[str, pd.Series], types: pd.Series | None = None,
+                     type_probabilities: dict[str, pd.DataFrame] | None = None, subtype_info: dict | None = None,
+                     reference: str = "all", phases: dict[str, list[str]] | None = None,
+                     variant: str | None = None) -> dict:
+    """The table: ``scores`` maps a phase set's name to its malignancy probabilities (``reference`` the model
+    on all phases), ``type_probabilities`` to its p_type_* frame (classes of ``subtype_info``); all on the same
+    lesions (``labels``' index)."""
+    index = labels.index
+    y = labels.to_numpy(int)
+    ref = scores[reference].reindex(index).to_numpy(float)
+    out = {"reference": reference, "variant": variant, "lesions": len(index), "sets": []}
+    subtype = None
+    if type_probabilities and subtype_info and types is not None:
+        classes, merged = list(subtype_info["classes"]), list(subtype_info.get("merged_into_rare") or [])
+        codes = SubtypeClasses(classes, merged).encode(types.reindex(index))
+        kept = codes >= 0
+        y_type = codes[kept]
+        matrices = {name: frame.reindex(index).loc[kept, [f"p_type_{c}" for c in classes]].to_numpy(float)
+                    for name, frame in type_probabilities.items()}
+        names = [n for n in scores if n in matrices]
+        macro = bootstrap_macro_auc(y_type, [matrices[n] for n in names]) if kept.sum() and names else None
+        subtype = {"classes": classes, "lesions": int(kept.sum()), "names": names, "y": y_type,
+                   "matrices": matrices, "macro": macro}
+        out["subtype_classes"], out["subtype_lesions"] = classes, int(kept.sum())
+        out["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "unit": "lesion"}
+    for name, series in scores.items():
+        p = series.reindex(index).to_numpy(float)
+        row = {"name": name, "phases": (phases or {}).get(name, [name]), "is_reference": name == reference,
+               "malignancy": {**_auc_block(y, p),
+                              "vs_reference": None if name == reference else _paired(y, p, ref)}}
+        if subtype is not None and name in subtype["matrices"]:
+            row["subtype"] = _subtype_row(subtype, name, reference)
+        out["sets"].append(row)
+    return out
+
+
+def _subtype_row(subtype: dict, name: str, reference: str) -> dict:
+    y, classes = subtype["y"], subtype["classes"]
+    matrix, ref = subtype["matrices"][name], subtype["matrices"].get(reference)
+    per_class = {}
+    for k, c in enumerate(classes):
+        labels = (y == k).astype(int)
+        block = _auc_block(labels, matrix[:, k])
+        block["vs_reference"] = None if name == reference or ref is None else _paired(labels, matrix[:, k], ref[:, k])
+        per_class[c] = block
+    aucs = [b["auc"] for b in per_class.values() if b["auc"] is not None]
+    row = {"per_class": per_class, "macro_auc": float(np.mean(aucs)) if aucs else None,
+           "macro_auc_ci95": None, "macro_vs_reference": None}
+    macro = subtype["macro"]
+    if macro is not None:
+        j = subtype["names"].index(name)
+        row["macro_auc_ci95"] = [float(v) for v in np.quantile(macro[:, j], [0.025, 0.975])]
+        if name != reference and reference in subtype["names"]:
+            difference = macro[:, j] - macro[:, subtype["names"].index(reference)]
+            low, high = np.quantile(difference, [0.025, 0.975])
+            row["macro_vs_reference"] = {"difference": row["macro_auc"] - _macro(subtype, reference),
+                                         "difference_ci95": [float(low), float(high)],
+                                         "reference_lower_beyond_ci": bool(low > 0)}
+    return row
+
+
+def _macro(subtype: dict, name: str) -> float:
+    matrix, y = subtype["matrices"][name], subtype["y"]
+    aucs = [stats.nan_safe_auc((y == k).astype(int), matrix[:, k]) for k in range(matrix.shape[1])]
+    return float(np.nanmean(aucs))
