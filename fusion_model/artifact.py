@@ -3,7 +3,10 @@
     manifest.json        versions, config, feature names, cohort fingerprint, metrics,
                          calibrators and thresholds as plain numbers, SHA-256 of every file
     manifest.sha256      SHA-256 of manifest.json
-    encoder.safetensors  encoder weights (safetensors: tensors only)
+    encoder/foldK.safetensors   the encoder's fold networks (safetensors: tensors only); they score new
+                         lesions (encoder.inference: fold_ensemble) and are kept either way
+    encoder/final.safetensors   the network trained on all lesions (encoder.inference: final only)
+    encoder/alignment.safetensors  each network's map into the shared embedding space (procrustes)
     heads/*.json         XGBoost models in XGBoost's own JSON format (named in each variant's entry; the
                          subtype heads, with targets [malignancy, lesion_type], in "subtypes")
     oof_predictions.csv  out-of-fold probabilities on the training lesions
@@ -19,6 +22,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -26,20 +30,23 @@ from clinical_schema import SCHEMA_VERSION
 from fusion_model import __version__
 from fusion_model.config import ExperimentConfig
 from fusion_model.configbase import parse_model
+from fusion_model.encoder.alignment import SimilarityMap
 from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.encoder.train import build_network
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, json_safe, sha256_file
+from fusion_model.heads.logistic import LogisticHead
 from fusion_model.heads.subtype import SubtypeFit
 from fusion_model.heads.variant import VariantFit
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.model import FusionModel
 
 FORMAT = "fusion-model-artifact"
-FORMAT_VERSION = 2  # 2: one entry per fitted variant, its heads inside it
+FORMAT_VERSION = 3  # 2: one entry per fitted variant, its heads inside it; 3: the encoder's fold networks
 MANIFEST = "manifest.json"
 MANIFEST_HASH = "manifest.sha256"
-ENCODER_FILE = "encoder.safetensors"
+ENCODER_DIR = "encoder"
+ALIGNMENT_FILE = f"{ENCODER_DIR}/alignment.safetensors"
 OOF_FILE = "oof_predictions.csv"
 
 
@@ -67,8 +74,19 @@ def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: boo
 def _write_artifact(model: FusionModel, staging: Path, cohort_info: dict, extra_files: dict[str, str],
                     phase_models: dict[str, str]) -> None:
     (staging / "heads").mkdir()
-    state = {k: v.detach().contiguous() for k, v in model.encoder_.model_.state_dict().items()}
-    save_file(state, str(staging / ENCODER_FILE))
+    (staging / ENCODER_DIR).mkdir()
+    encoder = model.encoder_
+    networks = {f"fold{k}": network for k, network in enumerate(encoder.fold_models_)}
+    if hasattr(encoder, "model_"):
+        networks["final"] = encoder.model_
+    network_files = {}
+    for name, network in networks.items():
+        network_files[name] = f"{ENCODER_DIR}/{name}.safetensors"
+        save_file({k: v.detach().contiguous() for k, v in network.state_dict().items()},
+                  str(staging / network_files[name]))
+    if encoder.alignment_ is not None:
+        save_file({k: torch.from_numpy(v) for name, m in encoder.alignment_.items()
+                   for k, v in m.to_arrays(name).items()}, str(staging / ALIGNMENT_FILE))
 
     def save_head(key: str, head: XGBHead) -> str:
         rel = f"heads/{key}.json"
@@ -89,8 +107,9 @@ def _write_artifact(model: FusionModel, staging: Path, cohort_info: dict, extra_
         "config": model.config.model_dump(mode="json"),
         "cohort": cohort_info,
         "crop_channels": model.crop_channels_,
-        "encoder": {"file": ENCODER_FILE, "oof_auc": model.encoder_.oof_auc_,
-                    "final_epochs": model.encoder_.final_epochs_},
+        "encoder": {"networks": network_files, "inference": encoder.inference_,
+                    "alignment": ALIGNMENT_FILE if encoder.alignment_ is not None else None,
+                    "oof_auc": encoder.oof_auc_, "final_epochs": encoder.final_epochs_},
         "pca": model.pca_,
         "tabular_groups": model.tabular_groups_,
         "variants": variants,
@@ -143,17 +162,31 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
     path = Path(path)
     manifest = read_manifest(path)
     config = parse_model(ExperimentConfig, manifest["config"], f"{path / MANIFEST} config")
-    network = build_network(config.encoder, manifest["crop_channels"])
-    encoder_file = path / manifest["encoder"]["file"]
-    try:
-        network.load_state_dict(load_file(str(encoder_file)), strict=True)
-    except (SafetensorError, RuntimeError, OSError, ValueError, KeyError) as err:  # wrong file: nothing ran
-        raise UserInputError(f"{encoder_file}: not the encoder weights this model's config describes "
-                             f"({type(err).__name__}); the artifact is damaged: retrain or restore it") from None
-    encoder = ImageEncoder.from_network(config, network, manifest["encoder"]["oof_auc"],
-                                        manifest["encoder"]["final_epochs"], progress=progress)
+    entry = manifest["encoder"]
+    networks = {}
+    for name, rel in entry["networks"].items():
+        network = build_network(config.encoder, manifest["crop_channels"])
+        try:
+            network.load_state_dict(load_file(str(path / rel)), strict=True)
+        except (SafetensorError, RuntimeError, OSError, ValueError, KeyError) as err:  # wrong file: nothing ran
+            raise UserInputError(f"{path / rel}: not the encoder weights this model's config describes "
+                                 f"({type(err).__name__}); the artifact is damaged: retrain or restore it") from None
+        networks[name] = network
+    alignment = None
+    if entry.get("alignment"):
+        try:
+            arrays = {k: v.numpy() for k, v in load_file(str(path / entry["alignment"])).items()}
+            alignment = {name: SimilarityMap.from_arrays(arrays, name) for name in networks}
+        except (SafetensorError, OSError, KeyError, IndexError) as err:
+            raise UserInputError(f"{path / entry['alignment']}: not the embedding maps of this model's networks "
+                                 f"({type(err).__name__}); the artifact is damaged: retrain or restore it") from None
+    folds = [networks[f"fold{k}"] for k in range(sum(name.startswith("fold") for name in networks))]
+    encoder = ImageEncoder.from_networks(config, folds, networks.get("final"), alignment, entry["inference"],
+                                         entry["oof_auc"], entry["final_epochs"], progress=progress)
 
-    def load_head(rel: str, features: list[str]) -> XGBHead:
+    def load_head(rel: str, features: list[str], learner: str = "xgboost") -> XGBHead | LogisticHead:
+        if learner == "logistic":
+            return LogisticHead.load(path / rel, features)
         return XGBHead.load(path / rel, config.xgboost, features)
 
     try:

@@ -225,7 +225,9 @@ def _print_training_summary(run) -> None:
         table.add_column(column)
     for variant, fit in model.variants_.items():
         a = fit.oof_auc
-        table.add_row(variant, fit.method, _fmt_auc(fit.score_oof_auc), _fmt_auc(a.get("fusion_head")),
+        method = fit.method.replace("_", " ") + (f" ({fit.learner})" if fit.learner else "") + \
+            (" chosen by nested CV" if fit.selection else "")
+        table.add_row(variant, method, _fmt_auc(fit.score_oof_auc), _fmt_auc(a.get("fusion_head")),
                       _fmt_auc(a.get("late_fusion")), _fmt_auc(a.get("tabular_head")), _fmt_auc(a.get("image_logit")))
     for rule, auc in model.baseline_oof_auc_.items():
         table.add_row(f"rule {rule}", "guideline rule", _fmt_auc(auc), "", "", "", "")
@@ -261,6 +263,8 @@ def train(
     cache: Annotated[Path | None, typer.Option(help="image cache directory")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    device: Annotated[str, typer.Option("--device", help="where the encoder trains: cpu (the default), cuda "
+                                                         "(mixed precision) or auto (CUDA when present)")] = "cpu",
 ) -> None:
     """Train the encoder, the heads of every variant and the calibration; write a model artifact."""
     from fusion_model import pipeline
@@ -268,7 +272,7 @@ def train(
 
     experiment = load_experiment(config)
     run = pipeline.train(experiment, cohort, out, _cache(cache), test_centre=test_centre, strict=strict,
-                         overwrite=overwrite)
+                         overwrite=overwrite, device=device)
     for error in run.errors:
         console.print(f"[red]unreadable[/red] lesion {error.lesion_id} (row {error.row}): {error.message}")
     for note in run.notes[:20]:

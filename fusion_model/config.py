@@ -67,6 +67,14 @@ class EncoderConfig(StrictModel):
     augmentation_strength: float = Field(1.0, ge=0, le=3)
     hu_jitter: float = Field(10.0, ge=0, description="intensity shift, HU")
     tta_views: int = Field(4, ge=1, le=4, description="1 = no test-time augmentation; up to 4 axial flips")
+    inference: Literal["fold_ensemble", "final"] = Field(
+        "fold_ensemble", description="how new lesions are scored: the average of the fold networks (each trained "
+        "without one fold; the networks the heads learned from), or one final network trained on all lesions for "
+        "the median best epoch count (also trained then; the fold networks are kept either way)")
+    embedding_alignment: Literal["procrustes", "none"] = Field(
+        "procrustes", description="put every network's embedding in one space before the heads see it: each fold "
+        "(and final) network's embedding of the training lesions is mapped onto their consensus by a similarity "
+        "transform (generalised Procrustes); 'none' leaves each network's own coordinates")
     slices_per_lesion: int = Field(6, ge=1, description="2.5D: slice stacks per lesion per epoch")
     aggregation: Literal["topk_mean", "fraction_above"] = "topk_mean"
     top_k: int = Field(3, ge=1)
@@ -122,11 +130,18 @@ class XGBoostConfig(StrictModel):
 
 
 class FusionConfig(StrictModel):
-    """How a variant combines the image and the tabular features: fusion head or late fusion."""
+    """How a variant combines the image and the tabular features, and which learner its heads are."""
 
-    method: Literal["fusion_head", "late_fusion"] = Field(
-        "fusion_head", description="what a variant outputs: the XGBoost fusion head, or the weighted average of "
-                                   "image and tabular logits")
+    method: Literal["fusion_head", "late_fusion", "tabular_head", "auto"] = Field(
+        "fusion_head", description="what a variant outputs: the fusion head (imaging + tabular features), the "
+                                   "weighted average of image and tabular logits (late fusion), the tabular head "
+                                   "alone, or auto: whichever of the three scores best by inner cross-validation "
+                                   "on the training folds")
+    head: Literal["xgboost", "logistic", "auto"] = Field(
+        "xgboost", description="the heads' learner: XGBoost, an L2-regularised logistic regression (scikit-learn; "
+                               "for small cohorts), or auto: chosen with the method by inner cross-validation")
+    logistic_c: float = Field(1.0, gt=0, le=1e6, description="inverse L2 strength of the logistic head (features "
+                                                             "standardised)")
     late_fusion_weights: list[float] = Field(default_factory=lambda: [i / 10 for i in range(11)])
     inner_folds: int = Field(3, ge=2, le=10, description="inner CV folds choosing the late-fusion weight")
     fixed_weight: float | None = Field(None, ge=0, le=1, description="late-fusion weight of the image logit; "

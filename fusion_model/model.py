@@ -100,10 +100,11 @@ def variant_tabular_features(variant: str, tabular_groups: dict[str, list[str]])
 class FusionModel:
     """Encoder + heads for every model variant, with scikit-learn's fit / predict_proba contract."""
 
-    def __init__(self, config: ExperimentConfig, progress: bool = True, checkpoint_dir=None):
+    def __init__(self, config: ExperimentConfig, progress: bool = True, checkpoint_dir=None, device: str = "cpu"):
         self.config = config
         self.progress = progress
         self.checkpoint_dir = checkpoint_dir
+        self.device = device  # where the encoder trains (cpu, cuda, auto); scoring runs on the CPU
 
     @classmethod
     def from_fitted(cls, config: ExperimentConfig, encoder: ImageEncoder, variants: dict[str, VariantFit],
@@ -139,7 +140,8 @@ class FusionModel:
         groups = np.asarray(patient_ids)
         if len(y) != len(data.table) or len(groups) != len(y):
             raise UserInputError("labels and patient ids must have one entry per lesion")
-        encoder = ImageEncoder.for_experiment(self.config, self.checkpoint_dir, self.progress).fit(
+        encoder = ImageEncoder.for_experiment(self.config, self.checkpoint_dir, self.progress,
+                                              device=getattr(self, "device", "cpu")).fit(
             data.crops, y, groups, second_reader_crops=data.second_reader_crops)
         return self.fit_heads(data, y, groups, encoder)
 

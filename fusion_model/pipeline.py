@@ -108,9 +108,13 @@ class TrainRun:
 
 
 def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCache, test_centre: str | None = None,
-          strict: bool = False, overwrite: bool = False, progress: bool = True) -> TrainRun:
-    """Train on a cohort's training part, score its test part, and write the artifact."""
+          strict: bool = False, overwrite: bool = False, progress: bool = True, device: str = "cpu") -> TrainRun:
+    """Train on a cohort's training part, score its test part, and write the artifact. ``device``: where the
+    encoder trains (cpu, cuda with mixed precision, or auto)."""
+    from fusion_model.devices import resolve_device
+
     out = Path(out)
+    device = str(resolve_device(device))  # a CUDA request on a machine without one is refused before any work
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
     cohort = load_cohort(cohort_dir, require_label=True)
@@ -128,13 +132,13 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     train_data = data.subset(np.flatnonzero(is_train))
     labels = train_data.table["label"].astype(int).to_numpy()
     checkpoints = out.parent / f".{out.name}.checkpoints"
-    model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints)
+    model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints, device=device)
     model.fit(train_data, labels, train_data.table["patient_id"].to_numpy())
     phase_models = {}
     for phase in cohort.spec.phases if config.compare_phases else ():
         if progress:
             print(f"compare_phases: the same experiment on the {phase} phase alone")
-        phase_model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints / phase)
+        phase_model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints / phase, device=device)
         phase_model.fit(train_data.with_phases([phase], cohort.spec.phases), labels,
                         train_data.table["patient_id"].to_numpy())
         phase_models[phase] = phase_model

@@ -150,7 +150,7 @@ def test_centre_missing_from_cohort_json_names_its_rows(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- artifacts
-@pytest.mark.parametrize("target", ["encoder.safetensors", "heads/all_fusion.json"])
+@pytest.mark.parametrize("target", ["encoder/fold0.safetensors", "heads/all_fusion.json"])
 def test_artifact_file_of_the_wrong_format_is_one_line_exit_2(trained_model, tmp_path, target):
     from fusion_model.fileio import sha256_file
 

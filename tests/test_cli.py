@@ -153,3 +153,20 @@ def test_demo_end_to_end_at_a_reduced_size(tmp_path):
         assert variant in result.stdout
     assert "oracle" in result.stdout
     assert "reader agreement on" in result.stdout and summary["agreement"]["lesions"] == summary["lesions"]["external"]
+
+
+def test_train_on_a_missing_gpu_is_one_line_exit_2_before_any_work(trained_model, tmp_path):
+    import torch
+    import yaml
+
+    from tests.conftest import TINY_EXPERIMENT
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    config = tmp_path / "x.yaml"
+    config.write_text(yaml.safe_dump(TINY_EXPERIMENT))
+    result = run_cli("train", "--config", config, "--cohort", trained_model["train_cohort"], "--out",
+                     tmp_path / "m", "--device", "cuda")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--device cuda" in result.stderr and "no CUDA device" in result.stderr
+    assert not (tmp_path / "m").exists()

@@ -8,6 +8,7 @@ from fusion_model.encoder.network import LesionEncoder, count_flops
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
 from fusion_model.encoder.train import build_network, predict, train_encoder
 from fusion_model.encoder.transforms import augment, training_transforms
+from fusion_model.errors import UserInputError
 
 TINY = dict(width=4, depth=2, embedding_size=8, stem_stride=2, batch_size=8, tta_views=2)
 
@@ -113,6 +114,54 @@ def test_out_of_fold_outputs_never_come_from_a_model_that_saw_the_patient():
     assert encoder.transform(crops[:3]).shape == (3, 8)
 
 
+def test_procrustes_puts_rotated_scaled_shifted_spaces_on_one():
+    from scipy.stats import ortho_group
+
+    from fusion_model.encoder.alignment import consensus_maps, similarity_map
+
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal((200, 6))
+    spaces = [shared @ ortho_group.rvs(6, random_state=k) * (1 + k) + rng.normal(0, 3, 6)
+              + 0.01 * rng.standard_normal((200, 6)) for k in range(4)]
+    maps = consensus_maps(spaces)
+    aligned = [m(z) for m, z in zip(maps, spaces)]
+    spread = np.abs(aligned[0]).mean()
+    for z in aligned[1:]:
+        assert np.abs(z - aligned[0]).mean() < 0.05 * spread  # one space after alignment
+    assert np.abs(spaces[1] - spaces[0]).mean() > 0.5 * spread  # and far apart before
+    exact = similarity_map(spaces[2], spaces[0])
+    assert np.abs(exact(spaces[2]) - spaces[0]).mean() < 0.05 * np.abs(spaces[0]).std()
+
+
+def test_new_lesions_are_scored_by_the_fold_ensemble_in_one_embedding_space():
+    crops, labels, patients = toy_crops(n=48)
+    encoder = ImageEncoder(EncoderConfig(epochs=3, **TINY), progress=False, folds=3).fit(crops, labels, patients)
+    assert not hasattr(encoder, "model_") and len(encoder.fold_models_) == 3  # no final network by default
+    logits, embeddings = encoder.predict_outputs(crops[:5])
+    outputs = [predict(m, crops[:5], encoder.config) for m in encoder.fold_models_]
+    assert np.allclose(logits, np.mean([o[0] for o in outputs], axis=0), atol=1e-5)
+    aligned = [encoder.alignment_[f"fold{k}"](o[1]) for k, o in enumerate(outputs)]
+    assert np.allclose(embeddings, np.mean(aligned, axis=0), atol=1e-4)
+    # the networks' aligned embeddings of the same lesions agree better than their raw ones
+    raw = [predict(m, crops, encoder.config)[1] for m in encoder.fold_models_]
+    mapped = [encoder.alignment_[f"fold{k}"](z) for k, z in enumerate(raw)]
+    scale = lambda zs: np.mean([np.linalg.norm(z - z.mean(0)) for z in zs])  # noqa: E731
+    disagreement = lambda zs: np.mean([np.linalg.norm(zs[0] - z) for z in zs[1:]]) / scale(zs)  # noqa: E731
+    assert disagreement(mapped) < disagreement(raw)
+    with pytest.raises(UserInputError, match="no final network"):
+        encoder.predict_outputs(crops[:2], inference="final")
+    final = ImageEncoder(EncoderConfig(epochs=3, inference="final", **TINY), progress=False, folds=3).fit(
+        crops, labels, patients)
+    assert set(final.alignment_) == {"fold0", "fold1", "fold2", "final"}
+    expected = predict(final.model_, crops[:5], final.config)[0]
+    assert np.allclose(final.decision_function(crops[:5]), expected, atol=1e-6)
+    assert not np.allclose(final.predict_outputs(crops[:5], inference="fold_ensemble")[0], expected)
+    unaligned = ImageEncoder(EncoderConfig(epochs=3, embedding_alignment="none", **TINY), progress=False,
+                             folds=3).fit(crops, labels, patients)
+    assert unaligned.alignment_ is None
+    assert np.allclose(unaligned.oof_logits_, encoder.oof_logits_)  # alignment moves embeddings, never logits
+
+
 @pytest.mark.parametrize("kind", ["3d", "2.5d"])
 def test_learns_a_strong_imaging_signal_out_of_fold(kind):
     crops, labels, patients = toy_crops(n=64, seed=3)
@@ -151,3 +200,24 @@ def test_augmentation_keeps_the_mask_binary_and_aligned():
         out = augment(crops[0], transform)
         assert set(torch.unique(out[1]).tolist()) <= {0.0, 1.0}
         assert out.shape == (2, 24, 24, 24)
+
+
+def test_devices_are_resolved_or_refused_with_the_option_named():
+    from fusion_model.devices import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserInputError, match="--device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserInputError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mixed_precision_training_on_cuda_learns_and_returns_a_cpu_network():
+    crops, labels, patients = toy_crops(n=64, seed=3)
+    config = EncoderConfig(epochs=12, learning_rate=3e-3, **TINY)
+    encoder = ImageEncoder(config, progress=False, folds=3, device="cuda").fit(crops, labels, patients)
+    assert encoder.oof_auc_ > 0.85
+    assert all(next(m.parameters()).device.type == "cpu" for m in encoder.fold_models_)

@@ -10,7 +10,6 @@ import pytest
 
 from fusion_model.artifact import load_model
 from fusion_model.cohort import load_cohort
-from fusion_model.encoder.train import predict
 from fusion_model.explain.contributions import VariantExplainer
 from fusion_model.explain.names import factor_sentence, format_value
 from fusion_model.explain.run import explain_cohort
@@ -51,7 +50,7 @@ def test_shap_values_plus_base_equal_the_heads_margin(loaded, method):
 def test_saliency_uses_the_models_own_preprocessing(loaded):
     model, data = loaded
     gradcam = GradCAM(model.encoder_)
-    logits, _ = predict(model.encoder_.model_, data.crops[:3], model.encoder_.config, tta_views=1)
+    logits, _ = model.encoder_.predict_outputs(data.crops[:3], tta_views=1)
     for i in range(3):
         saliency, logit = gradcam(data.crops[i])
         assert saliency.shape == data.crops.shape[2:]

@@ -135,9 +135,65 @@ def test_fitted_variant_scores_round_trips_and_uses_one_mix(method, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imaging_radiological_fusion.json",
                                                            "imaging_radiological_tabular.json"]
     loaded = VariantFit.from_manifest(
-        "imaging_radiological", entry, lambda rel, names: XGBHead.load(tmp_path / rel, config.xgboost, names))
+        "imaging_radiological", entry,
+        lambda rel, names, learner: XGBHead.load(tmp_path / rel, config.xgboost, names))
     np.testing.assert_array_equal(loaded.margin(X_img, X_tab), margin)
     assert loaded.thresholds == fit.thresholds and loaded.oof_auc == fit.oof_auc
+
+
+def test_logistic_head_learns_imputes_missing_values_and_explains_itself_exactly(tmp_path):
+    from fusion_model.heads.logistic import LogisticHead
+
+    X_img, X_tab, y, _ = _tabular_problem(n=300)
+    X = X_tab.copy()
+    X.iloc[::7, 0] = np.nan  # missing sizes
+    head = LogisticHead(list(X.columns), c=1.0).fit(X.to_numpy(), y)
+    margin = head.decision_function(X.to_numpy())
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, margin) > 0.85 and np.isfinite(margin).all()
+    shap_values, base = head.shap_values(X)
+    np.testing.assert_allclose(base + shap_values.sum(axis=1).to_numpy(), margin, atol=1e-9)
+    assert (shap_values.iloc[::7, 0] == 0).all()  # a missing value contributes nothing
+    head.save(tmp_path / "h.json")
+    loaded = LogisticHead.load(tmp_path / "h.json", list(X.columns))
+    np.testing.assert_array_equal(loaded.decision_function(X.to_numpy()), margin)
+    with pytest.raises(UserInputError, match="differ from the manifest"):
+        LogisticHead.load(tmp_path / "h.json", ["size_mm"])
+    (tmp_path / "bad.json").write_text('{"kind": "something else"}')
+    with pytest.raises(UserInputError, match="not a logistic head"):
+        LogisticHead.load(tmp_path / "bad.json", list(X.columns))
+
+
+def test_automatic_choice_is_nested_and_names_what_it_chose(tmp_path):
+    X_img, X_tab, y, groups = _tabular_problem(n=240, seed=2)
+    X_img["image_logit"] = np.random.default_rng(5).normal(0, 1, len(y))  # an image logit that knows nothing
+    config = ExperimentConfig(xgboost={"n_estimators": 40}, fusion={"method": "auto", "head": "auto"})
+    folds = patient_grouped_folds(y, groups, 4, 0)
+    fitter = VariantFitter(config)
+    assert len(fitter.candidates()) == 6
+    fit, probability = fitter.fit("imaging_radiological", X_img, X_tab, y, groups, folds)
+    selection = fit.selection
+    assert selection["chosen"] == f"{fit.method}/{fit.learner}" and len(selection["fold_choices"]) == 4
+    best = max(selection["candidates_oof_auc"].values())
+    assert selection["candidates_oof_auc"][selection["chosen"]] == best
+    assert fit.score_oof_auc == selection["nested_oof_auc"] and selection["nested_oof_auc"] > 0.8
+    assert fit.method != "fusion_head" or fit.learner == "logistic"  # noise-only image: tabular-only or linear
+    np.testing.assert_allclose(fitter.selected_margins(X_img, X_tab, y, groups, folds).shape, (len(y),))
+    entry = fit.to_manifest(lambda key, head: (head.save(tmp_path / f"{key}.json"), f"{key}.json")[1])
+    assert entry["selection"] == selection and {h["learner"] for h in entry["heads"].values()} == {fit.learner}
+    from fusion_model.heads.logistic import LogisticHead
+
+    def load(rel, names, learner):
+        return LogisticHead.load(tmp_path / rel, names) if learner == "logistic" else \
+            XGBHead.load(tmp_path / rel, config.xgboost, names)
+
+    loaded = VariantFit.from_manifest("imaging_radiological", entry, load)
+    np.testing.assert_array_equal(loaded.margin(X_img, X_tab), fit.margin(X_img, X_tab))
+    tabular = VariantFitter(ExperimentConfig(xgboost={"n_estimators": 40}, fusion={"method": "tabular_head"})).fit(
+        "imaging_radiological", X_img, X_tab, y, groups, folds)[0]
+    np.testing.assert_allclose(tabular.margin(X_img, X_tab), tabular.heads["tabular"].decision_function(
+        X_tab.to_numpy()))
 
 
 def test_imaging_only_variant_is_the_calibrated_image_logit():

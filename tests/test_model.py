@@ -95,7 +95,7 @@ def test_one_byte_change_in_any_file_is_refused(fitted, tmp_path):
     model, _, _ = fitted
     run = save_model(model, tmp_path / "run", {"name": "test"})
     files = [p for p in run.rglob("*") if p.is_file()]
-    assert {"manifest.json", "manifest.sha256", "encoder.safetensors"} <= {p.name for p in files}
+    assert {"manifest.json", "manifest.sha256", "fold0.safetensors", "alignment.safetensors"} <= {p.name for p in files}
     for path in files:
         original = path.read_bytes()
         changed = bytearray(original)
@@ -128,8 +128,8 @@ def test_no_pickle_is_written(fitted, tmp_path):
         data = path.read_bytes()
         assert not data.startswith(b"\x80"), f"{path.name} looks like a pickle"
         assert not zipfile.is_zipfile(path), f"{path.name} is a zip (torch.save/np.savez may hold pickles)"
-    header_len = int.from_bytes((run / "encoder.safetensors").read_bytes()[:8], "little")
-    json.loads((run / "encoder.safetensors").read_bytes()[8:8 + header_len])  # a plain safetensors header
+    header_len = int.from_bytes((run / "encoder/fold0.safetensors").read_bytes()[:8], "little")
+    json.loads((run / "encoder/fold0.safetensors").read_bytes()[8:8 + header_len])  # a plain safetensors header
 
 
 def test_incompatible_artifact_is_refused(fitted, tmp_path):

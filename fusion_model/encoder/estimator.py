@@ -1,11 +1,15 @@
-"""`ImageEncoder`: out-of-fold encoder outputs for the fusion heads, plus a final model.
+"""`ImageEncoder`: out-of-fold encoder outputs for the fusion heads, and the networks that score new lesions.
 
 ``fit(crops, labels, patient_ids)`` splits the lesions into patient-grouped, label-stratified
 folds. For each fold an encoder is trained on the other folds (early-stopped on a
 patient-grouped validation part of them) and predicts the held-out fold, so every lesion's
-out-of-fold logit and embedding come from a model that never saw its patient. A final
-encoder is then trained on all lesions for the median best number of epochs; it serves new
-data (``decision_function`` / ``transform``).
+out-of-fold logit and embedding come from a model that never saw its patient.
+
+New lesions (``decision_function`` / ``transform``) are scored by the average of the fold networks
+(``encoder.inference: fold_ensemble``, the default: the networks whose outputs the heads learned from), or
+by a final network trained on all lesions for the median best number of epochs (``final``); the fold
+networks are kept either way. With ``embedding_alignment: procrustes`` every network's embedding is mapped
+into one shared space (:mod:`fusion_model.encoder.alignment`) before it is averaged or handed to the heads.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from fusion_model.config import EncoderConfig, ExperimentConfig
+from fusion_model.encoder.alignment import SimilarityMap, consensus_maps
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.train import EpochHook, TrainResult, predict, train_encoder
 from fusion_model.errors import UserInputError
@@ -27,8 +32,9 @@ class ImageEncoder:
 
     def __init__(self, config: EncoderConfig | None = None, hu_window: tuple[float, float] = (-200.0, 300.0),
                  checkpoint_dir: Path | None = None, progress: bool = True, on_epoch: EpochHook | None = None,
-                 folds: int = 5, seed: int = 0):
+                 folds: int = 5, seed: int = 0, device: str = "cpu"):
         self.config = config or EncoderConfig()
+        self.device = device  # where networks train: cpu, cuda or auto (the trained networks live on the CPU)
         self.hu_window = hu_window
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
@@ -38,20 +44,30 @@ class ImageEncoder:
 
     @classmethod
     def for_experiment(cls, config: ExperimentConfig, checkpoint_dir: Path | None = None, progress: bool = True,
-                       on_epoch: EpochHook | None = None) -> "ImageEncoder":
+                       on_epoch: EpochHook | None = None, device: str = "cpu") -> "ImageEncoder":
         """The unfitted encoder an experiment trains: its encoder section, HU window, folds and seed."""
         return cls(config.encoder, config.preprocess.hu_window, checkpoint_dir, progress, on_epoch,
-                   folds=config.split.folds, seed=config.seed)
+                   folds=config.split.folds, seed=config.seed, device=device)
 
     @classmethod
-    def from_network(cls, config: ExperimentConfig, network: LesionEncoder, oof_auc: float | None = None,
-                     final_epochs: int | None = None, progress: bool = False) -> "ImageEncoder":
-        """A fitted encoder from its trained final network (as an artifact stores it)."""
+    def from_networks(cls, config: ExperimentConfig, fold_models: list[LesionEncoder],
+                      final_model: LesionEncoder | None, alignment: dict[str, SimilarityMap] | None = None,
+                      inference: str | None = None, oof_auc: float | None = None, final_epochs: int | None = None,
+                      progress: bool = False) -> "ImageEncoder":
+        """A fitted encoder from its trained networks (as an artifact stores them): the fold networks, the final
+        one (or None), the embedding maps by network name (``fold0``.., ``final``) and how new lesions are
+        scored (default: the config's)."""
         encoder = cls.for_experiment(config, progress=progress)
-        network.eval()
-        encoder.model_ = network
+        for network in [*fold_models, *([final_model] if final_model is not None else [])]:
+            network.eval()
+        encoder.fold_models_ = list(fold_models)
+        if final_model is not None:
+            encoder.model_ = final_model
+        encoder.alignment_ = alignment
+        encoder.inference_ = inference or config.encoder.inference
         encoder.oof_auc_ = oof_auc
         encoder.final_epochs_ = final_epochs
+        encoder._check_fitted()
         return encoder
 
     @classmethod
@@ -95,6 +111,7 @@ class ImageEncoder:
         self.fold_of_ = np.full(n, -1, dtype=int)
         self.fold_results_: list[TrainResult] = []
         self.fold_train_patients_: list[set] = []
+        self.inference_ = cfg.inference
         for k, (train_idx, test_idx) in enumerate(self.folds_):
             inner_train, inner_val = inner_validation_split(labels[train_idx], groups[train_idx],
                                                             cfg.validation_fraction, self.seed + k)
@@ -102,6 +119,7 @@ class ImageEncoder:
                 crops, labels, train_idx[inner_train], train_idx[inner_val], cfg, self.hu_window, seed=self.seed,
                 checkpoint=self._checkpoint(f"fold{k}"), on_epoch=self._hook(k), progress=self.progress,
                 description=f"encoder fold {k + 1}/{len(self.folds_)}", second_reader_crops=second_reader_crops,
+                device=self.device,
             )
             logits, embeddings = predict(result.model, crops[test_idx], cfg)
             self.oof_logits_[test_idx] = logits
@@ -109,24 +127,61 @@ class ImageEncoder:
             self.fold_of_[test_idx] = k
             self.fold_results_.append(result)
             self.fold_train_patients_.append(set(groups[train_idx]))
+        self.fold_models_ = [r.model for r in self.fold_results_]
         self.oof_auc_ = float(roc_auc_score(labels, self.oof_logits_))
         self.final_epochs_ = int(np.median([r.best_epoch for r in self.fold_results_])) + 1
-        if fit_final:
+        if fit_final and cfg.inference == "final":
             final = train_encoder(crops, labels, np.arange(n), None, cfg, self.hu_window, seed=self.seed,
                                   epochs=self.final_epochs_,
                                   checkpoint=self._checkpoint("final"), progress=self.progress,
-                                  description="encoder on all lesions", second_reader_crops=second_reader_crops)
+                                  description="encoder on all lesions", second_reader_crops=second_reader_crops,
+                                  device=self.device)
             self.model_ = final.model
+        self.alignment_ = None
+        if cfg.embedding_alignment == "procrustes":
+            self.alignment_ = self._fit_alignment(crops)
+            for k in range(len(self.folds_)):
+                rows = self.fold_of_ == k
+                self.oof_embeddings_[rows] = self.alignment_[f"fold{k}"](self.oof_embeddings_[rows])
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise RuntimeError("ImageEncoder is not fitted with a final model; call fit() first")
+    def _networks(self, inference: str | None = None) -> list[tuple[str, LesionEncoder]]:
+        """The networks that score new lesions, by name: the fold networks, or the final one."""
+        mode = inference or self.inference_
+        if mode == "final":
+            if not hasattr(self, "model_"):
+                raise UserInputError("this encoder has no final network (it was trained with encoder.inference: "
+                                     "fold_ensemble); score with the fold ensemble or retrain with inference: final")
+            return [("final", self.model_)]
+        return [(f"fold{k}", m) for k, m in enumerate(self.fold_models_)]
 
-    def predict_outputs(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and embeddings of new lesions in one pass (final model, test-time augmentation)."""
+    def _fit_alignment(self, crops: np.ndarray) -> dict[str, SimilarityMap]:
+        """Each network's map onto the consensus of all networks' embeddings of the training lesions."""
+        named = [(f"fold{k}", m) for k, m in enumerate(self.fold_models_)]
+        if hasattr(self, "model_"):
+            named.append(("final", self.model_))
+        embeddings = [predict(network, crops, self.config)[1] for _, network in named]
+        return dict(zip([name for name, _ in named], consensus_maps(embeddings)))
+
+    def _check_fitted(self) -> None:
+        if not getattr(self, "fold_models_", None) and not hasattr(self, "model_"):
+            raise RuntimeError("ImageEncoder has no trained networks; call fit() first")
+
+    def predict_outputs(self, crops: np.ndarray, inference: str | None = None,
+                        tta_views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embeddings of new lesions: each scoring network's (test-time augmentation as configured,
+        embedding mapped into the shared space), averaged. ``inference`` overrides the encoder's choice
+        (``fold_ensemble`` or ``final``)."""
         self._check_fitted()
-        return predict(self.model_, np.asarray(crops), self.config)
+        crops = np.asarray(crops)
+        logits, embeddings = [], []
+        for name, network in self._networks(inference):
+            logit, embedding = predict(network, crops, self.config, tta_views=tta_views)
+            if self.alignment_ is not None:
+                embedding = self.alignment_[name](embedding)
+            logits.append(logit)
+            embeddings.append(embedding)
+        return np.mean(logits, axis=0).astype(np.float32), np.mean(embeddings, axis=0).astype(np.float32)
 
     def decision_function(self, crops: np.ndarray) -> np.ndarray:
         """Malignancy logits of new lesions."""
@@ -135,3 +190,8 @@ class ImageEncoder:
     def transform(self, crops: np.ndarray) -> np.ndarray:
         """Embeddings of new lesions."""
         return self.predict_outputs(crops)[1]
+
+    def scoring_networks(self) -> list[LesionEncoder]:
+        """The networks whose average scores new lesions (for saliency)."""
+        self._check_fitted()
+        return [network for _, network in self._networks()]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from fusion_model.checkpoints import resume_checkpoint, save_checkpoint
+from fusion_model.devices import resolve_device
 from fusion_model.config import EncoderConfig
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
@@ -50,18 +51,24 @@ def predict(model: LesionEncoder, crops: np.ndarray, config: EncoderConfig,
     """Lesion logits (n,) and embeddings (n, embedding_size); TTA averages axial flips."""
     views = config.tta_views if tta_views is None else tta_views
     model.eval()
+    device = next(model.parameters()).device
     logits, embeddings = [], []
+
+    def outputs(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+            outs = [model(v) for v in flip_views(x.to(device), views)]
+        return [(o[0].float().cpu(), o[1].float().cpu()) for o in outs]
+
     if config.kind == "3d":
         for start in range(0, len(crops), config.inference_batch_size):
-            batch = _as_float(crops[start:start + config.inference_batch_size])
-            outs = [model(v) for v in flip_views(batch, views)]
+            outs = outputs(_as_float(crops[start:start + config.inference_batch_size]))
             logits.append(torch.stack([o[0] for o in outs]).mean(0))
             embeddings.append(torch.stack([o[1] for o in outs]).mean(0))
         return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()
     for crop in crops:
         tensor = _as_float(crop)
         stacks = slice_stacks(tensor, lesion_slice_indices(tensor))
-        outs = [model(v) for v in flip_views(stacks, views)]
+        outs = outputs(stacks)
         slice_logits = torch.stack([o[0] for o in outs]).mean(0)
         slice_embeddings = torch.stack([o[1] for o in outs]).mean(0)
         logit, embedding = aggregate(slice_logits, slice_embeddings, config.aggregation, config.top_k,
@@ -118,18 +125,23 @@ def train_encoder(
     progress: bool = True,
     description: str = "training encoder",
     second_reader_crops: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train on ``train_idx``; early-stop on ``val_idx`` (AUC) when given, else run all epochs.
 
     With ``second_reader_crops``, each epoch draws for every lesion (with even odds) whether its training crop
-    is the first or the second reader's; validation uses ``crops``.
+    is the first or the second reader's; validation uses ``crops``. On a CUDA ``device`` the network trains
+    with mixed precision (float16 autocast, gradient scaling); the returned network is on the CPU.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device(device)
+    cuda = device.type == "cuda"
     labels = np.asarray(labels).astype(np.float32)
     epochs = epochs or config.epochs
     torch.manual_seed(seed)
-    model = build_network(config, crops.shape[1])
+    model = build_network(config, crops.shape[1]).to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = int(np.ceil(len(train_idx) / config.batch_size))
     total_steps = epochs * steps_per_epoch
@@ -141,7 +153,7 @@ def train_encoder(
     positives = float(labels[train_idx].sum())
     pos_weight = None
     if config.class_weighting == "balanced" and 0 < positives < len(train_idx):
-        pos_weight = torch.tensor((len(train_idx) - positives) / positives)
+        pos_weight = torch.tensor((len(train_idx) - positives) / positives, device=device)
     transform = training_transforms(config.augmentation_strength, hu_window, config.hu_jitter)
 
     run_key = hashlib.sha256(f"{config.fingerprint()}|{seed}|{epochs}|{np.asarray(train_idx).tobytes().hex()}|"
@@ -171,11 +183,14 @@ def train_encoder(
                 continue  # BatchNorm needs two examples
             x, y = _training_batch(crops, labels, batch_idx, transform, config, generator, second_reader_crops,
                                    use_second)
-            logits, _ = model(x)
-            loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=cuda):
+                logits, _ = model(x)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             total_loss += loss.item() * len(batch_idx)
         record = {"epoch": epoch, "train_loss": total_loss / len(order), "lr": scheduler.get_last_lr()[0]}
@@ -202,6 +217,6 @@ def train_encoder(
 
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
-    model.eval()
+    model.cpu().eval()
     best_auc = None if val_idx is None else float(state["best_auc"])
     return TrainResult(model, state["best_epoch"], best_auc, state["history"], resumed)

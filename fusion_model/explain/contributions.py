@@ -1,9 +1,10 @@
-"""SHAP contributions (TreeExplainer) of a variant's output, in log-odds, exactly additive:
+"""SHAP contributions of a variant's output, in log-odds, exactly additive:
 ``base + contributions.sum(axis=1) == the variant's margin`` for every lesion.
 
-- fusion head: TreeSHAP of the XGBoost fusion head over imaging + tabular features;
+- fusion head / tabular head: the head's own exact SHAP values (TreeSHAP for XGBoost, the closed form of
+  a linear model for the logistic head) over its features;
 - late fusion: the variant's own mix (:meth:`VariantFit.mix`, linear) applied to the parts: the image
-  logit's share, and each tabular feature's TreeSHAP value of the tabular head;
+  logit's share, and each tabular feature's SHAP value of the tabular head;
 - imaging only: the image logit is the whole margin.
 """
 
@@ -43,12 +44,6 @@ def feature_groups(model: FusionModel, names: list[str]) -> dict[str, str]:
     return {n: "imaging" if n.startswith("image_") else lookup.get(n, "radiological") for n in names}
 
 
-def tree_shap(explainer: shap.TreeExplainer, X: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """Exact TreeSHAP values (log-odds) of the explainer's booster on ``X``, and its expected margin."""
-    values = np.asarray(explainer.shap_values(X.to_numpy(dtype=float)), dtype=float).reshape(X.shape)
-    return pd.DataFrame(values, index=X.index, columns=X.columns), float(np.ravel(explainer.expected_value)[0])
-
-
 class VariantExplainer:
     """Built once per model and variant; explains any lesions whose feature frames are given."""
 
@@ -58,16 +53,15 @@ class VariantExplainer:
         self.model = model
         self.variant = variant
         self.fit = model.variants_[variant]
-        head = self.fit.scoring_head
-        self.tree = shap.TreeExplainer(head.booster_) if head is not None else None
+        self.head = self.fit.scoring_head
 
     def __call__(self, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> Contributions:
         X = self.fit.scoring_frame(X_img, X_tab)
         margin = np.asarray(self.fit.margin(X_img, X_tab), dtype=float)
-        if self.tree is None:
+        if self.head is None:
             values, contributions, base = X, X.astype(float).copy(), 0.0
         else:
-            contributions, base = tree_shap(self.tree, X)
+            contributions, base = self.head.shap_values(X)
             values = X
             if self.fit.method == "late_fusion":
                 image_logit = X_img["image_logit"].to_numpy(dtype=float)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import shap
 
 from fusion_model import __version__
 from fusion_model.catalogue import (
@@ -37,7 +36,6 @@ from fusion_model.explain.contributions import (
     SubtypeExplainer,
     TypeContributions,
     VariantExplainer,
-    tree_shap,
 )
 from fusion_model.explain.names import factor_sentence, format_value, label_with_unit, type_factor_sentence
 from fusion_model.explain.saliency import GradCAM
@@ -249,14 +247,14 @@ def _global_images(model: FusionModel, contributions: Contributions, frames, var
     images = {}
     fit = model.variants_[variant]
     if fit.method != "image_logit":
-        head_kind = "fusion head" if fit.method == "fusion_head" else "late fusion"
+        head_kind = {"fusion_head": "fusion head", "late_fusion": "late fusion"}.get(fit.method, "tabular head")
         images["global/beeswarm.png"] = plots.beeswarm(contributions.values, contributions.shap,
                                                        f"{variant}: SHAP values ({head_kind})")
         images["global/mean_abs_shap.png"] = plots.mean_abs_bar(contributions.shap,
                                                                 f"{variant}: mean |SHAP| ({head_kind})")
         if fit.method == "fusion_head" and "tabular" in fit.heads:
             X = fit.head_frame("tabular", *frames)
-            tab, _ = tree_shap(shap.TreeExplainer(fit.heads["tabular"].booster_), X)
+            tab, _ = fit.heads["tabular"].shap_values(X)
             images["global/beeswarm_tabular_head.png"] = plots.beeswarm(X, tab, f"{variant}: SHAP values "
                                                                                 "(tabular head)")
             images["global/mean_abs_shap_tabular_head.png"] = plots.mean_abs_bar(tab, f"{variant}: mean |SHAP| "

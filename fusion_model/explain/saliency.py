@@ -2,7 +2,8 @@
 
 The map answers "where in this crop did the network find evidence for malignancy": the
 activations of a convolutional stage weighted by the gradient of the malignancy logit,
-rectified, upsampled to the crop and scaled to [0, 1]. It is computed on exactly the
+rectified, upsampled to the crop, averaged over the networks that score new lesions (the fold
+ensemble, or the final network) and scaled to [0, 1]. It is computed on exactly the
 preprocessed crop the model predicted from (same cache entry, same windowing, no flip), and
 the logit of that same forward pass is returned so callers can check it.
 For the 2.5D encoder the map of each slice stack fills its axial slice.
@@ -29,28 +30,33 @@ class GradCAM:
 
     def __init__(self, encoder):
         self.encoder = encoder
-        self.network = encoder.model_
+        self.networks = encoder.scoring_networks()  # the fold ensemble (or the final network): their mean map
         self.kind = encoder.config.kind
-        self.stage = target_stage(self.network)
 
     def _cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-input maps at input resolution and the logits, from one forward and one backward pass."""
+        """Per-input maps at input resolution and the logits, averaged over the scoring networks."""
+        maps, logits = zip(*(self._network_cam(network, x) for network in self.networks))
+        return torch.stack(maps).mean(0), torch.stack(logits).mean(0)
+
+    @staticmethod
+    def _network_cam(network: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network's maps and logits, from one forward and one backward pass."""
         captured: dict[str, torch.Tensor] = {}
 
         def hook(module, inputs, output):
             output.retain_grad()
             captured["activation"] = output
 
-        handle = self.stage.register_forward_hook(hook)
-        self.network.eval()
+        handle = target_stage(network).register_forward_hook(hook)
+        network.eval()
         try:
             with torch.enable_grad():
                 x = x.detach().requires_grad_(False)
-                logits, _ = self.network(x)
+                logits, _ = network(x)
                 logits.sum().backward()
         finally:
             handle.remove()
-            self.network.zero_grad(set_to_none=True)
+            network.zero_grad(set_to_none=True)
         activation, gradient = captured["activation"], captured["activation"].grad
         spatial = tuple(range(2, activation.ndim))
         weights = gradient.mean(dim=spatial, keepdim=True)

@@ -1,11 +1,17 @@
 """One model variant, fitted: which head scores it, how its margin is formed, its calibration and thresholds.
 
-A variant's margin (log-odds) comes from one of three methods:
+A variant's margin (log-odds) comes from one of four methods:
 
 - ``image_logit``: the encoder's logit alone (the imaging-only variant);
-- ``fusion_head``: an XGBoost head over the imaging features and the variant's tabular features;
-- ``late_fusion``: ``w * image_logit + (1 - w) * tabular margin``, an XGBoost head over the tabular
-  features mixed with the image logit, ``w`` chosen by inner cross-validation (or fixed by the config).
+- ``fusion_head``: a head over the imaging features and the variant's tabular features;
+- ``late_fusion``: ``w * image_logit + (1 - w) * tabular margin``, a head over the tabular
+  features mixed with the image logit, ``w`` chosen by inner cross-validation (or fixed by the config);
+- ``tabular_head``: the tabular head alone (the image adds nothing the features do not already say).
+
+Heads are XGBoost or an L2-regularised logistic regression (``fusion.head``). With ``fusion.method: auto``
+(and / or ``fusion.head: auto``) each outer fold chooses the method and learner by inner cross-validation on
+its training part, so the reported out-of-fold AUC is that of the whole choice (nested, not optimistic); the
+model for new lesions takes the candidate with the best out-of-fold AUC on all training lesions.
 
 :class:`VariantFitter` cross-validates and fits them on out-of-fold encoder outputs; :class:`VariantFit`
 is the result, which computes its own margin and probability and writes itself to the model manifest.
@@ -22,11 +28,14 @@ import pandas as pd
 from fusion_model.config import ExperimentConfig
 from fusion_model.evaluate.stats import nan_safe_auc
 from fusion_model.heads.calibration import Calibrator
+from fusion_model.heads.logistic import LogisticHead
 from fusion_model.heads.thresholds import operating_thresholds
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.splits import patient_grouped_folds
 
-METHODS = ("image_logit", "fusion_head", "late_fusion")
+METHODS = ("image_logit", "fusion_head", "late_fusion", "tabular_head")
+HEAD_METHODS = ("fusion_head", "late_fusion", "tabular_head")
+LEARNERS = ("xgboost", "logistic")
 
 
 def late_fusion_margin(image_logit, tabular_margin, weight: float):
@@ -53,8 +62,9 @@ class VariantFit:
     calibrator: Calibrator
     thresholds: dict[str, float]                  # operating thresholds on calibrated OOF probabilities
     oof_auc: dict[str, float]                     # out-of-fold AUC of each margin that was cross-validated
-    heads: dict[str, XGBHead] = field(default_factory=dict)  # kind ('fusion', 'tabular') -> head
+    heads: dict[str, XGBHead | LogisticHead] = field(default_factory=dict)  # kind ('fusion', 'tabular') -> head
     late_fusion_weight: float | None = None       # weight of the image logit
+    selection: dict | None = None                 # fusion.method / head auto: candidates and the nested choice
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -68,7 +78,7 @@ class VariantFit:
     @property
     def scoring_head_kind(self) -> str | None:
         """Which head gives the margin: 'fusion', 'tabular' (late fusion) or None (image logit)."""
-        return {"fusion_head": "fusion", "late_fusion": "tabular"}.get(self.method)
+        return {"fusion_head": "fusion", "late_fusion": "tabular", "tabular_head": "tabular"}.get(self.method)
 
     @property
     def scoring_head(self) -> XGBHead | None:
@@ -94,7 +104,7 @@ class VariantFit:
         if self.method == "image_logit":
             return image_logit
         head_margin = self.scoring_head.decision_function(self.scoring_frame(X_img, X_tab).to_numpy(dtype=float))
-        if self.method == "fusion_head":
+        if self.method in ("fusion_head", "tabular_head"):
             return head_margin
         return self.mix(image_logit, head_margin)
 
@@ -108,8 +118,16 @@ class VariantFit:
 
     @property
     def score_oof_auc(self) -> float:
-        """Out-of-fold AUC of the margin this variant outputs."""
+        """Out-of-fold AUC of the margin this variant outputs (with an automatic choice: of the nested choice)."""
+        if self.selection is not None:
+            return self.selection["nested_oof_auc"]
         return self.oof_auc[self.method]
+
+    @property
+    def learner(self) -> str | None:
+        """The scoring head's learner (xgboost or logistic); None for the image logit."""
+        head = self.scoring_head
+        return None if head is None else head.learner
 
     # ------------------------------------------------------------------------ serialisation
     def head_key(self, kind: str) -> str:
@@ -122,19 +140,22 @@ class VariantFit:
             "method": self.method, "imaging_features": self.imaging_features,
             "tabular_features": self.tabular_features, "late_fusion_weight": self.late_fusion_weight,
             "calibrator": self.calibrator.to_dict(), "thresholds": self.thresholds, "oof_auc": self.oof_auc,
-            "heads": {kind: {"file": save_head(self.head_key(kind), head), "features": head.feature_names}
+            "heads": {kind: {"file": save_head(self.head_key(kind), head), "features": head.feature_names,
+                             "learner": head.learner}
                       for kind, head in self.heads.items()},
+            "selection": self.selection,
         }
 
     @classmethod
-    def from_manifest(cls, name: str, entry: dict, load_head: Callable[[str, list[str]], XGBHead]) -> "VariantFit":
-        """The variant a manifest entry describes; ``load_head(file, features)`` reads a head."""
+    def from_manifest(cls, name: str, entry: dict, load_head: Callable[[str, list[str], str], XGBHead]) -> "VariantFit":
+        """The variant a manifest entry describes; ``load_head(file, features, learner)`` reads a head."""
         return cls(
             name=name, method=entry["method"], imaging_features=list(entry["imaging_features"]),
             tabular_features=list(entry["tabular_features"]), calibrator=Calibrator.from_dict(entry["calibrator"]),
             thresholds=dict(entry["thresholds"]), oof_auc=dict(entry["oof_auc"]),
-            heads={kind: load_head(h["file"], list(h["features"])) for kind, h in entry["heads"].items()},
-            late_fusion_weight=entry["late_fusion_weight"],
+            heads={kind: load_head(h["file"], list(h["features"]), h.get("learner", "xgboost"))
+                   for kind, h in entry["heads"].items()},
+            late_fusion_weight=entry["late_fusion_weight"], selection=entry.get("selection"),
         )
 
 
@@ -145,57 +166,107 @@ class VariantFitter:
         self.config = config
         self.threads = threads
 
-    def head(self, feature_names: list[str]) -> XGBHead:
-        """An unfitted XGBoost head over these features."""
+    def head(self, feature_names: list[str], learner: str = "xgboost") -> XGBHead | LogisticHead:
+        """An unfitted head over these features: XGBoost or the logistic head."""
+        if learner == "logistic":
+            return LogisticHead(feature_names, self.config.fusion.logistic_c, seed=self.config.seed)
         return XGBHead(self.config.xgboost, feature_names, seed=self.config.seed, threads=self.threads)
 
-    def cv_margins(self, X: pd.DataFrame, y: np.ndarray, folds) -> np.ndarray:
+    def candidates(self) -> list[tuple[str, str]]:
+        """(method, learner) pairs a variant with tabular features chooses from, in order of preference."""
+        fusion = self.config.fusion
+        methods = HEAD_METHODS if fusion.method == "auto" else (fusion.method,)
+        learners = LEARNERS if fusion.head == "auto" else (fusion.head,)
+        return [(m, learner) for learner in learners for m in methods]
+
+    def cv_margins(self, X: pd.DataFrame, y: np.ndarray, folds, learner: str = "xgboost") -> np.ndarray:
         """Out-of-fold margins of a head over ``X``'s columns."""
         out = np.full(len(y), np.nan)
         for train_idx, test_idx in folds:
-            head = self.head(list(X.columns)).fit(X.values[train_idx], y[train_idx])
+            head = self.head(list(X.columns), learner).fit(X.values[train_idx], y[train_idx])
             out[test_idx] = head.decision_function(X.values[test_idx])
         return out
 
-    def late_weight(self, X_tab: pd.DataFrame, image_logit: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+    def late_weight(self, X_tab: pd.DataFrame, image_logit: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                    learner: str = "xgboost") -> float:
         """Weight of the image logit: fixed by the config, or chosen by inner CV of the tabular head."""
         fusion = self.config.fusion
         if fusion.fixed_weight is not None:
             return float(fusion.fixed_weight)
         inner = patient_grouped_folds(y, groups, min(fusion.inner_folds, min_class_patients(y, groups)),
                                       self.config.seed + 1)
-        return best_late_weight(y, image_logit, self.cv_margins(X_tab, y, inner), fusion.late_fusion_weights)
+        return best_late_weight(y, image_logit, self.cv_margins(X_tab, y, inner, learner), fusion.late_fusion_weights)
 
     def oof_margins(self, X_img: pd.DataFrame, X_tab: pd.DataFrame, y: np.ndarray, groups: np.ndarray, folds,
-                    methods=("fusion_head", "late_fusion"), on_fold=None) -> dict[str, np.ndarray]:
+                    methods=("fusion_head", "late_fusion"), on_fold=None, learner: str = "xgboost") -> dict[str, np.ndarray]:
         """Out-of-fold margins of a variant's heads over ``folds`` (each fitted on the other folds only).
 
-        ``X_tab`` holds the variant's tabular features (none for the imaging-only variant).
-        ``on_fold(k, margins)`` is called after each fold (a hyperparameter search prunes with it).
+        ``X_tab`` holds the variant's tabular features (none for the imaging-only variant); the tabular head's
+        margins come with late fusion's (``tabular_head``). ``on_fold(k, margins)`` is called after each fold
+        (a hyperparameter search prunes with it).
         """
         image_logit = X_img["image_logit"].to_numpy()
         out = {"image_logit": image_logit}
         if X_tab.shape[1] == 0:
             return out
         X_fused = pd.concat([X_img, X_tab], axis=1)
-        if "fusion_head" in methods:
-            out["fusion_head"] = np.full(len(y), np.nan)
-        if "late_fusion" in methods:
-            out["late_fusion"] = np.full(len(y), np.nan)
-            out["tabular_head"] = np.full(len(y), np.nan)
+        late = "late_fusion" in methods
+        tabular = late or "tabular_head" in methods
+        for method in ("fusion_head", "late_fusion", "tabular_head"):
+            if method in methods or (method == "tabular_head" and tabular):
+                out[method] = np.full(len(y), np.nan)
         for k, (train_idx, test_idx) in enumerate(folds):
             if "fusion_head" in methods:
-                head = self.head(list(X_fused.columns)).fit(X_fused.values[train_idx], y[train_idx])
+                head = self.head(list(X_fused.columns), learner).fit(X_fused.values[train_idx], y[train_idx])
                 out["fusion_head"][test_idx] = head.decision_function(X_fused.values[test_idx])
-            if "late_fusion" in methods:
-                head = self.head(list(X_tab.columns)).fit(X_tab.values[train_idx], y[train_idx])
-                tabular = head.decision_function(X_tab.values[test_idx])
-                out["tabular_head"][test_idx] = tabular
-                w = self.late_weight(X_tab.iloc[train_idx], image_logit[train_idx], y[train_idx], groups[train_idx])
-                out["late_fusion"][test_idx] = late_fusion_margin(image_logit[test_idx], tabular, w)
+            if tabular:
+                head = self.head(list(X_tab.columns), learner).fit(X_tab.values[train_idx], y[train_idx])
+                out["tabular_head"][test_idx] = head.decision_function(X_tab.values[test_idx])
+            if late:
+                w = self.late_weight(X_tab.iloc[train_idx], image_logit[train_idx], y[train_idx], groups[train_idx],
+                                     learner)
+                out["late_fusion"][test_idx] = late_fusion_margin(image_logit[test_idx],
+                                                                  out["tabular_head"][test_idx], w)
             if on_fold is not None:
                 on_fold(k, out)
         return out
+
+    def nested_choice(self, X_img: pd.DataFrame, X_tab: pd.DataFrame, y: np.ndarray, groups: np.ndarray, folds,
+                      outer: dict[str, dict[str, np.ndarray]]) -> tuple[np.ndarray, list[str]]:
+        """The out-of-fold margin of the automatic choice: in each outer fold the (method, learner) with the best
+        inner cross-validated AUC on that fold's training part scores its held-out lesions (``outer``: each
+        learner's out-of-fold margins). Returns the margins and each fold's choice."""
+        candidates = self.candidates()
+        margins = np.full(len(y), np.nan)
+        choices = []
+        for train_idx, test_idx in folds:
+            y_in, g_in = y[train_idx], groups[train_idx]
+            inner = patient_grouped_folds(y_in, g_in, min(self.config.fusion.inner_folds, min_class_patients(y_in, g_in)),
+                                          self.config.seed + 2)
+            scores = {}
+            for learner in dict.fromkeys(lr for _, lr in candidates):
+                methods = [m for m, lr in candidates if lr == learner]
+                inner_margins = self.oof_margins(X_img.iloc[train_idx], X_tab.iloc[train_idx], y_in, g_in, inner,
+                                                 methods=methods, learner=learner)
+                for m in methods:
+                    scores[(m, learner)] = nan_safe_auc(y_in, inner_margins[m])
+            best = max(candidates, key=lambda c: (np.nan_to_num(scores[c], nan=-1.0), -candidates.index(c)))
+            margins[test_idx] = outer[best[1]][best[0]][test_idx]
+            choices.append(f"{best[0]}/{best[1]}")
+        return margins, choices
+
+    def selected_margins(self, X_img: pd.DataFrame, X_tab: pd.DataFrame, y: np.ndarray, groups: np.ndarray,
+                         folds) -> np.ndarray:
+        """The out-of-fold margin a fitted variant reports (the nested choice when the config leaves it open)."""
+        if X_tab.shape[1] == 0:
+            return X_img["image_logit"].to_numpy()
+        candidates = self.candidates()
+        outer = {lr: self.oof_margins(X_img, X_tab, y, groups, folds, methods=[m for m, c in candidates if c == lr],
+                                      learner=lr) for lr in dict.fromkeys(c for _, c in candidates)}
+        if len(candidates) == 1:
+            method, learner = candidates[0]
+            return outer[learner][method]
+        return self.nested_choice(X_img, X_tab, y, groups, folds, outer)[0]
 
     def fit(self, name: str, X_img: pd.DataFrame, X_tab: pd.DataFrame, y: np.ndarray, groups: np.ndarray,
             folds) -> tuple[VariantFit, np.ndarray]:
@@ -204,22 +275,34 @@ class VariantFitter:
         Heads are cross-validated over ``folds`` (the calibrator and thresholds are fitted on those
         out-of-fold margins), then refitted on all lesions for new data.
         """
-        margins = self.oof_margins(X_img, X_tab, y, groups, folds)
-        heads: dict[str, XGBHead] = {}
-        weight = None
+        heads: dict[str, XGBHead | LogisticHead] = {}
+        weight, selection = None, None
         if X_tab.shape[1] == 0:
-            method = "image_logit"
+            method, margins = "image_logit", self.oof_margins(X_img, X_tab, y, groups, folds)
         else:
-            method = self.config.fusion.method
+            candidates = self.candidates()
+            learners = list(dict.fromkeys(lr for _, lr in candidates))
+            outer = {lr: self.oof_margins(X_img, X_tab, y, groups, folds, methods=HEAD_METHODS, learner=lr)
+                     for lr in learners}
+            if len(candidates) == 1:
+                method, learner = candidates[0]
+            else:
+                nested, choices = self.nested_choice(X_img, X_tab, y, groups, folds, outer)
+                aucs = {f"{m}/{lr}": nan_safe_auc(y, outer[lr][m]) for m, lr in candidates}
+                method, learner = max(candidates, key=lambda c: (np.nan_to_num(aucs[f"{c[0]}/{c[1]}"], nan=-1.0),
+                                                                  -candidates.index(c)))
+                selection = {"candidates_oof_auc": aucs, "fold_choices": choices,
+                             "nested_oof_auc": nan_safe_auc(y, nested), "chosen": f"{method}/{learner}"}
+            margins = outer[learner]
             X_fused = pd.concat([X_img, X_tab], axis=1)
-            heads["fusion"] = self.head(list(X_fused.columns)).fit(X_fused.values, y)
-            heads["tabular"] = self.head(list(X_tab.columns)).fit(X_tab.values, y)
-            weight = self.late_weight(X_tab, margins["image_logit"], y, groups)
+            heads["fusion"] = self.head(list(X_fused.columns), learner).fit(X_fused.values, y)
+            heads["tabular"] = self.head(list(X_tab.columns), learner).fit(X_tab.values, y)
+            weight = self.late_weight(X_tab, margins["image_logit"], y, groups, learner)
         calibrator = Calibrator.fit(self.config.calibration.method, margins[method], y)
         probabilities = calibrator(margins[method])
         fit = VariantFit(name, method, list(X_img.columns), list(X_tab.columns), calibrator,
                          operating_thresholds(y, probabilities),
-                         {kind: nan_safe_auc(y, m) for kind, m in margins.items()}, heads, weight)
+                         {kind: nan_safe_auc(y, m) for kind, m in margins.items()}, heads, weight, selection)
         return fit, probabilities
 
 

@@ -37,6 +37,8 @@ def load_booster(path: Path, feature_names: Sequence[str]) -> xgb.Booster:
 class XGBHead:
     """An XGBoost head with scikit-learn's fit / decision_function contract, stored as XGBoost JSON."""
 
+    learner = "xgboost"
+
     def __init__(self, config: XGBoostConfig, feature_names: Sequence[str], seed: int = 0, threads: int = 2):
         self.config = config
         self.feature_names = list(feature_names)
@@ -67,6 +69,18 @@ class XGBHead:
             raise RuntimeError("XGBHead is not fitted")
         data = xgb.DMatrix(np.asarray(X, dtype=float), feature_names=self.feature_names, missing=np.nan)
         return self.booster_.predict(data, output_margin=True)
+
+    def shap_values(self, X) -> tuple:
+        """Exact TreeSHAP values (log-odds) on the frame ``X`` and the expected margin (shap.TreeExplainer,
+        built once per head)."""
+        import pandas as pd
+        import shap
+
+        if getattr(self, "_explainer", None) is None:
+            self._explainer = shap.TreeExplainer(self.booster_)
+        values = np.asarray(self._explainer.shap_values(X.to_numpy(dtype=float)), dtype=float).reshape(X.shape)
+        return (pd.DataFrame(values, index=X.index, columns=X.columns),
+                float(np.ravel(self._explainer.expected_value)[0]))
 
     def save(self, path: Path) -> None:
         """Write the booster in XGBoost's own JSON format."""

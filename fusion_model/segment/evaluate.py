@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from fusion_model import __version__
 from fusion_model.cohort import load_cohort
+from fusion_model.devices import resolve_device
 from fusion_model.fileio import json_safe
 from fusion_model.progress import track
 from fusion_model.segment.artifact import load_segmenter
@@ -32,7 +33,6 @@ from fusion_model.segment.metrics import (
     scan_detection,
     summarise,
 )
-from fusion_model.segment.network import resolve_device
 from fusion_model.segment.predict import check_cohort_for_segmenter, predict_scan
 from fusion_model.segment.report import write_segment_report
 from fusion_model.segment.scans import Region, cohort_scans, lesion_masks

@@ -1,4 +1,4 @@
-"""The segmentation network (MONAI's UNet or DynUNet) and the torch device it runs on."""
+"""The segmentation network (MONAI's UNet or DynUNet)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,6 @@ import torch
 from monai.networks.nets import DynUNet, UNet
 
 from fusion_model.config import SegmentConfig
-from fusion_model.errors import UserInputError
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA when present, else CPU; ``cuda`` without a GPU is refused."""
-    if device not in DEVICES:
-        raise UserInputError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: no CUDA device is visible to torch here; use --device auto or cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def build_segmenter(config: SegmentConfig, in_channels: int) -> torch.nn.Module:

@@ -33,13 +33,13 @@ from fusion_model import __version__
 from fusion_model.cohort import load_cohort
 from fusion_model.cohort.load import Cohort, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, write_cohort_spec
+from fusion_model.devices import resolve_device
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory
 from fusion_model.imaging.io import read_image_header
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter, load_segmenter
 from fusion_model.segment.infer import Component, match_lesions, segment_scan
-from fusion_model.segment.network import resolve_device
 from fusion_model.segment.scans import (
     Region,
     ScanRecord,

@@ -34,6 +34,7 @@ from monai.transforms.utils import map_binary_to_indices
 from fusion_model.checkpoints import resume_checkpoint, save_checkpoint
 from fusion_model.cohort import load_cohort
 from fusion_model.config import SegmentConfig
+from fusion_model.devices import resolve_device
 from fusion_model.errors import UserInputError
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter
@@ -48,7 +49,7 @@ from fusion_model.segment.metrics import (
     overlap_metrics,
     summarise,
 )
-from fusion_model.segment.network import build_segmenter, resolve_device
+from fusion_model.segment.network import build_segmenter
 from fusion_model.segment.refine import training_crops
 from fusion_model.segment.scans import Region, ScanRecord, cohort_scans, load_scan
 

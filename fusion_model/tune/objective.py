@@ -140,8 +140,12 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"head fold {k}")
 
-        margins = VariantFitter(config, self.threads).oof_margins(X_img, X_tab[tab_names], y, t.patient_ids, encoder.folds_,
-                                                    methods=(method,), on_fold=on_fold)[method]
+        fitter = VariantFitter(config, self.threads)
+        if method == "image_logit" or len(fitter.candidates()) == 1:
+            margins = fitter.oof_margins(X_img, X_tab[tab_names], y, t.patient_ids, encoder.folds_,
+                                         methods=(method,), on_fold=on_fold, learner=config.fusion.head)[method]
+        else:  # an automatic choice: its nested out-of-fold margin (no pruning within it)
+            margins = fitter.selected_margins(X_img, X_tab[tab_names], y, t.patient_ids, encoder.folds_)
         auc = auc_mann_whitney(y, margins)
         facts = {"encoder_outputs": key, "encoder_cached": cached, "auc": auc, "lesions": len(y),
                  "lesions_sha256": t.fingerprint}
