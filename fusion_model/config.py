@@ -56,11 +56,18 @@ class EncoderConfig(StrictModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     stem_stride: int = Field(4, ge=1, le=8)
     mask_pooling: bool = Field(True, description="pool features over the lesion as well as the whole crop")
+    input_pooling: bool = Field(True, description="also pool the input over the lesion (mean and SD of each "
+                                "channel inside the mask, and the lesion's share of the crop), one linear layer "
+                                "from the embedding (needs mask_pooling)")
     epochs: int = Field(30, ge=1, le=1000)
     batch_size: int = Field(16, ge=2, le=512)
     learning_rate: float = Field(3e-3, gt=0, le=1)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["onecycle", "cosine"] = "onecycle"
+    stopping: Literal["best_validation", "last_epoch"] = Field(
+        "last_epoch", description="which epoch's network a fold keeps: the best on a patient-grouped "
+        "validation part of its training lesions (validation_fraction, early stopping after patience epochs), or "
+        "the last of the schedule, trained on all its training lesions")
     patience: int = Field(8, ge=1)
     validation_fraction: float = Field(0.15, gt=0, lt=0.5)
     class_weighting: Literal["balanced", "none"] = "balanced"

@@ -221,3 +221,32 @@ def test_mixed_precision_training_on_cuda_learns_and_returns_a_cpu_network():
     encoder = ImageEncoder(config, progress=False, folds=3, device="cuda").fit(crops, labels, patients)
     assert encoder.oof_auc_ > 0.85
     assert all(next(m.parameters()).device.type == "cpu" for m in encoder.fold_models_)
+
+
+def test_input_pooling_hands_the_lesions_mean_sd_and_size_to_the_embedding():
+    x = torch.full((2, 2, 8, 8, 8), 0.2)
+    x[:, 1] = 0
+    x[0, 1, 2:6, 2:6, 2:6] = 1  # a 4^3 lesion
+    x[1, 1, 1:7, 1:7, 1:7] = 1  # a 6^3 lesion
+    x[:, 0][x[:, 1] > 0] = 0.4
+    x[1, 0, 1, 1, 1] = 0.6
+    stats = LesionEncoder.input_statistics(x, x[:, 1:2])
+    assert stats.shape == (2, 5)
+    assert stats[0, 0] == pytest.approx(0.4) and stats[0, 2] == pytest.approx(0.0, abs=1e-3)  # mean, SD
+    assert stats[1, 2] > 0.01  # a brighter voxel in the lesion: heterogeneous
+    assert stats[0, 4] == pytest.approx((64 / 512) ** (1 / 3), rel=1e-5)
+    assert stats[1, 4] / stats[0, 4] == pytest.approx(6 / 4, rel=1e-5)  # proportional to the diameter
+    network = build_network(EncoderConfig(input_pooling=True, **TINY), 2)
+    plain = build_network(EncoderConfig(input_pooling=False, **TINY), 2)
+    assert network.embed[0].in_features == plain.embed[0].in_features + 5
+    logit, embedding = network(x)
+    assert logit.shape == (2,) and embedding.shape == (2, 8)
+
+
+def test_last_epoch_stopping_trains_each_fold_on_all_its_lesions_for_the_whole_schedule():
+    crops, labels, patients = toy_crops(n=48)
+    encoder = ImageEncoder(EncoderConfig(epochs=3, stopping="last_epoch", **TINY), progress=False, folds=3).fit(
+        crops, labels, patients)
+    assert [r.best_epoch for r in encoder.fold_results_] == [2, 2, 2]
+    assert all(r.best_val_auc is None and len(r.history) == 3 for r in encoder.fold_results_)
+    assert np.isfinite(encoder.oof_logits_).all()

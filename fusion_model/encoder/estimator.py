@@ -1,9 +1,12 @@
 """`ImageEncoder`: out-of-fold encoder outputs for the fusion heads, and the networks that score new lesions.
 
 ``fit(crops, labels, patient_ids)`` splits the lesions into patient-grouped, label-stratified
-folds. For each fold an encoder is trained on the other folds (early-stopped on a
-patient-grouped validation part of them) and predicts the held-out fold, so every lesion's
-out-of-fold logit and embedding come from a model that never saw its patient.
+folds. For each fold an encoder is trained on the other folds (for the whole schedule,
+``encoder.stopping: last_epoch``, the default; or early-stopped on a patient-grouped validation part
+of them, ``best_validation``) and predicts the held-out fold, so every lesion's out-of-fold logit and
+embedding come from a model that never saw its patient. Early stopping on the few dozen lesions of a
+validation part picks noisy epochs (as early as the second) and leaves the folds' logits on different
+scales; the annealed end of the one-cycle schedule does neither.
 
 New lesions (``decision_function`` / ``transform``) are scored by the average of the fold networks
 (``encoder.inference: fold_ensemble``, the default: the networks whose outputs the heads learned from), or
@@ -113,10 +116,14 @@ class ImageEncoder:
         self.fold_train_patients_: list[set] = []
         self.inference_ = cfg.inference
         for k, (train_idx, test_idx) in enumerate(self.folds_):
-            inner_train, inner_val = inner_validation_split(labels[train_idx], groups[train_idx],
-                                                            cfg.validation_fraction, self.seed + k)
+            if cfg.stopping == "last_epoch":
+                fit_idx, val_idx = train_idx, None
+            else:
+                inner_train, inner_val = inner_validation_split(labels[train_idx], groups[train_idx],
+                                                                cfg.validation_fraction, self.seed + k)
+                fit_idx, val_idx = train_idx[inner_train], train_idx[inner_val]
             result = train_encoder(
-                crops, labels, train_idx[inner_train], train_idx[inner_val], cfg, self.hu_window, seed=self.seed,
+                crops, labels, fit_idx, val_idx, cfg, self.hu_window, seed=self.seed,
                 checkpoint=self._checkpoint(f"fold{k}"), on_epoch=self._hook(k), progress=self.progress,
                 description=f"encoder fold {k + 1}/{len(self.folds_)}", second_reader_crops=second_reader_crops,
                 device=self.device,

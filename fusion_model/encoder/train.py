@@ -38,7 +38,8 @@ def build_network(config: EncoderConfig, crop_channels: int) -> LesionEncoder:
     mask_channel = -1 if dims == 3 else 3 * (crop_channels - 1) + 1
     return LesionEncoder(dims, in_channels, width=config.width, depth=config.depth,
                          embedding_size=config.embedding_size, dropout=config.dropout,
-                         stem_stride=config.stem_stride, mask_channel=mask_channel if config.mask_pooling else None)
+                         stem_stride=config.stem_stride, mask_channel=mask_channel if config.mask_pooling else None,
+                         input_pooling=config.input_pooling)
 
 
 def _as_float(batch: np.ndarray) -> torch.Tensor:
