@@ -207,11 +207,12 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
                                    manifest=manifest, subtypes=subtypes, subtype_info=manifest.get("subtype"))
 
 
-def load_phase_models(path: Path, progress: bool = False) -> dict[str, FusionModel]:
+def load_phase_models(path: Path, progress: bool = False, manifest: dict | None = None) -> dict[str, FusionModel]:
     """The same experiment trained on each CT phase alone (``compare_phases``), by phase; empty when the
-    artifact has none."""
+    artifact has none. ``manifest``: the artifact's manifest when already verified (a loaded model's
+    ``manifest_``), so its files are not hashed twice."""
     path = Path(path)
-    entries = read_manifest(path).get("phase_models") or {}
+    entries = (manifest if manifest is not None else read_manifest(path)).get("phase_models") or {}
     models = {}
     for phase, rel in entries.items():
         folder = (path / rel).resolve()

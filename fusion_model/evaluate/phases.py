@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.stats as sps
 
 from fusion_model.evaluate import stats
-from fusion_model.heads.subtype import SubtypeClasses
+from fusion_model.heads.subtype import SubtypeClasses, one_vs_rest_auc
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -116,13 +116,9 @@ def _subtype_row(subtype: dict, name: str, reference: str) -> dict:
         if name != reference and reference in subtype["names"]:
             difference = macro[:, j] - macro[:, subtype["names"].index(reference)]
             low, high = np.quantile(difference, [0.025, 0.975])
-            row["macro_vs_reference"] = {"difference": row["macro_auc"] - _macro(subtype, reference),
+            reference_macro = one_vs_rest_auc(y, subtype["matrices"][reference], classes)["macro"]
+            row["macro_vs_reference"] = {"difference": row["macro_auc"] - reference_macro,
                                          "difference_ci95": [float(low), float(high)],
                                          "reference_lower_beyond_ci": bool(low > 0)}
     return row
 
-
-def _macro(subtype: dict, name: str) -> float:
-    matrix, y = subtype["matrices"][name], subtype["y"]
-    aucs = [stats.nan_safe_auc((y == k).astype(int), matrix[:, k]) for k in range(matrix.shape[1])]
-    return float(np.nanmean(aucs))

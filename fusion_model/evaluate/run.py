@@ -302,7 +302,7 @@ def _phase_comparison(model_dir: Path, model, data, labels: pd.Series, predicted
     """Each phase alone against all phases on these lesions (models trained with ``compare_phases``)."""
     from fusion_model.artifact import load_phase_models
 
-    phase_models = load_phase_models(model_dir, progress=progress)
+    phase_models = load_phase_models(model_dir, progress=progress, manifest=model.manifest_)
     if not phase_models:
         return None
     primary = model.primary_variant
