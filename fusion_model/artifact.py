@@ -42,7 +42,8 @@ from fusion_model.heads.xgb import XGBHead
 from fusion_model.model import FusionModel
 
 FORMAT = "fusion-model-artifact"
-FORMAT_VERSION = 3  # 2: one entry per fitted variant, its heads inside it; 3: the encoder's fold networks
+FORMAT_VERSION = 4  # 2: one entry per fitted variant, its heads inside it; 3: the encoder's fold networks;
+# 4: the encoder networks' input skip (encoder.input_skip)
 MANIFEST = "manifest.json"
 MANIFEST_HASH = "manifest.sha256"
 ENCODER_DIR = "encoder"

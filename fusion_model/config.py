@@ -59,6 +59,14 @@ class EncoderConfig(StrictModel):
     input_pooling: bool = Field(True, description="also pool the input over the lesion (mean and SD of each "
                                 "channel inside the mask, and the lesion's share of the crop), one linear layer "
                                 "from the embedding (needs mask_pooling)")
+    mask_input: Literal["binary", "signed_distance"] = Field(
+        "binary", description="how the mask enters the network: as the 0/1 outline, or as a signed depth map "
+        "computed from it (how deep inside or far outside each voxel lies, up to 8 voxels; local thickness for "
+        "shape data)")
+    input_skip: bool = Field(True, description="add to the logit a logistic regression on the input statistics, "
+                             "fitted on each network's training lesions before it trains (needs input_pooling): "
+                             "the convolutions learn what the crop adds to mean attenuation, enhancement, "
+                             "heterogeneity and size")
     epochs: int = Field(30, ge=1, le=1000)
     batch_size: int = Field(16, ge=2, le=512)
     learning_rate: float = Field(3e-3, gt=0, le=1)

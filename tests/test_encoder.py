@@ -250,3 +250,65 @@ def test_last_epoch_stopping_trains_each_fold_on_all_its_lesions_for_the_whole_s
     assert [r.best_epoch for r in encoder.fold_results_] == [2, 2, 2]
     assert all(r.best_val_auc is None and len(r.history) == 3 for r in encoder.fold_results_)
     assert np.isfinite(encoder.oof_logits_).all()
+
+
+def test_signed_depth_is_positive_inside_negative_outside_and_grows_with_depth():
+    from fusion_model.encoder.network import signed_depth
+
+    mask = torch.zeros(1, 1, 20, 20, 20)
+    mask[0, 0, 4:16, 4:16, 4:16] = 1  # a 12^3 cube: the centre is 6 voxels deep
+    depth = signed_depth(mask, steps=4)[0, 0]
+    line = depth[10, 10]
+    assert line[10] == pytest.approx(1.0)  # 4 or more voxels deep
+    assert line[0] == pytest.approx(-1.0)  # 4 voxels outside
+    assert line[4] == pytest.approx(0.25) and line[3] == pytest.approx(-0.25)  # either side of the outline
+    assert line[5] == pytest.approx(0.5)
+    assert (torch.diff(line[4:11]) >= 0).all() and (torch.diff(line[:5]) > 0).all()
+    assert depth.min() >= -1 and depth.max() <= 1
+    flat = signed_depth(mask[:, :, 10], steps=4)[0, 0]  # 2D: one slice
+    assert flat[10, 4] == pytest.approx(0.25) and flat[10, 10] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["3d", "2.5d"])
+def test_signed_distance_input_replaces_the_mask_channels_and_trains(kind):
+    crops, labels, patients = toy_crops(n=24, size=12)
+    config = EncoderConfig(kind=kind, mask_input="signed_distance", input_skip=True,
+                           epochs=2, **TINY)
+    network = build_network(config, 2)
+    assert network.mask_input == "signed_distance" and network.mask_input_channels == (1 if kind == "3d" else 3)
+    x = torch.as_tensor(crops[:2].astype(np.float32))
+    if kind == "3d":
+        seen = []
+        network.features[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        network.eval()
+        network(x)
+        assert not torch.equal(seen[0][:, -1], x[:, -1]) and torch.equal(seen[0][:, 0], x[:, 0])
+        assert seen[0][:, -1].min() < 0 < seen[0][:, -1].max()
+    encoder = ImageEncoder(config, progress=False, folds=2).fit(crops, labels, patients, fit_final=False)
+    assert np.isfinite(encoder.oof_logits_).all() and np.isfinite(encoder.oof_embeddings_).all()
+
+
+def test_input_skip_starts_as_the_logistic_regression_on_the_input_statistics_and_adds_to_the_logit():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    config = EncoderConfig(input_skip=True, **TINY)
+    network = build_network(config, 2).eval()
+    crops, labels, _ = toy_crops(n=40, size=12)
+    x = torch.as_tensor(crops.astype(np.float32))
+    with torch.no_grad():
+        without = network(x)[0]  # the skip starts at zero
+        statistics = network.lesion_statistics(x)
+    network.fit_input_skip(statistics, labels)
+    z = statistics.double()
+    sd = z.std(0)
+    z = ((z - z.mean(0)) / torch.where(sd > 1e-6, sd, torch.ones_like(sd))).numpy()
+    reference = LogisticRegression(class_weight="balanced", max_iter=5000).fit(z, labels).decision_function(z)
+    with torch.no_grad():
+        skip = network(x)[0] - without
+    np.testing.assert_allclose(skip.numpy(), reference, atol=1e-4)
+    assert roc_auc_score(labels, skip.numpy()) > 0.9  # larger, brighter lesions: the statistics separate them
+    assert build_network(EncoderConfig(input_skip=True, input_pooling=False, **TINY), 2).input_skip is None
+    fitted = train_encoder(crops, labels, np.arange(40), None, EncoderConfig(input_skip=True, epochs=1, **TINY),
+                           progress=False)
+    assert fitted.model.statistics_scale.ne(1).any() and fitted.model.input_skip.weight.abs().sum() > 0

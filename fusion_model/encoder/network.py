@@ -12,13 +12,18 @@ clinical studies. With ``input_pooling`` the input itself is pooled over the les
 mean and SD of every input channel inside the mask and the cube root of the mask's share of
 the crop (proportional to the lesion's diameter), standardised (batch norm), so mean
 attenuation, enhancement, heterogeneity and size reach the embedding through one linear layer
-however the convolutions train. A linear layer maps the pooled features to the embedding, a second one to
+however the convolutions train. With ``mask_input="signed_distance"`` the mask's input channels are replaced by
+a signed depth map computed inside the network (:func:`signed_depth`: the mask's erosions minus its dilations,
+by repeated 3^d max pooling, in [-1, 1]): every voxel then carries how deep inside or how far outside the outline
+it lies, i.e. the local thickness of shape data, and the same map serves training, test-time flips and
+Grad-CAM. A linear layer maps the pooled features to the embedding, a second one to
 the malignancy logit. Layers come from MONAI's factories, so one class serves
 ``spatial_dims`` 2 and 3.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from monai.networks.layers.factories import Act, Conv, Norm
 from torch import nn
@@ -50,16 +55,47 @@ class ResidualBlock(nn.Module):
         return self.act(x + self.body(x))
 
 
+def _max_3(x: torch.Tensor) -> torch.Tensor:
+    """Maximum over each voxel's 3^d neighbourhood (the crop's edge repeated outward), one axis at a time:
+    several times faster on the CPU than ``max_pool3d``."""
+    for axis in range(2, x.ndim):
+        n = x.shape[axis]
+        padded = torch.cat([x.narrow(axis, 0, 1), x, x.narrow(axis, n - 1, 1)], dim=axis)
+        x = torch.maximum(torch.maximum(padded.narrow(axis, 0, n), padded.narrow(axis, 1, n)),
+                          padded.narrow(axis, 2, n))
+    return x
+
+
+def signed_depth(mask: torch.Tensor, steps: int = 8) -> torch.Tensor:
+    """Signed chessboard depth of a (soft) mask, per channel, in [-1, 1]: +d/steps for a voxel d voxels deep
+    (1 on the outline), -d/steps for one d voxels outside, saturating at ``steps`` (the mean over ``steps``
+    erosions of the mask minus the mean over ``steps`` dilations of its complement). Works for (n, c, z, y, x)
+    and (n, c, y, x)."""
+    inside, outside = mask, mask
+    depth = torch.zeros_like(mask)
+    for step in range(steps):
+        if step:
+            inside = -_max_3(-inside)
+            outside = _max_3(outside)
+        depth = depth + inside - (1 - outside)
+    return depth / steps
+
+
 class LesionEncoder(nn.Module):
     """``forward(x)`` returns ``(logit (batch,), embedding (batch, embedding_size))``."""
 
     def __init__(self, spatial_dims: int, in_channels: int, width: int = 16, depth: int = 3,
                  embedding_size: int = 64, dropout: float = 0.2, stem_stride: int = 4,
-                 mask_channel: int | None = -1, input_pooling: bool = False):
+                 mask_channel: int | None = -1, input_pooling: bool = False, mask_input: str = "binary",
+                 mask_input_channels: int = 1, input_skip: bool = False):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if mask_input not in ("binary", "signed_distance"):
+            raise ValueError(f"mask_input must be 'binary' or 'signed_distance', got {mask_input!r}")
         self.spatial_dims = spatial_dims
+        self.mask_input = mask_input
+        self.mask_input_channels = mask_input_channels  # the trailing input channels that hold the mask
         stages: list[nn.Module] = [_conv_norm_act(spatial_dims, in_channels, width, stem_stride, stem_stride)]
         widths = [width]
         for _ in range(depth):
@@ -77,8 +113,18 @@ class LesionEncoder(nn.Module):
             # the statistics vary by a few hundredths between lesions (30 HU in a 500 HU window): standardised,
             # a weight of order one turns them into logit, which the optimiser reaches in a few hundred steps
             self.input_norm = nn.BatchNorm1d(2 * in_channels + 1)
+        self.n_input_statistics = 2 * in_channels + 1 if self.input_pooling else 0
         self.embed = nn.Sequential(nn.Linear(pooled, embedding_size), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_size, 1))
+        self.input_skip = None
+        if input_skip and self.input_pooling:
+            # a logistic regression on the input statistics, standardised by fixed training-set moments (set,
+            # with its weights, by fit_input_skip before training), added to the logit
+            self.input_skip = nn.Linear(self.n_input_statistics, 1)
+            nn.init.zeros_(self.input_skip.weight)
+            nn.init.zeros_(self.input_skip.bias)
+            self.register_buffer("statistics_mean", torch.zeros(self.n_input_statistics))
+            self.register_buffer("statistics_scale", torch.ones(self.n_input_statistics))
 
     def _mask_mean(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         spatial = tuple(range(2, features.ndim))
@@ -98,21 +144,59 @@ class LesionEncoder(nn.Module):
         share = mask.mean(dim=spatial).clamp_min(0).pow(1 / 3)
         return torch.cat([mean, sd, share], dim=1)
 
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Global mean of the last stage, the lesion mean of every stage (and of the input's statistics)."""
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The crop as the convolutions see it (the mask channels as a signed depth map, if so configured)."""
+        if self.mask_input == "signed_distance":
+            first = x.shape[1] - self.mask_input_channels
+            x = torch.cat([x[:, :first], signed_depth(x[:, first:])], dim=1)
+        return x
+
+    def lesion_statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """The input statistics of a batch of crops (not standardised); needs input pooling."""
+        return self.input_statistics(self.network_input(x), x[:, self.mask_channel:][:, :1])
+
+    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global mean of the last stage, the lesion mean of every stage (and the standardised input statistics);
+        and the raw input statistics (None without input pooling)."""
         mask = None if self.mask_channel is None else x[:, self.mask_channel:][:, :1]
-        pooled = [self.input_norm(self.input_statistics(x, mask))] if self.input_pooling else []
+        x = self.network_input(x)
+        statistics = self.input_statistics(x, mask) if self.input_pooling else None
+        pooled = [self.input_norm(statistics)] if self.input_pooling else []
         for stage in self.features:
             x = stage(x)
             if mask is not None:
                 pooled.append(self._mask_mean(x, mask))
         pooled.insert(0, x.mean(dim=tuple(range(2, x.ndim))))
-        return torch.cat(pooled, dim=1)
+        return torch.cat(pooled, dim=1), statistics
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Malignancy logit (n,) and embedding (n, embedding_size) of a batch of crops."""
-        embedding = self.embed(self.pool(x))
-        return self.head(embedding).squeeze(-1), embedding
+        pooled, statistics = self.pool(x)
+        embedding = self.embed(pooled)
+        logit = self.head(embedding).squeeze(-1)
+        if self.input_skip is not None:
+            standardised = (statistics - self.statistics_mean) / self.statistics_scale
+            logit = logit + self.input_skip(standardised).squeeze(-1)
+        return logit, embedding
+
+    @torch.no_grad()
+    def fit_input_skip(self, statistics: torch.Tensor, labels: np.ndarray, balanced: bool = True,
+                       inverse_regularisation: float = 1.0) -> None:
+        """Start the input skip as an L2 logistic regression (scikit-learn) of the labels on the standardised
+        input statistics of the training lesions: the network then learns what the convolutions add to it."""
+        from sklearn.linear_model import LogisticRegression
+
+        statistics = statistics.detach().double().cpu()
+        mean, scale = statistics.mean(0), statistics.std(0)
+        scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))  # a constant statistic (the mask's SD)
+        standardised = ((statistics - mean) / scale).numpy()
+        regression = LogisticRegression(C=inverse_regularisation, class_weight="balanced" if balanced else None,
+                                        max_iter=5000).fit(standardised, np.asarray(labels).astype(int))
+        device = self.input_skip.weight.device
+        self.statistics_mean.copy_(mean.float().to(device))
+        self.statistics_scale.copy_(scale.float().to(device))
+        self.input_skip.weight.copy_(torch.as_tensor(regression.coef_, dtype=torch.float32, device=device))
+        self.input_skip.bias.copy_(torch.as_tensor(regression.intercept_, dtype=torch.float32, device=device))
 
     def first_layer(self) -> nn.Module:
         """The stem convolution (Grad-CAM hooks the feature blocks after it)."""

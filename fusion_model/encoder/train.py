@@ -39,7 +39,8 @@ def build_network(config: EncoderConfig, crop_channels: int) -> LesionEncoder:
     return LesionEncoder(dims, in_channels, width=config.width, depth=config.depth,
                          embedding_size=config.embedding_size, dropout=config.dropout,
                          stem_stride=config.stem_stride, mask_channel=mask_channel if config.mask_pooling else None,
-                         input_pooling=config.input_pooling)
+                         input_pooling=config.input_pooling, mask_input=config.mask_input,
+                         mask_input_channels=1 if dims == 3 else 3, input_skip=config.input_skip)
 
 
 def _as_float(batch: np.ndarray) -> torch.Tensor:
@@ -97,6 +98,20 @@ def _training_batch(crops: np.ndarray, labels: np.ndarray, indices: np.ndarray, 
     return torch.cat(xs), torch.as_tensor(np.asarray(ys), dtype=torch.float32)
 
 
+@torch.inference_mode()
+def _lesion_statistics(model: LesionEncoder, crops: np.ndarray, config: EncoderConfig,
+                       device: torch.device) -> torch.Tensor:
+    """The input statistics of un-augmented crops (3D; in 2.5D those of each lesion's central slice stack)."""
+    out = []
+    for start in range(0, len(crops), config.inference_batch_size):
+        batch = _as_float(crops[start:start + config.inference_batch_size])
+        if config.kind != "3d":
+            central = [lesion_slice_indices(c) for c in batch]
+            batch = torch.cat([slice_stacks(c, k[len(k) // 2:][:1]) for c, k in zip(batch, central)])
+        out.append(model.lesion_statistics(batch.to(device)).float().cpu())
+    return torch.cat(out)
+
+
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
 
@@ -142,6 +157,10 @@ def train_encoder(
     epochs = epochs or config.epochs
     torch.manual_seed(seed)
     model = build_network(config, crops.shape[1]).to(device)
+    if model.input_skip is not None:
+        skip_idx = np.sort(np.asarray(train_idx))
+        model.fit_input_skip(_lesion_statistics(model, crops[skip_idx], config, device), labels[skip_idx],
+                             balanced=config.class_weighting == "balanced")
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = int(np.ceil(len(train_idx) / config.batch_size))
