@@ -107,13 +107,12 @@ class LesionEncoder(nn.Module):
         self.features = nn.ModuleList(stages)
         self.mask_channel = mask_channel
         self.input_pooling = input_pooling and mask_channel is not None
-        pooled = widths[-1] + (sum(widths) if mask_channel is not None else 0)
+        self.n_input_statistics = 2 * in_channels + 1 if self.input_pooling else 0  # per channel mean, SD; share
+        pooled = widths[-1] + (sum(widths) if mask_channel is not None else 0) + self.n_input_statistics
         if self.input_pooling:
-            pooled += 2 * in_channels + 1
             # the statistics vary by a few hundredths between lesions (30 HU in a 500 HU window): standardised,
             # a weight of order one turns them into logit, which the optimiser reaches in a few hundred steps
-            self.input_norm = nn.BatchNorm1d(2 * in_channels + 1)
-        self.n_input_statistics = 2 * in_channels + 1 if self.input_pooling else 0
+            self.input_norm = nn.BatchNorm1d(self.n_input_statistics)
         self.embed = nn.Sequential(nn.Linear(pooled, embedding_size), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_size, 1))
         self.input_skip = None

@@ -99,12 +99,13 @@ def _training_batch(crops: np.ndarray, labels: np.ndarray, indices: np.ndarray, 
 
 
 @torch.inference_mode()
-def _lesion_statistics(model: LesionEncoder, crops: np.ndarray, config: EncoderConfig,
+def _lesion_statistics(model: LesionEncoder, crops: np.ndarray, indices: np.ndarray, config: EncoderConfig,
                        device: torch.device) -> torch.Tensor:
-    """The input statistics of un-augmented crops (3D; in 2.5D those of each lesion's central slice stack)."""
+    """The input statistics of the un-augmented crops ``crops[indices]``, read a batch at a time (no copy of the
+    training set); in 2.5D those of each lesion's central slice stack."""
     out = []
-    for start in range(0, len(crops), config.inference_batch_size):
-        batch = _as_float(crops[start:start + config.inference_batch_size])
+    for start in range(0, len(indices), config.inference_batch_size):
+        batch = _as_float(crops[indices[start:start + config.inference_batch_size]])
         if config.kind != "3d":
             central = [lesion_slice_indices(c) for c in batch]
             batch = torch.cat([slice_stacks(c, k[len(k) // 2:][:1]) for c, k in zip(batch, central)])
@@ -159,7 +160,7 @@ def train_encoder(
     model = build_network(config, crops.shape[1]).to(device)
     if model.input_skip is not None:
         skip_idx = np.sort(np.asarray(train_idx))
-        model.fit_input_skip(_lesion_statistics(model, crops[skip_idx], config, device), labels[skip_idx],
+        model.fit_input_skip(_lesion_statistics(model, crops, skip_idx, config, device), labels[skip_idx],
                              balanced=config.class_weighting == "balanced")
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
