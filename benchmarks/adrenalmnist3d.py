@@ -2,7 +2,7 @@
 
     python benchmarks/adrenalmnist3d.py ../shared/data/adrenalmnist3d/adrenalmnist3d_64_trainval.npz \
         [--eval-npz OTHER.npz] [--config experiments/adrenalmnist3d.yaml] [--out reports/adrenalmnist3d] \
-        [--repeats K] [--set encoder.width=24 ...]
+        [--repeats K] [--set encoder.width=24 ...] [--device cpu|cuda|auto]
 
 Imports the npz (any of train / val / test) as a cohort, trains the imaging-only and the fused
 (imaging + the mask's shape features) models on `train`, and evaluates them on every other split
@@ -77,7 +77,7 @@ def run_once(args, config, seed: int, tmp: Path) -> dict:
     splits = sorted(load_medmnist_npz(args.npz))
     model_dir = tmp / f"model_seed{seed}"
     t = time.perf_counter()
-    run = pipeline.train(config, cohort, model_dir, cache, progress=False, overwrite=True)
+    run = pipeline.train(config, cohort, model_dir, cache, progress=False, overwrite=True, device=args.device)
     figures = {"seed": seed, "training_seconds": time.perf_counter() - t, "oof": {}, "splits": {}}
     print(f"seed {seed}: trained on 'train' in {figures['training_seconds']:.0f} s; out-of-fold on the training "
           "glands:")
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=1, help="runs with seeds S, S+1, ...: mean and SD")
     parser.add_argument("--seed", type=int, default=None, help="first seed (default: the config's)")
+    parser.add_argument("--device", default="cpu", help="where the encoder trains: cpu (the target's), cuda or auto")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="change one setting of the config (dotted key, YAML value); repeatable")
     args = parser.parse_args()
@@ -179,7 +180,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             runs.append(run_once(args, config, first_seed + r, Path(tmp)))
-    figures = {"npz": str(args.npz), "config": str(args.config), "set": params, "runs": runs,
+    figures = {"npz": str(args.npz), "config": str(args.config), "set": params, "device": args.device, "runs": runs,
                "wall_seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
     if args.repeats > 1:
         figures["summary"] = _summary(runs)
@@ -199,7 +200,8 @@ def main() -> None:
     print(f"command: python benchmarks/adrenalmnist3d.py {args.npz} --config {args.config}"
           + (f" --eval-npz {args.eval_npz}" if args.eval_npz else "")
           + (f" --repeats {args.repeats}" if args.repeats > 1 else "")
-          + "".join(f" --set {s}" for s in args.sets) + f"; figures in {args.out / 'benchmark.json'}")
+          + "".join(f" --set {s}" for s in args.sets)
+          + (f" --device {args.device}" if args.device != "cpu" else "") + f"; figures in {args.out / 'benchmark.json'}")
 
 
 if __name__ == "__main__":

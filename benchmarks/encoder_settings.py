@@ -8,7 +8,7 @@ the mask, cube root of the lesion's share of the crop) with the same folds, the 
 reach, and the tabular head on the measured radiological features, the level the issue asks it to approach.
 
     python benchmarks/encoder_settings.py --cohort COHORT [--config experiments/synthetic_demo.yaml] \\
-        [--test-centre centre_c] [--out FILE.json] \\
+        [--test-centre centre_c] [--out FILE.json] [--device cpu|cuda|auto] \\
         "lr 0.001, no skip: encoder.learning_rate=0.001,encoder.input_skip=false" "default:"
 
 Each setting is ``NAME: KEY=VALUE,KEY=VALUE`` (YAML values; an empty list is the experiment as it is).
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", type=Path, default=None, help="default: the packaged synthetic_demo.yaml")
     parser.add_argument("--test-centre", default="centre_c")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--device", default="cpu", help="where the networks train: cpu, cuda or auto")
     args = parser.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
     import torch
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
                                           min_child_weight=xgb.min_child_weight, random_state=base.seed, n_jobs=1),
             X_rad[is_train], X_rad[~is_train]),
     }
-    figures = {"cohort": str(args.cohort), "training_lesions": len(y), "test_lesions": len(y_test),
+    figures = {"cohort": str(args.cohort), "device": args.device, "training_lesions": len(y), "test_lesions": len(y_test),
                "references": references, "settings": []}
     print(f"{len(y)} training lesions, {len(y_test)} held-out ({args.test_centre}); {base.split.folds} folds")
     print(f"{'setting':46s} {'OOF AUC':>8s} {'held-out AUC (95% CI)':>24s} {'minutes':>8s}")
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, params in settings:
         config = with_params(base, {**params, "encoder.inference": "fold_ensemble"})
         started = time.perf_counter()
-        encoder = ImageEncoder.for_experiment(config, progress=False).fit(train.crops, y, groups, fit_final=False)
+        encoder = ImageEncoder.for_experiment(config, progress=False, device=args.device).fit(train.crops, y, groups, fit_final=False)
         minutes = (time.perf_counter() - started) / 60
         d = stats.delong(y_test, encoder.decision_function(test.crops))
         row = {"name": name, "set": params, "oof_auc": encoder.oof_auc_, "held_out_auc": float(d.aucs[0]),

@@ -496,6 +496,8 @@ def demo(
     seed: Annotated[int, typer.Option()] = 0,
     epochs: Annotated[int | None, typer.Option(help="encoder epochs (default: the demo experiment's 25)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the AUC CIs")] = 2000,
+    device: Annotated[str, typer.Option("--device", help="where the encoder trains: cpu (the default), cuda "
+                                                         "(mixed precision) or auto (CUDA when present)")] = "cpu",
 ) -> None:
     """The main job end to end: synthesise, validate, train, evaluate on an external centre, explain, and
     measure how much the answers depend on the outline (a simulated second reader)."""
@@ -503,7 +505,7 @@ def demo(
 
     overrides = {"encoder": {"epochs": epochs}} if epochs else None
     summary = run_demo(out, patients=patients, seed=seed, experiment=demo_experiment(overrides), bootstrap=bootstrap,
-                       console=console)
+                       console=console, device=device)
     table = Table(title=f"external centre {summary['external_centre']}: {summary['lesions']['external']} lesions "
                         f"(trained on {summary['lesions']['training']})")
     for column in ("model", "kind", "AUC", "95% CI (DeLong, logit)", "95% CI (bootstrap)"):
@@ -526,7 +528,8 @@ def demo(
                   f"{a['class_flips']} class flip(s); AUC {_fmt_auc(a['auc_first'])} (first reader) vs "
                   f"{_fmt_auc(a['auc_second'])} (second reader)")
     seconds = summary["seconds"]
-    console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+                  + f" (encoder on {summary['device']})")
     console.print("outputs:")
     for name, path in summary["outputs"].items():
         console.print(f"  {name}: {path}")

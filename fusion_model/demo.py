@@ -62,8 +62,9 @@ def _agreement_headline(metrics: dict) -> dict:
 
 
 def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: ExperimentConfig | None = None,
-             bootstrap: int = 2000, console=None, progress: bool = True) -> dict:
-    """Run every stage; returns the summary also written to ``out/demo_summary.json``."""
+             bootstrap: int = 2000, console=None, progress: bool = True, device: str = "cpu") -> dict:
+    """Run every stage; returns the summary also written to ``out/demo_summary.json``. ``device``: where the
+    encoder trains (cpu, cuda or auto), as in ``fusion-model train``."""
     from fusion_model import pipeline
     from fusion_model.agreement.run import AgreementSettings, run_agreement
     from fusion_model.cohort import validate_cohort
@@ -78,7 +79,10 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
         if console is not None:
             console.rule(text)
 
+    from fusion_model.devices import resolve_device
+
     out = Path(out)
+    device = str(resolve_device(device))  # a CUDA request on a machine without one is refused before any work
     experiment = experiment or demo_experiment()
     cache = ImageCache(out / "cache")
     stages: dict[str, float] = {}
@@ -101,7 +105,7 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
     say(f"3/6 train the four variants on centre_a + centre_b ({EXTERNAL_CENTRE} held out)")
     t = time.perf_counter()
     run = pipeline.train(experiment, cohort, out / "model", cache, test_centre=EXTERNAL_CENTRE, overwrite=True,
-                         progress=progress)
+                         progress=progress, device=device)
     stages["train"] = time.perf_counter() - t
 
     say(f"4/6 evaluate on the external centre {EXTERNAL_CENTRE}")
@@ -133,7 +137,7 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
     summary = {
         "format": "fusion-model-demo-summary", "package_version": __version__,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "patients": patients, "seed": seed, "external_centre": EXTERNAL_CENTRE,
+        "patients": patients, "seed": seed, "external_centre": EXTERNAL_CENTRE, "device": device,
         "lesions": {"training": run.model.oof_.shape[0], "external": metrics["cohort"]["lesions"]},
         "external_auc": headline,
         "external_oracle_auc": metrics["oracle"]["auc"] if metrics.get("oracle") else None,

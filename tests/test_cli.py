@@ -155,6 +155,17 @@ def test_demo_end_to_end_at_a_reduced_size(tmp_path):
     assert "reader agreement on" in result.stdout and summary["agreement"]["lesions"] == summary["lesions"]["external"]
 
 
+def test_demo_on_a_missing_gpu_is_one_line_exit_2_before_any_work(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = run_cli("demo", "--out", tmp_path / "demo", "--device", "cuda")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--device cuda" in result.stderr and "no CUDA device" in result.stderr
+    assert not (tmp_path / "demo").exists()
+
+
 def test_train_on_a_missing_gpu_is_one_line_exit_2_before_any_work(trained_model, tmp_path):
     import torch
     import yaml
