@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {"cohort": str(args.cohort), "device": args.device, "training_lesions": len(y), "test_lesions": len(y_test),
                "references": references, "settings": []}
     print(f"{len(y)} training lesions, {len(y_test)} held-out ({args.test_centre}); {base.split.folds} folds")
-    print(f"{'setting':46s} {'OOF AUC':>8s} {'held-out AUC (95% CI)':>24s} {'minutes':>8s}")
+    print(f"{'setting':46s} {'OOF AUC':>8s} {'held-out AUC (95% CI)':>24s} {'minutes':>8s} {'emb. spread':>10s}")
     for name, ref in references.items():
         print(f"{name:46s} {ref['oof_auc']:8.3f} {ref['held_out_auc']:8.3f} ({ref['ci95'][0]:.3f}-"
               f"{ref['ci95'][1]:.3f})")
@@ -118,11 +118,14 @@ def main(argv: list[str] | None = None) -> dict:
         encoder = ImageEncoder.for_experiment(config, progress=False, device=args.device).fit(train.crops, y, groups, fit_final=False)
         minutes = (time.perf_counter() - started) / 60
         d = stats.delong(y_test, encoder.decision_function(test.crops))
+        # the spread of the out-of-fold embeddings (root of the summed variances): near 0 when the embedding
+        # layer is dead and the logit comes from the input skip alone
+        spread = float(np.sqrt(np.nanvar(encoder.oof_embeddings_, axis=0).sum()))
         row = {"name": name, "set": params, "oof_auc": encoder.oof_auc_, "held_out_auc": float(d.aucs[0]),
-               "ci95": list(d.ci(0)), "minutes": minutes}
+               "ci95": list(d.ci(0)), "minutes": minutes, "embedding_spread": spread}
         figures["settings"].append(row)
         print(f"{name:46s} {row['oof_auc']:8.3f} {row['held_out_auc']:8.3f} ({row['ci95'][0]:.3f}-"
-              f"{row['ci95'][1]:.3f}) {minutes:8.1f}", flush=True)
+              f"{row['ci95'][1]:.3f}) {minutes:8.1f} {spread:10.4f}", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=2, default=float) + "\n")

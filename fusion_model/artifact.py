@@ -42,8 +42,8 @@ from fusion_model.heads.xgb import XGBHead
 from fusion_model.model import FusionModel
 
 FORMAT = "fusion-model-artifact"
-FORMAT_VERSION = 4  # 2: one entry per fitted variant, its heads inside it; 3: the encoder's fold networks;
-# 4: the encoder networks' input skip (encoder.input_skip)
+FORMAT_VERSION = 5  # 2: one entry per fitted variant, its heads inside it; 3: the encoder's fold networks;
+# 4: the encoder networks' input skip (encoder.input_skip); 5: the embedding layer normalised (LayerNorm, GELU)
 MANIFEST = "manifest.json"
 MANIFEST_HASH = "manifest.sha256"
 ENCODER_DIR = "encoder"

@@ -312,3 +312,18 @@ def test_input_skip_starts_as_the_logistic_regression_on_the_input_statistics_an
     fitted = train_encoder(crops, labels, np.arange(40), None, EncoderConfig(input_skip=True, epochs=1, **TINY),
                            progress=False)
     assert fitted.model.statistics_scale.ne(1).any() and fitted.model.input_skip.weight.abs().sum() > 0
+
+
+def test_an_embedding_pushed_negative_for_every_lesion_still_passes_gradient_to_the_convolutions():
+    # a ReLU embedding died on 1091 synthetic lesions at learning rate 0.01 beside the input skip (every unit
+    # negative for every lesion): no gradient reached the convolutions again, the logit was the skip alone, the
+    # heads' principal components were noise and Grad-CAM blank. The embedding's activation must let it recover.
+    network = build_network(EncoderConfig(input_skip=True, **TINY), 2).train()
+    crops, labels, _ = toy_crops(n=16, size=12)
+    with torch.no_grad():
+        network.embed[0].bias.fill_(-10.0)  # every unit far negative for every lesion
+    logit, embedding = network(torch.as_tensor(crops.astype(np.float32)))
+    torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.as_tensor(labels, dtype=torch.float32)).backward()
+    assert network.embed[0].weight.grad.abs().sum() > 0
+    first_conv = next(m for m in network.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Conv2d)))
+    assert first_conv.weight.grad.abs().sum() > 0

@@ -113,7 +113,11 @@ class LesionEncoder(nn.Module):
             # the statistics vary by a few hundredths between lesions (30 HU in a 500 HU window): standardised,
             # a weight of order one turns them into logit, which the optimiser reaches in a few hundred steps
             self.input_norm = nn.BatchNorm1d(self.n_input_statistics)
-        self.embed = nn.Sequential(nn.Linear(pooled, embedding_size), nn.ReLU(inplace=True))
+        # normalised, then GELU: beside the input skip, which carries the statistics' signal from the first step,
+        # a Linear + ReLU embedding died at learning rate 0.01 (every unit negative for every lesion: the logit
+        # was the skip alone, no gradient reached the convolutions, Grad-CAM was blank). Normalised across its
+        # units, each lesion's embedding always has units on the positive side, so gradient always flows.
+        self.embed = nn.Sequential(nn.Linear(pooled, embedding_size), nn.LayerNorm(embedding_size), nn.GELU())
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_size, 1))
         self.input_skip = None
         if input_skip and self.input_pooling:
