@@ -52,7 +52,8 @@ class EncoderConfig(StrictModel):
     kind: Literal["3d", "2.5d"] = "3d"
     width: int = Field(16, ge=4, le=128)
     depth: int = Field(3, ge=1, le=5)
-    embedding_size: int = Field(32, ge=2, le=512)
+    embedding_size: int = Field(32, ge=8, le=512, description="units of the embedding; normalised across them, so "
+                                                              "a handful would carry little more than signs")
     dropout: float = Field(0.2, ge=0, lt=1)
     stem_stride: int = Field(4, ge=1, le=8)
     mask_pooling: bool = Field(True, description="pool features over the lesion as well as the whole crop")

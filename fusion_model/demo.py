@@ -69,6 +69,7 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
     from fusion_model.agreement.run import AgreementSettings, run_agreement
     from fusion_model.cohort import validate_cohort
     from fusion_model.config import SynthConfig
+    from fusion_model.devices import resolve_device
     from fusion_model.evaluate.metrics import EvaluationSettings
     from fusion_model.evaluate.run import evaluate_model
     from fusion_model.explain.run import explain_cohort
@@ -78,8 +79,6 @@ def run_demo(out: Path, patients: int = 210, seed: int = 0, experiment: Experime
     def say(text: str) -> None:
         if console is not None:
             console.rule(text)
-
-    from fusion_model.devices import resolve_device
 
     out = Path(out)
     device = str(resolve_device(device))  # a CUDA request on a machine without one is refused before any work

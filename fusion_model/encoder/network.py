@@ -115,7 +115,7 @@ class LesionEncoder(nn.Module):
             self.input_norm = nn.BatchNorm1d(self.n_input_statistics)
         # normalised, then GELU: beside the input skip, which carries the statistics' signal from the first step,
         # a Linear + ReLU embedding died at learning rate 0.01 (every unit negative for every lesion: the logit
-        # was the skip alone, no gradient reached the convolutions, Grad-CAM was blank). Normalised across its
+        # was the skip alone, no gradient reached the convolutions or Grad-CAM). Normalised across its
         # units, each lesion's embedding always has units on the positive side, so gradient always flows.
         self.embed = nn.Sequential(nn.Linear(pooled, embedding_size), nn.LayerNorm(embedding_size), nn.GELU())
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_size, 1))
