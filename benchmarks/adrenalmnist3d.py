@@ -201,7 +201,8 @@ def main() -> None:
           + (f" --eval-npz {args.eval_npz}" if args.eval_npz else "")
           + (f" --repeats {args.repeats}" if args.repeats > 1 else "")
           + "".join(f" --set {s}" for s in args.sets)
-          + (f" --device {args.device}" if args.device != "cpu" else "") + f"; figures in {args.out / 'benchmark.json'}")
+          + (f" --device {args.device}" if args.device != "cpu" else "")
+          + f"; figures in {args.out / 'benchmark.json'}")
 
 
 if __name__ == "__main__":

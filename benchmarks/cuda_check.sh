@@ -8,8 +8,8 @@
 #    AUCs and stage times are comparable with the CPU demo's in the README; float16 autocast, so not identical);
 # 3. with the npz: the AdrenalMNIST3D benchmark on the GPU, the shipped config and the full 64^3 resolution with a
 #    stride-2 stem (over the 15-minute CPU budget; the GPU says whether resolution is worth its cost).
-# Each step's output is also written to LOG_DIR/NAME.log (default OUT_DIR). PYTHON names the interpreter (default python3); DEVICE=cpu
-# runs the same steps on the CPU (to check the script, or for the CPU figures beside the GPU's).
+# Each step's output is also written to LOG_DIR/NAME.log (default OUT_DIR). PYTHON names the interpreter (default
+# python3); DEVICE=cpu runs the same steps on the CPU (to check the script, or for the CPU figures beside the GPU's).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/cuda_check.sh OUT_DIR [NPZ]}
 npz=${2:-}
@@ -36,7 +36,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 step tests "$py" -m pytest -q -p no:cacheprovider tests/test_encoder.py -k "cuda or device"
 step demo fm demo --out "$out/demo" --device "$device" --bootstrap 500
 if [ -n "$npz" ]; then
-    step amn_shipped "$py" benchmarks/adrenalmnist3d.py "$npz" --device "$device" --bootstrap 200 --out "$out/amn_shipped"
-    step amn_64_stride2 "$py" benchmarks/adrenalmnist3d.py "$npz" --device "$device" --bootstrap 200 --out "$out/amn_64" \
-        --set preprocess.spacing_mm=1.0 --set encoder.stem_stride=2
+    amn=("$py" benchmarks/adrenalmnist3d.py "$npz" --device "$device" --bootstrap 200)
+    step amn_shipped "${amn[@]}" --out "$out/amn_shipped"
+    step amn_64_stride2 "${amn[@]}" --out "$out/amn_64" --set preprocess.spacing_mm=1.0 --set encoder.stem_stride=2
 fi

@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
                                           min_child_weight=xgb.min_child_weight, random_state=base.seed, n_jobs=1),
             X_rad[is_train], X_rad[~is_train]),
     }
-    figures = {"cohort": str(args.cohort), "device": args.device, "training_lesions": len(y), "test_lesions": len(y_test),
-               "references": references, "settings": []}
+    figures = {"cohort": str(args.cohort), "device": args.device, "training_lesions": len(y),
+               "test_lesions": len(y_test), "references": references, "settings": []}
     print(f"{len(y)} training lesions, {len(y_test)} held-out ({args.test_centre}); {base.split.folds} folds")
     print(f"{'setting':46s} {'OOF AUC':>8s} {'held-out AUC (95% CI)':>24s} {'minutes':>8s} {'emb. spread':>10s}")
     for name, ref in references.items():
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, params in settings:
         config = with_params(base, {**params, "encoder.inference": "fold_ensemble"})
         started = time.perf_counter()
-        encoder = ImageEncoder.for_experiment(config, progress=False, device=args.device).fit(train.crops, y, groups, fit_final=False)
+        encoder = ImageEncoder.for_experiment(config, progress=False, device=args.device)
+        encoder.fit(train.crops, y, groups, fit_final=False)
         minutes = (time.perf_counter() - started) / 60
         d = stats.delong(y_test, encoder.decision_function(test.crops))
         # the spread of the out-of-fold embeddings (root of the summed variances): near 0 when the embedding
