@@ -3,7 +3,7 @@
     python benchmarks/encoder_throughput.py [--seconds 8] [--batch 16]
 
 For 64^3 and 28^3 crops with 1 and 2 channels, prints crops per second for a full training
-step (MONAI augmentation + forward + backward + AdamW) and for inference (no augmentation,
+step (batched augmentation + forward + backward + AdamW) and for inference (no augmentation,
 no TTA), the FLOPs of one forward pass, the achieved GFLOP/s, and beside them a dense fp32
 matmul measured in the same run, so the figures can be read against what the CPU can do.
 Targets (DESIGN.md, 2 cores, 64^3): >= 40 crops/s training, >= 150 crops/s inference.
@@ -36,20 +36,19 @@ def measure(size: int, channels: int, batch: int, seconds: float, config) -> dic
     """Training and inference crops per second, FLOPs and peak memory of one encoder setting."""
     from fusion_model.encoder.network import count_flops
     from fusion_model.encoder.train import build_network
-    from fusion_model.encoder.transforms import augment, training_transforms
+    from fusion_model.encoder.transforms import BatchAugmentation
 
     torch.manual_seed(0)
     model = build_network(config, channels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    transform = training_transforms(1.0, (-200.0, 300.0))
-    transform.set_random_state(0)
+    augmentation = BatchAugmentation(1.0, (-200.0, 300.0))
     rng = np.random.default_rng(0)
     crops = rng.random((batch, channels, size, size, size)).astype(np.float16)
     crops[:, -1] = crops[:, -1] > 0.7
     labels = torch.as_tensor(rng.integers(0, 2, batch), dtype=torch.float32)
 
     def train_step():
-        x = torch.stack([augment(c, transform) for c in crops])
+        x = augmentation(torch.from_numpy(crops).float(), rng)
         logits, _ = model(x)
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         optimizer.zero_grad()

@@ -333,14 +333,14 @@ def test_agreement_with_a_model_scores_like_predict(trained_model, tmp_path):
 def test_training_batches_draw_the_second_readers_crop():
     from fusion_model.config import EncoderConfig
     from fusion_model.encoder.train import _training_batch
-    from fusion_model.encoder.transforms import training_transforms
+    from fusion_model.encoder.transforms import BatchAugmentation
 
     config = EncoderConfig(augmentation_strength=0.0)
     crops = np.zeros((4, 2, 8, 8, 8), np.float16)
     second = np.ones((4, 2, 8, 8, 8), np.float16)
-    transform = training_transforms(0.0, (-200.0, 300.0), 0.0)
     use = np.array([True, False, True, False])
-    x, _ = _training_batch(crops, np.zeros(4), np.arange(4), transform, config, np.random.default_rng(0), second, use)
+    x, _ = _training_batch(crops, np.zeros(4), np.arange(4), BatchAugmentation(0.0), config,
+                           np.random.default_rng(0), np.random.default_rng(1), second, use)
     assert x[:, 1].flatten(1).mean(1).tolist() == [1.0, 0.0, 1.0, 0.0]
 
 

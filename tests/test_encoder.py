@@ -7,7 +7,7 @@ from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.encoder.network import LesionEncoder, count_flops
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
 from fusion_model.encoder.train import build_network, predict, train_encoder
-from fusion_model.encoder.transforms import augment, training_transforms
+from fusion_model.encoder.transforms import BatchAugmentation, affine_theta, resample
 from fusion_model.errors import UserInputError
 
 TINY = dict(width=4, depth=2, embedding_size=8, stem_stride=2, batch_size=8, tta_views=2)
@@ -192,14 +192,48 @@ def test_slice_aggregation():
         aggregate(logits, embeddings, "max", 2, 0.5)
 
 
-def test_augmentation_keeps_the_mask_binary_and_aligned():
-    crops, _, _ = toy_crops(n=1, size=24)
-    transform = training_transforms(2.0, (-200, 300))
-    transform.set_random_state(0)
-    for _ in range(10):
-        out = augment(crops[0], transform)
-        assert set(torch.unique(out[1]).tolist()) <= {0.0, 1.0}
-        assert out.shape == (2, 24, 24, 24)
+def test_augmentation_keeps_the_mask_binary_and_aligned_with_the_phases():
+    crops, _, _ = toy_crops(n=16, size=24)
+    batch = torch.from_numpy(crops).float()
+    batch[:, 0] = 0.2 + 0.6 * batch[:, 1]  # a phase that is the mask, so alignment can be read off
+    before = batch.clone()
+    augmentation = BatchAugmentation(strength=2.0, hu_jitter=0.0)
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(5):
+        out = augmentation(batch, rng)
+        assert out.shape == batch.shape and out.dtype == batch.dtype
+        assert set(torch.unique(out[:, 1]).tolist()) <= {0.0, 1.0}
+        moved += int((out[:, 1] != batch[:, 1]).flatten(1).any(1).sum())
+        # inside the (moved) mask the phase is bright, outside dark, up to a trilinear edge and the <= 10 % scaling
+        inside, outside = out[:, 0][out[:, 1] == 1], out[:, 0][(out[:, 1] == 0) & (out[:, 0] > 0)]
+        assert float(inside.median()) > 0.6 and float(outside.median()) < 0.3
+    assert moved >= 40  # most of the 80 crops were moved
+    assert torch.equal(batch, before)  # the input is left as it was
+
+
+def test_augmentation_is_set_by_its_generator_and_off_at_strength_0():
+    crops, _, _ = toy_crops(n=8, size=16)
+    batch = torch.from_numpy(crops).float()
+    augmentation = BatchAugmentation()
+    first = augmentation(batch, np.random.default_rng(3))
+    assert torch.equal(first, augmentation(batch, np.random.default_rng(3)))
+    assert not torch.equal(first, augmentation(batch, np.random.default_rng(4)))
+    assert torch.equal(BatchAugmentation(strength=0.0)(batch, np.random.default_rng(3)), batch)
+
+
+def test_affine_turns_in_the_axial_plane_and_shifts_by_voxels():
+    rng = np.random.default_rng(0)
+    crop = torch.from_numpy(rng.random((1, 2, 6, 8, 8)).astype(np.float32))
+    crop[:, 1] = (crop[:, 1] > 0.5).float()
+    quarter = resample(crop, torch.as_tensor(affine_theta(np.array([np.pi / 2]), np.ones((1, 3)), np.zeros((1, 3)),
+                                                          (6, 8, 8)), dtype=torch.float32))
+    turned = torch.rot90(crop, 1, dims=(-2, -1))  # a quarter turn in (y, x), z untouched
+    assert torch.allclose(quarter, turned, atol=1e-5)
+    shifted = resample(crop, torch.as_tensor(affine_theta(np.zeros(1), np.ones((1, 3)), np.array([[1.0, 0, 0]]),
+                                                          (6, 8, 8)), dtype=torch.float32))
+    assert torch.allclose(shifted[..., :-1], crop[..., 1:], atol=1e-5)  # output x samples input x + 1
+    assert float(shifted[..., -1].abs().max()) == 0.0  # zeros from outside the crop
 
 
 def test_devices_are_resolved_or_refused_with_the_option_named():

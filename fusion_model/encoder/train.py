@@ -24,7 +24,7 @@ from fusion_model.devices import resolve_device
 from fusion_model.config import EncoderConfig
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
-from fusion_model.encoder.transforms import augment, flip_views, training_transforms
+from fusion_model.encoder.transforms import BatchAugmentation, flip_views
 from fusion_model.progress import track
 
 EpochHook = Callable[[int, dict], None]
@@ -44,7 +44,12 @@ def build_network(config: EncoderConfig, crop_channels: int) -> LesionEncoder:
 
 
 def _as_float(batch: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+    """A float32 tensor with memory of its own (torch converts the crops' float16 several times faster than
+    NumPy)."""
+    array = np.ascontiguousarray(batch)
+    if array.dtype == np.float32 or not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array).float()
 
 
 @torch.inference_mode()
@@ -80,22 +85,27 @@ def predict(model: LesionEncoder, crops: np.ndarray, config: EncoderConfig,
     return torch.stack(logits).numpy(), torch.stack(embeddings).numpy()
 
 
-def _training_batch(crops: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform, config: EncoderConfig,
-                    rng: np.random.Generator, second_reader_crops: np.ndarray | None = None,
-                    use_second: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    if second_reader_crops is not None and use_second is not None:
-        augmented = [augment(second_reader_crops[i] if use_second[i] else crops[i], transform) for i in indices]
-    else:
-        augmented = [augment(crops[i], transform) for i in indices]
+def _training_batch(crops: np.ndarray, labels: np.ndarray, indices: np.ndarray, augmentation: BatchAugmentation,
+                    config: EncoderConfig, rng: np.random.Generator, augmentation_rng: np.random.Generator,
+                    second_reader_crops: np.ndarray | None = None, use_second: np.ndarray | None = None,
+                    device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmented batch of lesions ``indices`` on ``device`` (3D), or their slice stacks (2.5D, slices drawn
+    with ``rng``), and its labels."""
+    raw = _as_float(crops[indices])
+    if second_reader_crops is not None and use_second is not None and use_second[indices].any():
+        second = np.flatnonzero(use_second[indices])
+        raw[second] = _as_float(second_reader_crops[indices[second]])
     if config.kind == "3d":
-        return torch.stack(augmented), torch.as_tensor(labels[indices], dtype=torch.float32)
+        x = augmentation(raw.to(device, non_blocking=True), augmentation_rng)
+        return x, torch.as_tensor(labels[indices], dtype=torch.float32, device=device)
+    augmented = augmentation(raw, augmentation_rng)
     xs, ys = [], []
     for crop, i in zip(augmented, indices):
         available = lesion_slice_indices(crop)
         chosen = rng.choice(available, size=min(config.slices_per_lesion, len(available)), replace=False)
         xs.append(slice_stacks(crop, np.sort(chosen)))
         ys.extend([labels[i]] * len(chosen))
-    return torch.cat(xs), torch.as_tensor(np.asarray(ys), dtype=torch.float32)
+    return torch.cat(xs).to(device), torch.as_tensor(np.asarray(ys), dtype=torch.float32, device=device)
 
 
 @torch.inference_mode()
@@ -175,7 +185,7 @@ def train_encoder(
     pos_weight = None
     if config.class_weighting == "balanced" and 0 < positives < len(train_idx):
         pos_weight = torch.tensor((len(train_idx) - positives) / positives, device=device)
-    transform = training_transforms(config.augmentation_strength, hu_window, config.hu_jitter)
+    augmentation = BatchAugmentation(config.augmentation_strength, tuple(hu_window), config.hu_jitter)
 
     run_key = hashlib.sha256(f"{config.fingerprint()}|{seed}|{epochs}|{np.asarray(train_idx).tobytes().hex()}|"
                              f"{None if val_idx is None else np.asarray(val_idx).tobytes().hex()}".encode()
@@ -193,7 +203,7 @@ def train_encoder(
             break
         model.train()
         generator = np.random.default_rng([seed, epoch])
-        transform.set_random_state(seed=int(generator.integers(2**31 - 1)))
+        augmentation_rng = np.random.default_rng(int(generator.integers(2**31 - 1)))
         torch.manual_seed(int(generator.integers(2**31 - 1)))  # dropout
         order = generator.permutation(train_idx)
         use_second = None if second_reader_crops is None else generator.random(len(crops)) < 0.5
@@ -202,9 +212,8 @@ def train_encoder(
             batch_idx = order[start:start + config.batch_size]
             if len(batch_idx) < 2:
                 continue  # BatchNorm needs two examples
-            x, y = _training_batch(crops, labels, batch_idx, transform, config, generator, second_reader_crops,
-                                   use_second)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = _training_batch(crops, labels, batch_idx, augmentation, config, generator, augmentation_rng,
+                                   second_reader_crops, use_second, device)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=cuda):
                 logits, _ = model(x)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
