@@ -36,7 +36,7 @@ from fusion_model.encoder.train import build_network
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, json_safe, sha256_file
 from fusion_model.heads.logistic import LogisticHead
-from fusion_model.heads.subtype import SubtypeFit
+from fusion_model.heads.subtype import MultiClassHead, SubtypeFit
 from fusion_model.heads.variant import VariantFit
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.model import FusionModel
@@ -185,7 +185,11 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
     encoder = ImageEncoder.from_networks(config, folds, networks.get("final"), alignment, entry["inference"],
                                          entry["oof_auc"], entry["final_epochs"], progress=progress)
 
-    def load_head(rel: str, features: list[str], learner: str = "xgboost") -> XGBHead | LogisticHead:
+    def load_head(rel: str, features: list[str], learner: str = "xgboost", classes: int | None = None):
+        if learner == MultiClassHead.learner:
+            if not classes:
+                raise ValueError(f"{rel}: a multi-class head without its classes")
+            return MultiClassHead.load(path / rel, config.xgboost, features, classes)
         if learner == "logistic":
             return LogisticHead.load(path / rel, features)
         return XGBHead.load(path / rel, config.xgboost, features)

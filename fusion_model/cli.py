@@ -221,18 +221,22 @@ def _fmt_auc(value) -> str:
 def _print_training_summary(run) -> None:
     model = run.model
     table = Table(title="out-of-fold AUC on the training lesions")
-    for column in ("model", "method", "OOF AUC", "fusion head", "late fusion", "tabular head", "image only"):
+    margins = ["fusion_head", "late_fusion", "tabular_head", "image_logit"]
+    if any("type_mixture" in fit.oof_auc for fit in model.variants_.values()):
+        margins.insert(3, "type_mixture")
+    names = {"image_logit": "image only"}
+    for column in ["model", "method", "OOF AUC"] + [names.get(m, m.replace("_", " ")) for m in margins]:
         table.add_column(column)
     for variant, fit in model.variants_.items():
-        a = fit.oof_auc
-        method = fit.method.replace("_", " ") + (f" ({fit.learner})" if fit.learner else "") + \
+        learner = {"xgboost_multiclass": "xgboost multi-class"}.get(fit.learner, fit.learner)
+        method = fit.method.replace("_", " ") + (f" ({learner})" if learner else "") + \
             (" chosen by nested CV" if fit.selection else "")
-        table.add_row(variant, method, _fmt_auc(fit.score_oof_auc), _fmt_auc(a.get("fusion_head")),
-                      _fmt_auc(a.get("late_fusion")), _fmt_auc(a.get("tabular_head")), _fmt_auc(a.get("image_logit")))
+        table.add_row(variant, method, _fmt_auc(fit.score_oof_auc), *(_fmt_auc(fit.oof_auc.get(m)) for m in margins))
+    blank = [""] * len(margins)
     for rule, auc in model.baseline_oof_auc_.items():
-        table.add_row(f"rule {rule}", "guideline rule", _fmt_auc(auc), "", "", "", "")
+        table.add_row(f"rule {rule}", "guideline rule", _fmt_auc(auc), *blank)
     if run.oracle_auc is not None:
-        table.add_row("oracle (truth.csv)", "generator's true risk", _fmt_auc(run.oracle_auc), "", "", "", "")
+        table.add_row("oracle (truth.csv)", "generator's true risk", _fmt_auc(run.oracle_auc), *blank)
     console.print(table)
     if run.test_auc:
         console.print("held-out test AUC: " + ", ".join(f"{k} {_fmt_auc(v)}" for k, v in run.test_auc.items()))

@@ -148,11 +148,14 @@ class XGBoostConfig(StrictModel):
 class FusionConfig(StrictModel):
     """How a variant combines the image and the tabular features, and which learner its heads are."""
 
-    method: Literal["fusion_head", "late_fusion", "tabular_head", "auto"] = Field(
+    method: Literal["fusion_head", "late_fusion", "tabular_head", "type_mixture", "auto"] = Field(
         "fusion_head", description="what a variant outputs: the fusion head (imaging + tabular features), the "
                                    "weighted average of image and tabular logits (late fusion), the tabular head "
-                                   "alone, or auto: whichever of the three scores best by inner cross-validation "
-                                   "on the training folds")
+                                   "alone, the type mixture (malignancy through the lesion's type: a lesion-type "
+                                   "head's probabilities weighted by each type's share of malignant training "
+                                   "lesions; needs targets [malignancy, lesion_type]), or auto: whichever scores "
+                                   "best by inner cross-validation on the training folds (the type mixture among "
+                                   "them when lesion_type is a target)")
     head: Literal["xgboost", "logistic", "auto"] = Field(
         "xgboost", description="the heads' learner: XGBoost, an L2-regularised logistic regression (scikit-learn; "
                                "for small cohorts), or auto: chosen with the method by inner cross-validation")
@@ -317,6 +320,9 @@ class ExperimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _primary_is_trained(self) -> ExperimentConfig:
+        if self.fusion.method == "type_mixture" and "lesion_type" not in self.targets:
+            raise ValueError("fusion.method type_mixture scores malignancy through the lesion's type: add "
+                             "lesion_type to targets ([malignancy, lesion_type]) or choose another method")
         if self.primary_variant not in self.variants:
             raise ValueError(f"primary_variant {self.primary_variant!r} is not among variants {self.variants}")
         if self.search is not None:

@@ -42,6 +42,7 @@ from fusion_model.heads.subtype import (
     fit_subtype,
     one_vs_rest_auc,
     subtype_classes,
+    training_types,
 )
 from fusion_model.heads.variant import VariantFit, VariantFitter
 
@@ -153,13 +154,15 @@ class FusionModel:
         X_img = imaging_features(encoder.oof_logits_, encoder.oof_embeddings_, pca, data.table.index)
         X_tab, tabular_groups = tabular_features(data.table, data.image_features, cfg.features, data.extra_features)
         fitter = VariantFitter(cfg)
+        types = training_types(data.table, cfg)
         variants: dict[str, VariantFit] = {}
         oof = pd.DataFrame({"label": y, "patient_id": groups}, index=data.table.index)
         for variant in cfg.variants:
             tab_names = variant_tabular_features(variant, tabular_groups)
             if variant != "imaging" and not tab_names:
                 continue  # e.g. no clinical data in this cohort: the variant would equal 'imaging'
-            variants[variant], oof[f"p_{variant}"] = fitter.fit(variant, X_img, X_tab[tab_names], y, groups, folds)
+            variants[variant], oof[f"p_{variant}"] = fitter.fit(variant, X_img, X_tab[tab_names], y, groups, folds,
+                                                                types)
         rules = rule_scores(data.table, cfg.baselines)
         for rule in rules:
             oof[f"rule_{rule}"] = rules[rule]

@@ -196,6 +196,83 @@ def test_automatic_choice_is_nested_and_names_what_it_chose(tmp_path):
         X_tab.to_numpy()))
 
 
+def _typed_problem(n: int = 360, seed: int = 0):
+    """Lesions of four types (two benign, one malignant, one malignant in half its lesions) and some untyped;
+    the type shows in two features, malignancy only through the type."""
+    from fusion_model.heads.subtype import LesionTypes
+
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 4, n)
+    centres = np.array([[0, 0], [2, 0], [0, 2], [2, 2]], dtype=float)
+    X = centres[codes] + rng.normal(0, 0.6, (n, 2))
+    y = np.where(codes == 2, 1, np.where(codes == 3, rng.integers(0, 2, n), 0))
+    known = codes.copy()
+    known[::9] = -1  # lesion_type 'other' or missing: scored, never learnt from
+    index = [f"L{i}" for i in range(n)]
+    X_img = pd.DataFrame({"image_logit": rng.normal(0, 1, n)}, index=index)
+    X_tab = pd.DataFrame({"size_mm": X[:, 0], "unenhanced_hu": X[:, 1]}, index=index)
+    return X_img, X_tab, y, np.arange(n), LesionTypes(known, ["a", "b", "c", "d"])
+
+
+def test_type_mixture_scores_malignancy_through_the_type_round_trips_and_explains_exactly(tmp_path):
+    import shap
+    from scipy.special import softmax
+    from sklearn.metrics import roc_auc_score
+
+    from fusion_model.explain.contributions import type_mixture_contributions
+    from fusion_model.heads.subtype import MultiClassHead
+
+    X_img, X_tab, y, groups, types = _typed_problem()
+    config = ExperimentConfig(xgboost={"n_estimators": 40}, fusion={"method": "type_mixture"},
+                              targets=["malignancy", "lesion_type"])
+    folds = patient_grouped_folds(y, groups, 4, 0)
+    fitter = VariantFitter(config)
+    assert fitter.candidates(types) == [("type_mixture", "xgboost")]
+    fit, probability = fitter.fit("imaging_radiological", X_img, X_tab, y, groups, folds, types)
+    assert fit.method == "type_mixture" and fit.learner == "xgboost_multiclass"
+    assert np.isfinite(probability).all()  # untyped lesions are scored out of fold too
+    assert fit.score_oof_auc > 0.85 and fit.oof_auc["type_mixture"] == fit.score_oof_auc
+    rates = fit.type_mixture["rates"]
+    assert rates[:3] == [0.0, 0.0, 1.0] and 0.3 < rates[3] < 0.7  # the training lesions' shares of malignancy
+    mixed = (softmax(fit.type_margins(X_img, X_tab) / fit.type_mixture["temperature"], axis=1) * rates).sum(1)
+    margin = fit.margin(X_img, X_tab)
+    np.testing.assert_allclose(1 / (1 + np.exp(-margin)), np.clip(mixed, 1e-6, 1 - 1e-6), rtol=1e-9)
+    assert roc_auc_score(y, margin) > 0.85
+
+    entry = fit.to_manifest(lambda key, head: (head.save(tmp_path / f"{key}.json"), f"{key}.json")[1])
+    assert entry["heads"]["types"]["learner"] == "xgboost_multiclass"
+
+    def load(rel, names, learner, classes=None):
+        if learner == "xgboost_multiclass":
+            return MultiClassHead.load(tmp_path / rel, config.xgboost, names, classes)
+        return XGBHead.load(tmp_path / rel, config.xgboost, names)
+
+    loaded = VariantFit.from_manifest("imaging_radiological", entry, load)
+    np.testing.assert_array_equal(loaded.margin(X_img, X_tab), margin)
+
+    X = fit.scoring_frame(X_img, X_tab)
+    contributions, base = type_mixture_contributions(fit, shap.TreeExplainer(fit.heads["types"].booster_), X, margin)
+    np.testing.assert_allclose(base + contributions.sum(axis=1).to_numpy(), margin, atol=1e-9)
+    assert list(contributions.columns) == list(X.columns)
+    # the image logit here is noise, the two features carry the type
+    assert float(contributions["image_logit"].abs().mean()) < 0.2 * float(contributions["size_mm"].abs().mean())
+
+
+def test_type_mixture_needs_the_lesion_types():
+    with pytest.raises(ValueError, match="add lesion_type to targets"):
+        ExperimentConfig(fusion={"method": "type_mixture"})
+    X_img, X_tab, y, groups, types = _typed_problem(n=120)
+    config = ExperimentConfig(xgboost={"n_estimators": 20}, fusion={"method": "auto", "fixed_weight": 0.5},
+                              targets=["malignancy", "lesion_type"])  # a fixed late-fusion weight: one CV level less
+    fitter = VariantFitter(config)
+    assert ("type_mixture", "xgboost") not in fitter.candidates()
+    assert fitter.candidates(types)[-1] == ("type_mixture", "xgboost")
+    folds = patient_grouped_folds(y, groups, 3, 0)
+    fit, _ = fitter.fit("imaging_radiological", X_img, X_tab, y, groups, folds, types)
+    assert "type_mixture/xgboost" in fit.selection["candidates_oof_auc"]
+    assert len(fitter.selected_margins(X_img, X_tab, y, groups, folds, types)) == len(y)
+
+
 def test_imaging_only_variant_is_the_calibrated_image_logit():
     X_img, X_tab, y, groups = _tabular_problem()
     config = ExperimentConfig()

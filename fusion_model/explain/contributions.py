@@ -5,6 +5,10 @@
   a linear model for the logistic head) over its features;
 - late fusion: the variant's own mix (:meth:`VariantFit.mix`, linear) applied to the parts: the image
   logit's share, and each tabular feature's SHAP value of the tabular head;
+- type mixture: TreeSHAP of every class margin of the type head, carried through the mixture's log-odds by the
+  Aumann-Shapley path integral (the gradient of the log-odds in margin space, averaged along the straight line
+  from the expected margins to the lesion's, times each feature's SHAP value per class): exactly additive, each
+  feature's share of the move from the expected margins;
 - imaging only: the image logit is the whole margin.
 """
 
@@ -54,12 +58,16 @@ class VariantExplainer:
         self.variant = variant
         self.fit = model.variants_[variant]
         self.head = self.fit.scoring_head
+        self.type_tree = shap.TreeExplainer(self.head.booster_) if self.fit.method == "type_mixture" else None
 
     def __call__(self, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> Contributions:
         X = self.fit.scoring_frame(X_img, X_tab)
         margin = np.asarray(self.fit.margin(X_img, X_tab), dtype=float)
         if self.head is None:
             values, contributions, base = X, X.astype(float).copy(), 0.0
+        elif self.fit.method == "type_mixture":
+            values = X
+            contributions, base = type_mixture_contributions(self.fit, self.type_tree, X, margin)
         else:
             contributions, base = self.head.shap_values(X)
             values = X
@@ -72,6 +80,41 @@ class VariantExplainer:
                 base = float(self.fit.mix(0.0, base))
         return Contributions(self.variant, values.astype(float), contributions, base, margin,
                              self.fit.calibrator(margin), feature_groups(self.model, list(values.columns)))
+
+
+def class_shap(tree: shap.TreeExplainer, X: pd.DataFrame, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """TreeSHAP of a multi-class booster's explainer: values (lesions, features, classes), expected margins."""
+    raw = tree.shap_values(X.to_numpy(dtype=float))
+    values = np.stack(raw, axis=-1) if isinstance(raw, list) else np.asarray(raw, dtype=float)
+    return values.reshape(len(X), X.shape[1], n_classes), np.ravel(tree.expected_value).astype(float)
+
+
+def type_mixture_contributions(fit, tree: shap.TreeExplainer, X: pd.DataFrame, margin: np.ndarray,
+                               nodes: int = 48) -> tuple[pd.DataFrame, float]:
+    """Contributions (log-odds) to a type-mixture variant's margin and its base (the mixture at the expected
+    class margins): per class TreeSHAP, weighted by the path-averaged gradient of the mixture's log-odds."""
+    from fusion_model.heads.variant import MIXTURE_EPS, mixture_margin
+
+    mixture = fit.type_mixture
+    temperature, rates = float(mixture["temperature"]), np.asarray(mixture["rates"], dtype=float)
+    values, expected = class_shap(tree, X, len(rates))
+    margins = expected[None, :] + values.sum(axis=1)  # TreeSHAP is exact: these are the head's margins
+    t, w = np.polynomial.legendre.leggauss(nodes)
+    t, w = (t + 1) / 2, w / 2  # Gauss-Legendre on [0, 1]
+    gradient = np.zeros_like(margins)
+    for tk, wk in zip(t, w):
+        m = expected[None, :] + tk * (margins - expected[None, :])
+        z = m / temperature
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        mixed = np.clip((p * rates).sum(axis=1, keepdims=True), MIXTURE_EPS, 1 - MIXTURE_EPS)
+        gradient += wk * p * (rates[None, :] - mixed) / (temperature * mixed * (1 - mixed))
+    contributions = np.einsum("nfc,nc->nf", values, gradient)
+    base = float(mixture_margin(expected[None, :], temperature, rates)[0])
+    # the log-odds are clipped at MIXTURE_EPS: where that bites, scale to the variant's own margin exactly
+    total, target = contributions.sum(axis=1), np.asarray(margin, dtype=float) - base
+    scale = np.where(np.abs(total) > 1e-12, target / np.where(np.abs(total) > 1e-12, total, 1.0), 1.0)
+    return pd.DataFrame(contributions * scale[:, None], index=X.index, columns=X.columns), base
 
 
 @dataclass
@@ -101,11 +144,7 @@ class SubtypeExplainer:
         from scipy.special import softmax
 
         X = self.fit.frame(X_img, X_tab).astype(float)
-        raw = self.tree.shap_values(X.to_numpy(dtype=float))
-        k = len(self.fit.classes)
-        values = np.stack(raw, axis=-1) if isinstance(raw, list) else np.asarray(raw, dtype=float)
-        values = values.reshape(len(X), X.shape[1], k)
-        expected = np.ravel(self.tree.expected_value).astype(float)
+        values, expected = class_shap(self.tree, X, len(self.fit.classes))
         margins = self.fit.head.margins(X.to_numpy(dtype=float))
         return TypeContributions(
             self.variant, list(self.fit.classes), X,

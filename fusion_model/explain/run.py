@@ -247,7 +247,8 @@ def _global_images(model: FusionModel, contributions: Contributions, frames, var
     images = {}
     fit = model.variants_[variant]
     if fit.method != "image_logit":
-        head_kind = {"fusion_head": "fusion head", "late_fusion": "late fusion"}.get(fit.method, "tabular head")
+        head_kind = {"fusion_head": "fusion head", "late_fusion": "late fusion",
+                     "type_mixture": "type mixture"}.get(fit.method, "tabular head")
         images["global/beeswarm.png"] = plots.beeswarm(contributions.values, contributions.shap,
                                                        f"{variant}: SHAP values ({head_kind})")
         images["global/mean_abs_shap.png"] = plots.mean_abs_bar(contributions.shap,

@@ -74,8 +74,27 @@ def subtype_classes(types: pd.Series, min_lesions: int, merge_rare: bool) -> Sub
     return SubtypeClasses(classes, rare, left_out, counts)
 
 
+@dataclass
+class LesionTypes:
+    """The training lesions' types as class indices (-1: not in a subtype class) and the classes' names."""
+
+    codes: np.ndarray
+    classes: list[str]
+
+
+def training_types(table: pd.DataFrame, config: ExperimentConfig) -> LesionTypes | None:
+    """The lesion types the heads learn from (``targets`` with lesion_type), else None."""
+    if "lesion_type" not in config.targets:
+        return None
+    types = table["lesion_type"] if "lesion_type" in table else pd.Series(np.nan, index=table.index)
+    classes = subtype_classes(types, config.subtype.min_lesions, config.subtype.merge_rare)
+    return LesionTypes(classes.encode(types), classes.classes)
+
+
 class MultiClassHead:
     """An XGBoost ``multi:softprob`` head: fit on class indices, margins (n, classes), XGBoost JSON."""
+
+    learner = "xgboost_multiclass"
 
     def __init__(self, config: XGBoostConfig, feature_names, classes: int, seed: int = 0, threads: int = 2):
         self.config = config

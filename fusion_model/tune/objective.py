@@ -116,6 +116,7 @@ class Objective:
     def score(self, config: ExperimentConfig, trial: optuna.Trial | None = None) -> tuple[float, dict]:
         """The objective's value for one configuration, and facts about it."""
         from fusion_model.features.table import fit_pca, imaging_features, tabular_features
+        from fusion_model.heads.subtype import training_types
         from fusion_model.heads.variant import VariantFitter
         from fusion_model.model import variant_tabular_features
 
@@ -141,11 +142,13 @@ class Objective:
                     raise optuna.TrialPruned(f"head fold {k}")
 
         fitter = VariantFitter(config, self.threads)
-        if method == "image_logit" or len(fitter.candidates()) == 1:
+        types = training_types(t.data.table, config)  # for the type mixture
+        if method == "image_logit" or len(fitter.candidates(types)) == 1:
             margins = fitter.oof_margins(X_img, X_tab[tab_names], y, t.patient_ids, encoder.folds_,
-                                         methods=(method,), on_fold=on_fold, learner=config.fusion.head)[method]
+                                         methods=(method,), on_fold=on_fold, learner=config.fusion.head,
+                                         types=types)[method]
         else:  # an automatic choice: its nested out-of-fold margin (no pruning within it)
-            margins = fitter.selected_margins(X_img, X_tab[tab_names], y, t.patient_ids, encoder.folds_)
+            margins = fitter.selected_margins(X_img, X_tab[tab_names], y, t.patient_ids, encoder.folds_, types)
         auc = auc_mann_whitney(y, margins)
         facts = {"encoder_outputs": key, "encoder_cached": cached, "auc": auc, "lesions": len(y),
                  "lesions_sha256": t.fingerprint}
