@@ -113,7 +113,9 @@ def type_mixture_contributions(fit, tree: shap.TreeExplainer, X: pd.DataFrame, m
     base = float(mixture_margin(expected[None, :], temperature, rates)[0])
     # the log-odds are clipped at MIXTURE_EPS: where that bites, scale to the variant's own margin exactly
     total, target = contributions.sum(axis=1), np.asarray(margin, dtype=float) - base
-    scale = np.where(np.abs(total) > 1e-12, target / np.where(np.abs(total) > 1e-12, total, 1.0), 1.0)
+    scale = np.ones_like(total)
+    moved = np.abs(total) > 1e-12
+    scale[moved] = target[moved] / total[moved]
     return pd.DataFrame(contributions * scale[:, None], index=X.index, columns=X.columns), base
 
 

@@ -167,6 +167,23 @@ class SubtypeFit:
         return cls(variant, list(entry["classes"]), list(entry["features"]), head, float(entry["temperature"]))
 
 
+def cv_type_margins(make_head: Callable[[], MultiClassHead], values: np.ndarray, codes: np.ndarray,
+                    folds) -> tuple[np.ndarray, float]:
+    """Out-of-fold class margins of every lesion over ``folds`` (each fold's head learns from its typed training
+    lesions, ``codes`` >= 0; untyped lesions are scored, never learnt from) and the temperature fitted on the
+    typed lesions' out-of-fold margins."""
+    typed = codes >= 0
+    margins = None
+    for train_idx, test_idx in folds:
+        fit_idx = train_idx[typed[train_idx]]
+        fold_margins = make_head().fit(values[fit_idx], codes[fit_idx]).margins(values[test_idx])
+        if margins is None:
+            margins = np.full((len(codes), fold_margins.shape[1]), np.nan)
+        margins[test_idx] = fold_margins
+    scored = typed & np.isfinite(margins).all(axis=1)
+    return margins, fit_temperature(margins[scored], codes[scored])
+
+
 def fit_subtype(config: ExperimentConfig, variant: str, X: pd.DataFrame, y: np.ndarray, folds,
                 classes: list[str], threads: int = 2) -> tuple[SubtypeFit, np.ndarray]:
     """Cross-validate a variant's subtype head over ``folds`` (positions in ``X``, lesions with y >= 0 used),
@@ -174,19 +191,13 @@ def fit_subtype(config: ExperimentConfig, variant: str, X: pd.DataFrame, y: np.n
     calibrated out-of-fold probabilities (NaN rows for lesions not in a subtype class)."""
     k = len(classes)
     known = y >= 0
-    oof = np.full((len(y), k), np.nan)
 
     def head() -> MultiClassHead:
         return MultiClassHead(config.xgboost, list(X.columns), k, seed=config.seed, threads=threads)
 
     values = X.to_numpy(dtype=float)
-    for train_idx, test_idx in folds:
-        train_idx, test_idx = train_idx[known[train_idx]], test_idx[known[test_idx]]
-        if len(test_idx) == 0:
-            continue
-        oof[test_idx] = head().fit(values[train_idx], y[train_idx]).margins(values[test_idx])
+    oof, temperature = cv_type_margins(head, values, y, folds)
     scored = known & np.isfinite(oof).all(axis=1)
-    temperature = fit_temperature(oof[scored], y[scored])
     probabilities = np.full_like(oof, np.nan)
     probabilities[scored] = softmax(oof[scored] / temperature, axis=1)
     final = head().fit(values[known], y[known])

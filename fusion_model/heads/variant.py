@@ -36,7 +36,7 @@ from fusion_model.config import ExperimentConfig
 from fusion_model.evaluate.stats import nan_safe_auc
 from fusion_model.heads.calibration import Calibrator
 from fusion_model.heads.logistic import LogisticHead
-from fusion_model.heads.subtype import LesionTypes, MultiClassHead, fit_temperature
+from fusion_model.heads.subtype import LesionTypes, MultiClassHead, cv_type_margins
 from fusion_model.heads.thresholds import operating_thresholds
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.splits import patient_grouped_folds
@@ -238,20 +238,16 @@ class VariantFitter:
                               threads=self.threads)
 
     def type_mixture_oof(self, X: pd.DataFrame, y: np.ndarray, types: LesionTypes, folds) -> tuple[np.ndarray, float]:
-        """Out-of-fold type-mixture margins of every lesion (each fold's head learns from that fold's typed
-        training lesions, its rates from their labels) and the temperature fitted on the typed lesions'
-        out-of-fold type margins."""
+        """Out-of-fold type-mixture margins of every lesion (each fold's type head and rates from that fold's
+        typed training lesions) and the temperature fitted on the typed lesions' out-of-fold type margins."""
         k = len(types.classes)
         typed = types.codes >= 0
-        margins = np.full((len(y), k), np.nan)
+        margins, temperature = cv_type_margins(lambda: self.type_head(list(X.columns), k), X.values, types.codes,
+                                               folds)
         rates = np.full((len(y), k), np.nan)
         for train_idx, test_idx in folds:
             fit_idx = train_idx[typed[train_idx]]
-            head = self.type_head(list(X.columns), k).fit(X.values[fit_idx], types.codes[fit_idx])
-            margins[test_idx] = head.margins(X.values[test_idx])
             rates[test_idx] = type_rates(types.codes[fit_idx], y[fit_idx], k)
-        scored = typed & np.isfinite(margins).all(axis=1)
-        temperature = fit_temperature(margins[scored], types.codes[scored])
         out = np.full(len(y), np.nan)
         done = np.isfinite(margins).all(axis=1)
         out[done] = mixture_margin(margins[done], temperature, rates[done])
@@ -370,8 +366,6 @@ class VariantFitter:
             method, margins = "image_logit", self.oof_margins(X_img, X_tab, y, groups, folds)
         else:
             candidates = self.candidates(types)
-            if any(m == "type_mixture" for m, _ in candidates) and types is None:
-                raise ValueError(f"variant {name}: fusion.method type_mixture needs the lesions' types")
             learners = list(dict.fromkeys(lr for _, lr in candidates))
             facts: dict = {}
             outer = {lr: self.oof_margins(X_img, X_tab, y, groups, folds,
