@@ -116,3 +116,85 @@ def test_feret_diameter_from_the_convex_hull_equals_itks():
     flat = np.zeros((5, 20, 20), bool)
     flat[2, 5:15, 8] = True  # a line: the hull is degenerate
     assert feret_diameter_mm(flat, (1.0, 1.0, 1.0)) == pytest.approx(9.0 + 0.5)
+
+
+def _box(shape_zyx, spacing_zyx, box_zyx_mm, pad=3):
+    """A mask with a box of the given edges (mm) on an anisotropic grid; spacing given as (z, y, x)."""
+    n = [int(round(mm / s)) for mm, s in zip(box_zyx_mm, spacing_zyx)]
+    array = np.zeros(shape_zyx, np.uint8)
+    array[pad:pad + n[0], pad:pad + n[1], pad:pad + n[2]] = 1
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(spacing_zyx)))
+    return image
+
+
+def test_shape_profile_of_a_box_on_an_anisotropic_grid():
+    from fusion_model.features.radiological import SHAPE_PROFILE_FEATURES, shape_profile_features
+
+    spacing = (2.0, 1.0, 0.5)  # z, y, x
+    f = shape_profile_features(_box((12, 30, 70), spacing, (10.0, 20.0, 30.0)))
+    assert set(f) == set(SHAPE_PROFILE_FEATURES)
+    assert (f["extent_z_mm"], f["extent_y_mm"], f["extent_x_mm"]) == (10.0, 20.0, 30.0)
+    assert f["bounding_box_fill"] == 1.0 and f["component_count"] == 1 and f["largest_component_fraction"] == 1
+    assert f["solidity"] == pytest.approx(1.0) and f["convex_hull_volume_ml"] == pytest.approx(6.0)
+    # 4 SD of a uniform length L is L * 4 / sqrt(12) (voxel centres: L minus one voxel, nearly)
+    assert f["major_axis_mm"] == pytest.approx(30 * 4 / math.sqrt(12), rel=0.03)
+    assert f["least_axis_mm"] == pytest.approx(10 * 4 / math.sqrt(12), rel=0.1)
+    # each plane sees its own rectangle: axial 20 x 30 mm, coronal 10 x 30, sagittal 10 x 20
+    assert (f["axial_area_max_mm2"], f["coronal_area_max_mm2"], f["sagittal_area_max_mm2"]) == (600, 300, 200)
+    assert f["axial_half_thickness_max_mm"] == pytest.approx(10.0, abs=1.0)
+    assert f["coronal_half_thickness_max_mm"] == pytest.approx(5.0, abs=2.0)
+    assert f["sagittal_half_thickness_max_mm"] == pytest.approx(5.0, abs=2.0)
+    assert f["axial_area_cv"] == pytest.approx(0.0, abs=1e-12)
+    assert f["half_thickness_p99_mm"] == pytest.approx(5.0, abs=2.0)  # the thinnest edge (10 mm) bounds the depth
+    # surface: 2 (20x30 + 10x30 + 10x20) = 2200 mm2 (ITK's estimate of a voxelised surface is close, not exact)
+    assert f["surface_area_mm2"] == pytest.approx(2200, rel=0.15)
+
+
+def test_shape_profile_tells_a_thin_limb_from_a_nodule():
+    from fusion_model.features.radiological import shape_profile_features
+    from tests.helpers import sphere_mask, to_image
+
+    limb = _box((20, 40, 40), (1.0, 1.0, 1.0), (3.0, 30.0, 4.0))  # a thin sheet, like a normal adrenal limb
+    nodule = sitk.Cast(to_image(sphere_mask((40, 40, 40), (20, 20, 20), 10)), sitk.sitkUInt8)
+    thin, thick = shape_profile_features(limb), shape_profile_features(nodule)
+    for plane in ("axial", "coronal", "sagittal"):
+        assert thick[f"{plane}_half_thickness_mean_mm"] > 2 * thin[f"{plane}_half_thickness_mean_mm"]
+    assert thick["half_thickness_p95_mm"] > 3 * thin["half_thickness_p95_mm"]
+    assert thick["surface_to_volume_per_mm"] < thin["surface_to_volume_per_mm"]
+    assert thick["solidity"] > 0.9
+
+
+def test_shape_profile_of_two_pieces_and_of_an_empty_mask():
+    from fusion_model.features.radiological import shape_profile_features
+
+    array = np.zeros((20, 20, 40), np.uint8)
+    array[5:15, 5:15, 2:12] = 1  # 1000 voxels
+    array[8:12, 8:12, 30:34] = 1  # 64 voxels, apart: the hull spans the gap
+    f = shape_profile_features(sitk.GetImageFromArray(array))
+    assert f["component_count"] == 2 and f["largest_component_fraction"] == pytest.approx(1000 / 1064)
+    assert f["solidity"] < 0.6 and f["bounding_box_fill"] < 0.5
+    flat = np.zeros((10, 10, 10), np.uint8)
+    flat[1:9, 5, 1] = flat[8, 5, 1:9] = 1  # an L one voxel thick: 15 voxels, its hull a triangle of 36
+    assert shape_profile_features(sitk.GetImageFromArray(flat))["solidity"] == pytest.approx(15 / 36)
+    with pytest.raises(ValueError, match="empty"):
+        shape_profile_features(sitk.GetImageFromArray(np.zeros((5, 5, 5), np.uint8)))
+
+
+def test_discrete_convex_hull_counts_the_voxels_a_brute_force_test_finds():
+    from scipy.spatial import Delaunay
+
+    from fusion_model.features.radiological import _convex_hull_voxels
+
+    rng = np.random.default_rng(1)
+    blob = np.zeros((18, 22, 26), bool)
+    z, y, x = np.ogrid[:18, :22, :26]
+    for _ in range(4):
+        c, r = rng.integers(5, 14, 3), rng.uniform(2, 5)
+        blob |= (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r * r
+    spacing = (2.0, 0.8, 0.6)
+    scale = np.asarray(spacing)
+    points = np.argwhere(blob) * scale
+    grid = np.indices(blob.shape).reshape(3, -1).T * scale
+    expected = int((Delaunay(points).find_simplex(grid, tol=1e-9) >= 0).sum())
+    assert _convex_hull_voxels(blob, spacing) == expected

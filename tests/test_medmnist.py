@@ -30,6 +30,12 @@ def test_import_any_subset_of_splits(tmp_path):
     # 64 mm cube in 28 voxels; a sphere of radius 4 voxels is ~18.3 mm across
     assert cohort.table.loc[0, "size_mm"] == pytest.approx(9 * 64 / 28, abs=64 / 28)
     assert {"volume_ml", "sphericity", "elongation"} <= set(cohort.table.columns)
+    from fusion_model.features.radiological import SHAPE_PROFILE_FEATURES
+
+    declared = {f.name for f in cohort.spec.extra_features}
+    assert set(SHAPE_PROFILE_FEATURES) <= declared and set(SHAPE_PROFILE_FEATURES) <= set(cohort.table.columns)
+    assert cohort.table["solidity"].between(0.85, 1.0).all()  # balls are convex
+    assert cohort.table["component_count"].eq(1).all()
 
 
 def test_bad_npz_is_refused_with_the_keys_found(tmp_path):

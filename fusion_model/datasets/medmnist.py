@@ -5,8 +5,10 @@ MedMNIST 3D volumes (e.g. AdrenalMNIST3D) are lesion-centred cubes of a fixed fi
 npz holds ``{split}_images`` and ``{split}_labels`` for any subset of train / val / test.
 AdrenalMNIST3D releases masks only (no CT intensities), so each gland's mask is also its
 'unenhanced image' and cohort.json says ``ct_intensities: false``; the shape features
-computed from the mask are written to the table as declared extra features. MedMNIST gives
-no patient identifiers: each gland is taken to be its own patient.
+computed from the mask, with the detailed shape profile (thickness in 3D and within each
+plane, convexity, extent, slice areas: ``SHAPE_PROFILE_FEATURES``), are written to the table
+as declared extra features. MedMNIST gives no patient identifiers: each gland is taken to be its
+own patient.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import SimpleITK as sitk
 from clinical_schema import ExtraFeature
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, write_cohort_spec
 from fusion_model.errors import UserInputError
-from fusion_model.features.radiological import shape_features
+from fusion_model.features.radiological import SHAPE_PROFILE_FEATURES, shape_features, shape_profile_features
 from fusion_model.fileio import atomic_directory, atomic_write_text
 from fusion_model.progress import track
 
@@ -36,6 +38,8 @@ SHAPE_EXTRA_FEATURES = (
                  description="Ratio of the two smallest principal axes."),
     ExtraFeature(name="sphericity", group="radiological", min=0,
                  description="Surface of the equal-volume sphere over the mask's surface (1 = sphere)."),
+    *(ExtraFeature(name=name, unit=unit or None, group="radiological", min=0, description=description)
+      for name, (unit, description) in SHAPE_PROFILE_FEATURES.items()),
 )
 
 
@@ -91,7 +95,7 @@ def import_medmnist(
             row = {"patient_id": lesion_id, "lesion_id": lesion_id, "centre": "zhongshan", "split": split,
                    "label": label, "unenhanced_path": rel, "mask_path": rel}
             if np.any(volume):
-                features = shape_features(mask)
+                features = {**shape_features(mask), **shape_profile_features(mask)}
                 row["size_mm"] = round(features["max_axial_diameter_mm"], 2)
                 row.update({f.name: round(features[f.name], 4) for f in SHAPE_EXTRA_FEATURES})
             rows.append(row)

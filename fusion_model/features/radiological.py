@@ -111,6 +111,130 @@ def shape_features(mask01: sitk.Image) -> dict[str, float]:
     }
 
 
+# Detailed shape ("profile") features of a mask, for shape-only data (e.g. AdrenalMNIST3D, whose masks are all
+# there is): how thickness is distributed in 3D and within each anatomical plane, convexity, extent and
+# slice-area profile. A normal gland is thin limbs in every plane; a mass is a thick region in at least one.
+# name: (unit, description); the unit is "" for ratios and counts.
+SHAPE_PLANES = {"axial": 0, "coronal": 1, "sagittal": 2}  # the array axis (z, y, x) each plane's slices run along
+SHAPE_PROFILE_FEATURES: dict[str, tuple[str, str]] = {
+    **{f"half_thickness_p{q}_mm": ("mm", f"{q}th percentile over the mask's voxels of the distance to its surface")
+       for q in (50, 75, 95, 99)},
+    "component_count": ("", "Connected pieces of the mask (face connectivity)."),
+    "largest_component_fraction": ("", "Share of the mask's volume in its largest piece."),
+    "major_axis_mm": ("mm", "Length of the mask's first principal axis (4 SD of the voxel positions along it)."),
+    "minor_axis_mm": ("mm", "Length of the second principal axis (4 SD)."),
+    "least_axis_mm": ("mm", "Length of the third principal axis (4 SD)."),
+    **{f"extent_{axis}_mm": ("mm", f"Extent of the mask's bounding box along the image's {axis} axis.")
+       for axis in ("z", "y", "x")},
+    "bounding_box_fill": ("", "Share of the bounding box the mask fills."),
+    "convex_hull_volume_ml": ("mL", "Volume of the mask's discrete convex hull (voxels whose centres lie in the "
+                                    "convex hull of the mask's voxel centres)."),
+    "solidity": ("", "Mask volume over its convex hull's (1 = convex; a branched gland is far below 1)."),
+    "surface_area_mm2": ("mm2", "Surface area of the mask (ITK's perimeter estimate)."),
+    "surface_to_volume_per_mm": ("1/mm", "Surface area over volume (high for thin limbs)."),
+    "axial_area_cv": ("", "Coefficient of variation of the axial slices' mask areas."),
+    **{f"{plane}_half_thickness_{stat}_mm": ("mm", f"{label} over the mask's voxels of the in-plane distance to "
+                                                   f"the mask's outline within its {plane} slice")
+       for plane in SHAPE_PLANES for stat, label in (("mean", "Mean"), ("p90", "90th percentile"), ("max", "Maximum"))},
+    **{f"{plane}_area_{stat}_mm2": ("mm2", f"{label} of the mask's area over its {plane} slices")
+       for plane in SHAPE_PLANES for stat, label in (("max", "Maximum"), ("p75", "75th percentile"))},
+}
+
+
+def _convex_hull_voxels(mask: np.ndarray, spacing: tuple[float, ...]) -> int:
+    """Voxels whose centres lie in the convex hull of the mask's voxel centres (the discrete convex hull, so a
+    convex mask has solidity 1 exactly); ``mask`` cut to its bounding box."""
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull, QhullError
+
+    copies = 1
+    for axis in range(3):  # one voxel thick along an axis: two layers have a 3D hull, twice the flat one's voxels
+        if mask.shape[axis] == 1:
+            mask, copies = np.concatenate([mask, mask], axis=axis), copies * 2
+    scale = np.asarray(spacing, dtype=float)
+    edge = np.argwhere(mask & ~ndimage.binary_erosion(mask)) * scale
+    try:
+        hull = ConvexHull(edge)
+    except QhullError:  # flat in an oblique plane (a one-voxel diagonal sheet): no volume, call it convex
+        return int(mask.sum()) // copies
+    # row by row along x: each facet n . p + b <= 0 bounds x from one side, so a row's inside voxels are an interval
+    normals, offsets = hull.equations[:, :3], hull.equations[:, 3]
+    tolerance = 1e-6 * float(scale.max())
+    z, y = (a.ravel() for a in np.indices(mask.shape[:2]))
+    room = tolerance - offsets[None, :] - np.outer(z * scale[0], normals[:, 0]) - np.outer(y * scale[1], normals[:, 1])
+    nx = normals[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = room / nx
+    upper = np.min(np.where(nx > 0, bound, np.inf), axis=1)
+    lower = np.max(np.where(nx < 0, bound, -np.inf), axis=1)
+    feasible = np.all((nx != 0) | (room >= 0), axis=1)
+    first = np.maximum(np.ceil(lower / scale[2]), 0)
+    last = np.minimum(np.floor(upper / scale[2]), mask.shape[2] - 1)
+    inside = int(np.sum(np.where(feasible, np.maximum(last - first + 1, 0), 0)))
+    return max(inside, int(mask.sum())) // copies
+
+
+def _in_plane_depth(mask: np.ndarray, spacing: tuple[float, ...], axis: int) -> np.ndarray:
+    """For each mask voxel, the distance (mm) to the mask's outline within its slice across ``axis``."""
+    from scipy import ndimage
+
+    pad = [(0, 0) if k == axis else (1, 1) for k in range(3)]
+    padded = np.pad(mask, pad)
+    # a huge spacing across the slices makes the nearest background always lie in the same slice
+    sampling = [1e6 if k == axis else spacing[k] for k in range(3)]
+    in_plane = [spacing[k] for k in range(3) if k != axis]
+    return ndimage.distance_transform_edt(padded, sampling=sampling)[padded] - 0.5 * float(np.mean(in_plane))
+
+
+def shape_profile_features(mask01: sitk.Image) -> dict[str, float]:
+    """The ``SHAPE_PROFILE_FEATURES`` of a 0/1 mask (physical units; any spacing)."""
+    from scipy import ndimage
+
+    mask = sitk.GetArrayViewFromImage(mask01) > 0
+    if not mask.any():
+        raise ValueError("empty mask")
+    nonzero = np.argwhere(mask)
+    mask = mask[tuple(slice(lo, hi + 1) for lo, hi in zip(nonzero.min(axis=0), nonzero.max(axis=0)))]  # costs less
+    spacing = tuple(float(s) for s in reversed(mask01.GetSpacing()))  # z, y, x like the array
+    voxel_mm3 = float(np.prod(spacing))
+    volume_mm3 = float(mask.sum()) * voxel_mm3
+    padded = np.pad(mask, 1)
+    depth = ndimage.distance_transform_edt(padded, sampling=spacing)[padded] - 0.5 * float(np.mean(spacing))
+    out = {f"half_thickness_p{q}_mm": float(np.percentile(depth, q)) for q in (50, 75, 95, 99)}
+    labels, count = ndimage.label(mask)
+    pieces = np.bincount(labels.ravel())[1:]
+    out["component_count"] = float(count)
+    out["largest_component_fraction"] = float(pieces.max() / pieces.sum())
+    index = np.argwhere(mask)
+    points = index * np.asarray(spacing)
+    variances = np.sort(np.linalg.eigvalsh(np.atleast_2d(np.cov(points.T))))[::-1] if len(points) > 1 else np.zeros(3)
+    for name, variance in zip(("major", "minor", "least"), variances):
+        out[f"{name}_axis_mm"] = float(4.0 * math.sqrt(max(float(variance), 0.0)))
+    extent_voxels = index.max(axis=0) - index.min(axis=0) + 1
+    for axis, n, s in zip(("z", "y", "x"), extent_voxels, spacing):
+        out[f"extent_{axis}_mm"] = float(n * s)
+    out["bounding_box_fill"] = float(mask.sum() / np.prod(extent_voxels))
+    hull_voxels = _convex_hull_voxels(mask, spacing)
+    out["convex_hull_volume_ml"] = hull_voxels * voxel_mm3 / 1000.0
+    out["solidity"] = float(mask.sum() / hull_voxels)
+    surface = float(_shape_filter(sitk.Cast(mask01 > 0, sitk.sitkUInt8)).GetPerimeter(1))  # on the whole image
+    out["surface_area_mm2"] = surface
+    out["surface_to_volume_per_mm"] = surface / volume_mm3
+    axial_areas = mask.sum(axis=(1, 2))
+    axial_areas = axial_areas[axial_areas > 0].astype(float)
+    out["axial_area_cv"] = float(axial_areas.std() / axial_areas.mean())
+    for plane, axis in SHAPE_PLANES.items():
+        in_plane = _in_plane_depth(mask, spacing, axis)
+        out[f"{plane}_half_thickness_mean_mm"] = float(in_plane.mean())
+        out[f"{plane}_half_thickness_p90_mm"] = float(np.percentile(in_plane, 90))
+        out[f"{plane}_half_thickness_max_mm"] = float(in_plane.max())
+        areas = mask.sum(axis=tuple(k for k in range(3) if k != axis))
+        areas = areas[areas > 0] * voxel_mm3 / spacing[axis]
+        out[f"{plane}_area_max_mm2"] = float(areas.max())
+        out[f"{plane}_area_p75_mm2"] = float(np.percentile(areas, 75))
+    return out
+
+
 def attenuation_features(image: sitk.Image, mask01: sitk.Image, prefix: str, detailed: bool) -> dict[str, float]:
     """Mean HU of the lesion on one phase; with ``detailed`` the full distribution summary."""
     stats = sitk.LabelIntensityStatisticsImageFilter()
