@@ -70,6 +70,10 @@ def test_phase_means_and_mask_only_cohorts():
     f = radiological_features(phases, mask, ct_intensities=True)
     assert f["venous_mean_hu"] == pytest.approx(90) and f["venous_enhancement_hu"] == pytest.approx(80)
     assert "unenhanced_mean_hu" not in radiological_features(phases, mask, ct_intensities=False)
+    from fusion_model.features.radiological import SHAPE_PROFILE_FEATURES
+
+    assert set(SHAPE_PROFILE_FEATURES) <= set(radiological_features(phases, mask, ct_intensities=False))
+    assert not set(SHAPE_PROFILE_FEATURES) & set(f)  # CT cohorts keep the basic shape features
 
 
 def test_table_values_filled_or_compared():

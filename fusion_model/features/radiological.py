@@ -2,7 +2,8 @@
 
 Shape (``sitk.LabelShapeStatisticsImageFilter``): maximal 3D diameter (Feret), maximal axial
 diameter (Feret diameter of each axial slice), volume, elongation, flatness, roundness
-(sphericity: surface of the equal-volume sphere over the lesion's surface).
+(sphericity: surface of the equal-volume sphere over the lesion's surface), thickness; for cohorts
+that are masks only, also the detailed shape profile (``SHAPE_PROFILE_FEATURES``).
 Attenuation (``sitk.LabelIntensityStatisticsImageFilter``) on the unenhanced phase: mean,
 median, SD, 10th / 90th percentile, fraction of voxels <= 10 HU; mean HU per phase;
 enhancement (venous or arterial minus unenhanced) and, with a delayed phase, absolute and
@@ -313,8 +314,8 @@ def radiological_features(phases: dict[str, sitk.Image], mask01: sitk.Image, ct_
     mask01 = sitk.RegionOfInterest(mask01, size, index)
     phases = {p: sitk.RegionOfInterest(image, size, index) for p, image in phases.items()}
     out = shape_features(mask01)
-    if not ct_intensities:
-        return out
+    if not ct_intensities:  # the outline is all there is: describe it in detail
+        return {**out, **shape_profile_features(mask01)}
     means = {}
     for phase, image in phases.items():
         values = attenuation_features(image, mask01, phase, detailed=phase == "unenhanced")

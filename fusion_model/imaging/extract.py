@@ -21,7 +21,7 @@ from fusion_model.imaging.preprocess import LesionVolumes, crop_channels, lesion
 from fusion_model.progress import track
 from fusion_model.records import LesionRecord
 
-FEATURES_VERSION = 2  # 2: thickness features
+FEATURES_VERSION = 3  # 2: thickness features; 3: the shape profile of mask-only cohorts
 
 
 @dataclass
