@@ -80,6 +80,11 @@ class EncoderConfig(StrictModel):
     patience: int = Field(8, ge=1)
     validation_fraction: float = Field(0.15, gt=0, lt=0.5)
     class_weighting: Literal["balanced", "none"] = "balanced"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="train on targets eps/2 and 1 - eps/2 instead of "
+                                   "0 and 1 (a guard against over-confident logits on noisy labels)")
+    ema_decay: float | None = Field(None, ge=0.5, lt=1, description="keep an exponential moving average of the "
+                                    "weights (and BatchNorm statistics) with this decay per step, e.g. 0.99, and use "
+                                    "it as the trained network (validation and inference); empty: the last weights")
     augmentation_strength: float = Field(1.0, ge=0, le=3)
     hu_jitter: float = Field(10.0, ge=0, description="intensity shift, HU")
     tta_views: int = Field(4, ge=1, le=4, description="1 = no test-time augmentation; up to 4 axial flips")

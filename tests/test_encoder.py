@@ -67,9 +67,10 @@ def test_same_seed_gives_identical_logits():
     assert not np.array_equal(a, c)
 
 
-def test_resumed_training_continues_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("averaging", [{}, {"ema_decay": 0.9}])
+def test_resumed_training_continues_from_its_checkpoint(tmp_path, averaging):
     crops, labels, _ = toy_crops()
-    config = EncoderConfig(epochs=4, **TINY)
+    config = EncoderConfig(epochs=4, **TINY, **averaging)
     train, val = np.arange(0, 40), np.arange(40, 48)
     uninterrupted = train_encoder(crops, labels, train, val, config, progress=False)
 
@@ -160,6 +161,24 @@ def test_new_lesions_are_scored_by_the_fold_ensemble_in_one_embedding_space():
                              folds=3).fit(crops, labels, patients)
     assert unaligned.alignment_ is None
     assert np.allclose(unaligned.oof_logits_, encoder.oof_logits_)  # alignment moves embeddings, never logits
+
+
+def test_weight_averaging_returns_the_moving_average_and_still_learns():
+    crops, labels, patients = toy_crops(n=64, seed=3)
+    idx = np.arange(len(labels))
+    plain = train_encoder(crops, labels, idx, None, EncoderConfig(epochs=3, **TINY), progress=False).model
+    slow = train_encoder(crops, labels, idx, None, EncoderConfig(epochs=3, ema_decay=0.999, **TINY),
+                         progress=False).model
+    fast = train_encoder(crops, labels, idx, None, EncoderConfig(epochs=3, ema_decay=0.5, **TINY),
+                         progress=False).model
+    first = dict(plain.named_parameters())
+    gap = {name: sum(float((dict(m.named_parameters())[k] - first[k]).detach().norm()) for k in first)
+           for name, m in (("slow", slow), ("fast", fast))}
+    # the same steps averaged: a short memory stays near the last weights, a long one far behind them
+    assert gap["fast"] < 0.5 * gap["slow"] and gap["slow"] > 0
+    config = EncoderConfig(epochs=12, learning_rate=3e-3, ema_decay=0.95, label_smoothing=0.1, **TINY)
+    encoder = ImageEncoder(config, progress=False, folds=3).fit(crops, labels, patients, fit_final=False)
+    assert encoder.oof_auc_ > 0.85
 
 
 @pytest.mark.parametrize("kind", ["3d", "2.5d"])

@@ -186,16 +186,25 @@ def train_encoder(
     if config.class_weighting == "balanced" and 0 < positives < len(train_idx):
         pos_weight = torch.tensor((len(train_idx) - positives) / positives, device=device)
     augmentation = BatchAugmentation(config.augmentation_strength, tuple(hu_window), config.hu_jitter)
+    averaged = None
+    if config.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    smoothing = config.label_smoothing
 
     run_key = hashlib.sha256(f"{config.fingerprint()}|{seed}|{epochs}|{np.asarray(train_idx).tobytes().hex()}|"
                              f"{None if val_idx is None else np.asarray(val_idx).tobytes().hex()}".encode()
                              + (b"" if second_reader_crops is None else b"|second reader")).hexdigest()
     state = {"epoch": -1, "best_auc": -np.inf, "best_neg_loss": -np.inf, "best_epoch": -1, "bad_epochs": 0,
-             "history": [], "best_model": None}
+             "history": [], "best_model": None, "averaged": None}
     resumed = None
     restored = resume_checkpoint(checkpoint, run_key, model, optimizer, scheduler, state)
     if restored is not None:
         state, resumed = restored, restored["epoch"]
+        if averaged is not None and state["averaged"] is not None:
+            averaged.load_state_dict(state["averaged"])
+    trained = model if averaged is None else averaged.module  # the network validated and returned
 
     epoch_iter = range(state["epoch"] + 1, epochs)
     for epoch in track(epoch_iter, description, total=len(epoch_iter), enabled=progress):
@@ -216,16 +225,19 @@ def train_encoder(
                                    second_reader_crops, use_second, device)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=cuda):
                 logits, _ = model(x)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
+                target = y * (1.0 - smoothing) + 0.5 * smoothing if smoothing else y
+                loss = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             total_loss += loss.item() * len(batch_idx)
         record = {"epoch": epoch, "train_loss": total_loss / len(order), "lr": scheduler.get_last_lr()[0]}
         if val_idx is not None:
-            val_logits, _ = predict(model, crops[val_idx], config, tta_views=1)
+            val_logits, _ = predict(trained, crops[val_idx], config, tta_views=1)
             record["val_auc"] = _auc(labels[val_idx], val_logits)
             record["val_loss"] = float(F.binary_cross_entropy_with_logits(
                 torch.from_numpy(val_logits), torch.from_numpy(labels[val_idx])))
@@ -233,20 +245,22 @@ def train_encoder(
             score = (record["val_auc"] if not np.isnan(record["val_auc"]) else 0.0, -record["val_loss"])
             if score > (state["best_auc"], state["best_neg_loss"]):
                 state.update(best_auc=score[0], best_neg_loss=score[1], best_epoch=epoch, bad_epochs=0,
-                             best_model=copy.deepcopy(model.state_dict()))
+                             best_model=copy.deepcopy(trained.state_dict()))
             else:
                 state["bad_epochs"] += 1
         else:
             state.update(best_epoch=epoch, best_model=None)
         state["epoch"] = epoch
         state["history"].append(record)
+        if averaged is not None:
+            state["averaged"] = averaged.state_dict()
         if checkpoint is not None:
             save_checkpoint(checkpoint, run_key, model, optimizer, scheduler, state)
         if on_epoch is not None:
             on_epoch(epoch, record)
 
     if state["best_model"] is not None:
-        model.load_state_dict(state["best_model"])
-    model.cpu().eval()
+        trained.load_state_dict(state["best_model"])
+    trained.cpu().eval()
     best_auc = None if val_idx is None else float(state["best_auc"])
-    return TrainResult(model, state["best_epoch"], best_auc, state["history"], resumed)
+    return TrainResult(trained, state["best_epoch"], best_auc, state["history"], resumed)
