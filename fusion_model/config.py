@@ -30,6 +30,10 @@ class PreprocessConfig(StrictModel):
     hu_window: tuple[float, float] = Field((-200.0, 300.0), description="HU mapped to 0 and 1 (clipped)")
     resample_mismatched: bool = Field(False, description="resample phases/mask onto the reference phase grid "
                                                          "when they do not share physical space")
+    depth_channel: bool = Field(False, description="add a crop channel (before the mask) holding each voxel's "
+                                "depth inside the outline: its distance to the mask's surface in mm over 16, "
+                                "clipped to 1 (local thickness, for shape data; one exact distance transform per "
+                                "crop instead of the encoder's approximate signed distance in every pass)")
 
     @model_validator(mode="after")
     def _window_ordered(self) -> PreprocessConfig:
@@ -330,6 +334,9 @@ class ExperimentConfig(StrictModel):
                              "lesion_type to targets ([malignancy, lesion_type]) or choose another method")
         if self.primary_variant not in self.variants:
             raise ValueError(f"primary_variant {self.primary_variant!r} is not among variants {self.variants}")
+        if self.compare_phases and self.preprocess.depth_channel:
+            raise ValueError("compare_phases with preprocess.depth_channel is not supported: the per-phase models "
+                             "take one phase and the mask; set one of them to false")
         if self.search is not None:
             if self.search.objective_variant not in self.variants:
                 raise ValueError(f"search.objective_variant {self.search.objective_variant!r} is not among "

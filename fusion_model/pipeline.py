@@ -163,7 +163,7 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     cohort_info = {
         "name": cohort.spec.name, "fingerprint": cohort_fingerprint(cohort),
         "phases": cohort.spec.phases, "ct_intensities": cohort.spec.ct_intensities,
-        "channels": crop_channels(cohort.spec.phases, cohort.spec.ct_intensities),
+        "channels": crop_channels(cohort.spec.phases, cohort.spec.ct_intensities, config.preprocess.depth_channel),
         "training_lesions": int(is_train.sum()), "test_lesions": int((~is_train).sum()),
         "test_centre": test_centre, "unreadable_lesions": [e.__dict__ for e in errors],
         "mask_sources": mask_source_counts(mask_sources(train_data.table)),
@@ -190,7 +190,7 @@ def check_phases_to_compare(cohort: Cohort) -> None:
 def check_cohort_matches_model(cohort: Cohort, model: FusionModel) -> None:
     """Refuse a cohort whose image channels differ from the model's."""
     trained = model.manifest_["cohort"]
-    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities)
+    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities, model.config.preprocess.depth_channel)
     if channels != trained["channels"]:
         raise UserInputError(f"{cohort.root}: the cohort's image channels {channels} differ from the model's "
                              f"{trained['channels']}; declare the same phases in cohort.json")

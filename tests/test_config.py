@@ -73,3 +73,8 @@ def test_variant_and_rule_names_come_from_the_catalogue():
     assert config.variants == list(VARIANTS) and config.baselines == list(GUIDELINE_RULES)
     with pytest.raises(UserInputError, match="unknown variant"):
         parse_model(ExperimentConfig, {"variants": ["imaging", "radiomics"]}, "test")
+
+
+def test_depth_channel_and_the_per_phase_comparison_are_refused_together():
+    with pytest.raises(ValueError, match="compare_phases with preprocess.depth_channel"):
+        ExperimentConfig(compare_phases=True, preprocess={"depth_channel": True})

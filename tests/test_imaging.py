@@ -65,6 +65,22 @@ def test_crop_is_centred_on_the_lesion_and_isotropic():
     assert np.isclose(float(crop[0][8, 8, 8]), lesion_value, atol=1e-3)
 
 
+def test_depth_channel_is_each_voxels_distance_to_the_surface():
+    from fusion_model.imaging.preprocess import DEPTH_SCALE_MM, crop_channels
+
+    assert crop_channels(["unenhanced"], True, depth_channel=True) == ["unenhanced", "depth", "mask"]
+    assert crop_channels(["unenhanced"], False, depth_channel=True) == ["depth", "mask"]
+    assert crop_channels(["unenhanced"], False) == ["mask"]
+    mask = sphere_mask(shape=(40, 40, 40), centre=(20, 20, 20), radius_vox=8)
+    volumes = LesionVolumes(phases={}, mask=to_image(mask, (0.5, 0.5, 0.5)), reference_phase="unenhanced")
+    crop = lesion_crop(volumes, ["depth", "mask"], PreprocessConfig(spacing_mm=0.5, crop_size_mm=20.0))
+    depth, inside = crop[0].astype(float), crop[1] > 0
+    assert (depth[~inside] == 0).all() and (depth[inside] > 0).all()
+    # a ball of radius 4 mm: 4 mm deep at its centre (within a voxel), shallower towards its surface
+    assert depth.max() * DEPTH_SCALE_MM == pytest.approx(4.0, abs=0.5)
+    assert depth[20, 20, 20] > depth[20, 20, 16] > depth[20, 20, 14] > 0
+
+
 def test_crop_pads_with_air_beyond_the_scan():
     mask = sphere_mask(shape=(10, 10, 10), centre=(1, 5, 5), radius_vox=1)  # lesion at the volume border
     ct = sitk.Cast(to_image(ct_with_lesion(mask, 40.0, 0.0)), sitk.sitkFloat32)

@@ -77,7 +77,7 @@ def extract_lesion_images(
     progress: bool = True,
 ) -> CohortImages:
     """Crops (channels: ``phases`` when they hold HU, then the mask) and features of each lesion, cached."""
-    channels = crop_channels(phases, ct_intensities)
+    channels = crop_channels(phases, ct_intensities, config.depth_channel)
     crop_settings = {"kind": "crop", "config": config.model_dump(mode="json"), "channels": channels}
     feature_settings = {"kind": "features", "version": FEATURES_VERSION, "ct": ct_intensities,
                         "resample": config.resample_mismatched}

@@ -4,7 +4,8 @@ Rather than resampling a whole CT volume to isotropic spacing and then cutting o
 lesion, each channel is resampled directly onto a small isotropic grid centred on the
 lesion's centroid (``sitk.Resample`` onto a reference grid). Voxels of the crop that fall
 outside the scan get air (-1000 HU) for CT and 0 for the mask. Linear interpolation for CT,
-nearest neighbour for masks. Channels: the cohort's phases (canonical order) then the mask.
+nearest neighbour for masks. Channels: the cohort's phases (canonical order), the depth map if
+configured (each voxel's distance to the mask's surface, mm / ``DEPTH_SCALE_MM``), then the mask.
 """
 
 from __future__ import annotations
@@ -24,11 +25,22 @@ from fusion_model.imaging.io import read_image
 from fusion_model.imaging.quality import ct_value_problems
 
 AIR_HU = -1000.0
+DEPTH_SCALE_MM = 16.0  # the depth channel's 1: a nodule of 32 mm or more saturates at its centre
 
 
-def crop_channels(phases: Sequence[str], ct_intensities: bool) -> list[str]:
-    """Channel names of a crop: phases (when they hold HU values) then the mask."""
-    return [*(phases if ct_intensities else ()), "mask"]
+def crop_channels(phases: Sequence[str], ct_intensities: bool, depth_channel: bool = False) -> list[str]:
+    """Channel names of a crop: phases (when they hold HU values), the depth map if asked for, then the mask."""
+    return [*(phases if ct_intensities else ()), *(("depth",) if depth_channel else ()), "mask"]
+
+
+def depth_map(mask: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Each inside voxel's distance to the mask's surface (mm, half a voxel less than to the nearest outside
+    voxel's centre) over ``DEPTH_SCALE_MM``, clipped to [0, 1]; 0 outside. ``mask`` (z, y, x) 0/1."""
+    from scipy import ndimage
+
+    inside = np.pad(np.asarray(mask) > 0, 1)  # the crop's edge counts as outside
+    depth = ndimage.distance_transform_edt(inside, sampling=spacing_mm)[1:-1, 1:-1, 1:-1] - 0.5 * spacing_mm
+    return np.clip(np.where(inside[1:-1, 1:-1, 1:-1], depth, 0.0) / DEPTH_SCALE_MM, 0.0, 1.0)
 
 
 def binary_mask(mask: sitk.Image, label: int | None) -> sitk.Image:
@@ -136,9 +148,12 @@ def lesion_crop(volumes: LesionVolumes, channels: Sequence[str], config: Preproc
     grid = crop_grid(lesion_centroid(volumes.mask), config.crop_voxels, config.spacing_mm,
                      volumes.mask.GetDirection())
     out = np.empty((len(channels), *([config.crop_voxels] * 3)), dtype=np.float16)
+    mask = resample_to_grid(volumes.mask, grid, is_mask=True)
     for c, name in enumerate(channels):
         if name == "mask":
-            out[c] = resample_to_grid(volumes.mask, grid, is_mask=True)
+            out[c] = mask
+        elif name == "depth":
+            out[c] = depth_map(mask, config.spacing_mm)
         elif name in volumes.phases:
             out[c] = window_hu(resample_to_grid(volumes.phases[name], grid, is_mask=False), config.hu_window)
         else:
