@@ -73,6 +73,23 @@ def max_axial_diameter_mm(mask01: sitk.Image) -> float:
     return max((feret_diameter_mm(array[k], spacing_yx) for k in slices), default=0.0)
 
 
+def surface_depth_mm(mask: np.ndarray, spacing_zyx: tuple[float, ...], within_slices_across: int | None = None
+                     ) -> np.ndarray:
+    """Each inside voxel's distance (mm) to the surface of a 0/1 mask (z, y, x): half a voxel less than to the
+    nearest outside voxel's centre, the array's edge counting as outside; 0 outside. With
+    ``within_slices_across=axis``, the distance to the outline within each slice across that axis."""
+    from scipy import ndimage
+
+    spacing = [float(s) for s in spacing_zyx]
+    planar = [k for k in range(3) if k != within_slices_across]
+    inside = np.pad(np.asarray(mask) > 0, [(1, 1) if k in planar else (0, 0) for k in range(3)])
+    if within_slices_across is not None:  # a huge spacing across the slices keeps the nearest outside voxel in them
+        spacing[within_slices_across] = 1e6
+    half_voxel = 0.5 * float(np.mean([spacing[k] for k in planar]))
+    depth = np.where(inside, ndimage.distance_transform_edt(inside, sampling=spacing) - half_voxel, 0.0)
+    return depth[tuple(slice(1, -1) if k in planar else slice(None) for k in range(3))]
+
+
 def thickness_features(mask01: sitk.Image) -> dict[str, float]:
     """How thick the lesion is, from the distance of each inside voxel to the lesion's surface (mm).
 
@@ -80,13 +97,8 @@ def thickness_features(mask01: sitk.Image) -> dict[str, float]:
     Radius of the largest inscribed sphere, mean and 90th percentile of the local half-thickness,
     and the share of the lesion lying more than 2 mm inside its surface.
     """
-    from scipy import ndimage
-
-    array = np.pad(sitk.GetArrayViewFromImage(mask01) > 0, 1)  # a lesion touching the crop edge has a surface
-    spacing_zyx = tuple(float(s) for s in reversed(mask01.GetSpacing()))
-    to_background = ndimage.distance_transform_edt(array, sampling=spacing_zyx)[array]
-    half_voxel = 0.5 * float(np.mean(spacing_zyx))
-    depth = to_background - half_voxel  # the surface lies half a voxel before the nearest outside voxel
+    array = sitk.GetArrayViewFromImage(mask01) > 0  # a lesion touching the crop edge has a surface there
+    depth = surface_depth_mm(array, tuple(reversed(mask01.GetSpacing())))[array]
     return {
         "max_inscribed_radius_mm": float(depth.max()),
         "mean_half_thickness_mm": float(depth.mean()),
@@ -175,18 +187,6 @@ def _convex_hull_voxels(mask: np.ndarray, spacing: tuple[float, ...]) -> int:
     return max(inside, int(mask.sum())) // copies
 
 
-def _in_plane_depth(mask: np.ndarray, spacing: tuple[float, ...], axis: int) -> np.ndarray:
-    """For each mask voxel, the distance (mm) to the mask's outline within its slice across ``axis``."""
-    from scipy import ndimage
-
-    pad = [(0, 0) if k == axis else (1, 1) for k in range(3)]
-    padded = np.pad(mask, pad)
-    # a huge spacing across the slices makes the nearest background always lie in the same slice
-    sampling = [1e6 if k == axis else spacing[k] for k in range(3)]
-    in_plane = [spacing[k] for k in range(3) if k != axis]
-    return ndimage.distance_transform_edt(padded, sampling=sampling)[padded] - 0.5 * float(np.mean(in_plane))
-
-
 def shape_profile_features(mask01: sitk.Image) -> dict[str, float]:
     """The ``SHAPE_PROFILE_FEATURES`` of a 0/1 mask (physical units; any spacing)."""
     from scipy import ndimage
@@ -199,8 +199,7 @@ def shape_profile_features(mask01: sitk.Image) -> dict[str, float]:
     spacing = tuple(float(s) for s in reversed(mask01.GetSpacing()))  # z, y, x like the array
     voxel_mm3 = float(np.prod(spacing))
     volume_mm3 = float(mask.sum()) * voxel_mm3
-    padded = np.pad(mask, 1)
-    depth = ndimage.distance_transform_edt(padded, sampling=spacing)[padded] - 0.5 * float(np.mean(spacing))
+    depth = surface_depth_mm(mask, spacing)[mask]
     out = {f"half_thickness_p{q}_mm": float(np.percentile(depth, q)) for q in (50, 75, 95, 99)}
     labels, count = ndimage.label(mask)
     pieces = np.bincount(labels.ravel())[1:]
@@ -225,7 +224,7 @@ def shape_profile_features(mask01: sitk.Image) -> dict[str, float]:
     axial_areas = axial_areas[axial_areas > 0].astype(float)
     out["axial_area_cv"] = float(axial_areas.std() / axial_areas.mean())
     for plane, axis in SHAPE_PLANES.items():
-        in_plane = _in_plane_depth(mask, spacing, axis)
+        in_plane = surface_depth_mm(mask, spacing, within_slices_across=axis)[mask]
         out[f"{plane}_half_thickness_mean_mm"] = float(in_plane.mean())
         out[f"{plane}_half_thickness_p90_mm"] = float(np.percentile(in_plane, 90))
         out[f"{plane}_half_thickness_max_mm"] = float(in_plane.max())

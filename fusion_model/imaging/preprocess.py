@@ -36,11 +36,9 @@ def crop_channels(phases: Sequence[str], ct_intensities: bool, depth_channel: bo
 def depth_map(mask: np.ndarray, spacing_mm: float) -> np.ndarray:
     """Each inside voxel's distance to the mask's surface (mm, half a voxel less than to the nearest outside
     voxel's centre) over ``DEPTH_SCALE_MM``, clipped to [0, 1]; 0 outside. ``mask`` (z, y, x) 0/1."""
-    from scipy import ndimage
+    from fusion_model.features.radiological import surface_depth_mm
 
-    inside = np.pad(np.asarray(mask) > 0, 1)  # the crop's edge counts as outside
-    depth = ndimage.distance_transform_edt(inside, sampling=spacing_mm)[1:-1, 1:-1, 1:-1] - 0.5 * spacing_mm
-    return np.clip(np.where(inside[1:-1, 1:-1, 1:-1], depth, 0.0) / DEPTH_SCALE_MM, 0.0, 1.0)
+    return np.clip(surface_depth_mm(mask, (spacing_mm,) * 3) / DEPTH_SCALE_MM, 0.0, 1.0)  # the crop's edge: outside
 
 
 def binary_mask(mask: sitk.Image, label: int | None) -> sitk.Image:
