@@ -47,6 +47,10 @@ class PreprocessConfig(StrictModel):
         return max(1, int(round(self.crop_size_mm / self.spacing_mm)))
 
 
+ARCHITECTURE_SETTINGS = ("kind", "width", "depth", "embedding_size", "stem_stride", "mask_pooling", "input_pooling",
+                         "mask_input")
+
+
 class EncoderConfig(StrictModel):
     """The image encoder: network shape, training schedule, augmentation, inference.
 
@@ -106,6 +110,11 @@ class EncoderConfig(StrictModel):
     operating_value: float = Field(0.5, gt=0, lt=1)
     inference_batch_size: int = Field(64, ge=1)
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    pretrained: str | None = Field(None, description="a weight file written by 'fusion-model pretrain-encoder' "
+                                   "(pre-trained on generator-drawn lesions for crops like this experiment's): every "
+                                   "network starts from it (its malignancy layer and input skip start afresh) and "
+                                   "fine-tunes all layers; empty: random initial weights. A relative path is read "
+                                   "from the current directory")
 
     @model_validator(mode="before")
     @classmethod
@@ -118,8 +127,18 @@ class EncoderConfig(StrictModel):
         return data
 
     def fingerprint(self) -> str:
-        """A short hash of every setting (checkpoints and cached outputs are keyed by it)."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of every setting and of the pre-trained weight file's content (checkpoints and cached
+        outputs are keyed by it)."""
+        settings = self.model_dump(mode="json")
+        if self.pretrained and Path(self.pretrained).is_file():
+            from fusion_model.fileio import sha256_file
+
+            settings["pretrained_sha256"] = sha256_file(Path(self.pretrained))
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def architecture(self) -> dict:
+        """The settings that shape the network's weights (a pre-trained weight file must match them)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in ARCHITECTURE_SETTINGS}
 
 
 class FeatureConfig(StrictModel):
@@ -389,6 +408,36 @@ class SynthConfig(StrictModel):
     @classmethod
     def _phases(cls, phases: list[str]) -> list[str]:
         return known_names(phases, PHASES, "phase", ordered=True)
+
+
+class PretrainConfig(StrictModel):
+    """Encoder pre-training on lesions the synthetic generator draws (``fusion-model pretrain-encoder``).
+
+    The network, the crop geometry and the augmentation are the experiment's; these settings say what is drawn
+    and how long it trains. Targets: the lesion's latent size, shape, attenuation per phase, enhancement,
+    texture, necrosis, calcification and fat (those the crop's channels can show), its type, and malignancy.
+    """
+
+    phases: list[str] = Field(default_factory=list, description="CT phases of the crops (canonical order); empty: "
+                              "mask-only crops, for cohorts of outlines without CT intensities")
+    outline: Literal["lesion", "gland"] = Field(
+        "lesion", description="what the mask outlines: the lesion (as in cohorts of lesion masks) or the whole "
+        "adrenal gland with its lesion (as in AdrenalMNIST3D); with 'gland', a share of the glands is normal")
+    normal_fraction: float = Field(0.5, ge=0, lt=1, description="'gland': share of glands drawn without a lesion")
+    examples: int = Field(2000, ge=20, le=200_000, description="lesions drawn (a share is held out for the figures)")
+    held_out_fraction: float = Field(0.1, gt=0, lt=0.5)
+    epochs: int = Field(8, ge=1, le=1000)
+    batch_size: int = Field(16, ge=2, le=512)
+    learning_rate: float = Field(2e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    workers: int = Field(0, ge=0, description="processes drawing the lesions; 0 = up to 2, as many as cores allow")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, phases: list[str]) -> list[str]:
+        return known_names(phases, PHASES, "phase", ordered=True) if phases else []
 
 
 class SegmentConfig(StrictModel):

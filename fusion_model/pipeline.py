@@ -118,6 +118,11 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
     cohort = load_cohort(cohort_dir, require_label=True)
+    if config.encoder.pretrained:
+        from fusion_model.encoder.pretrain import check_pretrained
+
+        check_pretrained(config, crop_channels(cohort.spec.phases, cohort.spec.ct_intensities,
+                                               config.preprocess.depth_channel))
     train_mask = split_lesions(cohort.table, config, test_centre)
     if config.compare_phases:
         check_phases_to_compare(cohort)

@@ -26,7 +26,7 @@ def run_cli(*args):
 
 
 COMMANDS = ("validate", "synth", "import-medmnist", "features", "preprocess", "train", "predict", "evaluate",
-            "explain", "tune", "schema", "demo", "agreement")
+            "explain", "tune", "schema", "demo", "agreement", "pretrain-encoder")
 
 
 def test_help_lists_every_command_and_each_has_its_own_help():

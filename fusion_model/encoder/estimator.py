@@ -115,6 +115,11 @@ class ImageEncoder:
         self.fold_results_: list[TrainResult] = []
         self.fold_train_patients_: list[set] = []
         self.inference_ = cfg.inference
+        self.pretrained_ = None
+        if cfg.pretrained:  # provenance for the artifact: which weights every network started from
+            from fusion_model.encoder.pretrain import describe_pretrained
+
+            self.pretrained_ = describe_pretrained(cfg.pretrained)
         for k, (train_idx, test_idx) in enumerate(self.folds_):
             if cfg.stopping == "last_epoch":
                 fit_idx, val_idx = train_idx, None

@@ -167,7 +167,12 @@ def train_encoder(
     labels = np.asarray(labels).astype(np.float32)
     epochs = epochs or config.epochs
     torch.manual_seed(seed)
-    model = build_network(config, crops.shape[1]).to(device)
+    model = build_network(config, crops.shape[1])
+    if config.pretrained:
+        from fusion_model.encoder.pretrain import load_pretrained
+
+        load_pretrained(model, config.pretrained)  # the malignancy layer stays as seeded above
+    model = model.to(device)
     if model.input_skip is not None:
         skip_idx = np.sort(np.asarray(train_idx))
         model.fit_input_skip(_lesion_statistics(model, crops, skip_idx, config, device), labels[skip_idx],

@@ -108,7 +108,9 @@ def observed_variables(phases: list[str], labs_present: list[str]) -> frozenset[
 
 
 @dataclass
-class _Lesion:
+class LesionParameters:
+    """A drawn lesion before rendering: its type, latent values, side, semi-axes (mm) and in-plane angle."""
+
     profile: TypeProfile
     latents: dict
     side: str
@@ -116,12 +118,13 @@ class _Lesion:
     angle: float
 
 
-def _draw_lesion(rng: np.random.Generator, side: str) -> _Lesion:
+def draw_lesion_parameters(rng: np.random.Generator, side: str) -> LesionParameters:
+    """A lesion's type (by prevalence), latent values, and an ellipsoid of its size, randomly oriented."""
     profile = draw_type(rng)
     latents = draw_latents(profile, rng)
     a = latents["size_mm"] / 2.0
     semi = (a, a * rng.uniform(0.65, 1.0), a * rng.uniform(0.55, 1.0))
-    return _Lesion(profile, latents, side, semi, float(rng.uniform(0, math.pi)))
+    return LesionParameters(profile, latents, side, semi, float(rng.uniform(0, math.pi)))
 
 
 def _measured_axial_diameter(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
@@ -138,9 +141,9 @@ def synthesize_patient(index: int, config: SynthConfig, out_dir: Path) -> tuple[
     patient_id = f"P{index + 1:05d}"
     anatomy = phantom.Anatomy.draw(rng)
     first_side = "right" if rng.random() < 0.5 else "left"
-    lesions = [_draw_lesion(rng, first_side)]
+    lesions = [draw_lesion_parameters(rng, first_side)]
     if rng.random() < config.two_lesion_fraction:
-        lesions.append(_draw_lesion(rng, "left" if first_side == "right" else "right"))
+        lesions.append(draw_lesion_parameters(rng, "left" if first_side == "right" else "right"))
 
     reach_z = max(l.semi_axes[2] * (1 + 2.5 * l.latents["irregularity"]) for l in lesions) + Z_MARGIN_MM
     spacing = (centre.inplane_mm, centre.inplane_mm, centre.slice_mm)
