@@ -199,6 +199,7 @@ def main() -> None:
     (args.out / "benchmark.json").write_text(json.dumps(figures, indent=2, default=float) + "\n")
     print(f"command: python benchmarks/adrenalmnist3d.py {args.npz} --config {args.config}"
           + (f" --eval-npz {args.eval_npz}" if args.eval_npz else "")
+          + (f" --seed {args.seed}" if args.seed is not None else "")
           + (f" --repeats {args.repeats}" if args.repeats > 1 else "")
           + "".join(f" --set {s}" for s in args.sets)
           + (f" --device {args.device}" if args.device != "cpu" else "")

@@ -95,6 +95,20 @@ def test_pretraining_learns_the_lesions_size_and_shape(pretrained):
     assert figures["auc"]["malignant"] > 0.65  # size carries malignancy in the generator
 
 
+def test_the_same_settings_give_the_same_weights(tmp_path):
+    settings = PretrainConfig(phases=["venous"], examples=40, epochs=1, workers=1)
+    first, second = (pretrain_encoder(experiment(), settings, progress=False) for _ in range(2))
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[name]), name
+    assert first.figures["r2"] == second.figures["r2"]
+    # drawn in two worker processes, the examples are the same as drawn in one
+    from fusion_model.encoder.pretrain import crop_settings, draw_set
+
+    draw = crop_settings(experiment(), settings)
+    np.testing.assert_array_equal(draw_set(70, 3, draw, workers=1, progress=False).crops,
+                                  draw_set(70, 3, draw, workers=2, progress=False).crops)
+
+
 def test_the_weight_file_restores_the_network_but_not_its_malignancy_layer(pretrained):
     result, path = pretrained
     config = experiment(pretrained=str(path))
