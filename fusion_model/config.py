@@ -356,7 +356,20 @@ class ExperimentConfig(StrictModel):
         if self.compare_phases and self.preprocess.depth_channel:
             raise ValueError("compare_phases with preprocess.depth_channel is not supported: the per-phase models "
                              "take one phase and the mask; set one of them to false")
+        if self.encoder.pretrained and self.compare_phases:
+            raise ValueError("compare_phases with encoder.pretrained is not supported: a weight file fits one set "
+                             "of crop channels, and the per-phase models take one phase and the mask; set "
+                             "compare_phases to false or leave encoder.pretrained empty")
+        if self.encoder.pretrained and self.encoder.kind != "3d":
+            raise ValueError("encoder.pretrained needs encoder.kind 3d: 'fusion-model pretrain-encoder' trains the "
+                             "3D network on whole crops")
         if self.search is not None:
+            reshaping = [key for key in self.search.params if key.partition(".")[2] in ARCHITECTURE_SETTINGS
+                         and key.startswith("encoder.")]
+            if self.encoder.pretrained and reshaping:
+                raise ValueError(f"search.params {reshaping} change the network's shape, which encoder.pretrained "
+                                 "fixes (its weight file fits one network): search them without pre-training, or "
+                                 "leave them out")
             if self.search.objective_variant not in self.variants:
                 raise ValueError(f"search.objective_variant {self.search.objective_variant!r} is not among "
                                  f"variants {self.variants}")

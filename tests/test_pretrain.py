@@ -219,3 +219,16 @@ def test_training_fine_tunes_from_a_weight_file_and_the_artifact_records_it(synt
     # the artifact holds its own networks: it loads and scores without the weight file
     (tmp_path / "ct.safetensors").unlink()
     assert len(load_model(tmp_path / "model").encoder_.fold_models_) == 3
+
+
+def test_settings_a_weight_file_cannot_serve_are_refused_in_the_experiment():
+    for extra, message in (({"compare_phases": True}, "compare_phases with encoder.pretrained"),
+                           ({"encoder": {**SMALL["encoder"], "kind": "2.5d"}}, "needs encoder.kind 3d"),
+                           ({"search": {"params": {"encoder.width": {"type": "categorical", "choices": [4, 8]}}}},
+                            r"search.params \['encoder.width'\] change the network's shape")):
+        data = {**SMALL, "encoder": {**SMALL["encoder"], "pretrained": "w.safetensors"}, **extra}
+        data["encoder"] = {**data["encoder"], "pretrained": "w.safetensors"}
+        with pytest.raises(ValueError, match=message):
+            ExperimentConfig.model_validate(data)
+    with pytest.raises(UserInputError, match="encoder.kind is '2.5d'"):
+        pretrain_encoder(experiment(kind="2.5d"), PretrainConfig(examples=20, workers=1), progress=False)

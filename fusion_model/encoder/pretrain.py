@@ -325,6 +325,9 @@ def pretrain_encoder(experiment: ExperimentConfig, settings: PretrainConfig, dev
     from fusion_model.encoder.transforms import BatchAugmentation
 
     started = time.perf_counter()
+    if experiment.encoder.kind != "3d":
+        raise UserInputError(f"encoder.kind is {experiment.encoder.kind!r}: pre-training trains the 3D network on "
+                             "whole crops; set encoder.kind: 3d in the experiment")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch_device = resolve_device(device)
