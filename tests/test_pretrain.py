@@ -232,3 +232,13 @@ def test_settings_a_weight_file_cannot_serve_are_refused_in_the_experiment():
             ExperimentConfig.model_validate(data)
     with pytest.raises(UserInputError, match="encoder.kind is '2.5d'"):
         pretrain_encoder(experiment(kind="2.5d"), PretrainConfig(examples=20, workers=1), progress=False)
+
+
+def test_more_draws_than_memory_holds_are_refused_before_drawing(monkeypatch):
+    from fusion_model.encoder import pretrain
+
+    monkeypatch.setattr(pretrain, "_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr(pretrain, "draw_set", lambda *a, **k: pytest.fail("drew lesions"))
+    with pytest.raises(UserInputError, match=r"--examples 50000: their crops \(1 x 24\^3 voxels each\) would take "
+                                             r"1\.3 GiB of this machine's 1 GiB; draw at most 23301"):
+        pretrain_encoder(experiment(), PretrainConfig(examples=50000), progress=False)

@@ -277,6 +277,11 @@ def draw_set(n: int, seed: int, settings: DrawSettings, workers: int = 0, progre
 
 
 # --- training --------------------------------------------------------------------------------------------
+def _memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 @dataclass
 class PretrainResult:
     """The pre-trained network, its held-out figures, and what the weight file records."""
@@ -333,6 +338,12 @@ def pretrain_encoder(experiment: ExperimentConfig, settings: PretrainConfig, dev
     torch_device = resolve_device(device)
     cuda = torch_device.type == "cuda"
     draw = crop_settings(experiment, settings)
+    channels = crop_channels(settings.phases, bool(settings.phases), draw.depth_channel)
+    needed, total = settings.examples * len(channels) * draw.voxels ** 3 * 2, _memory_bytes()
+    if needed > 0.6 * total:
+        raise UserInputError(f"--examples {settings.examples}: their crops ({len(channels)} x {draw.voxels}^3 voxels "
+                             f"each) would take {needed / 2**30:.1f} GiB of this machine's {total / 2**30:.0f} GiB; "
+                             f"draw at most {int(0.6 * total / (needed / settings.examples))}")
     data = draw_set(settings.examples, settings.seed, draw, settings.workers, progress)
     n = settings.examples
     held_out = np.random.default_rng(settings.seed).permutation(n)[:max(10, int(round(settings.held_out_fraction * n)))]
@@ -346,7 +357,6 @@ def pretrain_encoder(experiment: ExperimentConfig, settings: PretrainConfig, dev
     scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
 
     encoder = experiment.encoder
-    channels = crop_channels(settings.phases, bool(settings.phases), draw.depth_channel)
     torch.manual_seed(settings.seed)
     model = build_network(encoder, len(channels)).to(torch_device)
     if model.input_skip is not None:  # fitted on the user's cohort, not here
