@@ -156,6 +156,10 @@ def test_mismatched_or_unreadable_weight_files_are_refused(pretrained, tmp_path)
                                                       "encoder": {**SMALL["encoder"], "pretrained": str(path)}})
     with pytest.raises(UserInputError, match="24\\^3 voxels at 2 mm in the file, 48\\^3 at 1 mm here"):
         check_pretrained(other_geometry, ["mask"])
+    other_window = ExperimentConfig.model_validate({**SMALL, "preprocess": {**SMALL["preprocess"],
+                                                                             "hu_window": [-100, 200]},
+                                                    "encoder": {**SMALL["encoder"], "pretrained": str(path)}})
+    check_pretrained(other_window, ["mask"])  # mask-only crops: the HU window does not matter
     with pytest.raises(UserInputError, match="does not exist"):
         check_pretrained(experiment(pretrained=str(tmp_path / "missing.safetensors")), ["mask"])
     junk = tmp_path / "junk.safetensors"
@@ -242,3 +246,16 @@ def test_more_draws_than_memory_holds_are_refused_before_drawing(monkeypatch):
     with pytest.raises(UserInputError, match=r"--examples 50000: their crops \(1 x 24\^3 voxels each\) would take "
                                              r"1\.3 GiB of this machine's 1 GiB; draw at most 23301"):
         pretrain_encoder(experiment(), PretrainConfig(examples=50000), progress=False)
+
+
+def test_a_ct_weight_file_must_share_the_hu_window(pretrained, monkeypatch):
+    from fusion_model.encoder import pretrain
+
+    _, path = pretrained
+    metadata = pretrain.read_pretrained_metadata(path)
+    ct_file = {**metadata, "channels": ["venous", "mask"], "hu_window": [-100.0, 200.0]}
+    monkeypatch.setattr(pretrain, "read_pretrained_metadata", lambda *a, **k: ct_file)
+    with pytest.raises(UserInputError, match=r"HU window \[-100.0, 200.0\] in the file, \[-200.0, 300.0\] here"):
+        check_pretrained(experiment(pretrained=str(path)), ["venous", "mask"])
+    ct_file["hu_window"] = [-200, 300]
+    check_pretrained(experiment(pretrained=str(path)), ["venous", "mask"])

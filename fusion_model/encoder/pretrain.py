@@ -515,7 +515,8 @@ def check_pretrained(experiment: ExperimentConfig, channels: list[str]) -> None:
     if not math.isclose(metadata["spacing_mm"], pre.spacing_mm) or metadata["crop_voxels"] != pre.crop_voxels:
         differences.append(f"crops of {metadata['crop_voxels']}^3 voxels at {metadata['spacing_mm']:g} mm in the "
                            f"file, {pre.crop_voxels}^3 at {pre.spacing_mm:g} mm here")
-    if channels != ["mask"] and [float(v) for v in metadata["hu_window"]] != [float(v) for v in pre.hu_window]:
+    has_ct = any(c not in ("depth", "mask") for c in channels)  # the window only matters for CT channels
+    if has_ct and [float(v) for v in metadata["hu_window"]] != [float(v) for v in pre.hu_window]:
         differences.append(f"HU window {metadata['hu_window']} in the file, {list(pre.hu_window)} here")
     if differences:
         phases = [c for c in channels if c not in ("depth", "mask")]
