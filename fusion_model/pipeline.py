@@ -118,11 +118,11 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
     cohort = load_cohort(cohort_dir, require_label=True)
+    channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities, config.preprocess.depth_channel)
     if config.encoder.pretrained:
         from fusion_model.encoder.pretrain import check_pretrained
 
-        check_pretrained(config, crop_channels(cohort.spec.phases, cohort.spec.ct_intensities,
-                                               config.preprocess.depth_channel))
+        check_pretrained(config, channels)
     train_mask = split_lesions(cohort.table, config, test_centre)
     if config.compare_phases:
         check_phases_to_compare(cohort)
@@ -168,7 +168,7 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     cohort_info = {
         "name": cohort.spec.name, "fingerprint": cohort_fingerprint(cohort),
         "phases": cohort.spec.phases, "ct_intensities": cohort.spec.ct_intensities,
-        "channels": crop_channels(cohort.spec.phases, cohort.spec.ct_intensities, config.preprocess.depth_channel),
+        "channels": channels,
         "training_lesions": int(is_train.sum()), "test_lesions": int((~is_train).sum()),
         "test_centre": test_centre, "unreadable_lesions": [e.__dict__ for e in errors],
         "mask_sources": mask_source_counts(mask_sources(train_data.table)),

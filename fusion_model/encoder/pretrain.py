@@ -421,19 +421,10 @@ def pretrain_encoder(experiment: ExperimentConfig, settings: PretrainConfig, dev
 def _held_out_figures(model, heads, data: DrawnSet, idx: np.ndarray, reg_names, bin_names, types, mean, scale,
                       experiment: ExperimentConfig) -> dict:
     """R^2 per regression target, AUC per finding, type accuracy, malignancy AUC on the held-out draws."""
-    from fusion_model.encoder.train import _as_float
+    from fusion_model.encoder.train import predict
 
-    model.eval()
-    heads.eval()
-    device = next(model.parameters()).device
-    outs = {"regression": [], "binary": [], "types": [], "logit": []}
-    batch = experiment.encoder.inference_batch_size
-    for start in range(0, len(idx), batch):
-        logit, embedding = model(_as_float(data.crops[idx[start:start + batch]]).to(device))
-        regression, binary, type_logits = heads(embedding.float())
-        for key, value in zip(outs, (regression, binary, type_logits, logit)):
-            outs[key].append(value.float().cpu().numpy())
-    regression, binary, type_logits, logit = (np.concatenate(v) for v in outs.values())
+    logit, embedding = predict(model, data.crops[idx], experiment.encoder, tta_views=1)
+    regression, binary, type_logits = (o.numpy() for o in heads.cpu().eval()(torch.from_numpy(embedding)))
     present = ~np.isnan(data.regression[idx, 0])
     figures: dict = {"r2": {}, "auc": {}}
     for j, name in enumerate(reg_names):
@@ -507,9 +498,9 @@ def check_pretrained(experiment: ExperimentConfig, channels: list[str]) -> None:
     if not path:
         return
     metadata = read_pretrained_metadata(Path(path))
-    pre = experiment.preprocess
-    differences = [f"encoder.{k}: {v!r} in the file, {experiment.encoder.architecture()[k]!r} here"
-                   for k, v in metadata["architecture"].items() if experiment.encoder.architecture().get(k) != v]
+    pre, architecture = experiment.preprocess, experiment.encoder.architecture()
+    differences = [f"encoder.{k}: {v!r} in the file, {architecture[k]!r} here"
+                   for k, v in metadata["architecture"].items() if architecture.get(k) != v]
     if metadata["channels"] != channels:
         differences.append(f"crop channels {metadata['channels']} in the file, {channels} for this cohort")
     if not math.isclose(metadata["spacing_mm"], pre.spacing_mm) or metadata["crop_voxels"] != pre.crop_voxels:

@@ -194,8 +194,10 @@ def shape_profile_features(mask01: sitk.Image) -> dict[str, float]:
     mask = sitk.GetArrayViewFromImage(mask01) > 0
     if not mask.any():
         raise ValueError("empty mask")
-    nonzero = np.argwhere(mask)
-    mask = mask[tuple(slice(lo, hi + 1) for lo, hi in zip(nonzero.min(axis=0), nonzero.max(axis=0)))]  # costs less
+    index = np.argwhere(mask)
+    lo, hi = index.min(axis=0), index.max(axis=0)
+    mask = mask[tuple(slice(a, b + 1) for a, b in zip(lo, hi))]  # cut to its bounding box: costs less
+    index -= lo
     spacing = tuple(float(s) for s in reversed(mask01.GetSpacing()))  # z, y, x like the array
     voxel_mm3 = float(np.prod(spacing))
     volume_mm3 = float(mask.sum()) * voxel_mm3
@@ -205,12 +207,11 @@ def shape_profile_features(mask01: sitk.Image) -> dict[str, float]:
     pieces = np.bincount(labels.ravel())[1:]
     out["component_count"] = float(count)
     out["largest_component_fraction"] = float(pieces.max() / pieces.sum())
-    index = np.argwhere(mask)
     points = index * np.asarray(spacing)
     variances = np.sort(np.linalg.eigvalsh(np.atleast_2d(np.cov(points.T))))[::-1] if len(points) > 1 else np.zeros(3)
     for name, variance in zip(("major", "minor", "least"), variances):
         out[f"{name}_axis_mm"] = float(4.0 * math.sqrt(max(float(variance), 0.0)))
-    extent_voxels = index.max(axis=0) - index.min(axis=0) + 1
+    extent_voxels = np.asarray(mask.shape)
     for axis, n, s in zip(("z", "y", "x"), extent_voxels, spacing):
         out[f"extent_{axis}_mm"] = float(n * s)
     out["bounding_box_fill"] = float(mask.sum() / np.prod(extent_voxels))
