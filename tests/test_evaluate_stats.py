@@ -246,6 +246,73 @@ def test_bootstrap_calibration_is_seeded_and_brackets_the_estimates():
     assert (np.array(first["net_benefit_ci"]["high"]) >= benefit - 1e-12).all()
 
 
+def _population(mu: float = -1.0, sigma: float = 1.5, size: int = 2_000_000):
+    """Probabilities of a perfectly calibrated model: logit(p) ~ N(mu, sigma), each lesion malignant with its p."""
+    return 1 / (1 + np.exp(-np.random.default_rng(123).normal(mu, sigma, size)))
+
+
+def test_intervals_cover_their_true_values_at_the_stated_rate():
+    """Over 300 simulated data sets of 600 lesions from a perfectly calibrated model, every 95% interval of the
+    report covers the population's value in 95% of them, within a binomial margin (3 SD: 0.912-0.988). The
+    stratified bootstrap this replaced covered the intercept in 24 and net benefit in 15-24 of 40."""
+    population = _population()
+    thresholds = np.array([0.01, 0.05, 0.2, 0.4])
+    truth = {"brier": np.mean(population * (1 - population)), "intercept": 0.0, "slope": 1.0, "o/e": 1.0}
+    net = [np.mean(population * (population >= t)) - np.mean((1 - population) * (population >= t)) * t / (1 - t)
+           for t in thresholds]
+    order = np.sort(population)  # AUC = P(p of a malignant lesion > p of a benign one), each weighted by p, 1 - p
+    below_benign = np.concatenate([[0.0], np.cumsum(1 - order)[:-1]])
+    truth["auc"] = np.sum(order * below_benign) / (order.sum() * (1 - order).sum())
+    datasets, lesions = 300, 600
+    hits = {k: 0 for k in ("brier", "intercept", "slope", "o/e", "auc logit", "auc bootstrap")}
+    net_hits = np.zeros(len(thresholds))
+    for d in range(datasets):
+        rng = np.random.default_rng([7, d])
+        p = 1 / (1 + np.exp(-rng.normal(-1.0, 1.5, lesions)))
+        labels = (rng.random(lesions) < p).astype(int)
+        boot = stats.bootstrap_calibration(labels, p, thresholds, resamples=400, seed=d)
+        for key in ("brier", "intercept", "slope"):
+            low, high = boot[f"{key}_ci"]
+            hits[key] += low <= truth[key] <= high
+        low, high = stats.observed_expected(labels, p)["ci"]
+        hits["o/e"] += low <= 1.0 <= high
+        low, high = stats.delong(labels, p).logit_ci(0)
+        hits["auc logit"] += low <= truth["auc"] <= high
+        low, high, _ = stats.bootstrap_auc(labels, p, resamples=400, seed=d)
+        hits["auc bootstrap"] += low <= truth["auc"] <= high
+        net_hits += (np.array(boot["net_benefit_ci"]["low"]) <= net) & (net <= np.array(boot["net_benefit_ci"]["high"]))
+    margin = 3 * math.sqrt(0.95 * 0.05 / datasets)
+    coverage = {**{k: v / datasets for k, v in hits.items()},
+                **{f"net benefit at {t}": h / datasets for t, h in zip(thresholds, net_hits)}}
+    assert all(abs(c - 0.95) <= margin for c in coverage.values()), coverage
+
+
+def test_net_benefit_band_has_width_where_every_malignant_lesion_is_called():
+    """Below every malignant lesion's probability net benefit is prevalence - (false positives / n) t / (1 - t):
+    its uncertainty is the prevalence's, which a bootstrap that fixes the event count would remove."""
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.3, 0.9, 400)
+    labels = (rng.random(400) < p).astype(int)
+    boot = stats.bootstrap_calibration(labels, p, [0.01, 0.1, 0.2], resamples=500, seed=0)
+    width = np.array(boot["net_benefit_ci"]["high"]) - np.array(boot["net_benefit_ci"]["low"])
+    prevalence_se = math.sqrt(labels.mean() * (1 - labels.mean()) / len(labels))
+    assert (width > 2 * prevalence_se).all(), width
+
+
+def test_bootstrap_fits_equal_statsmodels_on_the_resampled_lesions():
+    rng = np.random.default_rng(5)
+    p = 1 / (1 + np.exp(-rng.normal(-0.5, 1.2, 150)))
+    labels = (rng.random(150) < p).astype(int)
+    weights = rng.multinomial(150, np.full(150, 1 / 150), size=6).astype(float)
+    intercepts = stats._weighted_intercepts(labels.astype(float), stats._logit(p), weights)
+    slopes = stats._weighted_slopes(labels.astype(float), stats._logit(p), weights)
+    for k in range(6):
+        drawn = np.repeat(np.arange(150), weights[k].astype(int))
+        fit = stats.calibration_intercept_slope(labels[drawn], p[drawn])
+        assert intercepts[k] == pytest.approx(fit["intercept"], abs=1e-8)
+        assert slopes[k] == pytest.approx(fit["slope"], abs=1e-8)
+
+
 def test_bootstrap_leaves_out_resamples_without_a_slope():
     labels, p = SEPARATED
     result = stats.bootstrap_calibration(labels, p, [0.2], resamples=200, seed=0)

@@ -157,7 +157,8 @@ def _model_metrics(cases: pd.DataFrame, s: ScoreSet, settings: EvaluationSetting
         out["calibration"]["histogram"] = np.histogram(scores, bins=20, range=(0, 1))[0].tolist()
         uncertainty = stats.bootstrap_calibration(labels, scores, t, settings.bootstrap_resamples, settings.seed)
         out["calibration"].update({k: uncertainty[k] for k in ("brier_ci", "intercept_ci", "slope_ci",
-                                                               "resamples_without_slope")})
+                                                               "resamples_without_slope",
+                                                               "resamples_without_intercept")})
         out["decision_curve"] = {"thresholds": t.tolist(), "net_benefit": stats.net_benefit(labels, scores, t).tolist(),
                                  "net_benefit_ci": uncertainty["net_benefit_ci"]}
     else:
@@ -308,6 +309,9 @@ def compute_metrics(cases: pd.DataFrame, score_sets: list[ScoreSet], settings: E
                      "ci_level": 0.95, "auc_ci_methods": ["delong", "delong_logit", "stratified_bootstrap_percentile"],
                      "auc_ci_shown": settings.auc_interval, "auc_ci_shown_description": AUC_INTERVALS[settings.auc_interval],
                      "calibration_fit": "binomial GLM (statsmodels, IRLS)",
+                     "calibration_ci": "ordinary bootstrap percentile (lesions resampled, event count free)",
+                     "net_benefit_ci": "ordinary bootstrap percentile (lesions resampled, event count free)",
+                     "observed_expected_ci": "log-scale delta method (ratio of two means)",
                      "calibration_logit_clip": [stats.LOGIT_CLIP, 1 - stats.LOGIT_CLIP],
                      "calibration_smoothing": "LOWESS, frac 2/3, no robustness iterations",
                      "proportion_ci": "wilson", "likelihood_ratio_ci": "log method (Simel 1991)",

@@ -4,15 +4,17 @@
   the midrank algorithm of Sun & Xu (2014, IEEE Signal Processing Letters 21:1389), and the
   paired DeLong test between two scores on the same lesions (DeLong et al. 1988,
   Biometrics 44:837);
-- stratified bootstrap CIs (positives and negatives resampled separately, seeded);
+- the AUC's stratified bootstrap CI (positives and negatives resampled separately, seeded): the AUC is a
+  figure conditional on the two class sizes;
 - proportions with Wilson score intervals, likelihood ratios with the log method
   (Simel et al. 1991, J Clin Epidemiol 44:763);
 - calibration intercept (calibration-in-the-large: logistic model with logit(p) as offset)
   and slope (logistic regression on logit(p)), fitted by statsmodels' GLM, which reports
   non-convergence and separation; probabilities are clipped to [1e-6, 1 - 1e-6] before the
-  logit (the count of clipped predictions is reported); the observed/expected ratio; a LOWESS
-  smoothed calibration curve; Brier score (Van Calster et al. 2019); seeded stratified bootstrap
-  CIs of the calibration figures and of net benefit;
+  logit (the count of clipped predictions is reported); the observed/expected ratio (log-scale delta-method
+  interval for a ratio of two means); a LOWESS
+  smoothed calibration curve; Brier score (Van Calster et al. 2019); seeded ordinary (not stratified)
+  bootstrap CIs of the calibration figures and of net benefit, which depend on the event rate;
 - the logit-transformed DeLong interval for an AUC, which stays inside (0, 1) and covers better
   near 1 and in small samples than AUC +/- 1.96 SE (e.g. Pepe 2003, section 5.2);
 - net benefit for decision curves (Vickers & Elkin 2006, Med Decis Making 26:565).
@@ -344,11 +346,20 @@ def calibration_intercept_slope(labels, probabilities) -> dict:
 
 
 def observed_expected(labels, probabilities, z: float = Z95) -> dict:
-    """Observed / expected number of malignant lesions, with a log-scale CI (Poisson on the observed count)."""
-    observed, expected = float(np.sum(labels)), float(np.sum(probabilities))
+    """Observed / expected number of malignant lesions with a log-scale delta-method CI for the ratio of two
+    means over the same lesions (the outcome's variance, the predictions' variance and their covariance: a
+    Poisson interval on the observed count alone is far too wide for a model whose predictions carry the
+    information)."""
+    y, p = np.asarray(labels, dtype=float), np.asarray(probabilities, dtype=float)
+    observed, expected = float(np.sum(y)), float(np.sum(p))
     if observed == 0 or expected == 0:
         return {"value": None if expected == 0 else 0.0, "ci": None}
-    ratio, half = observed / expected, z / math.sqrt(observed)
+    ratio, n = observed / expected, len(y)
+    y_mean, p_mean = observed / n, expected / n
+    covariance = np.cov(y, p, ddof=1) if n > 1 else np.zeros((2, 2))
+    variance = (covariance[0, 0] / y_mean ** 2 + covariance[1, 1] / p_mean ** 2
+                - 2 * covariance[0, 1] / (y_mean * p_mean)) / n
+    half = z * math.sqrt(max(float(variance), 0.0))
     return {"value": ratio, "ci": [ratio * math.exp(-half), ratio * math.exp(half)]}
 
 
@@ -379,35 +390,89 @@ def calibration(labels, probabilities) -> dict:
     return out
 
 
+def _weighted_intercepts(y: np.ndarray, lp: np.ndarray, w: np.ndarray, iterations: int = 60) -> np.ndarray:
+    """Calibration intercept (logit(p) as offset) of each row of bootstrap weights ``w`` (resamples x lesions),
+    by Newton's method on the binomial log-likelihood; NaN where it does not exist (one class only)."""
+    events, total = w @ y, w.sum(axis=1)
+    exists = (events > 0) & (events < total)
+    a = np.zeros(len(w))
+    for _ in range(iterations):
+        mu = 1 / (1 + np.exp(-(a[:, None] + lp[None, :])))
+        gradient = w @ y - (w * mu).sum(axis=1)
+        information = (w * mu * (1 - mu)).sum(axis=1)
+        step = np.clip(np.divide(gradient, information, out=np.zeros_like(a), where=information > 0), -5, 5)
+        a = np.where(exists, a + step, 0.0)
+        if np.all(np.abs(step[exists]) < 1e-10):
+            break
+    return np.where(exists, a, np.nan)
+
+
+def _weighted_slopes(y: np.ndarray, lp: np.ndarray, w: np.ndarray, iterations: int = 60) -> np.ndarray:
+    """Calibration slope (logistic regression on logit(p)) of each row of bootstrap weights, by Newton's method;
+    NaN where it does not exist: equal predictions, predictions that separate the classes, no convergence."""
+    drawn = w > 0
+    pos, neg = drawn & (y[None, :] == 1), drawn & (y[None, :] == 0)
+    big = np.inf
+    pos_min, pos_max = np.where(pos, lp, big).min(axis=1), np.where(pos, lp, -big).max(axis=1)
+    neg_min, neg_max = np.where(neg, lp, big).min(axis=1), np.where(neg, lp, -big).max(axis=1)
+    both = pos.any(axis=1) & neg.any(axis=1)
+    spread = np.where(drawn, lp, -big).max(axis=1) > np.where(drawn, lp, big).min(axis=1)
+    exists = both & spread & ~((neg_max <= pos_min) | (pos_max <= neg_min))
+    theta = np.zeros((len(w), 2))
+    converged = np.zeros(len(w), dtype=bool)
+    for _ in range(iterations):
+        eta = theta[:, :1] + theta[:, 1:] * lp[None, :]
+        mu = 1 / (1 + np.exp(-np.clip(eta, -50, 50)))
+        r, v = w * (y[None, :] - mu), w * mu * (1 - mu)
+        g = np.stack([r.sum(axis=1), r @ lp], axis=1)
+        h00, h01, h11 = v.sum(axis=1), v @ lp, v @ (lp * lp)
+        det = h00 * h11 - h01 * h01
+        ok = exists & (det > 0)
+        safe = np.where(ok, det, 1.0)
+        step = np.stack([(h11 * g[:, 0] - h01 * g[:, 1]) / safe, (h00 * g[:, 1] - h01 * g[:, 0]) / safe], axis=1)
+        step = np.where(ok[:, None], np.clip(step, -5, 5), 0.0)
+        theta += step
+        converged = np.abs(step).max(axis=1) < 1e-8
+        if np.all(converged[exists]):
+            break
+    return np.where(exists & converged, theta[:, 1], np.nan)
+
+
 def bootstrap_calibration(labels, probabilities, thresholds, resamples: int = 2000, seed: int = 0,
-                          level: float = 0.95) -> dict:
-    """Percentile CIs from a seeded stratified bootstrap: Brier score, intercept, slope, and net benefit at
-    each threshold. Resamples where the intercept or slope does not exist (separation) are counted and left
-    out of that figure's interval."""
+                          level: float = 0.95, chunk: int = 250) -> dict:
+    """Percentile CIs from a seeded ordinary bootstrap (lesions resampled with replacement, so the number of
+    malignant lesions varies from resample to resample as it does from sample to sample): Brier score,
+    calibration intercept and slope, and net benefit at each threshold. Each figure depends on the event rate,
+    so a bootstrap that fixes the number of events per class (as the AUC's stratified one does, rightly for a
+    figure conditional on the class sizes) makes their intervals far too narrow. Resamples where the intercept
+    or slope does not exist (one class drawn, separation) are counted and left out of that figure's interval."""
     labels, p = _check(labels, probabilities)
     require_both_classes(labels)
     rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    n = len(labels)
+    y, lp = labels.astype(float), _logit(p)
     t = np.asarray(thresholds, dtype=float)
+    called = (p[None, :] >= t[:, None]).astype(float)  # thresholds x lesions
+    harm = t / (1 - t)
     briers, intercepts, slopes, benefits = [], [], [], []
-    for _ in range(resamples):
-        idx = np.concatenate([pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]])
-        y, q = labels[idx], p[idx]
-        briers.append(float(np.mean((q - y) ** 2)))
-        fit = calibration_intercept_slope(y, q)
-        intercepts.append(np.nan if fit["intercept"] is None else fit["intercept"])
-        slopes.append(np.nan if fit["slope"] is None else fit["slope"])
-        benefits.append(net_benefit(y, q, t))
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        w = rng.multinomial(n, np.full(n, 1 / n), size=b).astype(float)  # how often each lesion is drawn
+        briers.append(w @ ((p - y) ** 2) / n)
+        intercepts.append(_weighted_intercepts(y, lp, w))
+        slopes.append(_weighted_slopes(y, lp, w))
+        benefits.append(((w * y) @ called.T - (w * (1 - y)) @ called.T * harm[None, :]) / n)
+    briers, intercepts, slopes = np.concatenate(briers), np.concatenate(intercepts), np.concatenate(slopes)
+    benefits = np.concatenate(benefits)
     alpha = (1 - level) / 2
 
     def interval(values) -> list[float] | None:
-        values = np.asarray(values, dtype=float)
         values = values[np.isfinite(values)]
         return None if values.size < 0.5 * resamples else np.quantile(values, [alpha, 1 - alpha]).tolist()
 
-    benefits = np.asarray(benefits)
     return {"brier_ci": interval(briers), "intercept_ci": interval(intercepts), "slope_ci": interval(slopes),
             "resamples_without_slope": int(np.isnan(slopes).sum()),
+            "resamples_without_intercept": int(np.isnan(intercepts).sum()),
             "net_benefit_ci": {"low": np.quantile(benefits, alpha, axis=0).tolist(),
                                "high": np.quantile(benefits, 1 - alpha, axis=0).tolist()}}
 
