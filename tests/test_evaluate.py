@@ -188,3 +188,61 @@ def test_degenerate_models_get_null_figures_with_notes_in_metrics_and_report(tmp
     html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert "separate the classes perfectly" in html and "no subgroups by" in html.lower()
     assert "logit-transformed" in html and "statsmodels" in html
+
+
+def _predict_like_file(path, lesion_types=True, variant="all"):
+    """A file shaped like predict's CSV for a model with lesion-type heads: every variant's p_, the primary
+    variant's p_type_CLASS columns (an informative softmax), most_likely_type."""
+    rng = np.random.default_rng(2)
+    classes = ["adenoma", "metastasis", "pheochromocytoma", "rare"]
+    truth = rng.choice(["adenoma", "metastasis", "pheochromocytoma", "ACC", "cyst"], 90,
+                       p=[0.4, 0.25, 0.2, 0.1, 0.05])
+    label = np.isin(truth, ["metastasis", "ACC"]).astype(int)
+    index = {c: k for k, c in enumerate(classes)}
+    margins = rng.normal(0, 1, (90, 4))
+    margins[np.arange(90), [index.get(t, 3) for t in truth]] += 2.5
+    p_type = np.exp(margins) / np.exp(margins).sum(axis=1, keepdims=True)
+    frame = pd.DataFrame({"lesion_id": [f"P{i:03d}-L1" for i in range(90)], "patient_id": [f"P{i:03d}" for i in
+                                                                                          range(90)],
+                          "label": label, "probability": np.clip(0.2 + 0.5 * label + rng.normal(0, 0.2, 90), 0.01,
+                                                                 0.99), "variant": variant})
+    frame["p_imaging"] = np.clip(0.3 + 0.3 * label + rng.normal(0, 0.25, 90), 0.01, 0.99)
+    frame["p_all"] = frame["probability"]
+    if lesion_types:
+        frame["lesion_type"] = truth
+    for k, c in enumerate(classes):
+        frame[f"p_type_{c}"] = p_type[:, k]
+    frame["most_likely_type"] = [classes[k] for k in p_type.argmax(axis=1)]
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_lesion_type_columns_get_the_lesion_type_section_never_a_malignancy_row(tmp_path):
+    from fusion_model.evaluate.run import evaluate_predictions
+
+    _predict_like_file(tmp_path / "predictions.csv")
+    result = evaluate_predictions([tmp_path / "predictions.csv"], tmp_path / "report", settings=FAST,
+                                  progress=False)
+    assert sorted(result.metrics["models"]) == ["all", "imaging"]  # no p_type_* scored as a risk
+    assert result.metrics["primary_model"] == "all"  # the file's 'variant' column
+    subtype = result.metrics["subtype"]
+    assert subtype["classes"] == ["adenoma", "metastasis", "pheochromocytoma", "rare"]
+    assert subtype["merged_into_rare"] and "adrenocortical_carcinoma" in subtype["merged_into_rare"]
+    assert list(subtype["variants"]) == ["all"] and subtype["variants"]["all"]["macro_auc"] > 0.8
+    assert subtype["lesions"] == 90 and sum(subtype["left_out"].values()) == 0  # ACC and cyst count as 'rare'
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Lesion type" in html and "confusion.png" in result.files
+
+
+def test_lesion_type_columns_without_types_are_refused_in_one_line(tmp_path):
+    _predict_like_file(tmp_path / "predictions.csv", lesion_types=False)
+    out = tmp_path / "report"
+    result = run_cli("evaluate", "--predictions", tmp_path / "predictions.csv", "--out", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "lesion-type probabilities, not malignancy risks" in result.stderr and "lesion_type" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    frame = _predict_like_file(tmp_path / "broken.csv")
+    frame["p_type_adenoma"] = frame["p_type_adenoma"] * 0.5
+    frame.to_csv(tmp_path / "broken.csv", index=False)
+    result = run_cli("evaluate", "--predictions", tmp_path / "broken.csv", "--out", out)
+    assert result.returncode == 2 and "row 2 (lesion P000-L1)" in result.stderr and "not 1" in result.stderr

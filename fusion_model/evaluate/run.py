@@ -12,12 +12,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from clinical_schema.coercion import coerce_lesion_type
 from fusion_model import __version__
 from fusion_model.catalogue import MASK_SOURCE_WORDS, rule_description, variant_description
 from fusion_model.errors import UserInputError
 from fusion_model.evaluate import plots, stats
 from fusion_model.evaluate.phases import phase_comparison
 from fusion_model.evaluate.subtype import subtype_metrics
+from fusion_model.heads.subtype import RARE, SUBTYPES
 from fusion_model.evaluate.metrics import (
     CASE_COLUMNS,
     METRICS_FORMAT,
@@ -46,8 +48,25 @@ class EvaluationResult:
 
 
 # ------------------------------------------------------------------------------- inputs
+TYPE_MARKER = "p_type_"  # predict's lesion-type columns: p_type_CLASS (primary variant), VARIANT_p_type_CLASS
+
+
+def _is_type_column(column: str) -> bool:
+    return column.startswith(TYPE_MARKER) or f"_{TYPE_MARKER}" in column
+
+
+def type_column_groups(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Lesion-type probability columns by variant prefix ('' for p_type_CLASS, 'VARIANT' for
+    VARIANT_p_type_CLASS), in the file's order."""
+    groups: dict[str, list[str]] = {}
+    for column in frame.columns:
+        if _is_type_column(column):
+            groups.setdefault(column.partition(TYPE_MARKER)[0].removesuffix("_"), []).append(column)
+    return groups
+
+
 def _score_columns(frame: pd.DataFrame) -> list[str]:
-    models = [c for c in frame.columns if c.startswith("p_")]
+    models = [c for c in frame.columns if c.startswith("p_") and not _is_type_column(c)]
     rules = [c for c in frame.columns if c.startswith("rule_")]
     if models:
         return models + rules
@@ -55,6 +74,26 @@ def _score_columns(frame: pd.DataFrame) -> list[str]:
         if name in frame.columns:
             return [name] + rules
     return rules
+
+
+def _check_type_columns(path: Path, frame: pd.DataFrame) -> None:
+    """Lesion-type columns are probabilities over the classes: numbers in [0, 1], every lesion's summing to 1."""
+    for prefix, columns in type_column_groups(frame).items():
+        values = frame[columns].apply(pd.to_numeric, errors="coerce")
+        bad = values.isna() | (values < 0) | (values > 1)
+        if bad.any().any():
+            i, j = (int(v[0]) for v in np.nonzero(bad.to_numpy()))
+            raise UserInputError(f"{path}: row {i + 2} (lesion {frame['lesion_id'].iloc[i]}), column {columns[j]!r}: "
+                                 f"{frame[columns[j]].iloc[i]!r} is not a probability in [0, 1]; lesion-type "
+                                 "columns (p_type_CLASS) hold each lesion's probability of each type")
+        sums = values.sum(axis=1).to_numpy()
+        off = np.flatnonzero(np.abs(sums - 1) > 0.01)
+        if off.size:
+            i = int(off[0])
+            raise UserInputError(f"{path}: row {i + 2} (lesion {frame['lesion_id'].iloc[i]}): the lesion-type "
+                                 f"probabilities {columns} sum to {sums[i]:.3f}, not 1; give every type column of "
+                                 "the model (as predict writes them) or drop them all")
+        frame[columns] = values
 
 
 def read_predictions_file(path: Path) -> pd.DataFrame:
@@ -73,8 +112,11 @@ def read_predictions_file(path: Path) -> pd.DataFrame:
         raise UserInputError(f"{path}: lesion ids {duplicated[:10]} appear more than once; one row per lesion")
     columns = _score_columns(frame)
     if not [c for c in columns if not c.startswith("rule_")]:
-        raise UserInputError(f"{path}: no score column; name it 'score', 'probability' or 'p_<model>' "
-                             f"(columns: {list(frame.columns)})")
+        types = [c for group in type_column_groups(frame).values() for c in group]
+        raise UserInputError(f"{path}: no malignancy score column; name it 'score', 'probability' or 'p_<model>' "
+                             + (f"({types[:3]} are lesion-type probabilities, not malignancy risks)" if types
+                                else f"(columns: {list(frame.columns)})"))
+    _check_type_columns(path, frame)
     for column in columns:
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = frame[column].notna() & values.isna()
@@ -96,6 +138,8 @@ def read_predictions_file(path: Path) -> pd.DataFrame:
             raise UserInputError(f"{path}: row {i + 2} (lesion {frame['lesion_id'].iloc[i]}), column 'label': "
                                  f"{frame['label'].iloc[i]!r}; use 1 for malignant and 0 for benign")
         frame["label"] = labels.astype("Int64")
+    if "lesion_type" in frame:
+        frame["lesion_type"] = coerce_lesion_type(frame["lesion_type"])[0]
     return frame.set_index("lesion_id")
 
 
@@ -150,6 +194,54 @@ def cases_from_predictions(frames: dict[Path, pd.DataFrame], cohort_table: pd.Da
                              "histology label of every lesion")
     cases["label"] = cases["label"].astype(int)
     return cases
+
+
+def _file_variant(path: Path, frame: pd.DataFrame) -> str:
+    """The variant a file's p_type_CLASS columns belong to: its 'variant' column (predict writes the primary
+    variant there), else its one model column's name, else the file's name."""
+    if "variant" in frame and frame["variant"].nunique() == 1:
+        return str(frame["variant"].dropna().iloc[0])
+    models = [c for c in _score_columns(frame) if c.startswith("p_")]
+    return models[0].removeprefix("p_") if len(models) == 1 else path.stem
+
+
+def type_probabilities_from_predictions(frames: dict[Path, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Each variant's lesion-type probabilities (columns p_type_CLASS, the same classes in every file) and the
+    classes; ({}, []) when no file has any."""
+    several = len(frames) > 1
+    out: dict[str, pd.DataFrame] = {}
+    classes: list[str] = []
+    first_path = None
+    for path, frame in frames.items():
+        for prefix, columns in type_column_groups(frame).items():
+            names = [c.partition(TYPE_MARKER)[2] for c in columns]
+            if not classes:
+                classes, first_path = names, path
+            elif sorted(names) != sorted(classes):
+                raise UserInputError(f"{path}: lesion-type columns name the classes {names}, {first_path.name}'s "
+                                     f"name {classes}; evaluate lesion-type probabilities of models with the same "
+                                     "classes together")
+            block = frame[columns].set_axis([f"{TYPE_MARKER}{n}" for n in names], axis=1)
+            name = prefix or _file_variant(path, frame)
+            out[f"{path.stem}:{name}" if several else name] = block[[f"{TYPE_MARKER}{c}" for c in classes]]
+    return out, classes
+
+
+def prediction_subtype_metrics(frames: dict[Path, pd.DataFrame], cases: pd.DataFrame,
+                               cohort_root: Path | None) -> dict | None:
+    """The lesion-type section for prediction files with p_type_CLASS columns, against the cohort's (or the
+    file's) lesion_type; None without type columns. Type columns are never scored as malignancy risks."""
+    probabilities, classes = type_probabilities_from_predictions(frames)
+    if not probabilities:
+        return None
+    types = cases["lesion_type"] if "lesion_type" in cases else None
+    if types is None or types.isna().all():
+        raise UserInputError(f"{list(frames)[0]}: columns p_type_{classes[0]} ... are lesion-type probabilities, not "
+                             "malignancy risks; to score them add a 'lesion_type' column or give --cohort with the "
+                             "cohort's clinical.csv, or drop those columns")
+    merged = [t for t in SUBTYPES if t not in classes] if RARE in classes else []
+    info = {"classes": classes, "merged_into_rare": merged, "training_lesions": None}
+    return subtype_metrics(types, probabilities, info, cohort_root)
 
 
 def score_sets_from_predictions(frames: dict[Path, pd.DataFrame]) -> list[ScoreSet]:
@@ -287,6 +379,9 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
     score_sets = score_sets_from_predictions(frames)
     metrics = compute_metrics(cases, score_sets, settings, progress=progress)
     metrics["oracle"] = _oracle(cases, cohort.root if cohort else None, metrics["settings"]["auc_ci_shown"])
+    subtype = prediction_subtype_metrics(frames, cases, cohort.root if cohort else None)
+    if subtype is not None:
+        metrics["subtype"] = subtype
     predictions = cases.copy()
     for s in score_sets:
         predictions[s.name] = s.scores.reindex(cases.index)
@@ -296,7 +391,9 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
               "prediction_files": [{"path": str(f), "sha256": sha256_file(f)} for f in files],
               "synthetic": bool(cohort and (cohort.root / "truth.csv").is_file()),
               **({"label_meaning": cohort.spec.label_meaning} if cohort else {})}
-    primary = next((s.name for s in score_sets if s.kind != "rule"), None)
+    models = [s.name for s in score_sets if s.kind != "rule"]
+    named = [_file_variant(f, frame) for f, frame in frames.items()] if len(frames) == 1 else []
+    primary = next((n for n in named if n in models), models[0] if models else None)
     return write_evaluation(out, metrics, predictions, source, title=", ".join(f.name for f in files),
                             primary=primary, overwrite=overwrite)
 
