@@ -218,6 +218,22 @@ def _fmt_auc(value) -> str:
     return "-" if value is None or value != value else f"{value:.3f}"
 
 
+def _macro_text(value, ci) -> str:
+    """A macro AUC with its bootstrap interval, e.g. '0.853 (0.781-0.912)'."""
+    return _fmt_auc(value) + (f" ({_ci_text(ci)})" if ci else "")
+
+
+def _small_classes_text(small: dict | None) -> str:
+    """The lesion types too small for a stable one-vs-rest AUC, e.g. '; noisy: fewer than 10 lesions of cyst (2),
+    pheochromocytoma (3)'."""
+    if not small:
+        return ""
+    from fusion_model.heads.subtype import SMALL_CLASS_LESIONS
+
+    return (f"; noisy (fewer than {SMALL_CLASS_LESIONS} lesions, one lesion moves the AUC): "
+            + ", ".join(f"{c} ({n})" for c, n in small.items()))
+
+
 def _print_training_summary(run) -> None:
     model = run.model
     table = Table(title="out-of-fold AUC on the training lesions")
@@ -247,8 +263,9 @@ def _print_training_summary(run) -> None:
         console.print(f"lesion-type heads: {lesions} lesions of {len(info['classes'])} classes ("
                       + ", ".join(f"{c} {n}" for c, n in info["training_lesions"].items()) + f"); left out: {left}"
                       + (f"; 'rare' holds {', '.join(info['merged_into_rare'])}" if info["merged_into_rare"] else ""))
-        console.print("lesion-type out-of-fold macro AUC: " + ", ".join(
-            f"{v} {_fmt_auc(a['macro'])}" for v, a in info["oof_auc"].items()))
+        console.print("lesion-type out-of-fold macro AUC (95% CI): " + ", ".join(
+            f"{v} {_macro_text(a['macro'], a.get('macro_ci95'))}" for v, a in info["oof_auc"].items())
+            + _small_classes_text(next(iter(info["oof_auc"].values()), {}).get("small_classes")))
 
 
 def _cache(cache: Path | None):
@@ -344,9 +361,12 @@ def _print_evaluation(result) -> None:
     if subtype and subtype.get("variants"):
         oracle = subtype.get("oracle")
         console.print(f"lesion type ({subtype['lesions']} lesions, {len(subtype['classes'])} classes): macro AUC "
-                      + ", ".join(f"{v} {_fmt_auc(b['macro_auc'])}" for v, b in subtype["variants"].items())
-                      + (f", oracle {_fmt_auc(oracle['macro_auc'])}" if oracle else "") + "; top-1 accuracy "
-                      + ", ".join(f"{v} {b['top1_accuracy']:.0%}" for v, b in subtype["variants"].items()))
+                      "(95% CI) " + ", ".join(f"{v} {_macro_text(b['macro_auc'], b.get('macro_auc_ci95'))}"
+                                              for v, b in subtype["variants"].items())
+                      + (f", oracle {_macro_text(oracle['macro_auc'], oracle.get('macro_auc_ci95'))}" if oracle else "")
+                      + "; top-1 accuracy " + ", ".join(f"{v} {b['top1_accuracy']:.0%}"
+                                                        for v, b in subtype["variants"].items())
+                      + _small_classes_text(next(iter(subtype["variants"].values()))["small_classes"]))
     console.print(f"report: {result.out / 'report.html'} (also metrics.json, predictions.csv, "
                   f"{', '.join(f for f in result.files if f.endswith('.png'))})")
 
@@ -569,9 +589,11 @@ def demo(
     subtype = summary.get("external_subtype")
     if subtype:
         console.print(f"lesion type on {subtype['lesions']} external lesions ({len(subtype['classes'])} classes): macro "
-                      "AUC " + ", ".join(f"{v} {_fmt_auc(a)}" for v, a in subtype["macro_auc"].items())
-                      + f", oracle {_fmt_auc(subtype['oracle_macro_auc'])}; top-1 accuracy "
-                      + ", ".join(f"{v} {a:.0%}" for v, a in subtype["top1_accuracy"].items()))
+                      "AUC (95% CI) " + ", ".join(f"{v} {_macro_text(a, subtype['macro_auc_ci95'][v])}"
+                                                  for v, a in subtype["macro_auc"].items())
+                      + f", oracle {_macro_text(subtype['oracle_macro_auc'], subtype['oracle_macro_auc_ci95'])}; "
+                      "top-1 accuracy " + ", ".join(f"{v} {a:.0%}" for v, a in subtype["top1_accuracy"].items())
+                      + _small_classes_text(subtype["small_classes"]))
     a = summary["agreement"]
     console.print(f"reader agreement on {a['lesions']} external lesions: Dice {a['dice_mean']:.3f}; {a['variant']} "
                   f"probability ICC {_fmt_auc(a['probability_icc'])}, mean |dp| {a['mean_absolute_difference']:.3f}, "

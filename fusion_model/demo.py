@@ -46,8 +46,11 @@ def _subtype_headline(subtype: dict | None) -> dict | None:
     oracle = subtype.get("oracle")
     return {"lesions": subtype["lesions"], "classes": subtype["classes"],
             "macro_auc": {v: b["macro_auc"] for v, b in subtype["variants"].items()},
+            "macro_auc_ci95": {v: b["macro_auc_ci95"] for v, b in subtype["variants"].items()},
             "top1_accuracy": {v: b["top1_accuracy"] for v, b in subtype["variants"].items()},
-            "oracle_macro_auc": oracle["macro_auc"] if oracle else None}
+            "small_classes": next(iter(subtype["variants"].values()))["small_classes"],
+            "oracle_macro_auc": oracle["macro_auc"] if oracle else None,
+            "oracle_macro_auc_ci95": oracle["macro_auc_ci95"] if oracle else None}
 
 
 def _agreement_headline(metrics: dict) -> dict:

@@ -246,3 +246,28 @@ def test_lesion_type_columns_without_types_are_refused_in_one_line(tmp_path):
     frame.to_csv(tmp_path / "broken.csv", index=False)
     result = run_cli("evaluate", "--predictions", tmp_path / "broken.csv", "--out", out)
     assert result.returncode == 2 and "row 2 (lesion P000-L1)" in result.stderr and "not 1" in result.stderr
+
+
+def test_small_lesion_types_are_flagged_and_the_macro_auc_has_its_interval(tmp_path):
+    """A type with 3 evaluated lesions is named wherever its AUC is shown; the macro AUC carries a bootstrap CI
+    in metrics.json, the report, the limitations and the CLI line."""
+    from fusion_model.evaluate.run import evaluate_predictions
+
+    frame = _predict_like_file(tmp_path / "predictions.csv")
+    pheo = np.flatnonzero(frame["lesion_type"] == "pheochromocytoma")
+    frame.loc[pheo[3:], "lesion_type"] = "adenoma"  # 3 pheochromocytomas left
+    frame.to_csv(tmp_path / "predictions.csv", index=False)
+    result = evaluate_predictions([tmp_path / "predictions.csv"], tmp_path / "report", settings=FAST,
+                                  progress=False)
+    block = result.metrics["subtype"]["variants"]["all"]
+    assert block["small_classes"] == {"pheochromocytoma": 3}
+    assert block["per_class"]["pheochromocytoma"]["small"] and not block["per_class"]["adenoma"]["small"]
+    low, high = block["macro_auc_ci95"]
+    assert low < block["macro_auc"] < high and high - low > 0.02
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "pheochromocytoma <span class=\"muted\">(small)</span>" in html
+    assert "fewer than 10 evaluated lesions (pheochromocytoma 3)" in html
+    cli = run_cli("evaluate", "--predictions", tmp_path / "predictions.csv", "--out", tmp_path / "cli")
+    assert cli.returncode == 0, cli.stderr
+    assert f"all {block['macro_auc']:.3f} ({low:.3f}-{high:.3f})" in cli.stdout
+    assert "fewer than 10 lesions, one lesion moves the AUC): pheochromocytoma (3)" in cli.stdout

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fusion_model.evaluate.phases import bootstrap_macro_auc, phase_comparison
+from fusion_model.evaluate.phases import phase_comparison
+from fusion_model.heads.subtype import bootstrap_macro_auc
 from fusion_model.features.radiological import features_seen_with, phases_needed
 from fusion_model.model import LesionData
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.stats as sps
 
 from fusion_model.evaluate import stats
-from fusion_model.heads.subtype import SubtypeClasses, one_vs_rest_auc
-
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
-
+from fusion_model.heads.subtype import (
+    MACRO_BOOTSTRAP_RESAMPLES,
+    SubtypeClasses,
+    bootstrap_macro_auc,
+    one_vs_rest_auc,
+    small_classes,
+)
 
 def _auc_block(labels: np.ndarray, scores: np.ndarray) -> dict:
     try:
@@ -36,29 +37,6 @@ def _paired(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray) -> di
         return {"difference": None, "difference_ci95": None, "p_value": None, "note": "one class only"}
     return {"difference": test.difference, "difference_ci95": list(test.ci) if test.ci else None,
             "p_value": test.p_value, "note": test.note}
-
-
-def bootstrap_macro_auc(y: np.ndarray, probabilities: list[np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
-                        seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """Macro one-vs-rest AUC of each probability matrix over the same resampled lesions: (resamples, sets).
-    A class absent from a resample (or present alone) is left out of that resample's mean, for every set."""
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    index = rng.integers(0, n, size=(resamples, n))
-    ys = y[index]
-    classes = probabilities[0].shape[1]
-    sums = np.zeros((resamples, len(probabilities)))
-    counts = np.zeros(resamples)
-    for k in range(classes):
-        positive = ys == k
-        m = positive.sum(axis=1)
-        valid = (m > 0) & (m < n)
-        counts += valid
-        for j, p in enumerate(probabilities):
-            ranks = sps.rankdata(p[index, k], axis=1)
-            auc = ((ranks * positive).sum(axis=1) - m * (m + 1) / 2) / np.maximum(m * (n - m), 1)
-            sums[:, j] += np.where(valid, auc, 0.0)
-    return sums / np.maximum(counts, 1)[:, None]
 
 
 def phase_comparison(labels: pd.Series, scores: dict[str, pd.Series], types: pd.Series | None = None,
@@ -85,7 +63,8 @@ def phase_comparison(labels: pd.Series, scores: dict[str, pd.Series], types: pd.
         subtype = {"classes": classes, "lesions": int(kept.sum()), "names": names, "y": y_type,
                    "matrices": matrices, "macro": macro}
         out["subtype_classes"], out["subtype_lesions"] = classes, int(kept.sum())
-        out["bootstrap"] = {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "unit": "lesion"}
+        out["small_classes"] = small_classes(y_type, classes)
+        out["bootstrap"] = {"resamples": MACRO_BOOTSTRAP_RESAMPLES, "seed": 0, "unit": "lesion"}
     for name, series in scores.items():
         p = series.reindex(index).to_numpy(float)
         row = {"name": name, "phases": (phases or {}).get(name, [name]), "is_reference": name == reference,
@@ -116,7 +95,7 @@ def _subtype_row(subtype: dict, name: str, reference: str) -> dict:
         if name != reference and reference in subtype["names"]:
             difference = macro[:, j] - macro[:, subtype["names"].index(reference)]
             low, high = np.quantile(difference, [0.025, 0.975])
-            reference_macro = one_vs_rest_auc(y, subtype["matrices"][reference], classes)["macro"]
+            reference_macro = one_vs_rest_auc(y, subtype["matrices"][reference], classes, interval=False)["macro"]
             row["macro_vs_reference"] = {"difference": row["macro_auc"] - reference_macro,
                                          "difference_ci95": [float(low), float(high)],
                                          "reference_lower_beyond_ci": bool(low > 0)}

@@ -308,6 +308,12 @@ def _limitations(metrics: dict, source: dict) -> list[str]:
     small = [f"{r['by']} {r['group']}" for r in metrics["subgroups"] if r["small"]]
     if small:
         out.append(f"Small subgroups ({', '.join(small)}): their estimates are imprecise.")
+    subtype = metrics.get("subtype") or {}
+    small_types = next(iter((subtype.get("variants") or {}).values()), {}).get("small_classes")
+    if small_types:
+        out.append(f"Lesion types with fewer than {subtype['small_class_lesions']} evaluated lesions ("
+                   + ", ".join(f"{c} {n}" for c, n in small_types.items()) + "): one lesion moves their one-vs-rest "
+                   "AUC by a large step, and the macro AUC with it; read its interval.")
     if source.get("overlap_note"):
         out.append(source["overlap_note"])
     automatic = metrics["cohort"].get("mask_sources", {}).get("auto", 0)

@@ -1,7 +1,8 @@
 """The subtype section of an evaluation: how well each variant names the lesion type.
 
 Per type (one-vs-rest): AUC with its DeLong 95% CI, sensitivity and positive predictive value of the most likely
-type with Wilson CIs; overall: macro and prevalence-weighted AUC, top-1 and balanced accuracy, the multi-class
+type with Wilson CIs, and a flag where the type has fewer than SMALL_CLASS_LESIONS evaluated lesions (its AUC moves
+by a large step with one lesion); overall: macro AUC with a lesion-bootstrap percentile CI, prevalence-weighted AUC, top-1 and balanced accuracy, the multi-class
 Brier score (mean over lesions of the summed squared differences between the probabilities and the one-hot
 truth; 0 is perfect, 2 the worst), and the confusion matrix (counts and rows normalised to the true type).
 Lesions whose type is missing, ``other``, or a type the model has no class for are left out and counted.
@@ -16,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from fusion_model.evaluate import stats
-from fusion_model.heads.subtype import RARE, SubtypeClasses
+from fusion_model.heads.subtype import RARE, SMALL_CLASS_LESIONS, SubtypeClasses, macro_auc_ci, small_classes
 
 
 def _class_block(y: np.ndarray, probabilities: np.ndarray, k: int, predicted: np.ndarray) -> dict:
     positives = int((y == k).sum())
-    block: dict = {"lesions": positives, "prevalence": positives / len(y) if len(y) else None}
+    block: dict = {"lesions": positives, "prevalence": positives / len(y) if len(y) else None,
+                   "small": positives < SMALL_CLASS_LESIONS}
     try:
         d = stats.delong((y == k).astype(int), probabilities[:, k])
         block["auc"], block["auc_ci95"] = float(d.aucs[0]), list(d.ci(0))
@@ -52,6 +54,8 @@ def score_types(y: np.ndarray, probabilities: np.ndarray, classes: list[str]) ->
     return {
         "lesions": len(y), "per_class": per_class,
         "macro_auc": float(np.mean(list(aucs.values()))) if aucs else None,
+        "macro_auc_ci95": macro_auc_ci(y, probabilities) if aucs else None,
+        "small_classes": small_classes(y, classes),
         "weighted_auc": float(sum(weights[c] * a for c, a in aucs.items()) / sum(weights.values())) if aucs else None,
         "top1_accuracy": correct / len(y) if len(y) else None, "top1_accuracy_ci95": stats.wilson_ci(correct, len(y)),
         "balanced_accuracy": float(np.mean(recalls)) if recalls else None,
@@ -86,6 +90,7 @@ def subtype_metrics(types: pd.Series, probabilities: dict[str, pd.DataFrame], in
     left_out = {"type missing": int(types.isna().sum()), "type other": int((types == "other").sum()),
                 "type without a class in the model": int((types.notna() & (types != "other") & ~kept).sum())}
     out = {"classes": classes, "merged_into_rare": merged, "lesions": int(kept.sum()), "left_out": left_out,
+           "small_class_lesions": SMALL_CLASS_LESIONS,
            "training_lesions": info.get("training_lesions"), "variants": {}, "oracle": None}
     if kept.sum() == 0:
         out["note"] = "no lesion of this cohort has a type the model names"

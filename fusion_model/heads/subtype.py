@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+import scipy.stats as sps
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
@@ -30,6 +31,8 @@ from fusion_model.heads.xgb import load_booster, tree_params
 
 SUBTYPES = tuple(t for t in LESION_TYPES if t != "other")
 RARE = "rare"
+SMALL_CLASS_LESIONS = 10  # a type with fewer evaluated lesions is flagged wherever its AUC is shown
+MACRO_BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass
@@ -204,8 +207,51 @@ def fit_subtype(config: ExperimentConfig, variant: str, X: pd.DataFrame, y: np.n
     return SubtypeFit(variant, list(classes), list(X.columns), final, temperature), probabilities
 
 
-def one_vs_rest_auc(y: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
-    """Each class's one-vs-rest AUC over the scored lesions, their mean (macro) and prevalence-weighted mean."""
+def small_classes(y: np.ndarray, classes: list[str], limit: int = SMALL_CLASS_LESIONS) -> dict[str, int]:
+    """Classes with fewer than ``limit`` lesions among ``y`` (class indices; -1 not counted), with their counts:
+    their one-vs-rest AUC moves by a large step with a single lesion, and the macro AUC with it."""
+    counts = {c: int((y == k).sum()) for k, c in enumerate(classes)}
+    return {c: n for c, n in counts.items() if n < limit}
+
+
+def bootstrap_macro_auc(y: np.ndarray, probabilities: list[np.ndarray], resamples: int = MACRO_BOOTSTRAP_RESAMPLES,
+                        seed: int = 0) -> np.ndarray:
+    """Macro one-vs-rest AUC of each probability matrix over the same resampled lesions: (resamples, sets).
+    A class absent from a resample (or present alone) is left out of that resample's mean, for every set."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    index = rng.integers(0, n, size=(resamples, n))
+    ys = y[index]
+    classes = probabilities[0].shape[1]
+    sums = np.zeros((resamples, len(probabilities)))
+    counts = np.zeros(resamples)
+    for k in range(classes):
+        positive = ys == k
+        m = positive.sum(axis=1)
+        valid = (m > 0) & (m < n)
+        counts += valid
+        for j, p in enumerate(probabilities):
+            ranks = sps.rankdata(p[index, k], axis=1)
+            auc = ((ranks * positive).sum(axis=1) - m * (m + 1) / 2) / np.maximum(m * (n - m), 1)
+            sums[:, j] += np.where(valid, auc, 0.0)
+    return sums / np.maximum(counts, 1)[:, None]
+
+
+def macro_auc_ci(y: np.ndarray, probabilities: np.ndarray, resamples: int = MACRO_BOOTSTRAP_RESAMPLES,
+                 seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """Percentile interval of the macro one-vs-rest AUC from a lesion bootstrap (None with fewer than two scored
+    lesions or one class)."""
+    scored = (y >= 0) & np.isfinite(probabilities).all(axis=1)
+    if scored.sum() < 2 or len(np.unique(y[scored])) < 2:
+        return None
+    macro = bootstrap_macro_auc(y[scored], [probabilities[scored]], resamples, seed)[:, 0]
+    alpha = (1 - level) / 2
+    return [float(v) for v in np.quantile(macro, [alpha, 1 - alpha])]
+
+
+def one_vs_rest_auc(y: np.ndarray, probabilities: np.ndarray, classes: list[str], interval: bool = True) -> dict:
+    """Each class's one-vs-rest AUC over the scored lesions, their mean (macro) with its bootstrap interval,
+    the prevalence-weighted mean, and the classes too small for a stable AUC."""
     from fusion_model.evaluate.stats import nan_safe_auc
 
     scored = (y >= 0) & np.isfinite(probabilities).all(axis=1)
@@ -215,4 +261,6 @@ def one_vs_rest_auc(y: np.ndarray, probabilities: np.ndarray, classes: list[str]
     weights = {c: float(np.mean(y[scored] == k)) for k, c in enumerate(classes)}
     total = sum(weights[c] for c in valid)
     return {"per_class": per_class, "macro": float(np.mean(list(valid.values()))) if valid else None,
-            "weighted": float(sum(weights[c] * v for c, v in valid.items()) / total) if total else None}
+            "macro_ci95": macro_auc_ci(y, probabilities) if valid and interval else None,
+            "weighted": float(sum(weights[c] * v for c, v in valid.items()) / total) if total else None,
+            "small_classes": small_classes(y[scored], classes)}
