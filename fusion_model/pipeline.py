@@ -19,10 +19,12 @@ from fusion_model.errors import UserInputError
 from fusion_model.evaluate.stats import nan_safe_auc
 from fusion_model.features.table import fill_radiological
 from fusion_model.fileio import atomic_write_text, sha256_file
+from fusion_model.heads.subtype import subtype_classes
 from fusion_model.imaging.cache import ImageCache
 from fusion_model.imaging.extract import LesionError
 from fusion_model.imaging.preprocess import crop_channels
 from fusion_model.model import FusionModel, LesionData
+from fusion_model.splits import check_fold_counts
 
 TRUTH_FILE = "truth.csv"
 
@@ -94,6 +96,16 @@ def split_lesions(table: pd.DataFrame, config: ExperimentConfig, test_centre: st
     return train
 
 
+def check_trainable(table: pd.DataFrame, config: ExperimentConfig) -> None:
+    """What the training lesions' table rows and the experiment settle, checked before any image is read or any
+    network trains: both classes and enough patients of each for the folds, and a lesion-type target the
+    subtype heads can learn (every type at subtype.min_lesions, or merged)."""
+    check_fold_counts(table["label"].astype(int).to_numpy(), table["patient_id"].to_numpy(), config.split.folds)
+    if "lesion_type" in config.targets:
+        types = table["lesion_type"] if "lesion_type" in table else pd.Series(np.nan, index=table.index)
+        subtype_classes(types, config.subtype.min_lesions, config.subtype.merge_rare)
+
+
 @dataclass
 class TrainRun:
     """A finished training run: the fitted model, where it was written, unreadable lesions, test figures."""
@@ -124,6 +136,7 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
 
         check_pretrained(config, channels)
     train_mask = split_lesions(cohort.table, config, test_centre)
+    check_trainable(cohort.table[train_mask], config)
     if config.compare_phases:
         check_phases_to_compare(cohort)
     data, errors, notes = lesion_data(cohort, config, cache, strict, progress)
@@ -137,16 +150,11 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     train_data = data.subset(np.flatnonzero(is_train))
     labels = train_data.table["label"].astype(int).to_numpy()
     checkpoints = out.parent / f".{out.name}.checkpoints"
-    model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints, device=device)
-    model.fit(train_data, labels, train_data.table["patient_id"].to_numpy())
-    phase_models = {}
-    for phase in cohort.spec.phases if config.compare_phases else ():
-        if progress:
-            print(f"compare_phases: the same experiment on the {phase} phase alone")
-        phase_model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints / phase, device=device)
-        phase_model.fit(train_data.with_phases([phase], cohort.spec.phases), labels,
-                        train_data.table["patient_id"].to_numpy())
-        phase_models[phase] = phase_model
+    try:  # checkpoints stay for a resumed run after a crash or a kill, not after a refusal
+        model, phase_models = _fit_models(config, cohort, train_data, labels, checkpoints, progress, device)
+    except UserInputError:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        raise
 
     run = TrainRun(model, out, errors, notes)
     extra_files = {}
@@ -181,6 +189,22 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     save_model(model, out, cohort_info, overwrite=overwrite, extra_files=extra_files, phase_models=phase_entries)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return run
+
+
+def _fit_models(config: ExperimentConfig, cohort: Cohort, train_data: LesionData, labels: np.ndarray,
+                checkpoints: Path, progress: bool, device: str) -> tuple[FusionModel, dict[str, FusionModel]]:
+    """The model, and with ``compare_phases`` the same experiment on each phase alone."""
+    patients = train_data.table["patient_id"].to_numpy()
+    model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints, device=device)
+    model.fit(train_data, labels, patients)
+    phase_models = {}
+    for phase in cohort.spec.phases if config.compare_phases else ():
+        if progress:
+            print(f"compare_phases: the same experiment on the {phase} phase alone")
+        phase_model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints / phase, device=device)
+        phase_model.fit(train_data.with_phases([phase], cohort.spec.phases), labels, patients)
+        phase_models[phase] = phase_model
+    return model, phase_models
 
 
 def check_phases_to_compare(cohort: Cohort) -> None:

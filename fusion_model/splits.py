@@ -8,8 +8,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from fusion_model.errors import UserInputError
 
 
-def patient_grouped_folds(labels, groups, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """K folds (train_index, test_index), stratified by label, grouped by patient."""
+def check_fold_counts(labels, groups, n_folds: int) -> None:
+    """Refuse labels and patients that cannot make ``n_folds`` patient-grouped, label-stratified folds."""
     labels, groups = np.asarray(labels), np.asarray(groups)
     n_patients = len(np.unique(groups))
     per_class = [len(np.unique(groups[labels == c])) for c in np.unique(labels)]
@@ -20,6 +20,12 @@ def patient_grouped_folds(labels, groups, n_folds: int, seed: int) -> list[tuple
             f"{n_folds} folds requested but the smallest class has {min(per_class)} patients "
             f"({n_patients} patients in all); use between 2 and {min(per_class)} folds"
         )
+
+
+def patient_grouped_folds(labels, groups, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K folds (train_index, test_index), stratified by label, grouped by patient."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    check_fold_counts(labels, groups, n_folds)
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [(np.sort(tr), np.sort(te)) for tr, te in splitter.split(np.zeros(len(labels)), labels, groups)]
 

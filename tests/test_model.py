@@ -225,3 +225,41 @@ def test_training_twice_in_fresh_processes_writes_identical_heads_and_oof_predic
     assert hashes[0] == hashes[1]
     first, second = (json.loads((tmp_path / f"run{k}" / "manifest.json").read_text(encoding="utf-8")) for k in range(2))
     assert first["variants"] == second["variants"] and first["metrics"] == second["metrics"]
+
+
+def test_untrainable_targets_are_refused_before_any_image_is_read(cohort_dir, tmp_path, monkeypatch):
+    """A lesion-type target the heads cannot learn, or too few patients for the folds, is refused from the table
+    and the experiment alone: no image read, no network trained, nothing left beside --out."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("images were read before the refusal")
+
+    monkeypatch.setattr(pipeline, "lesion_data", no_work)
+    cache = ImageCache(tmp_path / "cache")
+    cases = [({"targets": ["malignancy", "lesion_type"], "subtype": {"min_lesions": 1000}},
+              "below subtype.min_lesions = 1000"),
+             ({"split": {"mode": "centre", "folds": 20}}, "20 folds requested")]
+    for settings, message in cases:
+        config = parse_model(ExperimentConfig, {**TINY, **settings}, "test")
+        with pytest.raises(UserInputError, match=message):
+            pipeline.train(config, cohort_dir, tmp_path / "runs/x", cache, test_centre="centre_c", progress=False)
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    typeless = tmp_path / "typeless"
+    shutil.copytree(cohort_dir, typeless)
+    table = pd.read_csv(typeless / "clinical.csv").drop(columns=["lesion_type"])
+    table.to_csv(typeless / "clinical.csv", index=False)
+    config = parse_model(ExperimentConfig, {**TINY, "targets": ["malignancy", "lesion_type"]}, "test")
+    with pytest.raises(UserInputError, match=r"hold 0 type\(s\)"):
+        pipeline.train(config, typeless, tmp_path / "runs/x", cache, test_centre="centre_c", progress=False)
+
+
+def test_a_refusal_during_training_leaves_no_checkpoints(cohort_dir, tmp_path, monkeypatch):
+    def refuse_after_the_encoder(config, cohort, train_data, labels, checkpoints, *args):
+        (checkpoints / "fold_0").mkdir(parents=True)
+        raise UserInputError("refused after the encoder trained")
+
+    monkeypatch.setattr(pipeline, "_fit_models", refuse_after_the_encoder)
+    config = parse_model(ExperimentConfig, TINY, "test")
+    with pytest.raises(UserInputError, match="after the encoder"):
+        pipeline.train(config, cohort_dir, tmp_path / "runs/x", ImageCache(tmp_path / "cache"),
+                       test_centre="centre_c", progress=False)
+    assert not (tmp_path / "runs/.x.checkpoints").exists() and not (tmp_path / "runs/x").exists()

@@ -60,10 +60,11 @@ def training_set(config: ExperimentConfig, cohort_dir: Path, cache, test_centre:
                  progress: bool) -> tuple[TrainingSet, list[str]]:
     """The lesions an objective may see (the split's training part) and the held-out ones."""
     from fusion_model.cohort import load_cohort
-    from fusion_model.pipeline import lesion_data, split_lesions
+    from fusion_model.pipeline import check_trainable, lesion_data, split_lesions
 
     cohort = load_cohort(cohort_dir, require_label=True)
     is_train = split_lesions(cohort.table, config, test_centre)
+    check_trainable(cohort.table[is_train], config)
     train_ids = cohort.table["lesion_id"][is_train].tolist()
     test_ids = cohort.table["lesion_id"][~is_train].tolist()
     data, errors, _ = lesion_data(cohort.subset(train_ids), config, cache, progress=progress)
@@ -82,6 +83,7 @@ def _prepare(request: TuneRequest, progress: bool):
                              "(see experiments/tune_demo.yaml)")
     cache = ImageCache(request.cache or default_cache_dir())
     training, test_ids = training_set(config, request.cohort, cache, request.test_centre, progress)
+    request.out.mkdir(parents=True, exist_ok=True)  # after every check: a refused search leaves no folder
     storage = open_storage(request.storage, request.out)
     study = open_study(config, storage, request.study_name, config.seed + 7919 * request.worker,
                        training.fingerprint, test_ids)
@@ -104,7 +106,6 @@ def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True
         raise UserInputError("--jobs must be at least 1")
     if request.threads is not None and request.threads < 1:
         raise UserInputError("--threads must be at least 1 (or left out: a share of the machine's cores)")
-    request.out.mkdir(parents=True, exist_ok=True)
     config, training, study, storage = _prepare(request, progress)
     finished_here = 0
     with Progress(enabled=progress) as bar:
