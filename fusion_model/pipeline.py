@@ -53,9 +53,7 @@ def second_reader_crops(cohort: Cohort, data: LesionData, config: ExperimentConf
     """Crops around each lesion's second outline (``mask_path_b``), the first outline's where there is none, in
     the rows of ``data``; and how many lesions have a second outline. A bad second mask is refused."""
     table = cohort.table
-    if "mask_path_b" not in table or table["mask_path_b"].isna().all():
-        raise UserInputError(f"{cohort.root / TABLE_FILE}: the experiment's 'masks: [a, b]' trains on a second "
-                             "reader's outlines too, but no lesion has mask_path_b; add them or set 'masks: [a]'")
+    check_second_reader_masks(table, config, cohort.root / TABLE_FILE)
     swapped = table.copy()
     has_b = swapped["mask_path_b"].notna()
     swapped["mask_path"] = swapped["mask_path"].where(~has_b, swapped["mask_path_b"])
@@ -63,7 +61,10 @@ def second_reader_crops(cohort: Cohort, data: LesionData, config: ExperimentConf
     first_labels = swapped["mask_label"] if "mask_label" in swapped else pd.Series(pd.NA, index=swapped.index)
     swapped["mask_label"] = first_labels.astype("Int64").where(~has_b, second_labels.astype("Int64"))
     second = Cohort(cohort.root, cohort.spec, swapped, cohort.lines).subset(data.table.index)
-    images = second.images(config.preprocess, cache, features=False, strict=True, progress=progress)
+    try:
+        images = second.images(config.preprocess, cache, features=False, strict=True, progress=progress)
+    except UserInputError as err:
+        raise UserInputError(f"second reader's mask (mask_path_b): {err}") from None
     row_of = {lesion_id: i for i, lesion_id in enumerate(images.lesion_ids)}
     crops = images.crops[[row_of[lesion_id] for lesion_id in data.table.index]]
     return crops, int(has_b[table["lesion_id"].isin(data.table.index)].sum())
@@ -96,10 +97,19 @@ def split_lesions(table: pd.DataFrame, config: ExperimentConfig, test_centre: st
     return train
 
 
-def check_trainable(table: pd.DataFrame, config: ExperimentConfig) -> None:
+def check_second_reader_masks(table: pd.DataFrame, config: ExperimentConfig, where: Path) -> None:
+    """``masks: [a, b]`` needs a second reader's outline (mask_path_b) for some lesions."""
+    if "b" in config.masks and ("mask_path_b" not in table or table["mask_path_b"].isna().all()):
+        raise UserInputError(f"{where}: the experiment's 'masks: [a, b]' trains on a second reader's outlines too, "
+                             "but no lesion has mask_path_b; add them or set 'masks: [a]'")
+
+
+def check_trainable(table: pd.DataFrame, config: ExperimentConfig, where: Path) -> None:
     """What the training lesions' table rows and the experiment settle, checked before any image is read or any
-    network trains: both classes and enough patients of each for the folds, and a lesion-type target the
-    subtype heads can learn (every type at subtype.min_lesions, or merged)."""
+    network trains: second outlines where the experiment trains on them, both classes and enough patients of
+    each for the folds, and a lesion-type target the subtype heads can learn (every type at
+    subtype.min_lesions, or merged). ``where``: the table, for messages."""
+    check_second_reader_masks(table, config, where)
     check_fold_counts(table["label"].astype(int).to_numpy(), table["patient_id"].to_numpy(), config.split.folds)
     if "lesion_type" in config.targets:
         types = table["lesion_type"] if "lesion_type" in table else pd.Series(np.nan, index=table.index)
@@ -136,7 +146,7 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
 
         check_pretrained(config, channels)
     train_mask = split_lesions(cohort.table, config, test_centre)
-    check_trainable(cohort.table[train_mask], config)
+    check_trainable(cohort.table[train_mask], config, cohort.root / TABLE_FILE)
     if config.compare_phases:
         check_phases_to_compare(cohort)
     data, errors, notes = lesion_data(cohort, config, cache, strict, progress)

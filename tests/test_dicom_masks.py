@@ -48,8 +48,10 @@ def _write_seg(series: Path, masks: list[np.ndarray], path: Path) -> Path:
     return path
 
 
-def _write_rtstruct(path: Path, radius_vox: float = RADIUS) -> Path:
-    """One ROI: a 128-gon circle per slice through the sphere (contours in patient coordinates)."""
+def _write_rtstruct(path: Path, radius_vox: float = RADIUS, drawn_on: Path | None = None,
+                    shift_mm: tuple[float, float] = (0.0, 0.0)) -> Path:
+    """One ROI: a 128-gon circle per slice through the sphere (contours in patient coordinates, moved by
+    ``shift_mm`` in x and y), referencing the frame of reference and series of the CT ``drawn_on``."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -70,8 +72,8 @@ def _write_rtstruct(path: Path, radius_vox: float = RADIUS) -> Path:
         if abs(dz) >= radius_vox:
             continue
         r = np.sqrt(radius_vox ** 2 - dz ** 2)
-        x = ORIGIN[0] + SPACING[0] * (CENTRE[2] + r * np.cos(angles))
-        y = ORIGIN[1] + SPACING[1] * (CENTRE[1] + r * np.sin(angles))
+        x = ORIGIN[0] + SPACING[0] * (CENTRE[2] + r * np.cos(angles)) + shift_mm[0]
+        y = ORIGIN[1] + SPACING[1] * (CENTRE[1] + r * np.sin(angles)) + shift_mm[1]
         z = np.full_like(x, ORIGIN[2] + SPACING[2] * k)
         item = pydicom.Dataset()
         item.ContourGeometricType = "CLOSED_PLANAR"
@@ -82,6 +84,14 @@ def _write_rtstruct(path: Path, radius_vox: float = RADIUS) -> Path:
     roi_contour.ReferencedROINumber = 7
     roi_contour.ContourSequence = Sequence(contours)
     ds.ROIContourSequence = Sequence([roi_contour])
+    if drawn_on is not None:
+        ct = pydicom.dcmread(next(drawn_on.glob("*.dcm")), stop_before_pixels=True)
+        series, study, frame = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+        series.SeriesInstanceUID = ct.SeriesInstanceUID
+        study.RTReferencedSeriesSequence = Sequence([series])
+        frame.FrameOfReferenceUID = ct.FrameOfReferenceUID
+        frame.RTReferencedStudySequence = Sequence([study])
+        ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -141,3 +151,64 @@ def test_a_cohort_with_dicom_ct_and_seg_or_rtstruct_masks_validates_and_gives_th
     np.testing.assert_array_equal(images.crops[0], images.crops[1])  # SEG == the same mask as NIfTI
     assert _dice(images.crops[0, -1] > 0.5, images.crops[2, -1] > 0.5) > 0.85  # RTSTRUCT: contours, close
     assert images.features.loc["P1-L1", "volume_ml"] == pytest.approx(images.features.loc["P2-L1", "volume_ml"])
+
+
+def test_a_seg_or_rtstruct_drawn_on_another_ct_is_refused_even_when_the_grids_match(tmp_path):
+    """Two CT series of the same geometry (another scan, another patient): the grids match, the UIDs do not."""
+    series, lesion = _ct_series(tmp_path / "ct")
+    other, _ = _ct_series(tmp_path / "other_ct")
+    seg = _write_seg(series, [lesion], tmp_path / "seg.dcm")
+    rtstruct = _write_rtstruct(tmp_path / "rtstruct.dcm", drawn_on=series)
+    ct = read_image(other)
+    for path in (seg, rtstruct):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(read_dicom_mask(path, None, ct, [series])) > 0,
+                                      sitk.GetArrayFromImage(read_dicom_mask(path, None, ct)) > 0)
+    with pytest.raises(UserInputError, match="the SEG was drawn on series .*which is none of this lesion's CT "
+                                             "series \\(other_ct"):
+        read_dicom_mask(seg, 1, ct, [other])
+    with pytest.raises(UserInputError, match="the RTSTRUCT was drawn on series .*none of this lesion's CT series"):
+        read_dicom_mask(rtstruct, 7, ct, [other])
+    from pydicom.uid import generate_uid  # a frame of reference alone (no series named) is checked too
+
+    dataset = pydicom.dcmread(rtstruct)
+    del dataset.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence
+    dataset.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = generate_uid()
+    dataset.save_as(tmp_path / "frame.dcm")
+    with pytest.raises(UserInputError, match="frame of reference .* is not that of this lesion's CT .*another scan"):
+        read_dicom_mask(tmp_path / "frame.dcm", 7, ct, [series])
+
+
+def test_rtstruct_contours_outside_the_ct_are_refused_with_what_is_wrong(tmp_path):
+    series, _ = _ct_series(tmp_path / "ct")
+    ct = read_image(series)
+    far = _write_rtstruct(tmp_path / "far.dcm", shift_mm=(200.0, 0.0))
+    with pytest.raises(UserInputError, match="every contour point of ROI 7 lies outside the CT .*not drawn on this CT"):
+        read_dicom_mask(far, 7, ct)
+    edge = _write_rtstruct(tmp_path / "edge.dcm", shift_mm=(-12.0, 0.0))  # the circle crosses the left edge
+    with pytest.raises(UserInputError, match="of .* contour points of ROI 7 lie outside the CT's field of view "
+                                             ".*would be cut"):
+        read_dicom_mask(edge, 7, ct)
+
+
+def test_a_seg_frame_beyond_the_ct_is_refused_not_cut(tmp_path):
+    series, lesion = _ct_series(tmp_path / "ct")
+    seg = _write_seg(series, [lesion], tmp_path / "seg.dcm")
+    ct = read_image(series)
+    smaller = ct[15:, :, :]  # the same scan cut at x = 15: part of the lesion (x 12-22) lies outside it
+    with pytest.raises(UserInputError, match="segmented pixel\\(s\\) of slice .* lie outside the CT's field of view"):
+        read_dicom_mask(seg, 1, smaller)
+
+
+def test_a_second_readers_seg_on_another_ct_is_refused_naming_the_row_and_lesion(tmp_path):
+    from fusion_model.agreement.readings import check_second_mask_grid, read_second_mask
+    from fusion_model.records import LesionRecord
+
+    series, lesion = _ct_series(tmp_path / "ct")
+    other, _ = _ct_series(tmp_path / "other_ct")
+    seg = _write_seg(other, [lesion], tmp_path / "seg_b.dcm")
+    record = LesionRecord("P7-L1", "P7", "A", 8, seg, 1, {"unenhanced": series})
+    for check in (lambda: check_second_mask_grid(record, series, False),
+                  lambda: read_second_mask(record, read_image(series), False)):
+        with pytest.raises(UserInputError, match="^lesion P7-L1 \\(clinical.csv row 8\\), second reader's mask: "
+                                                 ".*seg_b.dcm: the SEG was drawn on series"):
+            check()

@@ -87,7 +87,10 @@ def read_second_mask(record: LesionRecord, reference: sitk.Image, resample: bool
     """The second reader's outline (0/1 array on the reference grid); refuses another grid (unless
     ``resample``), an empty mask or a mask without the lesion's label, naming the file and the row."""
     where = f"{record.where}, second reader's mask {record.mask_path}"
-    mask = read_lesion_mask(record.mask_path, record.mask_label, reference)
+    try:
+        mask = read_lesion_mask(record.mask_path, record.mask_label, reference, list(record.phase_paths.values()))
+    except UserInputError as err:
+        raise UserInputError(f"{record.where}, second reader's mask: {err}") from None
     differences = geometry_differences(Geometry.of(reference), Geometry.of(mask))
     if differences:
         if not resample:
@@ -105,13 +108,22 @@ def read_second_mask(record: LesionRecord, reference: sitk.Image, resample: bool
 def check_second_mask_grid(record: LesionRecord, reference_path, resample: bool) -> None:
     """A cheap check before any work: the second mask file exists and (unless ``resample``) shares the grid of
     the lesion's first CT phase (header only)."""
-    from fusion_model.imaging.dicom_masks import is_dicom_mask
+    from fusion_model.imaging.dicom_masks import check_drawn_on, is_dicom_mask
     from fusion_model.imaging.io import read_image_header
 
     where = f"{record.where}, second reader's mask {record.mask_path}"
     if not record.mask_path.exists():
         raise UserInputError(f"{where}: file not found")
-    if resample or is_dicom_mask(record.mask_path):
+    if is_dicom_mask(record.mask_path):  # its header says which CT it was drawn on
+        import pydicom
+
+        try:
+            check_drawn_on(record.mask_path, pydicom.dcmread(record.mask_path, stop_before_pixels=True),
+                           list(record.phase_paths.values()))
+        except UserInputError as err:
+            raise UserInputError(f"{record.where}, second reader's mask: {err}") from None
+        return
+    if resample:
         return
     differences = geometry_differences(Geometry.of(read_image_header(reference_path)),
                                        Geometry.of(read_image_header(record.mask_path)))

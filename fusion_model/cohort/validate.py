@@ -258,7 +258,7 @@ def _read_mask(lesion: LesionRecord, reference_path: Path) -> tuple[sitk.Image, 
     if not is_dicom_mask(lesion.mask_path):
         return read_image(lesion.mask_path), None
     reference = read_image(reference_path)
-    mask = read_dicom_mask(lesion.mask_path, lesion.mask_label, reference)
+    mask = read_dicom_mask(lesion.mask_path, lesion.mask_label, reference, list(lesion.phase_paths.values()))
     return sitk.Cast(mask, sitk.sitkUInt16) * int(lesion.mask_label or 1), reference
 
 

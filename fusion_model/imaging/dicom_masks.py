@@ -9,6 +9,12 @@ Sets (RTSTRUCT), put on the CT's own grid.
   inside another is a hole).
 
 Either way the result is a 0/1 mask on the reference CT image, as a mask file would give.
+
+Before that, what the object says it was drawn on is checked against the lesion's CT when the CT is DICOM too:
+the series it references (SEG: ReferencedSeriesSequence; RTSTRUCT: the series under its referenced frame of
+reference) must be one of the lesion's CT phases, and its frame of reference the CT's. Grids that happen to match
+do not make another scan's outline this lesion's. An outline that leaves the CT's field of view (a SEG frame's
+pixels or RTSTRUCT contour points beyond the image's edge) is refused rather than cut at the edge.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from fusion_model.errors import UserInputError
+from fusion_model.imaging.io import dicom_series_files
 
 DICOM_MASK_MODALITIES = ("SEG", "RTSTRUCT")
 _TOLERANCE_VOXELS = 0.05
+_EDGE_VOXELS = 0.5  # a contour point further than this beyond the outermost voxel centre lies outside the CT
 
 
 def dicom_modality(path: Path) -> str | None:
@@ -43,8 +51,69 @@ def is_dicom_mask(path: Path) -> bool:
     return dicom_modality(path) in DICOM_MASK_MODALITIES
 
 
-def read_dicom_mask(path: Path, label: int | None, reference: sitk.Image) -> sitk.Image:
-    """The lesion of a SEG or RTSTRUCT file as a 0/1 uint8 image on ``reference``'s grid."""
+def ct_uids(path: Path) -> dict[str, str | None] | None:
+    """SeriesInstanceUID and FrameOfReferenceUID of a CT given as a DICOM series folder or DICOM file; None
+    for a volume file (NIfTI, NRRD, MHA), which carries neither."""
+    import pydicom
+
+    path = Path(path)
+    if path.is_dir():
+        first = Path(dicom_series_files(path)[0])
+    elif dicom_modality(path) is not None:
+        first = path
+    else:
+        return None
+    header = pydicom.dcmread(first, stop_before_pixels=True,
+                             specific_tags=["SeriesInstanceUID", "FrameOfReferenceUID"])
+    return {"series": str(header.get("SeriesInstanceUID", "")) or None,
+            "frame": str(header.get("FrameOfReferenceUID", "")) or None}
+
+
+def drawn_on(dataset) -> dict[str, set[str]]:
+    """The series and frames of reference a SEG or RTSTRUCT says it was drawn on."""
+    series, frames = set(), set()
+    if str(dataset.get("Modality", "")) == "SEG":
+        series = {str(item.SeriesInstanceUID) for item in dataset.get("ReferencedSeriesSequence", [])
+                  if "SeriesInstanceUID" in item}
+        if dataset.get("FrameOfReferenceUID"):
+            frames.add(str(dataset.FrameOfReferenceUID))
+    else:
+        for frame in dataset.get("ReferencedFrameOfReferenceSequence", []):
+            if frame.get("FrameOfReferenceUID"):
+                frames.add(str(frame.FrameOfReferenceUID))
+            for study in frame.get("RTReferencedStudySequence", []):
+                series |= {str(item.SeriesInstanceUID) for item in study.get("RTReferencedSeriesSequence", [])
+                           if "SeriesInstanceUID" in item}
+    return {"series": series, "frames": frames}
+
+
+def check_drawn_on(path: Path, dataset, ct_paths) -> None:
+    """Refuse a SEG / RTSTRUCT whose referenced series is none of the lesion's CT phases, or whose frame of
+    reference is not theirs (checked where the CT is DICOM; a volume file carries no UIDs)."""
+    cts = {Path(p): ct_uids(p) for p in ct_paths}
+    cts = {p: u for p, u in cts.items() if u}
+    if not cts:
+        return
+    modality = str(dataset.get("Modality", "object"))
+    said = drawn_on(dataset)
+    ct_series = {u["series"] for u in cts.values() if u["series"]}
+    ct_frames = {u["frame"] for u in cts.values() if u["frame"]}
+    names = ", ".join(p.name for p in cts)
+    if said["series"] and ct_series and not said["series"] & ct_series:
+        raise UserInputError(
+            f"{path}: the {modality} was drawn on series {', '.join(sorted(said['series']))}, which is none of this "
+            f"lesion's CT series ({names}: {', '.join(sorted(ct_series))}); give the CT it was drawn on in the "
+            f"phase columns, or the {modality} drawn on this CT")
+    if said["frames"] and ct_frames and not said["frames"] & ct_frames:
+        raise UserInputError(
+            f"{path}: the {modality}'s frame of reference {', '.join(sorted(said['frames']))} is not that of this "
+            f"lesion's CT ({names}: {', '.join(sorted(ct_frames))}): it was drawn on another scan; give the CT it "
+            f"was drawn on, or the {modality} drawn on this CT")
+
+
+def read_dicom_mask(path: Path, label: int | None, reference: sitk.Image, ct_paths=()) -> sitk.Image:
+    """The lesion of a SEG or RTSTRUCT file as a 0/1 uint8 image on ``reference``'s grid; ``ct_paths``: the
+    lesion's CT phase files or folders, checked against what the object says it was drawn on."""
     import pydicom
 
     path = Path(path)
@@ -53,6 +122,8 @@ def read_dicom_mask(path: Path, label: int | None, reference: sitk.Image) -> sit
     except (pydicom.errors.InvalidDicomError, OSError, ValueError) as err:
         raise UserInputError(f"{path}: cannot be read as DICOM ({err})") from None
     modality = str(dataset.get("Modality", ""))
+    if modality in DICOM_MASK_MODALITIES:
+        check_drawn_on(path, dataset, ct_paths)
     if modality == "SEG":
         array = _seg_on_grid(path, dataset, label, reference)
     elif modality == "RTSTRUCT":
@@ -143,7 +214,12 @@ def _paste(path: Path, out: np.ndarray, frame: np.ndarray, index: np.ndarray) ->
     rows, cols = frame.shape
     top, left = max(j0, 0), max(i0, 0)
     bottom, right = min(j0 + rows, out.shape[1]), min(i0 + cols, out.shape[2])
-    out[k, top:bottom, left:right] |= frame[top - j0:bottom - j0, left - i0:right - i0]
+    kept = frame[top - j0:bottom - j0, left - i0:right - i0]
+    outside = int(frame.sum()) - int(kept.sum())
+    if outside:
+        raise UserInputError(f"{path}: {outside} segmented pixel(s) of slice {k} lie outside the CT's field of view; "
+                             "the outline would be cut at the image's edge: is it the segmentation of this series?")
+    out[k, top:bottom, left:right] |= kept
 
 
 def _rtstruct_on_grid(path: Path, dataset, label: int | None, reference: sitk.Image) -> np.ndarray:
@@ -156,13 +232,17 @@ def _rtstruct_on_grid(path: Path, dataset, label: int | None, reference: sitk.Im
     if contours is None or "ContourSequence" not in contours:
         raise UserInputError(f"{path}: ROI {number} ({rois[number]}) has no contour")
     nz, ny, nx = out.shape
-    for contour in contours.ContourSequence:
-        if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
-            continue
-        points = np.asarray([float(v) for v in contour.ContourData]).reshape(-1, 3)
-        index = np.array([_grid_index(reference, p) for p in points])
+    closed = [c for c in contours.ContourSequence
+              if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) == "CLOSED_PLANAR"]
+    if not closed:
+        raise UserInputError(f"{path}: ROI {number} ({rois[number]}) has no closed planar contour (an outline); "
+                             "points and open curves cannot be filled")
+    placed = [np.array([_grid_index(reference, p) for p in
+                        np.asarray([float(v) for v in c.ContourData]).reshape(-1, 3)]) for c in closed]
+    _check_contours_inside(path, number, placed, (nz, ny, nx), reference)
+    for index in placed:
         k = int(np.round(index[:, 2].mean()))
-        if np.abs(index[:, 2] - k).max() > 0.5 or not 0 <= k < nz:
+        if np.abs(index[:, 2] - k).max() > 0.5:
             raise UserInputError(f"{path}: a contour of ROI {number} does not lie in one slice of the CT; is it the "
                                  "structure set of this series?")
         polygon = Polygon(index[:, :2])
@@ -174,4 +254,27 @@ def _rtstruct_on_grid(path: Path, dataset, label: int | None, reference: sitk.Im
         xs, ys = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
         inside = polygon.contains_points(np.column_stack([xs.ravel(), ys.ravel()])).reshape(xs.shape)
         out[k, y0:y1 + 1, x0:x1 + 1] ^= inside
+    if not out.any():
+        raise UserInputError(f"{path}: the contours of ROI {number} ({rois[number]}) enclose no voxel centre of the "
+                             "CT (each is smaller than a voxel); outline the lesion on this CT")
     return out
+
+
+def _check_contours_inside(path: Path, number: int, placed: list[np.ndarray], shape: tuple[int, int, int],
+                           reference: sitk.Image) -> None:
+    """Refuse contours beyond the CT's field of view, all (drawn on another scan) or some (the outline would be
+    cut at the edge), saying how far beyond."""
+    points = np.concatenate(placed)
+    upper = np.array([shape[2], shape[1], shape[0]], dtype=float) - 1 + _EDGE_VOXELS
+    beyond = np.maximum(-_EDGE_VOXELS - points, 0) + np.maximum(points - upper, 0)  # voxels past the edge per axis
+    outside = (beyond > 0).any(axis=1)
+    if not outside.any():
+        return
+    distance_mm = float((beyond * np.asarray(reference.GetSpacing())).max())
+    if outside.all():
+        raise UserInputError(f"{path}: every contour point of ROI {number} lies outside the CT (up to "
+                             f"{distance_mm:.0f} mm beyond its edge): the structure set was not drawn on this CT; give "
+                             "the CT it was drawn on, or the structure set drawn on this CT")
+    raise UserInputError(f"{path}: {int(outside.sum())} of {len(points)} contour points of ROI {number} lie outside "
+                         f"the CT's field of view (up to {distance_mm:.1f} mm beyond its edge): the outline would be cut "
+                         "at the image's edge; check that it was drawn on this CT, or give a CT that covers the lesion")

@@ -47,11 +47,12 @@ def binary_mask(mask: sitk.Image, label: int | None) -> sitk.Image:
     return sitk.Cast(out, sitk.sitkUInt8)
 
 
-def read_lesion_mask(mask_path, mask_label: int | None, reference: sitk.Image) -> sitk.Image:
+def read_lesion_mask(mask_path, mask_label: int | None, reference: sitk.Image, ct_paths=()) -> sitk.Image:
     """The lesion as a 0/1 mask: from a label image (``mask_label`` or any non-zero voxel), or from a DICOM
-    SEG / RTSTRUCT (``mask_label`` = segment / ROI number) put on the ``reference`` CT's grid."""
+    SEG / RTSTRUCT (``mask_label`` = segment / ROI number) put on the ``reference`` CT's grid, after checking
+    that it was drawn on one of ``ct_paths`` (the lesion's CT phases) where they are DICOM."""
     if is_dicom_mask(mask_path):
-        return read_dicom_mask(mask_path, mask_label, reference)
+        return read_dicom_mask(mask_path, mask_label, reference, ct_paths)
     return binary_mask(read_image(mask_path), mask_label)
 
 
@@ -114,7 +115,11 @@ def load_lesion_volumes(
     reference_phase = present[0]
     phases = {p: read_image(phase_paths[p], sitk.sitkFloat32) for p in present}
     reference = phases[reference_phase]
-    mask = read_lesion_mask(mask_path, mask_label, reference)
+    try:
+        mask = read_lesion_mask(mask_path, mask_label, reference, [phase_paths[p] for p in present])
+    except UserInputError as err:
+        message = str(err)
+        raise UserInputError(message if message.startswith(where) else f"{where}: {message}") from None
     if not np.any(sitk.GetArrayViewFromImage(mask)):
         raise UserInputError(f"{where}: mask {mask_path} has no voxel of this lesion")
     ref_geometry = Geometry.of(reference)

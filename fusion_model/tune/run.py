@@ -60,11 +60,12 @@ def training_set(config: ExperimentConfig, cohort_dir: Path, cache, test_centre:
                  progress: bool) -> tuple[TrainingSet, list[str]]:
     """The lesions an objective may see (the split's training part) and the held-out ones."""
     from fusion_model.cohort import load_cohort
+    from fusion_model.cohort.spec import TABLE_FILE
     from fusion_model.pipeline import check_trainable, lesion_data, split_lesions
 
     cohort = load_cohort(cohort_dir, require_label=True)
     is_train = split_lesions(cohort.table, config, test_centre)
-    check_trainable(cohort.table[is_train], config)
+    check_trainable(cohort.table[is_train], config, cohort.root / TABLE_FILE)
     train_ids = cohort.table["lesion_id"][is_train].tolist()
     test_ids = cohort.table["lesion_id"][~is_train].tolist()
     data, errors, _ = lesion_data(cohort.subset(train_ids), config, cache, progress=progress)
