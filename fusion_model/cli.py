@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fusion_model.errors import FusionModelError, UserInputError
 
@@ -23,10 +24,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True)
+# No console markup: user and experiment text (file names, messages, "targets: [malignancy, lesion_type]") is
+# printed as written; colour comes from Text styles (_labelled), never from square brackets in a string.
+console = Console(soft_wrap=True, markup=False)
 if not console.is_terminal:
     console.width = 160  # logs and pipes: keep tables readable
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, markup=False)
+
+
+def _labelled(label: str, style: str, text: str = "", out: Console | None = None) -> None:
+    """One line: ``label`` in ``style``, then ``text`` exactly as written."""
+    (out or console).print(Text.assemble((label, style), text))
 
 DEFAULT_DEMO_DIR = Path("reports/demo")
 
@@ -67,7 +75,7 @@ def _print_problems(problems, limit: int = 200) -> None:
         table.add_column(column, overflow="fold")
     for p in problems[:limit]:
         style = "red" if p.severity == "error" else "yellow"
-        table.add_row(f"[{style}]{p.severity}[/{style}]", p.where, p.message)
+        table.add_row(Text(p.severity, style=style), p.where, p.message)
     console.print(table)
     if len(problems) > limit:
         console.print(f"... and {len(problems) - limit} more (use --json to get them all)")
@@ -96,7 +104,7 @@ def validate(
                                      "problems": [p.__dict__ for p in report.problems]})
     if not report.ok:
         raise UserInputError(f"{cohort}: {len(report.errors)} error(s) found; fix them and run validate again")
-    console.print(f"[green]{cohort}: valid[/green] ({len(report.warnings)} warning(s))")
+    _labelled(f"{cohort}: valid", "green", f" ({len(report.warnings)} warning(s))")
 
 
 @app.command()
@@ -178,9 +186,9 @@ def features(
                      "unenhanced_hu": filled.get("unenhanced_hu"), **feats.to_dict()})
     atomic_write_text(out, pd.DataFrame(rows).to_csv(index=False))
     for note in notes:
-        console.print(f"[yellow]warning[/yellow]: {note}")
+        _labelled("warning", "yellow", f": {note}")
     for error in images.errors:
-        console.print(f"[red]error[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
+        _labelled("error", "red", f": lesion {error.lesion_id} (row {error.row}): {error.message}")
     console.print(f"wrote {out}: {len(rows)} lesions, {len(images.errors)} unreadable")
 
 
@@ -211,7 +219,7 @@ def preprocess(
     console.print(f"crops {shape} channels {images.channels}: {image_cache.hits} from cache, "
                   f"{image_cache.misses} computed, {len(images.errors)} unreadable, {elapsed:.1f} s")
     for error in images.errors:
-        console.print(f"[red]error[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
+        _labelled("error", "red", f": lesion {error.lesion_id} (row {error.row}): {error.message}")
 
 
 def _fmt_auc(value) -> str:
@@ -295,9 +303,9 @@ def train(
     run = pipeline.train(experiment, cohort, out, _cache(cache), test_centre=test_centre, strict=strict,
                          overwrite=overwrite, device=device)
     for error in run.errors:
-        console.print(f"[red]unreadable[/red] lesion {error.lesion_id} (row {error.row}): {error.message}")
+        _labelled("unreadable", "red", f" lesion {error.lesion_id} (row {error.row}): {error.message}")
     for note in run.notes[:20]:
-        console.print(f"[yellow]note[/yellow]: {note}")
+        _labelled("note", "yellow", f": {note}")
     _print_training_summary(run)
     console.print(f"model written to {out}")
 
@@ -322,7 +330,7 @@ def predict(
         console.print("no lesion-type probabilities (p_type_*): this model has no subtype heads; train it with "
                       "'targets: [malignancy, lesion_type]' in the experiment to add them")
     for error in errors:
-        console.print(f"[red]not predicted[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
+        _labelled("not predicted", "red", f": lesion {error.lesion_id} (row {error.row}): {error.message}")
     console.print(f"wrote {out}: {len(predictions)} lesions predicted, {len(errors)} not"
                   + (f" (see {out.with_name(out.stem + '_errors.csv')})" if errors else ""))
 
@@ -354,9 +362,9 @@ def _print_evaluation(result) -> None:
     console.print(table)
     for name, m in metrics["models"].items():
         if m.get("auc") and m["auc"].get("note"):
-            console.print(f"[yellow]note[/yellow]: {name}: {m['auc']['note']}")
+            _labelled("note", "yellow", f": {name}: {m['auc']['note']}")
     for entry in metrics.get("not_evaluated", []):
-        console.print(f"[red]not evaluated[/red]: lesion {entry['lesion_id']} (row {entry['row']}): {entry['message']}")
+        _labelled("not evaluated", "red", f": lesion {entry['lesion_id']} (row {entry['row']}): {entry['message']}")
     subtype = metrics.get("subtype")
     if subtype and subtype.get("variants"):
         oracle = subtype.get("oracle")
@@ -435,7 +443,7 @@ def explain(
     result = explain_cohort(model, cohort, out, _cache(cache), lesion_ids=lesion or None, variant=variant,
                             strict=strict, overwrite=overwrite, centre=centre)
     for error in result.errors:
-        console.print(f"[red]not explained[/red]: lesion {error.lesion_id} (row {error.row}): {error.message}")
+        _labelled("not explained", "red", f": lesion {error.lesion_id} (row {error.row}): {error.message}")
     t = result.timings
     console.print(f"explained {len(result.lesion_ids)} lesions: read {t['read_seconds']:.1f} s, SHAP "
                   f"{t['shap_seconds']:.2f} s, saliency {t['saliency_seconds']:.1f} s, case cards "
@@ -684,8 +692,8 @@ def segment_predict(
                   f"memory {run.peak_memory_gb:.2f} GB)" + (f"; {run.dicom_seg_files} DICOM SEG file(s)"
                                                            if run.dicom_seg_files else ""))
     if len(run.not_found):
-        console.print(f"[yellow]not found[/yellow] ({len(run.not_found)}, listed in {out / NOT_FOUND_FILE}; their "
-                      "rows keep an empty mask_path): " + ", ".join(run.not_found["lesion_id"].head(20)))
+        _labelled("not found", "yellow", f" ({len(run.not_found)}, listed in {out / NOT_FOUND_FILE}; their "
+                  "rows keep an empty mask_path): " + ", ".join(run.not_found["lesion_id"].head(20)))
     console.print(f"wrote {out}")
 
 
@@ -764,8 +772,8 @@ def agreement(
         table.add_row(*row)
     console.print(table)
     if m["read_once"]:
-        console.print(f"[yellow]{len(m['read_once'])} lesion(s) with one outline only, not compared[/yellow] "
-                      "(listed in the report): " + ", ".join(r["lesion_id"] for r in m["read_once"][:20]))
+        _labelled(f"{len(m['read_once'])} lesion(s) with one outline only, not compared", "yellow",
+                  " (listed in the report): " + ", ".join(r["lesion_id"] for r in m["read_once"][:20]))
     console.print(f"{m['seconds']:.1f} s; wrote {out / 'report.html'}")
 
 
@@ -774,7 +782,7 @@ def main() -> None:
     try:
         app()
     except FusionModelError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("error:", "red"), f" {err}"), highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

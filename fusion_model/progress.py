@@ -19,7 +19,7 @@ def track(items: Iterable[T], description: str, total: int | None = None, enable
         yield from items
         return
     columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
     )
     with RichProgress(*columns, transient=False) as progress:
@@ -40,6 +40,6 @@ def Progress(enabled: bool = True):  # noqa: N802 - reads like rich's Progress a
     if not enabled:
         yield _Silent()
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with RichProgress(*columns, transient=False) as progress:
         yield progress

@@ -66,6 +66,7 @@ def test_predict_command_writes_every_readable_lesion_and_names_the_rest(trained
     assert predictions["probability"].between(0, 1).all() and (predictions["variant"] == "all").all()
     np.testing.assert_allclose(predictions["probability"], predictions["p_all"])
     assert table.loc[2, "lesion_id"] in result.stdout and "missing.nii.gz" in result.stdout
+    assert "'targets: [malignancy, lesion_type]'" in result.stdout  # the hint keeps its brackets
     errors = pd.read_csv(tmp_path / "predictions_errors.csv")
     assert errors["lesion_id"].tolist() == [table.loc[2, "lesion_id"]]
     missing = run_cli("predict", "--model", tmp_path / "nothing", "--cohort", cohort, "--out", tmp_path / "x.csv")
@@ -84,6 +85,17 @@ def test_validate_clean_and_broken_cohort(tmp_path):
     assert "size_mm" in bad.stdout and "row 2" in bad.stdout
     assert bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
     assert "Traceback" not in bad.stderr
+
+
+def test_text_in_square_brackets_is_printed_as_written(tmp_path):
+    """Console output has no markup: paths, values and hints with square brackets keep them."""
+    root = write_cohort(tmp_path / "[centre x] cohort")
+    edit_table(root, size_mm={0: "[12]"})
+    bad = run_cli("validate", root)
+    assert bad.returncode == 2
+    assert "[12]" in bad.stdout and "[centre x] cohort" in bad.stderr
+    missing = run_cli("validate", tmp_path / "[nowhere]")
+    assert missing.returncode == 2 and "[nowhere]" in missing.stderr
 
 
 def test_user_error_is_one_line_exit_2(tmp_path):
