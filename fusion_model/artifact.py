@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +34,7 @@ from fusion_model.configbase import parse_model
 from fusion_model.encoder.alignment import SimilarityMap
 from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.encoder.train import build_network
-from fusion_model.errors import UserInputError
+from fusion_model.errors import FusionModelWarning, UserInputError
 from fusion_model.fileio import atomic_directory, json_safe, sha256_file
 from fusion_model.heads.logistic import LogisticHead
 from fusion_model.heads.subtype import MultiClassHead, SubtypeFit
@@ -159,10 +160,28 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+def unlisted_files(path: Path, manifest: dict) -> list[str]:
+    """Files in the artifact folder that its manifest does not list (nothing of the artifact reads them, but a
+    shared model folder is where a stranger's file would sit beside trusted ones)."""
+    path = Path(path)
+    listed = set(manifest["files"]) | {MANIFEST, MANIFEST_HASH}
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                  if p.is_file() and p.relative_to(path).as_posix() not in listed)
+
+
+def unlisted_files_note(path: Path, names: list[str]) -> str:
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"{path}: {len(names)} file(s) that the manifest does not list ({shown}); they were not written by "
+            "training and nothing reads them: remove them, or find out who put them there")
+
+
 def load_model(path: Path, progress: bool = False) -> FusionModel:
-    """Rebuild a fitted FusionModel from a verified artifact."""
+    """Rebuild a fitted FusionModel from a verified artifact (warns of files its manifest does not list)."""
     path = Path(path)
     manifest = read_manifest(path)
+    stray = unlisted_files(path, manifest)
+    if stray:
+        warnings.warn(unlisted_files_note(path, stray), FusionModelWarning, stacklevel=2)
     config = parse_model(ExperimentConfig, manifest["config"], f"{path / MANIFEST} config")
     entry = manifest["encoder"]
     networks = {}

@@ -7,6 +7,7 @@ Heavy libraries are imported inside the commands so that `--help` stays fast.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fusion_model.errors import FusionModelError, UserInputError
+from fusion_model.errors import FusionModelError, FusionModelWarning, UserInputError
 
 app = typer.Typer(
     name="fusion-model",
@@ -777,8 +778,21 @@ def agreement(
     console.print(f"{m['seconds']:.1f} s; wrote {out / 'report.html'}")
 
 
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """fusion-model's own warnings as one 'warning:' line on stderr; others as Python prints them."""
+    if issubclass(category, FusionModelWarning):
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {message}"), highlight=False, soft_wrap=True)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors become one line on stderr and exit code 2; fusion-model's warnings one
+    line each."""
+    warnings.showwarning = _show_warning
     try:
         app()
     except FusionModelError as err:

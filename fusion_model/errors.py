@@ -16,6 +16,10 @@ class UserInputError(FusionModelError):
     """Bad input from the user: a file, a table, a config value or a CLI argument."""
 
 
+class FusionModelWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as one 'warning:' line)."""
+
+
 class CohortValidationError(UserInputError):
     """A cohort failed validation; ``problems`` lists every problem found."""
 

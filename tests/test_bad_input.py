@@ -150,6 +150,20 @@ def test_centre_missing_from_cohort_json_names_its_rows(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- artifacts
+def test_a_stray_file_in_the_model_folder_is_one_warning_line(trained_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained_model["model"], model)
+    (model / "encoder/extra.safetensors").write_bytes(b"\x00" * 16)
+    out = tmp_path / "p.csv"
+    result = run_cli("predict", "--model", model, "--cohort", trained_model["test_cohort"], "--out", out,
+                     "--cache", trained_model["cache"])
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "manifest does not list" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "encoder/extra.safetensors" in lines[0]
+    assert "Traceback" not in result.stderr and out.is_file()
+
+
+
 @pytest.mark.parametrize("target", ["encoder/fold0.safetensors", "heads/all_fusion.json"])
 def test_artifact_file_of_the_wrong_format_is_one_line_exit_2(trained_model, tmp_path, target):
     from fusion_model.fileio import sha256_file

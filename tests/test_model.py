@@ -1,5 +1,6 @@
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -145,6 +146,22 @@ def test_incompatible_artifact_is_refused(fitted, tmp_path):
     (run / "manifest.sha256").write_text(sha256_file(run / "manifest.json"))
     with pytest.raises(UserInputError, match="clinical schema 9.0"):
         read_manifest(run)
+
+
+def test_files_the_manifest_does_not_list_are_named_on_load(fitted, tmp_path):
+    from fusion_model.errors import FusionModelWarning
+
+    model, _, _ = fitted
+    run = save_model(model, tmp_path / "run", {"name": "test"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean artifact loads without a word
+        load_model(run)
+    (run / "heads/payload.json").write_text("{}")
+    (run / "notes.txt").write_text("x")
+    with pytest.warns(FusionModelWarning, match=r"2 file\(s\) that the manifest does not list \(heads/payload.json, "
+                                                r"notes.txt\)"):
+        loaded = load_model(run)
+    assert loaded.primary_variant == model.primary_variant  # named, not refused: nothing reads them
 
 
 def test_same_seed_gives_identical_results(cohort_dir, fitted, tmp_path):

@@ -437,7 +437,7 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
                    strict: bool = False, overwrite: bool = False, progress: bool = True,
                    centre: str | None = None, split: str | None = None) -> EvaluationResult:
     """Score a labelled cohort (or one centre of it) with every variant of a model and the rules, and report."""
-    from fusion_model.artifact import MANIFEST, load_model
+    from fusion_model.artifact import MANIFEST, load_model, unlisted_files, unlisted_files_note
     from fusion_model.cohort import load_cohort, mask_sources
     from fusion_model.pipeline import check_cohort_matches_model, cohort_fingerprint, lesion_data
 
@@ -469,7 +469,8 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     metrics["phase_comparison"] = _phase_comparison(model_dir, model, data, cases["label"], predicted, types,
                                                     progress)
     fingerprint = cohort_fingerprint(cohort)
-    warnings = []
+    stray = unlisted_files(model_dir, model.manifest_)
+    warnings = [unlisted_files_note(model_dir, stray)] if stray else []
     overlap_note = None
     held_out_centre = centre is not None and centre == trained.get("test_centre")
     held_out_split = (split is not None and split != model.config.split.train_value
