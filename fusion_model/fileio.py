@@ -106,6 +106,16 @@ def sha256_path(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_output_dir(out: Path, overwrite: bool = False) -> None:
+    """Refuse an existing non-empty ``out`` (unless ``overwrite``): called by every command before its work, so
+    that a run is not refused at the end for where it would write."""
+    from fusion_model.errors import UserInputError
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+
+
 @contextmanager
 def atomic_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory in a staging folder beside ``out`` and rename it into place on success.
@@ -113,11 +123,8 @@ def atomic_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
     A failure or a kill leaves ``out`` as it was. An existing non-empty ``out`` is refused
     unless ``overwrite``.
     """
-    from fusion_model.errors import UserInputError
-
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+    check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     umask = os.umask(0)

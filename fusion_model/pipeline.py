@@ -18,7 +18,7 @@ from fusion_model.config import ExperimentConfig
 from fusion_model.errors import UserInputError
 from fusion_model.evaluate.stats import nan_safe_auc
 from fusion_model.features.table import fill_radiological
-from fusion_model.fileio import atomic_write_text, sha256_file
+from fusion_model.fileio import atomic_write_text, check_output_dir, sha256_file
 from fusion_model.heads.subtype import subtype_classes
 from fusion_model.imaging.cache import ImageCache
 from fusion_model.imaging.extract import LesionError
@@ -137,8 +137,7 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
 
     out = Path(out)
     device = str(resolve_device(device))  # a CUDA request on a machine without one is refused before any work
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+    check_output_dir(out, overwrite)
     cohort = load_cohort(cohort_dir, require_label=True)
     channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities, config.preprocess.depth_channel)
     if config.encoder.pretrained:

@@ -271,3 +271,20 @@ def test_small_lesion_types_are_flagged_and_the_macro_auc_has_its_interval(tmp_p
     assert cli.returncode == 0, cli.stderr
     assert f"all {block['macro_auc']:.3f} ({low:.3f}-{high:.3f})" in cli.stdout
     assert "fewer than 10 lesions, one lesion moves the AUC): pheochromocytoma (3)" in cli.stdout
+
+
+def test_an_existing_report_folder_is_refused_before_the_work(tmp_path, monkeypatch):
+    from fusion_model.evaluate import run as evaluate_run
+
+    _predict_like_file(tmp_path / "predictions.csv")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the metrics were computed before the refusal")
+
+    monkeypatch.setattr(evaluate_run, "compute_metrics", no_work)
+    with pytest.raises(UserInputError, match="already exists and is not empty"):
+        evaluate_run.evaluate_predictions([tmp_path / "predictions.csv"], out, settings=FAST, progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"

@@ -42,7 +42,7 @@ from fusion_model.agreement.stats import bland_altman, icc_band, intraclass_corr
 from fusion_model.cohort import Cohort, load_cohort
 from fusion_model.cohort.spec import TABLE_FILE
 from fusion_model.errors import UserInputError
-from fusion_model.fileio import json_safe
+from fusion_model.fileio import check_output_dir, json_safe
 from fusion_model.progress import track
 from fusion_model.records import LesionRecord
 from fusion_model.segment.metrics import SURFACE_TOLERANCE_MM, summarise
@@ -232,8 +232,7 @@ def run_agreement(cohort_dir: Path, out: Path, settings: AgreementSettings | Non
     started = time.perf_counter()
     settings = settings or AgreementSettings()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+    check_output_dir(out, overwrite)
     if not 0.5 <= settings.contour_dice < 1:
         raise UserInputError(f"--contour-dice {settings.contour_dice}: give a Dice between 0.5 and 1 (e.g. 0.9)")
     cohort = load_cohort(cohort_dir).select(centre=settings.centre)

@@ -29,7 +29,7 @@ from fusion_model.evaluate.metrics import (
     auc_summary,
     compute_metrics,
 )
-from fusion_model.fileio import json_safe, sha256_file
+from fusion_model.fileio import check_output_dir, json_safe, sha256_file
 from fusion_model.report import data_uri, render, write_report_dir
 
 SOURCE_DEFAULTS = {"cohort_name": "", "cohort_path": "", "cohort_fingerprint": None, "model_path": None,
@@ -376,6 +376,7 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
     from fusion_model.cohort import load_cohort
     from fusion_model.pipeline import cohort_fingerprint
 
+    check_output_dir(out, overwrite)
     files = [Path(f) for f in files]
     if len({f.resolve() for f in files}) != len(files):
         raise UserInputError("the same predictions file is given twice")
@@ -441,6 +442,7 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     from fusion_model.cohort import load_cohort, mask_sources
     from fusion_model.pipeline import check_cohort_matches_model, cohort_fingerprint, lesion_data
 
+    check_output_dir(out, overwrite)
     model = load_model(model_dir, progress=progress)
     cohort = load_cohort(cohort_dir, require_label=True).select(centre=centre, split=split)
     trained = model.manifest_["cohort"]

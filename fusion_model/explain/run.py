@@ -30,6 +30,7 @@ from fusion_model.catalogue import (
     variant_description,
 )
 from fusion_model.errors import UserInputError
+from fusion_model.fileio import check_output_dir
 from fusion_model.explain import plots
 from fusion_model.explain.contributions import (
     Contributions,
@@ -274,8 +275,11 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     from fusion_model.pipeline import check_cohort_matches_model, lesion_data
 
     timings: dict[str, float] = {}
+    check_output_dir(out, overwrite)
     start = time.perf_counter()
     model = load_model(model_dir, progress=progress)
+    case_explainer = CaseExplainer(model, variant)  # an unknown variant is refused before any lesion is read
+    variant = case_explainer.variant
     cohort = load_cohort(cohort_dir).select(centre=centre)
     check_cohort_matches_model(cohort, model)
     if lesion_ids:
@@ -288,8 +292,6 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     if len(data.table) == 0:
         raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to explain")
     timings["read_seconds"] = time.perf_counter() - start
-    case_explainer = CaseExplainer(model, variant)
-    variant = case_explainer.variant
     explained = case_explainer.explain(data)
     predictions, contributions = explained.predictions, explained.contributions
     timings["shap_seconds"] = explained.shap_seconds

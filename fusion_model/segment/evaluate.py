@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from fusion_model import __version__
 from fusion_model.cohort import load_cohort
 from fusion_model.devices import resolve_device
-from fusion_model.fileio import json_safe
+from fusion_model.fileio import check_output_dir, json_safe
 from fusion_model.progress import track
 from fusion_model.segment.artifact import load_segmenter
 from fusion_model.segment.metrics import (
@@ -95,6 +95,7 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
                        progress: bool = True) -> SegmentEvaluation:
     """Run the segmenter on a cohort with reference masks and report segmentation and detection figures."""
     started = time.perf_counter()
+    check_output_dir(out, overwrite)
     segmenter = load_segmenter(model_dir)
     torch_device = resolve_device(device)
     segmenter.to(torch_device)

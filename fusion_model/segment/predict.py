@@ -35,7 +35,7 @@ from fusion_model.cohort.load import Cohort, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, write_cohort_spec
 from fusion_model.devices import resolve_device
 from fusion_model.errors import UserInputError
-from fusion_model.fileio import atomic_directory
+from fusion_model.fileio import atomic_directory, check_output_dir
 from fusion_model.imaging.io import read_image_header
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter, load_segmenter
@@ -152,6 +152,7 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
                   regions: dict[str, Region] | None = None, device: str = "auto", dicom_seg: bool = True,
                   overwrite: bool = False, progress: bool = True) -> PredictRun:
     """Outline the lesions of a cohort (or one centre of it) and write a new cohort directory using the masks."""
+    check_output_dir(out, overwrite)
     segmenter = load_segmenter(model_dir)
     torch_device = resolve_device(device)
     segmenter.to(torch_device)

@@ -36,6 +36,7 @@ from fusion_model.cohort import load_cohort
 from fusion_model.config import SegmentConfig
 from fusion_model.devices import resolve_device
 from fusion_model.errors import UserInputError
+from fusion_model.fileio import check_output_dir
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter
 from fusion_model.segment.infer import (
@@ -217,8 +218,7 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
     """Train a segmenter on the cohort's outlined scans (leaving out ``test_centre``) and write it to ``out``."""
     started = time.perf_counter()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserInputError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+    check_output_dir(out, overwrite)
     torch_device = resolve_device(device)
     if config.threads:
         torch.set_num_threads(config.threads)
