@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
             "training_minutes": minutes, "subtype_seconds": info["fit_seconds"],
             "subtype_share_of_training": info["fit_seconds"] / (minutes * 60),
             "oof_macro_auc": {v: a["macro"] for v, a in info["oof_auc"].items()},
+            "oof_macro_auc_ci95": {v: a["macro_ci95"] for v, a in info["oof_auc"].items()},
+            "small_classes": info["oof_auc"]["all"]["small_classes"],
             "all_per_type": model_types, "oracle_per_type": oracle_types,
             "oracle_macro_auc": float(np.mean([b["auc"] for b in oracle_types.values()])),
             "malignancy_oof_auc": model.oof_auc_,
@@ -150,12 +152,15 @@ def main(argv: list[str] | None = None) -> dict:
         figures[name] = block
         print(f"{name}: {block['lesions']} lesions of {len(classes)} classes; training {minutes:.1f} min, subtype "
               f"heads {info['fit_seconds']:.0f} s ({100 * block['subtype_share_of_training']:.0f}% of it)")
-        print("  OOF macro AUC: " + ", ".join(f"{v} {a:.3f}" for v, a in block["oof_macro_auc"].items())
+        print("  OOF macro AUC (95% CI): " + ", ".join(
+            f"{v} {a:.3f} ({block['oof_macro_auc_ci95'][v][0]:.3f}-{block['oof_macro_auc_ci95'][v][1]:.3f})"
+            for v, a in block["oof_macro_auc"].items())
               + f"; oracle {block['oracle_macro_auc']:.3f} (gap of all {block['macro_gap']:+.3f}; target <= 0.05)")
         for c in classes:
             print(f"  {c}: all {model_types[c]['auc']:.3f} ({model_types[c]['ci95'][0]:.3f}-"
                   f"{model_types[c]['ci95'][1]:.3f}), oracle {oracle_types[c]['auc']:.3f}, gap "
-                  f"{block['type_gaps'][c]:+.3f} (target <= 0.08); {model_types[c]['lesions']} lesions")
+                  f"{block['type_gaps'][c]:+.3f} (target <= 0.08); {model_types[c]['lesions']} lesions"
+                  + (" (small: one lesion moves its AUC)" if c in block["small_classes"] else ""))
     figures_path.write_text(json.dumps(figures, indent=2, default=float) + "\n")
     print(f"wrote {figures_path}")
     return figures

@@ -19,7 +19,6 @@ from fusion_model.errors import UserInputError
 from fusion_model.evaluate import plots, stats
 from fusion_model.evaluate.phases import phase_comparison
 from fusion_model.evaluate.subtype import subtype_metrics
-from fusion_model.heads.subtype import RARE, SUBTYPES
 from fusion_model.evaluate.metrics import (
     CASE_COLUMNS,
     METRICS_FORMAT,
@@ -30,6 +29,7 @@ from fusion_model.evaluate.metrics import (
     compute_metrics,
 )
 from fusion_model.fileio import check_output_dir, json_safe, sha256_file
+from fusion_model.heads.subtype import RARE, SUBTYPES
 from fusion_model.report import data_uri, render, write_report_dir
 
 SOURCE_DEFAULTS = {"cohort_name": "", "cohort_path": "", "cohort_fingerprint": None, "model_path": None,
@@ -384,9 +384,9 @@ def evaluate_predictions(files: list[Path], out: Path, cohort_dir: Path | None =
     cohort = load_cohort(cohort_dir) if cohort_dir else None
     cases = cases_from_predictions(frames, cohort.table if cohort else None)
     score_sets = score_sets_from_predictions(frames)
+    subtype = prediction_subtype_metrics(frames, cases, cohort.root if cohort else None)  # refused before the rest
     metrics = compute_metrics(cases, score_sets, settings, progress=progress)
     metrics["oracle"] = _oracle(cases, cohort.root if cohort else None, metrics["settings"]["auc_ci_shown"])
-    subtype = prediction_subtype_metrics(frames, cases, cohort.root if cohort else None)
     if subtype is not None:
         metrics["subtype"] = subtype
     predictions = cases.copy()

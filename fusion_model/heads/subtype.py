@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 import scipy.stats as sps
+import xgboost as xgb
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
