@@ -27,7 +27,8 @@ def _auc_block(labels: np.ndarray, scores: np.ndarray) -> dict:
         d = stats.delong(labels, scores)
     except stats.SingleClassError:
         return {"auc": None, "auc_ci95": None}
-    return {"auc": float(d.aucs[0]), "auc_ci95": list(d.ci(0))}
+    note = d.degenerate_note(0)  # no interval where DeLong's SE is 0 (e.g. AUC 1), rather than a zero-width one
+    return {"auc": float(d.aucs[0]), "auc_ci95": None if note else list(d.ci(0)), **({"note": note} if note else {})}
 
 
 def _paired(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray) -> dict:

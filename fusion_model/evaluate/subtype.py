@@ -26,7 +26,10 @@ def _class_block(y: np.ndarray, probabilities: np.ndarray, k: int, predicted: np
                    "small": positives < SMALL_CLASS_LESIONS}
     try:
         d = stats.delong((y == k).astype(int), probabilities[:, k])
-        block["auc"], block["auc_ci95"] = float(d.aucs[0]), list(d.ci(0))
+        note = d.degenerate_note(0)  # e.g. AUC 1: DeLong's SE is 0, so no interval exists (not a zero-width one)
+        block["auc"], block["auc_ci95"] = float(d.aucs[0]), None if note else list(d.ci(0))
+        if note:
+            block["auc_note"] = note
     except stats.SingleClassError:
         block["auc"], block["auc_ci95"] = None, None
     true_positive = int(((predicted == k) & (y == k)).sum())
