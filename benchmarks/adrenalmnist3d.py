@@ -52,7 +52,7 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def _auc_ci(labels, scores) -> tuple[float, float, float]:
-    from fusion_model.evaluate import stats
+    from fusion_model import stats
 
     d = stats.delong(labels, scores)
     low, high = d.ci(0)

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
             minutes = (time.perf_counter() - started) / 60
             predictions, _ = pipeline.predict(out / f"augment_{'_'.join(masks)}", external,
                                               out / f"augment_{'_'.join(masks)}.csv", cache)
-            from fusion_model.evaluate.stats import nan_safe_auc
+            from fusion_model.stats import nan_safe_auc
 
             results["+".join(masks)] = {
                 "oof_auc": run.model.oof_auc_, "encoder_oof_auc": run.model.encoder_.oof_auc_,

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     from fusion_model.cohort import load_cohort
     from fusion_model.config import load_experiment, packaged_experiment, with_params
     from fusion_model.encoder.estimator import ImageEncoder
-    from fusion_model.evaluate import stats
+    from fusion_model import stats
     from fusion_model.imaging.cache import ImageCache, default_cache_dir
     from fusion_model.model import FusionModel
 

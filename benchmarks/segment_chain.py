@@ -107,7 +107,7 @@ def risk_on_auto_masks(cohort: Path, auto: Path, out: Path) -> dict:
     from fusion_model import pipeline
     from fusion_model.artifact import load_model
     from fusion_model.cohort import load_cohort
-    from fusion_model.evaluate.stats import delong_paired_test
+    from fusion_model.stats import delong_paired_test
 
     started = time.perf_counter()
     cache = ImageCache(out / "cache")

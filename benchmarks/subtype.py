@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fusion_model import stats
 from fusion_model.config import SynthConfig, load_experiment, packaged_experiment
-from fusion_model.evaluate import stats
 from fusion_model.evaluate.subtype import oracle_probabilities
 from fusion_model.heads.subtype import SubtypeClasses
 from fusion_model.imaging.cache import ImageCache

@@ -61,11 +61,11 @@ def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: boo
     """Write the artifact atomically; ``extra_files`` maps relative names to text contents; ``phase_models``
     maps a CT phase to the same experiment trained on that phase alone and its cohort entry (``compare_phases``),
     each written as a complete artifact under ``phases/PHASE/`` and covered by the main manifest's hashes."""
-    model._check_fitted()
+    model.check_fitted()
     with atomic_directory(Path(path), overwrite=overwrite) as staging:
         phases = {}
         for phase, (phase_model, phase_cohort) in (phase_models or {}).items():
-            phase_model._check_fitted()
+            phase_model.check_fitted()
             (staging / PHASES_DIR / phase).mkdir(parents=True)
             _write_artifact(phase_model, staging / PHASES_DIR / phase, phase_cohort, {}, {})
             phases[phase] = f"{PHASES_DIR}/{phase}"

@@ -519,7 +519,8 @@ def pretrain_encoder_command(
     type and malignancy) and write the weight file that encoder.pretrained fine-tunes from."""
     from fusion_model.config import PretrainConfig, load_experiment
     from fusion_model.configbase import parse_model
-    from fusion_model.encoder.pretrain import check_output, pretrain_encoder, save_pretrained
+    from fusion_model.encoder.pretrain import pretrain_encoder
+    from fusion_model.encoder.weights import check_output, save_pretrained
 
     experiment = load_experiment(config)
     settings = parse_model(PretrainConfig, {
@@ -527,7 +528,7 @@ def pretrain_encoder_command(
         "normal_fraction": normal_fraction, "seed": seed, "workers": workers, "threads": threads}, "pretrain-encoder")
     check_output(out, overwrite)  # before the work, not after it
     result = pretrain_encoder(experiment, settings, device=device)
-    save_pretrained(result, out, overwrite=overwrite)
+    save_pretrained(result.model, result.metadata, out, overwrite=overwrite)
     f = result.figures
     table = Table(title=f"held-out draws ({f['held_out_examples']}; trained on {f['training_examples']})")
     table.add_column("target")

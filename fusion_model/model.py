@@ -33,7 +33,6 @@ from fusion_model.catalogue import VARIANTS
 from fusion_model.config import ExperimentConfig
 from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.errors import UserInputError
-from fusion_model.evaluate.stats import nan_safe_auc
 from fusion_model.features.radiological import features_seen_with
 from fusion_model.features.table import fit_pca, imaging_features, tabular_features
 from fusion_model.heads.baselines import rule_scores
@@ -45,6 +44,7 @@ from fusion_model.heads.subtype import (
     training_types,
 )
 from fusion_model.heads.variant import VariantFit, VariantFitter
+from fusion_model.stats import nan_safe_auc
 
 
 @dataclass
@@ -197,7 +197,7 @@ class FusionModel:
         return fits, info
 
     # --------------------------------------------------------------------------- prediction
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if not hasattr(self, "variants_"):
             raise RuntimeError("FusionModel is not fitted; call fit(), or load a trained model with "
                                "fusion_model.artifact.load_model(PATH)")
@@ -205,12 +205,12 @@ class FusionModel:
     @property
     def oof_auc_(self) -> dict[str, float]:
         """Out-of-fold AUC of each variant's output on the training lesions."""
-        self._check_fitted()
+        self.check_fitted()
         return {name: fit.score_oof_auc for name, fit in self.variants_.items()}
 
     def feature_frames(self, data: LesionData) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The heads' inputs for new lesions: imaging features (one encoder pass) and tabular features."""
-        self._check_fitted()
+        self.check_fitted()
         if data.crops.shape[1] != self.crop_channels_:
             raise UserInputError(f"the model was trained on crops of {self.crop_channels_} channels, these have "
                                  f"{data.crops.shape[1]}; the cohort must have the same phases as the training cohort")
@@ -254,7 +254,7 @@ class FusionModel:
     @property
     def primary_variant(self) -> str:
         """The configured primary variant, or the last fitted one when the cohort could not support it."""
-        self._check_fitted()
+        self.check_fitted()
         if self.config.primary_variant in self.variants_:
             return self.config.primary_variant
         return list(self.variants_)[-1]

@@ -15,8 +15,8 @@ from fusion_model.catalogue import mask_source_counts
 from fusion_model.cohort import Cohort, load_cohort, mask_sources
 from fusion_model.cohort.spec import COHORT_FILE, TABLE_FILE
 from fusion_model.config import ExperimentConfig
+from fusion_model.encoder.weights import check_pretrained
 from fusion_model.errors import UserInputError
-from fusion_model.evaluate.stats import nan_safe_auc
 from fusion_model.features.table import fill_radiological
 from fusion_model.fileio import atomic_write_text, check_output_dir, sha256_file
 from fusion_model.heads.subtype import subtype_classes
@@ -25,6 +25,7 @@ from fusion_model.imaging.extract import LesionError
 from fusion_model.imaging.preprocess import crop_channels
 from fusion_model.model import FusionModel, LesionData
 from fusion_model.splits import check_fold_counts
+from fusion_model.stats import nan_safe_auc
 
 TRUTH_FILE = "truth.csv"
 
@@ -141,8 +142,6 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     cohort = load_cohort(cohort_dir, require_label=True)
     channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities, config.preprocess.depth_channel)
     if config.encoder.pretrained:
-        from fusion_model.encoder.pretrain import check_pretrained
-
         check_pretrained(config, channels)
     train_mask = split_lesions(cohort.table, config, test_centre)
     check_trainable(cohort.table[train_mask], config, cohort.root / TABLE_FILE)

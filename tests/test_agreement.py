@@ -94,7 +94,7 @@ def test_bland_altman_matches_hand_computation():
 
 # ---------------------------------------------------------------------------------------------- perturbations
 def test_erosion_dilation_and_islands():
-    from fusion_model.agreement.perturb import connected_to, dice, dilate, erode
+    from fusion_model.imaging.perturb import connected_to, dice, dilate, erode
 
     mask = sphere_mask((30, 30, 30), (15, 15, 15), 6.0).astype(bool)
     assert erode(mask, 1).sum() < mask.sum() < dilate(mask, 1).sum() < dilate(mask, 2).sum()
@@ -107,7 +107,7 @@ def test_erosion_dilation_and_islands():
 
 
 def test_contour_perturbation_hits_its_dice_and_repeats_with_the_seed():
-    from fusion_model.agreement.perturb import dice, perturb_to_dice
+    from fusion_model.imaging.perturb import dice, perturb_to_dice
 
     mask = sphere_mask((40, 40, 40), (20, 20, 20), 10.0).astype(bool)
     spacing = (2.0, 0.8, 0.8)
@@ -120,7 +120,7 @@ def test_contour_perturbation_hits_its_dice_and_repeats_with_the_seed():
 
 
 def test_second_reader_disagrees_more_on_small_and_irregular_lesions():
-    from fusion_model.agreement.perturb import dice, second_reader_outline
+    from fusion_model.imaging.perturb import dice, second_reader_outline
 
     spacing = (2.5, 0.9, 0.9)
 

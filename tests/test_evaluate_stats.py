@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from fusion_model.evaluate import stats
+from fusion_model import stats
 
 
 def _psi(x, y):

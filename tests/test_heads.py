@@ -8,12 +8,12 @@ import pytest
 from fusion_model.catalogue import GUIDELINE_RULES, VARIANTS
 from fusion_model.config import ExperimentConfig
 from fusion_model.errors import UserInputError
-from fusion_model.evaluate.stats import calibration
 from fusion_model.heads.baselines import rule_scores
 from fusion_model.heads.calibration import Calibrator
 from fusion_model.heads.variant import VariantFit, VariantFitter, best_late_weight, late_fusion_margin
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.splits import inner_validation_split, patient_grouped_folds
+from fusion_model.stats import calibration
 
 
 # ------------------------------------------------------------------------------ guideline rules

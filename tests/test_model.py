@@ -72,7 +72,7 @@ def test_thresholds_are_the_operating_points_of_the_training_oof_probabilities(f
 
 
 def test_oof_probabilities_are_the_calibrators_output_on_oof_margins(fitted):
-    from fusion_model.evaluate.stats import calibration
+    from fusion_model.stats import calibration
 
     model, data, labels = fitted
     for variant, fit in model.variants_.items():

@@ -7,16 +7,14 @@ import torch
 import yaml
 from scipy import ndimage
 from fusion_model.config import ExperimentConfig, PretrainConfig
-from fusion_model.encoder.pretrain import (
+from fusion_model.encoder.pretrain import pretrain_encoder
+from fusion_model.encoder.weights import check_pretrained, load_pretrained, save_pretrained
+from fusion_model.synthetic.pretraining import (
     NORMAL_GLAND,
     DrawSettings,
     binary_targets,
-    check_pretrained,
     draw_example,
-    load_pretrained,
-    pretrain_encoder,
     regression_targets,
-    save_pretrained,
     type_names,
 )
 from fusion_model.encoder.train import build_network, train_encoder
@@ -37,7 +35,7 @@ def pretrained(tmp_path_factory):
     """Mask-only lesion outlines, 24^3 crops at 2 mm: a short pre-training and its weight file."""
     result = pretrain_encoder(experiment(), PretrainConfig(examples=400, epochs=6, learning_rate=0.01,
                                                            workers=1), progress=False)
-    path = save_pretrained(result, tmp_path_factory.mktemp("pretrained") / "lesions.safetensors")
+    path = save_pretrained(result.model, result.metadata, tmp_path_factory.mktemp("pretrained") / "lesions.safetensors")
     return result, path
 
 
@@ -102,7 +100,8 @@ def test_the_same_settings_give_the_same_weights(tmp_path):
         assert torch.equal(value, second.model.state_dict()[name]), name
     assert first.figures["r2"] == second.figures["r2"]
     # drawn in two worker processes, the examples are the same as drawn in one
-    from fusion_model.encoder.pretrain import crop_settings, draw_set
+    from fusion_model.encoder.pretrain import crop_settings
+    from fusion_model.synthetic.pretraining import draw_set
 
     draw = crop_settings(experiment(), settings)
     np.testing.assert_array_equal(draw_set(70, 3, draw, workers=1, progress=False).crops,
@@ -206,7 +205,7 @@ def test_training_fine_tunes_from_a_weight_file_and_the_artifact_records_it(synt
     def with_weights(phases: list[str], name: str) -> ExperimentConfig:
         result = pretrain_encoder(tiny, PretrainConfig(phases=phases, examples=40, epochs=1, workers=1),
                                   progress=False)
-        path = save_pretrained(result, tmp_path / name)
+        path = save_pretrained(result.model, result.metadata, tmp_path / name)
         return tiny.model_copy(update={"encoder": tiny.encoder.model_copy(update={"pretrained": str(path)})})
 
     # the synthetic cohort's crops are (unenhanced, venous, mask): weights for venous crops are refused at once
@@ -249,12 +248,12 @@ def test_more_draws_than_memory_holds_are_refused_before_drawing(monkeypatch):
 
 
 def test_a_ct_weight_file_must_share_the_hu_window(pretrained, monkeypatch):
-    from fusion_model.encoder import pretrain
+    from fusion_model.encoder import weights
 
     _, path = pretrained
-    metadata = pretrain.read_pretrained_metadata(path)
+    metadata = weights.read_pretrained_metadata(path)
     ct_file = {**metadata, "channels": ["venous", "mask"], "hu_window": [-100.0, 200.0]}
-    monkeypatch.setattr(pretrain, "read_pretrained_metadata", lambda *a, **k: ct_file)
+    monkeypatch.setattr(weights, "read_pretrained_metadata", lambda *a, **k: ct_file)
     with pytest.raises(UserInputError, match=r"HU window \[-100.0, 200.0\] in the file, \[-200.0, 300.0\] here"):
         check_pretrained(experiment(pretrained=str(path)), ["venous", "mask"])
     ct_file["hu_window"] = [-200, 300]

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from fusion_model.agreement.perturb import dilate, erode, perturb_to_dice
 from fusion_model.config import PreprocessConfig
 from fusion_model.errors import UserInputError
 from fusion_model.features.radiological import radiological_features
 from fusion_model.imaging.geometry import Geometry, geometry_differences, resample_onto
+from fusion_model.imaging.perturb import dilate, erode, perturb_to_dice
 from fusion_model.imaging.preprocess import (
     LesionVolumes,
     lesion_crop,
@@ -30,6 +30,8 @@ from fusion_model.records import LesionRecord
 from fusion_model.segment.metrics import overlap_metrics
 
 READER_A = "a"
+SIZE_FEATURE = "max_axial_diameter_mm"  # the two features whose agreement is shown with Bland-Altman limits
+HU_FEATURE = "unenhanced_mean_hu"
 VIEW_HALF_WIDTH_MM = (15.0, 60.0)  # the views reach 1.2 lesion extents from its centre, within these bounds
 VIEW_CONTEXT = 1.2
 

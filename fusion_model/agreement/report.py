@@ -7,8 +7,7 @@ import json
 
 import numpy as np
 
-from fusion_model.agreement.readings import READER_A
-from fusion_model.agreement.run import HU_FEATURE, SIZE_FEATURE
+from fusion_model.agreement.readings import HU_FEATURE, READER_A, SIZE_FEATURE
 from fusion_model.report.figures import plt, png_bytes
 from fusion_model.report.html import data_uri, render, write_report_dir
 

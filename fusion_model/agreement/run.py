@@ -30,14 +30,17 @@ import pandas as pd
 
 from fusion_model import __version__
 from fusion_model.agreement.readings import (
+    HU_FEATURE,
     READER_A,
     SECOND_READER,
+    SIZE_FEATURE,
     Comparison,
     LesionReading,
     check_second_mask_grid,
     perturbation_comparisons,
     read_lesion,
 )
+from fusion_model.agreement.report import write_agreement_report
 from fusion_model.agreement.stats import bland_altman, icc_band, intraclass_correlation
 from fusion_model.cohort import Cohort, load_cohort
 from fusion_model.cohort.spec import TABLE_FILE
@@ -47,8 +50,6 @@ from fusion_model.progress import track
 from fusion_model.records import LesionRecord
 from fusion_model.segment.metrics import SURFACE_TOLERANCE_MM, summarise
 
-SIZE_FEATURE = "max_axial_diameter_mm"
-HU_FEATURE = "unenhanced_mean_hu"
 FLAG_BELOW = (0.75, 0.9)
 DEFAULT_CONTOUR_DICE = 0.90
 
@@ -193,7 +194,7 @@ def _model_frames(model, cohort: Cohort, readings: list[LesionReading], reader: 
 def model_agreement(model, p_a: pd.DataFrame, p_b: pd.DataFrame, labels: pd.Series | None) -> tuple[dict, pd.DataFrame]:
     """Per variant: probability ICC, mean absolute difference, Bland-Altman, class flips at the stored threshold,
     AUC with either outline and DeLong's paired test. Also the per-lesion table."""
-    from fusion_model.evaluate.stats import delong, delong_paired_test
+    from fusion_model.stats import delong, delong_paired_test
 
     ids = p_a.index.intersection(p_b.index)
     p_a, p_b = p_a.loc[ids], p_b.loc[ids]
@@ -227,8 +228,6 @@ def model_agreement(model, p_a: pd.DataFrame, p_b: pd.DataFrame, labels: pd.Seri
 def run_agreement(cohort_dir: Path, out: Path, settings: AgreementSettings | None = None,
                   model_dir: Path | None = None, overwrite: bool = False, progress: bool = True) -> Agreement:
     """Compare the cohort's outlines (second reader or perturbations) and write the report folder ``out``."""
-    from fusion_model.agreement.report import write_agreement_report
-
     started = time.perf_counter()
     settings = settings or AgreementSettings()
     out = Path(out)

@@ -92,7 +92,7 @@ class Cohort:
     def subset(self, lesion_ids) -> "Cohort":
         """The same cohort restricted to some lesions; error messages keep the original line numbers."""
         keep = self.table["lesion_id"].isin(list(lesion_ids)).to_numpy()
-        lines = [self._line(i) for i in range(len(self.table)) if keep[i]]
+        lines = [self.line_of(i) for i in range(len(self.table)) if keep[i]]
         return Cohort(self.root, self.spec, self.table[keep].reset_index(drop=True), lines)
 
     def select(self, centre: str | None = None, split: str | None = None) -> "Cohort":
@@ -107,7 +107,8 @@ class Cohort:
             keep &= self.table[column] == value
         return self if keep.all() else self.subset(self.table["lesion_id"][keep])
 
-    def _line(self, row_index: int) -> int:
+    def line_of(self, row_index: int) -> int:
+        """The line of clinical.csv (header = 1) that holds table row ``row_index``."""
         return self.lines[row_index] if self.lines is not None else row_index + 2
 
     @property
@@ -118,7 +119,7 @@ class Cohort:
     def lesion(self, row_index: int) -> LesionRecord:
         """The file record of the lesion in this table row (paths resolved inside the cohort)."""
         row = self.table.iloc[row_index]
-        line = self._line(row_index)
+        line = self.line_of(row_index)
         where = f"{TABLE_FILE} row {line} (lesion {row['lesion_id']})"
         phase_paths = {}
         for phase in self.spec.phases:
@@ -167,7 +168,7 @@ class Cohort:
         """Refuse a cohort with lesions not outlined yet, naming them (training and evaluation need masks)."""
         missing = np.flatnonzero(~self.outlined.to_numpy())
         if len(missing):
-            rows = ", ".join(f"{self._line(i)} ({self.table['lesion_id'].iloc[i]})" for i in missing[:5])
+            rows = ", ".join(f"{self.line_of(i)} ({self.table['lesion_id'].iloc[i]})" for i in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise UserInputError(
                 f"{self.root / TABLE_FILE}: {len(missing)} lesion(s) have no mask_path (rows {rows}{more}); outline "

@@ -221,7 +221,7 @@ def _check_lesion_files(cohort: Cohort, index: int, resample: bool, report: Vali
 def _check_second_reader(cohort: Cohort, index: int, masks_b_dir: Path | None, reference: tuple[Path, Geometry] | None,
                          resample: bool, report: ValidationReport) -> int:
     """Check the second reader's mask of one lesion like the first; 1 when there is one, else 0."""
-    where = f"{TABLE_FILE} row {cohort._line(index)} (lesion {cohort.table['lesion_id'].iloc[index]})"
+    where = f"{TABLE_FILE} row {cohort.line_of(index)} (lesion {cohort.table['lesion_id'].iloc[index]})"
     if reference is None:  # the lesion's own files are broken (reported above): nothing to check against
         value = cohort.table["mask_path_b"].iloc[index] if "mask_path_b" in cohort.table else None
         return int(masks_b_dir is None and value is not None and not pd.isna(value))

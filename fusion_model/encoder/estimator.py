@@ -26,6 +26,7 @@ from fusion_model.config import EncoderConfig, ExperimentConfig
 from fusion_model.encoder.alignment import SimilarityMap, consensus_maps
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.train import EpochHook, TrainResult, predict, train_encoder
+from fusion_model.encoder.weights import describe_pretrained
 from fusion_model.errors import UserInputError
 from fusion_model.splits import inner_validation_split, patient_grouped_folds
 
@@ -70,7 +71,7 @@ class ImageEncoder:
         encoder.inference_ = inference or config.encoder.inference
         encoder.oof_auc_ = oof_auc
         encoder.final_epochs_ = final_epochs
-        encoder._check_fitted()
+        encoder.check_fitted()
         return encoder
 
     @classmethod
@@ -117,8 +118,6 @@ class ImageEncoder:
         self.inference_ = cfg.inference
         self.pretrained_ = None
         if cfg.pretrained:  # provenance for the artifact: which weights every network started from
-            from fusion_model.encoder.pretrain import describe_pretrained
-
             self.pretrained_ = describe_pretrained(cfg.pretrained)
         for k, (train_idx, test_idx) in enumerate(self.folds_):
             if cfg.stopping == "last_epoch":
@@ -175,7 +174,7 @@ class ImageEncoder:
         embeddings = [predict(network, crops, self.config)[1] for _, network in named]
         return dict(zip([name for name, _ in named], consensus_maps(embeddings)))
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if not getattr(self, "fold_models_", None) and not hasattr(self, "model_"):
             raise RuntimeError("ImageEncoder has no trained networks; call fit() first")
 
@@ -184,7 +183,7 @@ class ImageEncoder:
         """Logits and embeddings of new lesions: each scoring network's (test-time augmentation as configured,
         embedding mapped into the shared space), averaged. ``inference`` overrides the encoder's choice
         (``fold_ensemble`` or ``final``)."""
-        self._check_fitted()
+        self.check_fitted()
         crops = np.asarray(crops)
         logits, embeddings = [], []
         for name, network in self._networks(inference):
@@ -205,5 +204,5 @@ class ImageEncoder:
 
     def scoring_networks(self) -> list[LesionEncoder]:
         """The networks whose average scores new lesions (for saliency)."""
-        self._check_fitted()
+        self.check_fitted()
         return [network for _, network in self._networks()]

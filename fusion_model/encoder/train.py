@@ -25,6 +25,7 @@ from fusion_model.config import EncoderConfig
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
 from fusion_model.encoder.transforms import BatchAugmentation, flip_views
+from fusion_model.encoder.weights import load_pretrained
 from fusion_model.progress import track
 
 EpochHook = Callable[[int, dict], None]
@@ -43,7 +44,7 @@ def build_network(config: EncoderConfig, crop_channels: int) -> LesionEncoder:
                          mask_input_channels=1 if dims == 3 else 3, input_skip=config.input_skip)
 
 
-def _as_float(batch: np.ndarray) -> torch.Tensor:
+def as_float32(batch: np.ndarray) -> torch.Tensor:
     """A float32 tensor with memory of its own (torch converts the crops' float16 several times faster than
     NumPy)."""
     array = np.ascontiguousarray(batch)
@@ -68,12 +69,12 @@ def predict(model: LesionEncoder, crops: np.ndarray, config: EncoderConfig,
 
     if config.kind == "3d":
         for start in range(0, len(crops), config.inference_batch_size):
-            outs = outputs(_as_float(crops[start:start + config.inference_batch_size]))
+            outs = outputs(as_float32(crops[start:start + config.inference_batch_size]))
             logits.append(torch.stack([o[0] for o in outs]).mean(0))
             embeddings.append(torch.stack([o[1] for o in outs]).mean(0))
         return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()
     for crop in crops:
-        tensor = _as_float(crop)
+        tensor = as_float32(crop)
         stacks = slice_stacks(tensor, lesion_slice_indices(tensor))
         outs = outputs(stacks)
         slice_logits = torch.stack([o[0] for o in outs]).mean(0)
@@ -91,10 +92,10 @@ def _training_batch(crops: np.ndarray, labels: np.ndarray, indices: np.ndarray, 
                     device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
     """The augmented batch of lesions ``indices`` on ``device`` (3D), or their slice stacks (2.5D, slices drawn
     with ``rng``), and its labels."""
-    raw = _as_float(crops[indices])
+    raw = as_float32(crops[indices])
     if second_reader_crops is not None and use_second is not None and use_second[indices].any():
         second = np.flatnonzero(use_second[indices])
-        raw[second] = _as_float(second_reader_crops[indices[second]])
+        raw[second] = as_float32(second_reader_crops[indices[second]])
     if config.kind == "3d":
         x = augmentation(raw.to(device, non_blocking=True), augmentation_rng)
         return x, torch.as_tensor(labels[indices], dtype=torch.float32, device=device)
@@ -115,7 +116,7 @@ def _lesion_statistics(model: LesionEncoder, crops: np.ndarray, indices: np.ndar
     training set); in 2.5D those of each lesion's central slice stack."""
     out = []
     for start in range(0, len(indices), config.inference_batch_size):
-        batch = _as_float(crops[indices[start:start + config.inference_batch_size]])
+        batch = as_float32(crops[indices[start:start + config.inference_batch_size]])
         if config.kind != "3d":
             central = [lesion_slice_indices(c) for c in batch]
             batch = torch.cat([slice_stacks(c, k[len(k) // 2:][:1]) for c, k in zip(batch, central)])
@@ -169,8 +170,6 @@ def train_encoder(
     torch.manual_seed(seed)
     model = build_network(config, crops.shape[1])
     if config.pretrained:
-        from fusion_model.encoder.pretrain import load_pretrained
-
         load_pretrained(model, config.pretrained)  # the malignancy layer stays as seeded above
     model = model.to(device)
     if model.input_skip is not None:

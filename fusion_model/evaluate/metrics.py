@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fusion_model import stats
 from fusion_model.catalogue import MASK_SOURCE_WORDS, mask_source_counts
 from fusion_model.errors import UserInputError
-from fusion_model.evaluate import stats
 from fusion_model.progress import track
 
 METRICS_FORMAT = "fusion-model-metrics"

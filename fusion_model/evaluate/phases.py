@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fusion_model.evaluate import stats
+from fusion_model import stats
 from fusion_model.heads.subtype import (
     MACRO_BOOTSTRAP_RESAMPLES,
     SubtypeClasses,

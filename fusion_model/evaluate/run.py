@@ -13,10 +13,10 @@ import pandas as pd
 import yaml
 
 from clinical_schema.coercion import coerce_lesion_type
-from fusion_model import __version__
+from fusion_model import __version__, stats
 from fusion_model.catalogue import MASK_SOURCE_WORDS, rule_description, variant_description
 from fusion_model.errors import UserInputError
-from fusion_model.evaluate import plots, stats
+from fusion_model.evaluate import plots
 from fusion_model.evaluate.phases import phase_comparison
 from fusion_model.evaluate.subtype import subtype_metrics
 from fusion_model.evaluate.metrics import (

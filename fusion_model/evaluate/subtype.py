@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_model.evaluate import stats
+from fusion_model import stats
 from fusion_model.heads.subtype import RARE, SMALL_CLASS_LESIONS, SubtypeClasses, macro_auc_ci, small_classes
 
 

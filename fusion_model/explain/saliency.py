@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
-from fusion_model.encoder.train import _as_float
+from fusion_model.encoder.train import as_float32
 
 
 def target_stage(network: nn.Module) -> nn.Module:
@@ -67,7 +67,7 @@ class GradCAM:
 
     def __call__(self, crop: np.ndarray) -> tuple[np.ndarray, float]:
         """(saliency (z, y, x) in [0, 1], the logit of the same forward pass) for one crop (C, z, y, x)."""
-        tensor = _as_float(np.asarray(crop)[None])[0]
+        tensor = as_float32(np.asarray(crop)[None])[0]
         if self.kind == "3d":
             cam, logits = self._cam(tensor[None])
             volume, logit = cam[0], float(logits[0])

@@ -28,6 +28,7 @@ from clinical_schema.model import LESION_TYPES
 from fusion_model.config import ExperimentConfig, XGBoostConfig
 from fusion_model.errors import UserInputError
 from fusion_model.heads.xgb import load_booster, tree_params
+from fusion_model.stats import nan_safe_auc
 
 SUBTYPES = tuple(t for t in LESION_TYPES if t != "other")
 RARE = "rare"
@@ -252,8 +253,6 @@ def macro_auc_ci(y: np.ndarray, probabilities: np.ndarray, resamples: int = MACR
 def one_vs_rest_auc(y: np.ndarray, probabilities: np.ndarray, classes: list[str], interval: bool = True) -> dict:
     """Each class's one-vs-rest AUC over the scored lesions, their mean (macro) with its bootstrap interval,
     the prevalence-weighted mean, and the classes too small for a stable AUC."""
-    from fusion_model.evaluate.stats import nan_safe_auc
-
     scored = (y >= 0) & np.isfinite(probabilities).all(axis=1)
     per_class = {c: nan_safe_auc((y[scored] == k).astype(int), probabilities[scored, k])
                  for k, c in enumerate(classes)}

@@ -33,13 +33,13 @@ import pandas as pd
 from scipy.special import softmax
 
 from fusion_model.config import ExperimentConfig
-from fusion_model.evaluate.stats import nan_safe_auc
 from fusion_model.heads.calibration import Calibrator
 from fusion_model.heads.logistic import LogisticHead
 from fusion_model.heads.subtype import LesionTypes, MultiClassHead, cv_type_margins
 from fusion_model.heads.thresholds import operating_thresholds
 from fusion_model.heads.xgb import XGBHead
 from fusion_model.splits import patient_grouped_folds
+from fusion_model.stats import nan_safe_auc
 
 METHODS = ("image_logit", "fusion_head", "late_fusion", "tabular_head", "type_mixture")
 HEAD_METHODS = ("fusion_head", "late_fusion", "tabular_head")

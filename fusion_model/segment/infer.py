@@ -11,6 +11,8 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from fusion_model.config import SegmentConfig
+from fusion_model.segment.network import flip_averaged_probability
+from fusion_model.segment.refine import refine_component
 from fusion_model.segment.scans import ScanVolume, body_midline_x
 
 
@@ -31,23 +33,6 @@ def probability_map(network: torch.nn.Module, image: np.ndarray, config: Segment
                                         mode="gaussian", padding_mode="constant", cval=0.0)
 
     return flip_averaged_probability(network, predictor, inputs, 1, device)
-
-
-FLIP_VIEWS = ((), (4,), (3,), (2,))  # none, then x, y, z mirrored (tensor dims: batch, channel, z, y, x)
-
-
-def flip_averaged_probability(network: torch.nn.Module, predictor, inputs: torch.Tensor, views: int,
-                              device: torch.device) -> np.ndarray:
-    """Foreground probability of ``predictor(inputs)``, averaged over the first ``views`` mirrorings."""
-    network.eval()
-    total = None
-    for dims in FLIP_VIEWS[:views]:
-        x = torch.flip(inputs, dims) if dims else inputs
-        with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
-            probability = torch.softmax(predictor(x).float(), dim=1)[:, 1:2]
-        probability = torch.flip(probability, dims) if dims else probability
-        total = probability if total is None else total + probability
-    return (total / max(1, min(views, len(FLIP_VIEWS))))[0, 0].cpu().numpy()
 
 
 def to_native(probability: np.ndarray, volume: ScanVolume) -> np.ndarray:
@@ -105,8 +90,6 @@ def refine_components(refiner: torch.nn.Module, volume: ScanVolume, labels: np.n
                       midline_x: float) -> tuple[np.ndarray, list[Component]]:
     """Each component re-outlined by the lesion-centred refiner (most probable first keeps contested voxels);
     probabilities stay the first stage's, volumes, centroids and sides are measured again."""
-    from fusion_model.segment.refine import refine_component
-
     out = np.zeros(labels.shape, dtype=np.uint16)
     voxel_mm3 = float(np.prod(volume.reference.GetSpacing()))
     refined = []

@@ -16,6 +16,7 @@ import torch
 
 from fusion_model.config import SegmentConfig
 from fusion_model.imaging.preprocess import crop_grid, window_hu
+from fusion_model.segment.network import flip_averaged_probability
 from fusion_model.segment.scans import AIR_HU
 
 GROW_FACTOR = 1.6
@@ -86,8 +87,6 @@ def refine_component(refiner: torch.nn.Module, images: list[sitk.Image], compone
     """The refined outline (bool array on the reference grid) of one component; the component itself when the
     refiner finds nothing at its centre."""
     from scipy import ndimage
-
-    from fusion_model.segment.infer import flip_averaged_probability
 
     centre, extent = lesion_box_mm(component, reference)
     edge = crop_edge_mm(extent, config)

@@ -40,7 +40,7 @@ from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, write_cohort_spec
 from fusion_model.config import SynthConfig
 from fusion_model.features.radiological import max_axial_diameter_mm
 from fusion_model.fileio import atomic_directory, atomic_write_text
-from fusion_model.agreement.perturb import second_reader_outline
+from fusion_model.imaging.perturb import second_reader_outline
 from fusion_model.progress import track
 from fusion_model.synthetic import phantom
 from fusion_model.synthetic.profiles import (

@@ -21,10 +21,10 @@ import optuna
 
 from fusion_model.config import ExperimentConfig, SearchParam, with_params
 from fusion_model.errors import UserInputError
-from fusion_model.evaluate.stats import auc_mann_whitney, nan_safe_auc
 from fusion_model.fileio import atomic_write
 from fusion_model.heads.calibration import Calibrator
 from fusion_model.model import LesionData
+from fusion_model.stats import auc_mann_whitney, nan_safe_auc
 
 HEAD_STEP = 1_000_000  # intermediate steps of head folds come after every encoder epoch step
 
