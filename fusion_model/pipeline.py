@@ -233,18 +233,43 @@ def check_cohort_matches_model(cohort: Cohort, model: FusionModel) -> None:
                              f"{trained['channels']}; declare the same phases in cohort.json")
 
 
+@dataclass
+class ScoringSession:
+    """A verified model and a cohort it can score, checked against each other before any lesion is read: where
+    predict, evaluate and explain start."""
+
+    model: FusionModel
+    cohort: Cohort
+
+    @classmethod
+    def open(cls, model_dir: Path, cohort_dir: Path, require_label: bool = False, centre: str | None = None,
+             split: str | None = None, progress: bool = True) -> ScoringSession:
+        """Load the model (hashes verified) and the cohort (or one centre / split of it); refuse a cohort whose
+        image channels differ from the model's."""
+        model = load_model(model_dir, progress=progress)
+        cohort = load_cohort(cohort_dir, require_label=require_label).select(centre=centre, split=split)
+        check_cohort_matches_model(cohort, model)
+        return cls(model, cohort)
+
+    def read(self, cache: ImageCache, purpose: str, strict: bool = False,
+             progress: bool = True) -> tuple[LesionData, list[LesionError]]:
+        """The readable lesions with the unreadable ones as errors; a cohort with none is refused, saying what
+        it was read for."""
+        data, errors, _ = lesion_data(self.cohort, self.model.config, cache, strict, progress)
+        if len(data.table) == 0:
+            raise UserInputError(f"{self.cohort.root}: no lesion could be read; nothing to {purpose}")
+        return data, errors
+
+
 def predict(model_dir: Path, cohort_dir: Path, out_csv: Path, cache: ImageCache, strict: bool = False,
             progress: bool = True, all_variants: bool = False) -> tuple[pd.DataFrame, list[LesionError]]:
     """Probabilities for every readable lesion of a cohort (labels not needed); errors for the rest.
 
     With subtype heads (targets include lesion_type): the primary variant's ``p_type_CLASS``, the most likely
     type and its probability; with ``all_variants`` also every variant's (``VARIANT_p_type_CLASS``)."""
-    model = load_model(model_dir, progress=progress)
-    cohort = load_cohort(cohort_dir)
-    check_cohort_matches_model(cohort, model)
-    data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
-    if len(data.table) == 0:
-        raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to predict")
+    session = ScoringSession.open(model_dir, cohort_dir, progress=progress)
+    model = session.model
+    data, errors = session.read(cache, "predict", strict, progress)
     frames = model.feature_frames(data)
     predictions = model.predict_variants(data, frames)
     types = model.predict_types(data, frames)

@@ -234,14 +234,13 @@ def run_agreement(cohort_dir: Path, out: Path, settings: AgreementSettings | Non
     check_output_dir(out, overwrite)
     if not 0.5 <= settings.contour_dice < 1:
         raise UserInputError(f"--contour-dice {settings.contour_dice}: give a Dice between 0.5 and 1 (e.g. 0.9)")
-    cohort = load_cohort(cohort_dir).select(centre=settings.centre)
-    model = None
-    if model_dir is not None:
-        from fusion_model.artifact import load_model
-        from fusion_model.pipeline import check_cohort_matches_model
+    if model_dir is not None:  # the model and the cohort checked against each other, as for predict
+        from fusion_model.pipeline import ScoringSession
 
-        model = load_model(model_dir, progress=progress)
-        check_cohort_matches_model(cohort, model)
+        session = ScoringSession.open(model_dir, cohort_dir, centre=settings.centre, progress=progress)
+        model, cohort = session.model, session.cohort
+    else:
+        model, cohort = None, load_cohort(cohort_dir).select(centre=settings.centre)
     pairs, once = _pairs(cohort, settings)
     _check_inputs(cohort, pairs, settings)
     comparisons = perturbation_comparisons(settings.contour_dice) if settings.perturb else [SECOND_READER]

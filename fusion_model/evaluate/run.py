@@ -438,19 +438,17 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
                    strict: bool = False, overwrite: bool = False, progress: bool = True,
                    centre: str | None = None, split: str | None = None) -> EvaluationResult:
     """Score a labelled cohort (or one centre of it) with every variant of a model and the rules, and report."""
-    from fusion_model.artifact import MANIFEST, load_model, unlisted_files, unlisted_files_note
-    from fusion_model.cohort import load_cohort, mask_sources
-    from fusion_model.pipeline import check_cohort_matches_model, cohort_fingerprint, lesion_data
+    from fusion_model.artifact import MANIFEST, unlisted_files, unlisted_files_note
+    from fusion_model.cohort import mask_sources
+    from fusion_model.pipeline import ScoringSession, cohort_fingerprint
 
     check_output_dir(out, overwrite)
-    model = load_model(model_dir, progress=progress)
-    cohort = load_cohort(cohort_dir, require_label=True).select(centre=centre, split=split)
+    session = ScoringSession.open(model_dir, cohort_dir, require_label=True, centre=centre, split=split,
+                                  progress=progress)
+    model, cohort = session.model, session.cohort
     trained = model.manifest_["cohort"]
-    check_cohort_matches_model(cohort, model)
     stats.require_both_classes(cohort.table["label"].astype(int).to_numpy(), f"cohort {cohort_dir}")
-    data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
-    if len(data.table) == 0:
-        raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to evaluate")
+    data, errors = session.read(cache, "evaluate", strict, progress)
     frames = model.feature_frames(data)
     predicted = model.predict_variants(data, frames)
     types = model.predict_types(data, frames)

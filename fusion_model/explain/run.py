@@ -270,27 +270,23 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
                    variant: str | None = None, strict: bool = False, overwrite: bool = False,
                    progress: bool = True, centre: str | None = None) -> ExplainResult:
     """Case cards, the case review page, global SHAP figures and shap_values.csv for a cohort."""
-    from fusion_model.artifact import load_model
-    from fusion_model.cohort import load_cohort
-    from fusion_model.pipeline import check_cohort_matches_model, lesion_data
+    from fusion_model.pipeline import ScoringSession
 
     timings: dict[str, float] = {}
     check_output_dir(out, overwrite)
     start = time.perf_counter()
-    model = load_model(model_dir, progress=progress)
+    session = ScoringSession.open(model_dir, cohort_dir, centre=centre, progress=progress)
+    model = session.model
     case_explainer = CaseExplainer(model, variant)  # an unknown variant is refused before any lesion is read
     variant = case_explainer.variant
-    cohort = load_cohort(cohort_dir).select(centre=centre)
-    check_cohort_matches_model(cohort, model)
     if lesion_ids:
-        check_lesion_ids(lesion_ids, cohort.table["lesion_id"].tolist(), str(cohort.root / "clinical.csv"))
-        cohort = cohort.subset(lesion_ids)
+        table, root = session.cohort.table, session.cohort.root
+        check_lesion_ids(lesion_ids, table["lesion_id"].tolist(), str(root / "clinical.csv"))
+        session.cohort = session.cohort.subset(lesion_ids)
     timings["load_seconds"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    data, errors, _ = lesion_data(cohort, model.config, cache, strict, progress)
-    if len(data.table) == 0:
-        raise UserInputError(f"{cohort_dir}: no lesion could be read; nothing to explain")
+    data, errors = session.read(cache, "explain", strict, progress)
     timings["read_seconds"] = time.perf_counter() - start
     explained = case_explainer.explain(data)
     predictions, contributions = explained.predictions, explained.contributions
@@ -336,7 +332,7 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
         variant_description=variant_description(variant), rule=rule_description(rule) if rule else None,
         thresholds=thresholds, images={k: data_uri(v) for k, v in images.items()},
         global_min=GLOBAL_MIN_LESIONS, errors=[e.__dict__ for e in errors], model_path=str(model_dir),
-        cohort_name=cohort.spec.name, package_version=__version__, created_utc=created,
+        cohort_name=session.cohort.spec.name, package_version=__version__, created_utc=created,
         has_labels=any(r["label"] is not None for r in rows))
     table = pd.DataFrame({"variant": variant, "base": contributions.base, "margin": contributions.margin,
                           "probability": contributions.probability}, index=data.table.index)
