@@ -165,8 +165,8 @@ def unlisted_files(path: Path, manifest: dict) -> list[str]:
     shared model folder is where a stranger's file would sit beside trusted ones)."""
     path = Path(path)
     listed = set(manifest["files"]) | {MANIFEST, MANIFEST_HASH}
-    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                  if p.is_file() and p.relative_to(path).as_posix() not in listed)
+    present = (p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    return sorted(name for name in present if name not in listed)
 
 
 def unlisted_files_note(path: Path, names: list[str]) -> str:

@@ -78,7 +78,7 @@ def _score_columns(frame: pd.DataFrame) -> list[str]:
 
 def _check_type_columns(path: Path, frame: pd.DataFrame) -> None:
     """Lesion-type columns are probabilities over the classes: numbers in [0, 1], every lesion's summing to 1."""
-    for prefix, columns in type_column_groups(frame).items():
+    for columns in type_column_groups(frame).values():
         values = frame[columns].apply(pd.to_numeric, errors="coerce")
         bad = values.isna() | (values < 0) | (values > 1)
         if bad.any().any():
