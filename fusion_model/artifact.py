@@ -36,10 +36,9 @@ from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.encoder.train import build_network
 from fusion_model.errors import FusionModelWarning, UserInputError
 from fusion_model.fileio import atomic_directory, json_safe, sha256_file
-from fusion_model.heads.logistic import LogisticHead
-from fusion_model.heads.subtype import MultiClassHead, SubtypeFit
+from fusion_model.heads.base import Head
+from fusion_model.heads.subtype import SubtypeFit
 from fusion_model.heads.variant import VariantFit
-from fusion_model.heads.xgb import XGBHead
 from fusion_model.model import FusionModel
 
 FORMAT = "fusion-model-artifact"
@@ -90,7 +89,7 @@ def _write_artifact(model: FusionModel, staging: Path, cohort_info: dict, extra_
         save_file({k: torch.from_numpy(v) for name, m in encoder.alignment_.items()
                    for k, v in m.to_arrays(name).items()}, str(staging / ALIGNMENT_FILE))
 
-    def save_head(key: str, head: XGBHead) -> str:
+    def save_head(key: str, head: Head) -> str:
         rel = f"heads/{key}.json"
         head.save(staging / rel)
         return rel
@@ -205,23 +204,14 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
     encoder = ImageEncoder.from_networks(config, folds, networks.get("final"), alignment, entry["inference"],
                                          entry["oof_auc"], entry["final_epochs"], progress=progress)
 
-    def load_head(rel: str, features: list[str], learner: str = "xgboost", classes: int | None = None):
-        if learner == MultiClassHead.learner:
-            if not classes:
-                raise ValueError(f"{rel}: a multi-class head without its classes")
-            return MultiClassHead.load(path / rel, config.xgboost, features, classes)
-        if learner == "logistic":
-            return LogisticHead.load(path / rel, features)
-        return XGBHead.load(path / rel, config.xgboost, features)
-
     try:
-        variants = {name: VariantFit.from_manifest(name, entry, load_head)
+        variants = {name: VariantFit.from_manifest(name, entry, path, config)
                     for name, entry in manifest["variants"].items()}
     except (KeyError, TypeError, ValueError) as err:
         raise UserInputError(f"{path / MANIFEST}: a variant entry is incomplete or malformed ({err}); "
                              "retrain the model") from None
     try:
-        subtypes = {name: SubtypeFit.from_manifest(name, entry, config.xgboost, path)
+        subtypes = {name: SubtypeFit.from_manifest(name, entry, config, path)
                     for name, entry in (manifest.get("subtypes") or {}).items()}
     except (KeyError, TypeError, ValueError) as err:
         raise UserInputError(f"{path / MANIFEST}: a subtype entry is incomplete or malformed ({err}); "

@@ -244,17 +244,17 @@ def _small_classes_text(small: dict | None) -> str:
 
 
 def _print_training_summary(run) -> None:
+    from fusion_model.registry import FUSION_METHODS
+
     model = run.model
     table = Table(title="out-of-fold AUC on the training lesions")
-    margins = ["fusion_head", "late_fusion", "tabular_head", "image_logit"]
-    if any("type_mixture" in fit.oof_auc for fit in model.variants_.values()):
-        margins.insert(3, "type_mixture")
-    names = {"image_logit": "image only"}
-    for column in ["model", "method", "OOF AUC"] + [names.get(m, m.replace("_", " ")) for m in margins]:
+    methods = [m for m in FUSION_METHODS if m.reported or any(m.name in fit.oof_auc for fit in model.variants_.values())]
+    margins = [m.name for m in methods]
+    for column in ["model", "method", "OOF AUC"] + [m.label for m in methods]:
         table.add_column(column)
     for variant, fit in model.variants_.items():
-        learner = {"xgboost_multiclass": "xgboost multi-class"}.get(fit.learner, fit.learner)
-        method = fit.method.replace("_", " ") + (f" ({learner})" if learner else "") + \
+        learner = fit.learner.replace("_", " ") if fit.learner else None
+        method = fit.fusion_method.label + (f" ({learner})" if learner else "") + \
             (" chosen by nested CV" if fit.selection else "")
         table.add_row(variant, method, _fmt_auc(fit.score_oof_auc), *(_fmt_auc(fit.oof_auc.get(m)) for m in margins))
     blank = [""] * len(margins)

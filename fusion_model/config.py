@@ -18,6 +18,7 @@ from clinical_schema import PHASES
 from fusion_model.catalogue import GUIDELINE_RULES, VARIANTS
 from fusion_model.configbase import StrictModel, known_names, load_yaml_model
 from fusion_model.errors import UserInputError
+from fusion_model.registry import FUSION_METHODS, binary_learners, configurable_methods
 
 SYNTH_CENTRES = 3  # the centre profiles of fusion_model.synthetic.generate.CENTRES
 
@@ -176,7 +177,7 @@ class XGBoostConfig(StrictModel):
 class FusionConfig(StrictModel):
     """How a variant combines the image and the tabular features, and which learner its heads are."""
 
-    method: Literal["fusion_head", "late_fusion", "tabular_head", "type_mixture", "auto"] = Field(
+    method: str = Field(
         "fusion_head", description="what a variant outputs: the fusion head (imaging + tabular features), the "
                                    "weighted average of image and tabular logits (late fusion), the tabular head "
                                    "alone, the type mixture (malignancy through the lesion's type: a lesion-type "
@@ -184,7 +185,7 @@ class FusionConfig(StrictModel):
                                    "lesions; needs targets [malignancy, lesion_type]), or auto: whichever scores "
                                    "best by inner cross-validation on the training folds (the type mixture among "
                                    "them when lesion_type is a target)")
-    head: Literal["xgboost", "logistic", "auto"] = Field(
+    head: str = Field(
         "xgboost", description="the heads' learner: XGBoost, an L2-regularised logistic regression (scikit-learn; "
                                "for small cohorts), or auto: chosen with the method by inner cross-validation")
     logistic_c: float = Field(1.0, gt=0, le=1e6, description="inverse L2 strength of the logistic head (features "
@@ -193,6 +194,22 @@ class FusionConfig(StrictModel):
     inner_folds: int = Field(3, ge=2, le=10, description="inner CV folds choosing the late-fusion weight")
     fixed_weight: float | None = Field(None, ge=0, le=1, description="late-fusion weight of the image logit; "
                                                                       "empty: chosen by inner CV")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, method: str) -> str:
+        choices = configurable_methods() + ["auto"]
+        if method not in choices:
+            raise ValueError(f"unknown fusion method {method!r}; choose from {choices}")
+        return method
+
+    @field_validator("head")
+    @classmethod
+    def _head(cls, head: str) -> str:
+        choices = binary_learners() + ["auto"]
+        if head not in choices:
+            raise ValueError(f"unknown head learner {head!r}; choose from {choices}")
+        return head
 
     @field_validator("late_fusion_weights")
     @classmethod
@@ -348,8 +365,9 @@ class ExperimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _primary_is_trained(self) -> ExperimentConfig:
-        if self.fusion.method == "type_mixture" and "lesion_type" not in self.targets:
-            raise ValueError("fusion.method type_mixture scores malignancy through the lesion's type: add "
+        method = self.fusion.method
+        if method != "auto" and FUSION_METHODS.fact(method, "needs_types") and "lesion_type" not in self.targets:
+            raise ValueError(f"fusion.method {method} scores malignancy through the lesion's type: add "
                              "lesion_type to targets ([malignancy, lesion_type]) or choose another method")
         if self.primary_variant not in self.variants:
             raise ValueError(f"primary_variant {self.primary_variant!r} is not among variants {self.variants}")

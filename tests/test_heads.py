@@ -10,8 +10,8 @@ from fusion_model.config import ExperimentConfig
 from fusion_model.errors import UserInputError
 from fusion_model.heads.baselines import rule_scores
 from fusion_model.heads.calibration import Calibrator
-from fusion_model.heads.variant import VariantFit, VariantFitter, best_late_weight, late_fusion_margin
-from fusion_model.heads.xgb import XGBHead
+from fusion_model.heads.methods import best_late_weight, late_fusion_margin
+from fusion_model.heads.variant import VariantFit, VariantFitter
 from fusion_model.splits import inner_validation_split, patient_grouped_folds
 from fusion_model.stats import calibration
 
@@ -134,9 +134,7 @@ def test_fitted_variant_scores_round_trips_and_uses_one_mix(method, tmp_path):
     entry = fit.to_manifest(save_head)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imaging_radiological_fusion.json",
                                                            "imaging_radiological_tabular.json"]
-    loaded = VariantFit.from_manifest(
-        "imaging_radiological", entry,
-        lambda rel, names, learner: XGBHead.load(tmp_path / rel, config.xgboost, names))
+    loaded = VariantFit.from_manifest("imaging_radiological", entry, tmp_path, config)
     np.testing.assert_array_equal(loaded.margin(X_img, X_tab), margin)
     assert loaded.thresholds == fit.thresholds and loaded.oof_auc == fit.oof_auc
 
@@ -182,13 +180,7 @@ def test_automatic_choice_is_nested_and_names_what_it_chose(tmp_path):
     np.testing.assert_allclose(fitter.selected_margins(X_img, X_tab, y, groups, folds).shape, (len(y),))
     entry = fit.to_manifest(lambda key, head: (head.save(tmp_path / f"{key}.json"), f"{key}.json")[1])
     assert entry["selection"] == selection and {h["learner"] for h in entry["heads"].values()} == {fit.learner}
-    from fusion_model.heads.logistic import LogisticHead
-
-    def load(rel, names, learner):
-        return LogisticHead.load(tmp_path / rel, names) if learner == "logistic" else \
-            XGBHead.load(tmp_path / rel, config.xgboost, names)
-
-    loaded = VariantFit.from_manifest("imaging_radiological", entry, load)
+    loaded = VariantFit.from_manifest("imaging_radiological", entry, tmp_path, config)
     np.testing.assert_array_equal(loaded.margin(X_img, X_tab), fit.margin(X_img, X_tab))
     tabular = VariantFitter(ExperimentConfig(xgboost={"n_estimators": 40}, fusion={"method": "tabular_head"})).fit(
         "imaging_radiological", X_img, X_tab, y, groups, folds)[0]
@@ -215,12 +207,10 @@ def _typed_problem(n: int = 360, seed: int = 0):
 
 
 def test_type_mixture_scores_malignancy_through_the_type_round_trips_and_explains_exactly(tmp_path):
-    import shap
     from scipy.special import softmax
     from sklearn.metrics import roc_auc_score
 
-    from fusion_model.explain.contributions import type_mixture_contributions
-    from fusion_model.heads.subtype import MultiClassHead
+    from fusion_model.heads.methods import type_mixture_contributions
 
     X_img, X_tab, y, groups, types = _typed_problem()
     config = ExperimentConfig(xgboost={"n_estimators": 40}, fusion={"method": "type_mixture"},
@@ -232,9 +222,9 @@ def test_type_mixture_scores_malignancy_through_the_type_round_trips_and_explain
     assert fit.method == "type_mixture" and fit.learner == "xgboost_multiclass"
     assert np.isfinite(probability).all()  # untyped lesions are scored out of fold too
     assert fit.score_oof_auc > 0.85 and fit.oof_auc["type_mixture"] == fit.score_oof_auc
-    rates = fit.type_mixture["rates"]
+    rates = fit.type_mixture.rates
     assert rates[:3] == [0.0, 0.0, 1.0] and 0.3 < rates[3] < 0.7  # the training lesions' shares of malignancy
-    mixed = (softmax(fit.type_margins(X_img, X_tab) / fit.type_mixture["temperature"], axis=1) * rates).sum(1)
+    mixed = (softmax(fit.type_margins(X_img, X_tab) / fit.type_mixture.temperature, axis=1) * rates).sum(1)
     margin = fit.margin(X_img, X_tab)
     np.testing.assert_allclose(1 / (1 + np.exp(-margin)), np.clip(mixed, 1e-6, 1 - 1e-6), rtol=1e-9)
     assert roc_auc_score(y, margin) > 0.85
@@ -242,16 +232,11 @@ def test_type_mixture_scores_malignancy_through_the_type_round_trips_and_explain
     entry = fit.to_manifest(lambda key, head: (head.save(tmp_path / f"{key}.json"), f"{key}.json")[1])
     assert entry["heads"]["types"]["learner"] == "xgboost_multiclass"
 
-    def load(rel, names, learner, classes=None):
-        if learner == "xgboost_multiclass":
-            return MultiClassHead.load(tmp_path / rel, config.xgboost, names, classes)
-        return XGBHead.load(tmp_path / rel, config.xgboost, names)
-
-    loaded = VariantFit.from_manifest("imaging_radiological", entry, load)
+    loaded = VariantFit.from_manifest("imaging_radiological", entry, tmp_path, config)
     np.testing.assert_array_equal(loaded.margin(X_img, X_tab), margin)
 
     X = fit.scoring_frame(X_img, X_tab)
-    contributions, base = type_mixture_contributions(fit, shap.TreeExplainer(fit.heads["types"].booster_), X, margin)
+    contributions, base = type_mixture_contributions(fit, X, margin)
     np.testing.assert_allclose(base + contributions.sum(axis=1).to_numpy(), margin, atol=1e-9)
     assert list(contributions.columns) == list(X.columns)
     # the image logit here is noise, the two features carry the type

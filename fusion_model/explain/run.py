@@ -247,20 +247,19 @@ def _render_cases(jobs: list, progress: bool) -> dict[str, str]:
 def _global_images(model: FusionModel, contributions: Contributions, frames, variant: str) -> dict[str, bytes]:
     images = {}
     fit = model.variants_[variant]
-    if fit.method != "image_logit":
-        head_kind = {"fusion_head": "fusion head", "late_fusion": "late fusion",
-                     "type_mixture": "type mixture"}.get(fit.method, "tabular head")
+    method = fit.fusion_method
+    if method.head_kind is not None:
         images["global/beeswarm.png"] = plots.beeswarm(contributions.values, contributions.shap,
-                                                       f"{variant}: SHAP values ({head_kind})")
+                                                       f"{variant}: SHAP values ({method.label})")
         images["global/mean_abs_shap.png"] = plots.mean_abs_bar(contributions.shap,
-                                                                f"{variant}: mean |SHAP| ({head_kind})")
-        if fit.method == "fusion_head" and "tabular" in fit.heads:
-            X = fit.head_frame("tabular", *frames)
-            tab, _ = fit.heads["tabular"].shap_values(X)
-            images["global/beeswarm_tabular_head.png"] = plots.beeswarm(X, tab, f"{variant}: SHAP values "
-                                                                                "(tabular head)")
-            images["global/mean_abs_shap_tabular_head.png"] = plots.mean_abs_bar(tab, f"{variant}: mean |SHAP| "
-                                                                                      "(tabular head)")
+                                                                f"{variant}: mean |SHAP| ({method.label})")
+        for kind in (k for k in method.explained_heads if k in fit.heads):
+            X = fit.head_frame(kind, *frames)
+            values, _ = fit.heads[kind].shap_values(X)
+            images[f"global/beeswarm_{kind}_head.png"] = plots.beeswarm(X, values, f"{variant}: SHAP values "
+                                                                                    f"({kind} head)")
+            images[f"global/mean_abs_shap_{kind}_head.png"] = plots.mean_abs_bar(values, f"{variant}: mean |SHAP| "
+                                                                                          f"({kind} head)")
     images["global/groups.png"] = plots.group_bar(contributions.group_contributions(),
                                                   f"{variant}: contributions by kind of feature")
     return images

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
+from fusion_model.config import ExperimentConfig
 from fusion_model.errors import UserInputError
 
 KIND = "fusion-model-logistic-head"
@@ -25,11 +26,17 @@ class LogisticHead:
     """L2-regularised logistic regression over standardised features; ``decision_function`` gives log-odds."""
 
     learner = "logistic"
+    outputs = "binary"
 
     def __init__(self, feature_names: Sequence[str], c: float = 1.0, seed: int = 0):
         self.feature_names = list(feature_names)
         self.c = float(c)
         self.seed = seed
+
+    @classmethod
+    def build(cls, feature_names: Sequence[str], config: ExperimentConfig, threads: int = 2) -> LogisticHead:
+        """An unfitted head with the experiment's L2 strength (``fusion.logistic_c``) and seed."""
+        return cls(feature_names, config.fusion.logistic_c, seed=config.seed)
 
     def _standardised(self, X) -> np.ndarray:
         z = (np.asarray(X, dtype=float) - self.mean_) / self.sd_
@@ -68,7 +75,7 @@ class LogisticHead:
             "coef": self.coef_.tolist(), "mean": self.mean_.tolist(), "sd": self.sd_.tolist()}, indent=1))
 
     @classmethod
-    def load(cls, path: Path, feature_names: Sequence[str]) -> LogisticHead:
+    def load(cls, path: Path, feature_names: Sequence[str], config: ExperimentConfig | None = None) -> LogisticHead:
         """Read a saved head; its feature names must be the manifest's."""
         try:
             data = json.loads(Path(path).read_text())

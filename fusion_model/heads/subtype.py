@@ -14,6 +14,7 @@ merged with the other rare types into one class ``rare`` (the manifest lists wha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -99,6 +100,7 @@ class MultiClassHead:
     """An XGBoost ``multi:softprob`` head: fit on class indices, margins (n, classes), XGBoost JSON."""
 
     learner = "xgboost_multiclass"
+    outputs = "classes"
 
     def __init__(self, config: XGBoostConfig, feature_names, classes: int, seed: int = 0, threads: int = 2):
         self.config = config
@@ -106,6 +108,11 @@ class MultiClassHead:
         self.classes = classes
         self.seed = seed
         self.threads = threads
+
+    @classmethod
+    def build(cls, feature_names, config: ExperimentConfig, threads: int = 2, classes: int = 2) -> MultiClassHead:
+        """An unfitted head over ``classes`` classes with the experiment's XGBoost settings and seed."""
+        return cls(config.xgboost, feature_names, classes, seed=config.seed, threads=threads)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> MultiClassHead:
         c = self.config
@@ -122,14 +129,33 @@ class MultiClassHead:
         data = xgb.DMatrix(np.asarray(X, dtype=float), feature_names=self.feature_names, missing=np.nan)
         return np.asarray(self.booster_.predict(data, output_margin=True), dtype=float).reshape(len(X), self.classes)
 
+    def shap_values(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Exact TreeSHAP values of every class margin, (lesions, features, classes), and the expected margins
+        (shap.TreeExplainer, built once per head)."""
+        import shap
+
+        if getattr(self, "_explainer", None) is None:
+            self._explainer = shap.TreeExplainer(self.booster_)
+        raw = self._explainer.shap_values(X.to_numpy(dtype=float))
+        values = np.stack(raw, axis=-1) if isinstance(raw, list) else np.asarray(raw, dtype=float)
+        return (values.reshape(len(X), X.shape[1], self.classes),
+                np.ravel(self._explainer.expected_value).astype(float))
+
     def save(self, path) -> None:
         self.booster_.save_model(str(path))
 
     @classmethod
-    def load(cls, path, config: XGBoostConfig, feature_names, classes: int) -> MultiClassHead:
-        head = cls(config, feature_names, classes)
-        head.booster_ = load_booster(path, feature_names)
+    def load(cls, path, feature_names, config: ExperimentConfig) -> MultiClassHead:
+        """Read a saved head (its number of classes is the file's); its feature names must be the manifest's."""
+        booster = load_booster(path, feature_names)
+        head = cls(config.xgboost, feature_names, booster_classes(booster))
+        head.booster_ = booster
         return head
+
+
+def booster_classes(booster: xgb.Booster) -> int:
+    """The number of classes a saved multi-class booster scores."""
+    return int(json.loads(booster.save_config())["learner"]["learner_model_param"]["num_class"])
 
 
 def fit_temperature(margins: np.ndarray, y: np.ndarray) -> float:
@@ -166,8 +192,11 @@ class SubtypeFit:
                 "file": save_head(f"{self.variant}_subtype", self.head)}
 
     @classmethod
-    def from_manifest(cls, variant: str, entry: dict, config: XGBoostConfig, root) -> SubtypeFit:
-        head = MultiClassHead.load(root / entry["file"], config, entry["features"], len(entry["classes"]))
+    def from_manifest(cls, variant: str, entry: dict, config: ExperimentConfig, root) -> SubtypeFit:
+        head = MultiClassHead.load(root / entry["file"], entry["features"], config)
+        if head.classes != len(entry["classes"]):
+            raise ValueError(f"{entry['file']} scores {head.classes} classes, the manifest names "
+                             f"{len(entry['classes'])}")
         return cls(variant, list(entry["classes"]), list(entry["features"]), head, float(entry["temperature"]))
 
 
@@ -197,7 +226,7 @@ def fit_subtype(config: ExperimentConfig, variant: str, X: pd.DataFrame, y: np.n
     known = y >= 0
 
     def head() -> MultiClassHead:
-        return MultiClassHead(config.xgboost, list(X.columns), k, seed=config.seed, threads=threads)
+        return MultiClassHead.build(list(X.columns), config, threads, classes=k)
 
     values = X.to_numpy(dtype=float)
     oof, temperature = cv_type_margins(head, values, y, folds)

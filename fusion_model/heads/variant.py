@@ -1,23 +1,12 @@
 """One model variant, fitted: which head scores it, how its margin is formed, its calibration and thresholds.
 
-A variant's margin (log-odds) comes from one of four methods:
-
-- ``image_logit``: the encoder's logit alone (the imaging-only variant);
-- ``fusion_head``: a head over the imaging features and the variant's tabular features;
-- ``late_fusion``: ``w * image_logit + (1 - w) * tabular margin``, a head over the tabular
-  features mixed with the image logit, ``w`` chosen by inner cross-validation (or fixed by the config);
-- ``tabular_head``: the tabular head alone (the image adds nothing the features do not already say);
-- ``type_mixture`` (with ``targets: [malignancy, lesion_type]``): malignancy through the lesion's type, the
-  probability ``sum_c P(type c | lesion) * r_c`` where ``P`` is a multi-class head over the fusion head's inputs
-  (the variant's lesion-type head: XGBoost ``multi:softprob``, temperature fitted on its out-of-fold margins) and
-  ``r_c`` the share of malignant lesions among the training lesions of type c (0 or 1 where a type decides
-  malignancy, between where it does not). Six labelled types teach the head more than benign / malignant does;
-  lesions of type ``other`` or unknown type are scored too, but only typed lesions train the head.
-
-Heads are XGBoost or an L2-regularised logistic regression (``fusion.head``). With ``fusion.method: auto``
-(and / or ``fusion.head: auto``) each outer fold chooses the method and learner by inner cross-validation on
-its training part, so the reported out-of-fold AUC is that of the whole choice (nested, not optimistic); the
-model for new lesions takes the candidate with the best out-of-fold AUC on all training lesions.
+A variant's margin (log-odds) comes from a fusion method (:mod:`fusion_model.heads.methods`: the image logit
+alone, the fusion head, late fusion, the tabular head or the type mixture, or any method registered in
+:data:`fusion_model.registry.FUSION_METHODS`), its heads from a registered learner (XGBoost or an
+L2-regularised logistic regression, ``fusion.head``). With ``fusion.method: auto`` (and / or
+``fusion.head: auto``) each outer fold chooses the method and learner by inner cross-validation on its
+training part, so the reported out-of-fold AUC is that of the whole choice (nested, not optimistic); the model
+for new lesions takes the candidate with the best out-of-fold AUC on all training lesions.
 
 :class:`VariantFitter` cross-validates and fits them on out-of-fold encoder outputs; :class:`VariantFit`
 is the result, which computes its own margin and probability and writes itself to the model manifest.
@@ -25,57 +14,22 @@ is the result, which computes its own margin and probability and writes itself t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
 
 from fusion_model.config import ExperimentConfig
+from fusion_model.heads.base import Head
 from fusion_model.heads.calibration import Calibrator
-from fusion_model.heads.logistic import LogisticHead
-from fusion_model.heads.subtype import LesionTypes, MultiClassHead, cv_type_margins
+from fusion_model.heads.methods import (FusionMethod, HeadInputs, TypeMixture, best_late_weight, late_fusion_margin,
+                                        method_order)
+from fusion_model.heads.subtype import LesionTypes
 from fusion_model.heads.thresholds import operating_thresholds
-from fusion_model.heads.xgb import XGBHead
+from fusion_model.registry import FUSION_METHODS, LEARNERS, binary_learners
 from fusion_model.splits import patient_grouped_folds
 from fusion_model.stats import nan_safe_auc
-
-METHODS = ("image_logit", "fusion_head", "late_fusion", "tabular_head", "type_mixture")
-HEAD_METHODS = ("fusion_head", "late_fusion", "tabular_head")
-LEARNERS = ("xgboost", "logistic")
-MIXTURE_EPS = 1e-6  # the type mixture's probability is kept in [eps, 1 - eps] before its log-odds
-
-
-def type_rates(codes: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Share of malignant lesions per type class among typed lesions (the overall share for a class with none)."""
-    typed = codes >= 0
-    overall = float(np.mean(y[typed])) if typed.any() else float(np.mean(y))
-    return np.array([float(np.mean(y[codes == c])) if (codes == c).any() else overall for c in range(n_classes)])
-
-
-def mixture_probability(type_margins: np.ndarray, temperature: float, rates: np.ndarray) -> np.ndarray:
-    """sum_c softmax(margins / T)_c * r_c per lesion (``rates`` (classes,) or one row per lesion)."""
-    return (softmax(np.asarray(type_margins, dtype=float) / temperature, axis=1) * rates).sum(axis=1)
-
-
-def mixture_margin(type_margins: np.ndarray, temperature: float, rates: np.ndarray) -> np.ndarray:
-    """The type mixture's log-odds."""
-    p = np.clip(mixture_probability(type_margins, temperature, rates), MIXTURE_EPS, 1 - MIXTURE_EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def late_fusion_margin(image_logit, tabular_margin, weight: float):
-    """The late-fusion mix of the image logit and the tabular head's margin (arrays, frames or numbers:
-    also of their parts, since the mix is linear)."""
-    return weight * image_logit + (1 - weight) * tabular_margin
-
-
-def best_late_weight(labels: np.ndarray, image_logit: np.ndarray, tabular_margin: np.ndarray,
-                     weights: list[float]) -> float:
-    """The candidate weight whose late-fusion margin has the highest AUC (the first of equals)."""
-    aucs = [nan_safe_auc(labels, late_fusion_margin(image_logit, tabular_margin, w)) for w in weights]
-    return float(weights[int(np.nanargmax(aucs))])
 
 
 @dataclass
@@ -83,37 +37,37 @@ class VariantFit:
     """A fitted variant; rows of every frame it is given are lesions, columns named features."""
 
     name: str
-    method: str                                   # one of METHODS
+    method: str                                   # a registered fusion method (FUSION_METHODS)
     imaging_features: list[str]                   # image_logit, image_pc1 ...
     tabular_features: list[str]                   # empty for the imaging-only variant
     calibrator: Calibrator
     thresholds: dict[str, float]                  # operating thresholds on calibrated OOF probabilities
     oof_auc: dict[str, float]                     # out-of-fold AUC of each margin that was cross-validated
-    heads: dict[str, XGBHead | LogisticHead] = field(default_factory=dict)  # kind ('fusion', 'tabular') -> head
+    heads: dict[str, Head] = field(default_factory=dict)  # kind ('fusion', 'tabular', 'types') -> head
     late_fusion_weight: float | None = None       # weight of the image logit
     selection: dict | None = None                 # fusion.method / head auto: candidates and the nested choice
-    type_mixture: dict | None = None              # classes, temperature, rates (the type-mixture method)
+    type_mixture: TypeMixture | None = None       # the type mixture's classes, temperature and rates
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"variant {self.name}: unknown method {self.method!r}; choose from {list(METHODS)}")
-        if self.method != "image_logit" and self.scoring_head_kind not in self.heads:
-            raise ValueError(f"variant {self.name}: method {self.method} needs its {self.scoring_head_kind} head")
-        if self.method == "late_fusion" and self.late_fusion_weight is None:
-            raise ValueError(f"variant {self.name}: late fusion needs a weight")
-        if self.method == "type_mixture" and not self.type_mixture:
-            raise ValueError(f"variant {self.name}: the type mixture needs its classes, temperature and rates")
+        if self.method not in FUSION_METHODS:
+            raise ValueError(f"variant {self.name}: unknown method {self.method!r}; choose from "
+                             f"{FUSION_METHODS.names()}")
+        self.fusion_method.check(self)
 
     # ----------------------------------------------------------------------------- scoring
+    @property
+    def fusion_method(self) -> FusionMethod:
+        """The registered method that forms this variant's margin."""
+        return FUSION_METHODS.get(self.method)
+
     @property
     def scoring_head_kind(self) -> str | None:
         """Which head gives the margin: 'fusion', 'tabular' (late fusion), 'types' (the type mixture) or None
         (image logit)."""
-        return {"fusion_head": "fusion", "late_fusion": "tabular", "tabular_head": "tabular",
-                "type_mixture": "types"}.get(self.method)
+        return self.fusion_method.head_kind
 
     @property
-    def scoring_head(self) -> XGBHead | None:
+    def scoring_head(self) -> Head | None:
         """The head that gives the margin (None for the image logit)."""
         kind = self.scoring_head_kind
         return None if kind is None else self.heads[kind]
@@ -121,9 +75,9 @@ class VariantFit:
     def head_frame(self, kind: str, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> pd.DataFrame:
         """What the ``kind`` head sees, columns in its order (a feature the lesions lack is NaN)."""
         X_tab_v = X_tab.reindex(columns=self.tabular_features)
-        if kind in ("fusion", "types"):
-            return pd.concat([X_img[self.imaging_features], X_tab_v], axis=1)
-        return X_tab_v
+        if kind == "tabular":
+            return X_tab_v
+        return pd.concat([X_img[self.imaging_features], X_tab_v], axis=1)
 
     def scoring_frame(self, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> pd.DataFrame:
         """What the scoring head sees (the image logit alone for the imaging-only variant)."""
@@ -132,16 +86,7 @@ class VariantFit:
 
     def margin(self, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> np.ndarray:
         """Uncalibrated margin (log-odds) per lesion."""
-        image_logit = X_img["image_logit"].to_numpy(dtype=float)
-        if self.method == "image_logit":
-            return image_logit
-        if self.method == "type_mixture":
-            return mixture_margin(self.type_margins(X_img, X_tab), self.type_mixture["temperature"],
-                                  np.asarray(self.type_mixture["rates"], dtype=float))
-        head_margin = self.scoring_head.decision_function(self.scoring_frame(X_img, X_tab).to_numpy(dtype=float))
-        if self.method in ("fusion_head", "tabular_head"):
-            return head_margin
-        return self.mix(image_logit, head_margin)
+        return self.fusion_method.margin(self, X_img, X_tab)
 
     def type_margins(self, X_img: pd.DataFrame, X_tab: pd.DataFrame) -> np.ndarray:
         """The type head's margins (lesions x classes), for the type mixture."""
@@ -173,7 +118,7 @@ class VariantFit:
         """The head's name in the artifact (its file is heads/KEY.json)."""
         return f"{self.name}_{kind}"
 
-    def to_manifest(self, save_head: Callable[[str, XGBHead], str]) -> dict:
+    def to_manifest(self, save_head) -> dict:
         """Plain data for the manifest; ``save_head(key, head)`` writes a head and returns its file."""
         return {
             "method": self.method, "imaging_features": self.imaging_features,
@@ -182,27 +127,24 @@ class VariantFit:
             "heads": {kind: {"file": save_head(self.head_key(kind), head), "features": head.feature_names,
                              "learner": head.learner}
                       for kind, head in self.heads.items()},
-            "selection": self.selection, "type_mixture": self.type_mixture,
+            "selection": self.selection,
+            "type_mixture": None if self.type_mixture is None else self.type_mixture.to_manifest(),
         }
 
     @classmethod
-    def from_manifest(cls, name: str, entry: dict, load_head: Callable[..., XGBHead]) -> "VariantFit":
-        """The variant a manifest entry describes; ``load_head(file, features, learner[, classes])`` reads a head
-        (``classes`` for a multi-class head)."""
+    def from_manifest(cls, name: str, entry: dict, root: Path, config: ExperimentConfig) -> VariantFit:
+        """The variant a manifest entry describes, its heads read from their files under ``root`` by their
+        registered learners."""
         mixture = entry.get("type_mixture")
-
-        def head(h: dict):
-            learner = h.get("learner", "xgboost")
-            if learner == MultiClassHead.learner:  # the type mixture's head: its classes come with it
-                return load_head(h["file"], list(h["features"]), learner, len(mixture["classes"]) if mixture else 0)
-            return load_head(h["file"], list(h["features"]), learner)
-
+        heads = {kind: LEARNERS.get(h.get("learner", "xgboost")).load(Path(root) / h["file"], list(h["features"]),
+                                                                      config)
+                 for kind, h in entry["heads"].items()}
         return cls(
             name=name, method=entry["method"], imaging_features=list(entry["imaging_features"]),
             tabular_features=list(entry["tabular_features"]), calibrator=Calibrator.from_dict(entry["calibrator"]),
-            thresholds=dict(entry["thresholds"]), oof_auc=dict(entry["oof_auc"]),
-            heads={kind: head(h) for kind, h in entry["heads"].items()},
-            late_fusion_weight=entry["late_fusion_weight"], selection=entry.get("selection"), type_mixture=mixture,
+            thresholds=dict(entry["thresholds"]), oof_auc=dict(entry["oof_auc"]), heads=heads,
+            late_fusion_weight=entry["late_fusion_weight"], selection=entry.get("selection"),
+            type_mixture=TypeMixture.from_manifest(mixture) if mixture else None,
         )
 
 
@@ -213,45 +155,22 @@ class VariantFitter:
         self.config = config
         self.threads = threads
 
-    def head(self, feature_names: list[str], learner: str = "xgboost") -> XGBHead | LogisticHead:
-        """An unfitted head over these features: XGBoost or the logistic head."""
-        if learner == "logistic":
-            return LogisticHead(feature_names, self.config.fusion.logistic_c, seed=self.config.seed)
-        return XGBHead(self.config.xgboost, feature_names, seed=self.config.seed, threads=self.threads)
+    def head(self, feature_names: list[str], learner: str = "xgboost") -> Head:
+        """An unfitted head over these features by a registered learner."""
+        return LEARNERS.get(learner).build(feature_names, self.config, self.threads)
 
     def candidates(self, types: LesionTypes | None = None) -> list[tuple[str, str]]:
-        """(method, learner) pairs a variant with tabular features chooses from, in order of preference; the
-        type mixture (an XGBoost multi-class head) is a candidate of ``auto`` when the lesions' types are given."""
+        """(method, learner) pairs a variant with tabular features chooses from, in order of preference: with
+        ``fusion.method: auto`` every registered method that is a candidate for these lesions (the type mixture
+        when their types are given), each with every learner of ``fusion.head`` unless it has its own."""
         fusion = self.config.fusion
-        if fusion.method == "type_mixture":
-            return [("type_mixture", "xgboost")]
-        methods = HEAD_METHODS if fusion.method == "auto" else (fusion.method,)
-        learners = LEARNERS if fusion.head == "auto" else (fusion.head,)
-        pairs = [(m, learner) for learner in learners for m in methods]
-        if fusion.method == "auto" and types is not None:
-            pairs.append(("type_mixture", "xgboost"))
-        return pairs
-
-    def type_head(self, feature_names: list[str], n_classes: int) -> MultiClassHead:
-        """An unfitted multi-class head (the type mixture's)."""
-        return MultiClassHead(self.config.xgboost, feature_names, n_classes, seed=self.config.seed,
-                              threads=self.threads)
-
-    def type_mixture_oof(self, X: pd.DataFrame, y: np.ndarray, types: LesionTypes, folds) -> tuple[np.ndarray, float]:
-        """Out-of-fold type-mixture margins of every lesion (each fold's type head and rates from that fold's
-        typed training lesions) and the temperature fitted on the typed lesions' out-of-fold type margins."""
-        k = len(types.classes)
-        typed = types.codes >= 0
-        margins, temperature = cv_type_margins(lambda: self.type_head(list(X.columns), k), X.values, types.codes,
-                                               folds)
-        rates = np.full((len(y), k), np.nan)
-        for train_idx, test_idx in folds:
-            fit_idx = train_idx[typed[train_idx]]
-            rates[test_idx] = type_rates(types.codes[fit_idx], y[fit_idx], k)
-        out = np.full(len(y), np.nan)
-        done = np.isfinite(margins).all(axis=1)
-        out[done] = mixture_margin(margins[done], temperature, rates[done])
-        return out, temperature
+        learners = binary_learners() if fusion.head == "auto" else [fusion.head]
+        if fusion.method == "auto":
+            methods = [m for m in FUSION_METHODS if m.candidate(types)]
+        else:
+            methods = [FUSION_METHODS.get(fusion.method)]
+        pairs = [(m.name, learner) for learner in learners for m in methods if m.learner is None]
+        return pairs + [(m.name, m.learner) for m in methods if m.learner is not None]
 
     def cv_margins(self, X: pd.DataFrame, y: np.ndarray, folds, learner: str = "xgboost") -> np.ndarray:
         """Out-of-fold margins of a head over ``X``'s columns."""
@@ -274,44 +193,47 @@ class VariantFitter:
     def oof_margins(self, X_img: pd.DataFrame, X_tab: pd.DataFrame, y: np.ndarray, groups: np.ndarray, folds,
                     methods=("fusion_head", "late_fusion"), on_fold=None, learner: str = "xgboost",
                     types: LesionTypes | None = None, facts: dict | None = None) -> dict[str, np.ndarray]:
-        """Out-of-fold margins of a variant's heads over ``folds`` (each fitted on the other folds only).
+        """Out-of-fold margins of a variant's methods over ``folds`` (each fitted on the other folds only).
 
-        ``X_tab`` holds the variant's tabular features (none for the imaging-only variant); the tabular head's
-        margins come with late fusion's (``tabular_head``). ``on_fold(k, margins)`` is called after each fold
-        (a hyperparameter search prunes with it). The type mixture (in ``methods``, with ``types``) is filled
-        after the last fold: its temperature is fitted on all folds' type margins (put in ``facts``).
+        ``X_tab`` holds the variant's tabular features (none for the imaging-only variant); a method's needs
+        come with it (the tabular head's margins with late fusion's). ``on_fold(k, margins)`` is called after
+        each fold (a hyperparameter search prunes with it). A method that fills its margins after the last fold
+        (the type mixture, whose temperature is fitted on all folds' type margins) puts what it learnt in
+        ``facts``.
         """
-        image_logit = X_img["image_logit"].to_numpy()
-        out = {"image_logit": image_logit}
+        out = {"image_logit": X_img["image_logit"].to_numpy()}
         if X_tab.shape[1] == 0:
             return out
-        X_fused = pd.concat([X_img, X_tab], axis=1)
-        late = "late_fusion" in methods
-        tabular = late or "tabular_head" in methods
-        for method in ("fusion_head", "late_fusion", "tabular_head", "type_mixture"):
-            if method in methods or (method == "tabular_head" and tabular):
-                out[method] = np.full(len(y), np.nan)  # the type mixture's after the last fold
+        data = HeadInputs(X_img, X_tab, y, groups, types)
+        order = method_order(methods)
+        wanted = {method.name for method in order}
+        for name in FUSION_METHODS.names():  # the margins in the registry's order
+            if name in wanted:
+                out[name] = np.full(len(y), np.nan)
         for k, (train_idx, test_idx) in enumerate(folds):
-            if "fusion_head" in methods:
-                head = self.head(list(X_fused.columns), learner).fit(X_fused.values[train_idx], y[train_idx])
-                out["fusion_head"][test_idx] = head.decision_function(X_fused.values[test_idx])
-            if tabular:
-                head = self.head(list(X_tab.columns), learner).fit(X_tab.values[train_idx], y[train_idx])
-                out["tabular_head"][test_idx] = head.decision_function(X_tab.values[test_idx])
-            if late:
-                w = self.late_weight(X_tab.iloc[train_idx], image_logit[train_idx], y[train_idx], groups[train_idx],
-                                     learner)
-                out["late_fusion"][test_idx] = late_fusion_margin(image_logit[test_idx],
-                                                                  out["tabular_head"][test_idx], w)
+            for method in order:
+                margins = method.fold_margins(self, data, train_idx, test_idx, learner, out)
+                if margins is not None:
+                    out[method.name][test_idx] = margins
             if on_fold is not None:
                 on_fold(k, out)
-        if "type_mixture" in methods:
-            if types is None:
-                raise ValueError("the type mixture needs the lesions' types (targets: [malignancy, lesion_type])")
-            out["type_mixture"], temperature = self.type_mixture_oof(X_fused, y, types, folds)
-            if facts is not None:
-                facts["type_temperature"] = temperature
+        facts = {} if facts is None else facts
+        for method in order:
+            margins = method.after_folds(self, data, folds, learner, out, facts)
+            if margins is not None:
+                out[method.name] = margins
         return out
+
+    def learner_oof_margins(self, X_img: pd.DataFrame, X_tab: pd.DataFrame, y: np.ndarray, groups: np.ndarray,
+                            folds, candidates: list[tuple[str, str]], types: LesionTypes | None = None,
+                            reported: bool = False, facts: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """Each candidate learner's out-of-fold margins of its candidate methods (and, with ``reported``, of the
+        methods every fit reports)."""
+        always = [m.name for m in FUSION_METHODS if m.reported] if reported else []
+        return {lr: self.oof_margins(X_img, X_tab, y, groups, folds,
+                                     methods=always + [m for m, c in candidates if c == lr and m not in always],
+                                     learner=lr, types=types, facts=facts)
+                for lr in dict.fromkeys(c for _, c in candidates)}
 
     def nested_choice(self, X_img: pd.DataFrame, X_tab: pd.DataFrame, y: np.ndarray, groups: np.ndarray, folds,
                       outer: dict[str, dict[str, np.ndarray]], types: LesionTypes | None = None
@@ -326,14 +248,10 @@ class VariantFitter:
             y_in, g_in = y[train_idx], groups[train_idx]
             inner = patient_grouped_folds(y_in, g_in, min(self.config.fusion.inner_folds, min_class_patients(y_in, g_in)),
                                           self.config.seed + 2)
-            scores = {}
-            for learner in dict.fromkeys(lr for _, lr in candidates):
-                methods = [m for m, lr in candidates if lr == learner]
-                inner_types = None if types is None else LesionTypes(types.codes[train_idx], types.classes)
-                inner_margins = self.oof_margins(X_img.iloc[train_idx], X_tab.iloc[train_idx], y_in, g_in, inner,
-                                                 methods=methods, learner=learner, types=inner_types)
-                for m in methods:
-                    scores[(m, learner)] = nan_safe_auc(y_in, inner_margins[m])
+            inner_types = None if types is None else LesionTypes(types.codes[train_idx], types.classes)
+            inner_margins = self.learner_oof_margins(X_img.iloc[train_idx], X_tab.iloc[train_idx], y_in, g_in, inner,
+                                                     candidates, inner_types)
+            scores = {(m, lr): nan_safe_auc(y_in, inner_margins[lr][m]) for m, lr in candidates}
             best = max(candidates, key=lambda c: (np.nan_to_num(scores[c], nan=-1.0), -candidates.index(c)))
             margins[test_idx] = outer[best[1]][best[0]][test_idx]
             choices.append(f"{best[0]}/{best[1]}")
@@ -345,8 +263,7 @@ class VariantFitter:
         if X_tab.shape[1] == 0:
             return X_img["image_logit"].to_numpy()
         candidates = self.candidates(types)
-        outer = {lr: self.oof_margins(X_img, X_tab, y, groups, folds, methods=[m for m, c in candidates if c == lr],
-                                      learner=lr, types=types) for lr in dict.fromkeys(c for _, c in candidates)}
+        outer = self.learner_oof_margins(X_img, X_tab, y, groups, folds, candidates, types)
         if len(candidates) == 1:
             method, learner = candidates[0]
             return outer[learner][method]
@@ -360,19 +277,15 @@ class VariantFitter:
         out-of-fold margins), then refitted on all lesions for new data. ``types``: the lesions' types, for the
         type mixture (``fusion.method: type_mixture``, or a candidate of ``auto``).
         """
-        heads: dict[str, XGBHead | LogisticHead | MultiClassHead] = {}
-        weight, selection, mixture = None, None, None
+        heads: dict[str, Head] = {}
+        weight, selection, extra = None, None, {}
         if X_tab.shape[1] == 0:
             method, margins = "image_logit", self.oof_margins(X_img, X_tab, y, groups, folds)
         else:
             candidates = self.candidates(types)
-            learners = list(dict.fromkeys(lr for _, lr in candidates))
             facts: dict = {}
-            outer = {lr: self.oof_margins(X_img, X_tab, y, groups, folds,
-                                          methods=HEAD_METHODS + tuple(m for m, c in candidates
-                                                                       if c == lr and m == "type_mixture"),
-                                          learner=lr, types=types, facts=facts)
-                     for lr in learners}
+            outer = self.learner_oof_margins(X_img, X_tab, y, groups, folds, candidates, types, reported=True,
+                                             facts=facts)
             if len(candidates) == 1:
                 method, learner = candidates[0]
             else:
@@ -383,23 +296,18 @@ class VariantFitter:
                 selection = {"candidates_oof_auc": aucs, "fold_choices": choices,
                              "nested_oof_auc": nan_safe_auc(y, nested), "chosen": f"{method}/{learner}"}
             margins = outer[learner]
-            X_fused = pd.concat([X_img, X_tab], axis=1)
-            heads["fusion"] = self.head(list(X_fused.columns), learner).fit(X_fused.values, y)
+            data = HeadInputs(X_img, X_tab, y, groups, types)
+            heads["fusion"] = self.head(list(data.X_fused.columns), learner).fit(data.X_fused.values, y)
             heads["tabular"] = self.head(list(X_tab.columns), learner).fit(X_tab.values, y)
             weight = self.late_weight(X_tab, margins["image_logit"], y, groups, learner)
-            if method == "type_mixture":
-                typed = types.codes >= 0
-                k = len(types.classes)
-                heads["types"] = self.type_head(list(X_fused.columns), k).fit(X_fused.values[typed],
-                                                                                types.codes[typed])
-                mixture = {"classes": list(types.classes), "temperature": facts["type_temperature"],
-                           "rates": type_rates(types.codes, y, k).tolist()}
+            more_heads, extra = FUSION_METHODS.get(method).fit_final(self, data, facts)
+            heads.update(more_heads)
         calibrator = Calibrator.fit(self.config.calibration.method, margins[method], y)
         probabilities = calibrator(margins[method])
         fit = VariantFit(name, method, list(X_img.columns), list(X_tab.columns), calibrator,
                          operating_thresholds(y, probabilities),
                          {kind: nan_safe_auc(y, m) for kind, m in margins.items()}, heads, weight, selection,
-                         mixture)
+                         **extra)
         return fit, probabilities
 
 

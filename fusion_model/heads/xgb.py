@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from fusion_model.config import XGBoostConfig
+from fusion_model.config import ExperimentConfig, XGBoostConfig
 from fusion_model.errors import UserInputError
 
 
@@ -38,12 +38,18 @@ class XGBHead:
     """An XGBoost head with scikit-learn's fit / decision_function contract, stored as XGBoost JSON."""
 
     learner = "xgboost"
+    outputs = "binary"
 
     def __init__(self, config: XGBoostConfig, feature_names: Sequence[str], seed: int = 0, threads: int = 2):
         self.config = config
         self.feature_names = list(feature_names)
         self.seed = seed
         self.threads = threads
+
+    @classmethod
+    def build(cls, feature_names: Sequence[str], config: ExperimentConfig, threads: int = 2) -> "XGBHead":
+        """An unfitted head with the experiment's XGBoost settings and seed."""
+        return cls(config.xgboost, feature_names, seed=config.seed, threads=threads)
 
     def _params(self, y: np.ndarray) -> dict:
         c = self.config
@@ -87,8 +93,8 @@ class XGBHead:
         self.booster_.save_model(str(path))
 
     @classmethod
-    def load(cls, path: Path, config: XGBoostConfig, feature_names: Sequence[str]) -> "XGBHead":
+    def load(cls, path: Path, feature_names: Sequence[str], config: ExperimentConfig) -> "XGBHead":
         """Read a saved head; its feature names must be the manifest's."""
-        head = cls(config, feature_names)
+        head = cls(config.xgboost, feature_names)
         head.booster_ = load_booster(path, feature_names)
         return head
