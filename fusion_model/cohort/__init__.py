@@ -1,10 +1,22 @@
-"""The cohort directory contract: cohort.json + clinical.csv + images and masks."""
+"""The cohort directory contract: cohort.json + clinical.csv + images and masks.
 
-from fusion_model.cohort.load import Cohort, LesionRecord, load_cohort, mask_sources, read_clinical_csv
-from fusion_model.cohort.spec import COHORT_FILE, TABLE_FILE, CohortSpec
-from fusion_model.cohort.validate import Problem, ValidationReport, validate_cohort
+The names below load on first use (PEP 562), so that importing a submodule (the CLI's commands) does not read
+pandas and SimpleITK.
+"""
 
-__all__ = [
-    "COHORT_FILE", "TABLE_FILE", "Cohort", "CohortSpec", "LesionRecord", "Problem", "ValidationReport",
-    "load_cohort", "mask_sources", "read_clinical_csv", "validate_cohort",
-]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "Cohort": "load", "LesionRecord": "load", "load_cohort": "load", "mask_sources": "load",
+    "read_clinical_csv": "load", "COHORT_FILE": "spec", "TABLE_FILE": "spec", "CohortSpec": "spec",
+    "Problem": "validate", "ValidationReport": "validate", "validate_cohort": "validate",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -84,3 +84,17 @@ def fit_pca(embeddings: np.ndarray, n_components: int) -> dict | None:
     _, _, vt = np.linalg.svd(embeddings - mean, full_matrices=False)
     k = min(n_components, vt.shape[0])
     return {"mean": mean.tolist(), "components": vt[:k].tolist()}
+
+
+def filled_feature_table(table: pd.DataFrame, features: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per lesion with computed features (``features``, indexed by lesion_id): its size_mm and
+    unenhanced_hu (the table's where given, else measured) and every radiological feature; with a note for each
+    value filled or disagreeing."""
+    rows, notes = [], []
+    by_lesion = table.set_index("lesion_id")
+    for lesion_id, values in features.iterrows():
+        filled, lesion_notes = fill_from_features(by_lesion.loc[lesion_id].to_dict(), values.to_dict())
+        notes += [f"lesion {lesion_id}: {n}" for n in lesion_notes]
+        rows.append({"lesion_id": lesion_id, "size_mm": filled.get("size_mm"),
+                     "unenhanced_hu": filled.get("unenhanced_hu"), **values.to_dict()})
+    return pd.DataFrame(rows), notes

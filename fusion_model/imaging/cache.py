@@ -31,6 +31,11 @@ def default_cache_dir() -> Path:
 class ImageCache:
     """Crops and features on disk, keyed by the files' contents and the settings."""
 
+    @classmethod
+    def at(cls, folder: Path | None) -> ImageCache:
+        """The cache in ``folder``, or in the default one (:func:`default_cache_dir`)."""
+        return cls(folder or default_cache_dir())
+
     def __init__(self, root: Path | None):
         self.root = None if root is None else Path(root) / "images"
         self.hits = 0

@@ -1,0 +1,39 @@
+"""The console every command prints to, and the few formatting helpers their presenters share.
+
+No console markup: user and experiment text (file names, messages, "targets: [malignancy, lesion_type]") is
+printed as written; colour comes from Text styles (:func:`labelled`), never from square brackets in a string.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+console = Console(soft_wrap=True, markup=False)
+if not console.is_terminal:
+    console.width = 160  # logs and pipes: keep tables readable
+err_console = Console(stderr=True, markup=False)
+
+CacheOption = Annotated[Path | None, typer.Option(help="image cache directory (default ~/.cache/fusion-model)")]
+
+
+def labelled(label: str, style: str, text: str = "", out: Console | None = None) -> None:
+    """One line: ``label`` in ``style``, then ``text`` exactly as written."""
+    (out or console).print(Text.assemble((label, style), text))
+
+
+def fmt_auc(value) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
+
+
+def ci_text(pair) -> str:
+    return "{:.3f}-{:.3f}".format(*pair) if pair else "-"
+
+
+def macro_text(value, ci) -> str:
+    """A macro AUC with its bootstrap interval, e.g. '0.853 (0.781-0.912)'."""
+    return fmt_auc(value) + (f" ({ci_text(ci)})" if ci else "")

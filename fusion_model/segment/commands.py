@@ -1,0 +1,120 @@
+"""`fusion-model segment train | predict | evaluate`: the lesion segmenter's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fusion_model.console import console, labelled
+
+
+app = typer.Typer(
+    help="Find and outline lesions: train a MONAI 3D U-Net on outlined scans, predict masks for a cohort, evaluate.",
+    no_args_is_help=True)
+
+DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda")]
+SegmenterOption = Annotated[Path, typer.Option("--model", help="segmenter folder from segment train")]
+CentreOption = Annotated[str | None, typer.Option("--centre", help="only this centre")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite")]
+RegionOption = Annotated[Path | None, typer.Option(
+    "--region", help="CSV with the adrenal region per patient_id: box columns x_min_mm..z_max_mm (LPS mm) or "
+                     "region_mask_path (an organ mask, e.g. TotalSegmentator's adrenal labels); default: whole scan")]
+
+
+def _regions(region: Path | None, cohort: Path):
+    from fusion_model.segment.scans import read_regions
+
+    return read_regions(region, cohort) if region else None
+
+
+@app.command("train")
+def segment_train(
+    cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory with outlined lesions")],
+    out: Annotated[Path, typer.Option("--out", help="segmenter folder to write")],
+    config: Annotated[Path | None, typer.Option("--config", help="segmenter YAML (experiments/segment.yaml)")] = None,
+    test_centre: Annotated[str | None, typer.Option("--test-centre", help="leave this centre out")] = None,
+    region: RegionOption = None,
+    device: DeviceOption = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Train the lesion segmenter (resumes after a kill: run the same command again)."""
+    from fusion_model.config import load_segment_config
+    from fusion_model.segment.train import train_segmenter
+
+    settings = load_segment_config(config)
+    if threads:
+        settings = settings.model_copy(update={"threads": threads})
+    run = train_segmenter(cohort, out, settings, device=device, regions=_regions(region, cohort),
+                          test_centre=test_centre, overwrite=overwrite)
+    f = run.figures
+    op = f["operating_point"]
+    if f["resumed_from_epoch"] is not None:
+        console.print(f"resumed after epoch {f['resumed_from_epoch'] + 1}")
+    if run.skipped:
+        console.print(f"left out {len(run.skipped)} scan(s) with lesions not outlined: {', '.join(run.skipped[:10])}")
+    console.print(f"trained on {f['training_patients']} patients, early-stopped on {f['early_stopping_patients']} "
+                  f"({', '.join(f['centres'])}); best epoch {f['best_epoch'] + 1} of {f['epochs_run']}")
+    dice = f["early_stopping_lesion_dice"]
+    console.print(f"early-stopping patients: lesion Dice median {dice['median']:.3f}, mean {dice['mean']:.3f}; "
+                  f"operating point: component probability >= {op['threshold']:.3f} gives sensitivity "
+                  f"{op['sensitivity']:.3f} at {op['fp_per_scan']:.2f} false positives per scan")
+    console.print(f"{f['minutes']:.1f} min on {f['device']}, peak memory {f['peak_memory_gb']:.2f} GB; wrote {out}")
+
+
+@app.command("predict")
+def segment_predict(
+    model: SegmenterOption,
+    cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory to outline")],
+    out: Annotated[Path, typer.Option("--out", help="new cohort directory with the automatic masks")],
+    centre: CentreOption = None,
+    region: RegionOption = None,
+    device: DeviceOption = "auto",
+    dicom_seg: Annotated[bool, typer.Option("--dicom-seg/--no-dicom-seg",
+                                            help="also write DICOM SEG when the images are DICOM")] = True,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Outline every lesion of a cohort; write a new cohort (mask_source = auto) and list lesions not found."""
+    from fusion_model.segment.predict import NOT_FOUND_FILE, predict_masks
+
+    run = predict_masks(model, cohort, out, centre=centre, regions=_regions(region, cohort), device=device,
+                        dicom_seg=dicom_seg, overwrite=overwrite)
+    console.print(f"outlined {run.found} of {run.lesions} lesions ({run.seconds_per_scan:.1f} s per scan, peak "
+                  f"memory {run.peak_memory_gb:.2f} GB)" + (f"; {run.dicom_seg_files} DICOM SEG file(s)"
+                                                           if run.dicom_seg_files else ""))
+    if len(run.not_found):
+        labelled("not found", "yellow", f" ({len(run.not_found)}, listed in {out / NOT_FOUND_FILE}; their "
+                  "rows keep an empty mask_path): " + ", ".join(run.not_found["lesion_id"].head(20)))
+    console.print(f"wrote {out}")
+
+
+@app.command("evaluate")
+def segment_evaluate(
+    model: SegmenterOption,
+    cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory with reference masks")],
+    out: Annotated[Path, typer.Option("--out", help="report folder")],
+    centre: CentreOption = None,
+    region: RegionOption = None,
+    device: DeviceOption = "auto",
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Dice, HD95, surface Dice, volume difference and FROC of the segmenter against reference masks."""
+    from fusion_model.segment.evaluate import evaluate_segmenter
+
+    result = evaluate_segmenter(model, cohort, out, centre=centre, regions=_regions(region, cohort), device=device,
+                                overwrite=overwrite)
+    table = Table(title=f"segmenter on {result.metrics['cohort_name']}")
+    for column in ("centre", "lesions", "Dice median", "Dice mean", "HD95 median (mm)", "sensitivity",
+                   "FP / scan"):
+        table.add_column(column)
+    blocks = [("all", result.metrics["overall"]), *result.metrics["per_centre"].items()]
+    for name, b in blocks:
+        op = b["detection"]["operating_point"]
+        table.add_row(name, str(b["lesions"]), f"{b['dice']['median']:.3f}", f"{b['dice']['mean']:.3f}",
+                      "-" if b["hd95_mm"]["median"] is None else f"{b['hd95_mm']['median']:.1f}",
+                      f"{op['sensitivity']:.3f}", f"{op['fp_per_scan']:.2f}")
+    console.print(table)
+    console.print(f"{result.metrics['seconds_per_scan']:.1f} s per scan; wrote {out / 'report.html'}")
