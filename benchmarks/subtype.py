@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             model = pipeline.train(experiment, cohort, model_dir, ImageCache(out / "cache"), overwrite=True).model
             minutes = (time.perf_counter() - started) / 60
         info = model.subtype_info_
-        classes, merged = info["classes"], info["merged_into_rare"]
+        classes, merged = info.classes, info.lesion_types.merged
         oof = model.oof_
         truth = pd.read_csv(cohort / "truth.csv").set_index("lesion_id").loc[oof.index]
         codes = pd.Series(SubtypeClasses(classes, merged).encode(oof["lesion_type"]), index=oof.index)

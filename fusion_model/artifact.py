@@ -35,11 +35,13 @@ from fusion_model.encoder.alignment import SimilarityMap
 from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.encoder.train import build_network
 from fusion_model.errors import FusionModelWarning, UserInputError
+from fusion_model.features.table import EmbeddingPCA
 from fusion_model.fileio import atomic_directory, json_safe, sha256_file
 from fusion_model.heads.base import Head
-from fusion_model.heads.subtype import SubtypeFit
+from fusion_model.heads.subtype import SubtypeFit, SubtypeInfo
 from fusion_model.heads.variant import VariantFit
 from fusion_model.model import FusionModel
+from fusion_model.records import TrainingCohort
 
 FORMAT = "fusion-model-artifact"
 FORMAT_VERSION = 5  # 2: one entry per fitted variant, its heads inside it; 3: the encoder's fold networks;
@@ -54,9 +56,9 @@ OOF_FILE = "oof_predictions.csv"
 PHASES_DIR = "phases"
 
 
-def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: bool = False,
+def save_model(model: FusionModel, path: Path, trained_on: TrainingCohort, overwrite: bool = False,
                extra_files: dict[str, str] | None = None,
-               phase_models: dict[str, tuple[FusionModel, dict]] | None = None) -> Path:
+               phase_models: dict[str, tuple[FusionModel, TrainingCohort]] | None = None) -> Path:
     """Write the artifact atomically; ``extra_files`` maps relative names to text contents; ``phase_models``
     maps a CT phase to the same experiment trained on that phase alone and its cohort entry (``compare_phases``),
     each written as a complete artifact under ``phases/PHASE/`` and covered by the main manifest's hashes."""
@@ -68,11 +70,11 @@ def save_model(model: FusionModel, path: Path, cohort_info: dict, overwrite: boo
             (staging / PHASES_DIR / phase).mkdir(parents=True)
             _write_artifact(phase_model, staging / PHASES_DIR / phase, phase_cohort, {}, {})
             phases[phase] = f"{PHASES_DIR}/{phase}"
-        _write_artifact(model, staging, cohort_info, extra_files or {}, phases)
+        _write_artifact(model, staging, trained_on, extra_files or {}, phases)
     return Path(path)
 
 
-def _write_artifact(model: FusionModel, staging: Path, cohort_info: dict, extra_files: dict[str, str],
+def _write_artifact(model: FusionModel, staging: Path, trained_on: TrainingCohort, extra_files: dict[str, str],
                     phase_models: dict[str, str]) -> None:
     (staging / "heads").mkdir()
     (staging / ENCODER_DIR).mkdir()
@@ -106,16 +108,16 @@ def _write_artifact(model: FusionModel, staging: Path, cohort_info: dict, extra_
         "package_version": __version__, "schema_version": SCHEMA_VERSION,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": model.config.model_dump(mode="json"),
-        "cohort": cohort_info,
-        "crop_channels": model.crop_channels_,
+        "cohort": trained_on.to_manifest(),
+        "crop_channels": len(model.channels_),
         "encoder": {"networks": network_files, "inference": encoder.inference_,
                     "alignment": ALIGNMENT_FILE if encoder.alignment_ is not None else None,
                     "oof_auc": encoder.oof_auc_, "final_epochs": encoder.final_epochs_,
                     "pretrained": getattr(encoder, "pretrained_", None)},
-        "pca": model.pca_,
+        "pca": None if model.pca_ is None else model.pca_.to_manifest(),
         "tabular_groups": model.tabular_groups_,
         "variants": variants,
-        "subtypes": subtypes or None, "subtype": model.subtype_info_,
+        "subtypes": subtypes or None, "subtype": None if model.subtype_info_ is None else model.subtype_info_.to_manifest(),
         "primary_variant": model.primary_variant,
         "metrics": {"oof_auc": model.oof_auc_, "baseline_oof_auc": model.baseline_oof_auc_},
         "phase_models": phase_models or None,
@@ -182,10 +184,11 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
     if stray:
         warnings.warn(unlisted_files_note(path, stray), FusionModelWarning, stacklevel=2)
     config = parse_model(ExperimentConfig, manifest["config"], f"{path / MANIFEST} config")
+    trained_on = TrainingCohort.from_manifest(manifest["cohort"])
     entry = manifest["encoder"]
     networks = {}
     for name, rel in entry["networks"].items():
-        network = build_network(config.encoder, manifest["crop_channels"])
+        network = build_network(config.encoder, trained_on.channels)
         try:
             network.load_state_dict(load_file(str(path / rel)), strict=True)
         except (SafetensorError, RuntimeError, OSError, ValueError, KeyError) as err:  # wrong file: nothing ran
@@ -216,10 +219,11 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
     except (KeyError, TypeError, ValueError) as err:
         raise UserInputError(f"{path / MANIFEST}: a subtype entry is incomplete or malformed ({err}); "
                              "retrain the model") from None
-    return FusionModel.from_fitted(config, encoder, variants, manifest["pca"], manifest["tabular_groups"],
-                                   manifest["crop_channels"], manifest["metrics"]["baseline_oof_auc"],
+    return FusionModel.from_fitted(config, encoder, variants, EmbeddingPCA.from_manifest(manifest["pca"]),
+                                   manifest["tabular_groups"],
+                                   trained_on.channels, manifest["metrics"]["baseline_oof_auc"],
                                    pd.read_csv(path / OOF_FILE, index_col="lesion_id"), progress=progress,
-                                   manifest=manifest, subtypes=subtypes, subtype_info=manifest.get("subtype"))
+                                   manifest=manifest, subtypes=subtypes, subtype_info=SubtypeInfo.from_manifest(manifest.get("subtype")))
 
 
 def load_phase_models(path: Path, progress: bool = False, manifest: dict | None = None) -> dict[str, FusionModel]:

@@ -40,14 +40,15 @@ def _print_training_summary(run) -> None:
         console.print("held-out test AUC: " + ", ".join(f"{k} {fmt_auc(v)}" for k, v in run.test_auc.items()))
     info = model.subtype_info_
     if info:
-        lesions = sum(info["training_lesions"].values())
-        left = ", ".join(f"{n} {why}" for why, n in info["left_out"].items() if n) or "none"
-        console.print(f"lesion-type heads: {lesions} lesions of {len(info['classes'])} classes ("
-                      + ", ".join(f"{c} {n}" for c, n in info["training_lesions"].items()) + f"); left out: {left}"
-                      + (f"; 'rare' holds {', '.join(info['merged_into_rare'])}" if info["merged_into_rare"] else ""))
+        types = info.lesion_types
+        lesions = sum(types.counts.values())
+        left = ", ".join(f"{n} {why}" for why, n in types.left_out.items() if n) or "none"
+        console.print(f"lesion-type heads: {lesions} lesions of {len(types.classes)} classes ("
+                      + ", ".join(f"{c} {n}" for c, n in types.counts.items()) + f"); left out: {left}"
+                      + (f"; 'rare' holds {', '.join(types.merged)}" if types.merged else ""))
         console.print("lesion-type out-of-fold macro AUC (95% CI): " + ", ".join(
-            f"{v} {macro_text(a['macro'], a.get('macro_ci95'))}" for v, a in info["oof_auc"].items())
-            + small_classes_text(next(iter(info["oof_auc"].values()), {}).get("small_classes")))
+            f"{v} {macro_text(a['macro'], a.get('macro_ci95'))}" for v, a in info.oof_auc.items())
+            + small_classes_text(next(iter(info.oof_auc.values()), {}).get("small_classes")))
 
 
 @app.command()

@@ -29,21 +29,24 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from clinical_schema import PHASES
 from fusion_model.catalogue import VARIANTS
 from fusion_model.config import ExperimentConfig
 from fusion_model.encoder.estimator import ImageEncoder
 from fusion_model.errors import UserInputError
 from fusion_model.features.radiological import features_seen_with
-from fusion_model.features.table import fit_pca, imaging_features, tabular_features
+from fusion_model.features.table import EmbeddingPCA, fit_pca, imaging_features, tabular_features
 from fusion_model.heads.baselines import rule_scores
 from fusion_model.heads.subtype import (
     SubtypeFit,
+    SubtypeInfo,
     fit_subtype,
     one_vs_rest_auc,
     subtype_classes,
     training_types,
 )
 from fusion_model.heads.variant import VariantFit, VariantFitter
+from fusion_model.records import TrainingCohort
 from fusion_model.stats import nan_safe_auc
 
 
@@ -53,13 +56,17 @@ class LesionData:
 
     table: pd.DataFrame
     image_features: pd.DataFrame
-    crops: np.ndarray
+    crops: np.ndarray  # (lesions, channels, z, y, x)
+    channels: tuple[str, ...]  # the crops' channel names: phases (when they hold HU), depth if asked, mask
     extra_features: tuple[str, ...] = ()
     second_reader_crops: np.ndarray | None = None  # crops around a second outline (training augmentation)
 
     def __post_init__(self) -> None:
         if len(self.crops) != len(self.table):
             raise ValueError(f"{len(self.crops)} crops for {len(self.table)} lesions")
+        self.channels = tuple(self.channels)
+        if self.crops.ndim > 1 and self.crops.shape[1] != len(self.channels):
+            raise ValueError(f"crops of {self.crops.shape[1]} channels named {list(self.channels)}")
         if self.second_reader_crops is not None and self.second_reader_crops.shape != self.crops.shape:
             raise ValueError(f"second reader's crops {self.second_reader_crops.shape} differ from the crops "
                              f"{self.crops.shape}")
@@ -73,24 +80,26 @@ class LesionData:
         """The lesions at these positions."""
         ids = self.table.index[positions]
         return LesionData(self.table.loc[ids], self.image_features.reindex(ids), self.crops[positions],
-                          self.extra_features,
+                          self.channels, self.extra_features,
                           None if self.second_reader_crops is None else self.second_reader_crops[positions])
 
-    def with_phases(self, phases: list[str], cohort_phases: list[str]) -> LesionData:
-        """What a cohort with only ``phases`` (of the CT phases ``cohort_phases`` these crops hold) would show of
-        the same lesions: those phases' crop channels and the mask, the radiological features computed from no
-        other phase, and no table ``unenhanced_hu`` without the unenhanced phase. For the per-phase comparison
-        (``compare_phases``): the same lesions, outlines and folds, only the phases differ."""
-        unknown = [p for p in phases if p not in cohort_phases]
-        if unknown or self.crops.shape[1] != len(cohort_phases) + 1:
-            raise ValueError(f"phases {phases} are not a subset of the crops' phases {cohort_phases}")
-        channels = [cohort_phases.index(p) for p in phases] + [len(cohort_phases)]
+    def with_phases(self, phases: list[str]) -> LesionData:
+        """What a cohort with only ``phases`` (of the CT phases these crops hold) would show of the same lesions:
+        those phases' crop channels and the mask, the radiological features computed from no other phase, and no
+        table ``unenhanced_hu`` without the unenhanced phase. For the per-phase comparison (``compare_phases``):
+        the same lesions, outlines and folds, only the phases differ."""
+        held = [c for c in self.channels if c in PHASES]
+        if any(p not in held for p in phases) or list(self.channels) != [*held, "mask"]:
+            raise ValueError(f"phases {phases} are not a subset of the crops' phases {held} (channels "
+                             f"{list(self.channels)})")
+        names = [*phases, "mask"]
+        channels = [self.channels.index(name) for name in names]
         table = self.table.copy()
         if "unenhanced" not in phases and "unenhanced_hu" in table:
             table["unenhanced_hu"] = np.nan
         features = self.image_features[features_seen_with(self.image_features.columns, phases)]
         second = None if self.second_reader_crops is None else self.second_reader_crops[:, channels]
-        return LesionData(table, features, self.crops[:, channels], self.extra_features, second)
+        return LesionData(table, features, self.crops[:, channels], tuple(names), self.extra_features, second)
 
 
 def variant_tabular_features(variant: str, tabular_groups: dict[str, list[str]]) -> list[str]:
@@ -109,30 +118,37 @@ class FusionModel:
 
     @classmethod
     def from_fitted(cls, config: ExperimentConfig, encoder: ImageEncoder, variants: dict[str, VariantFit],
-                    pca: dict | None, tabular_groups: dict[str, list[str]], crop_channels: int,
+                    pca: EmbeddingPCA | None, tabular_groups: dict[str, list[str]], channels: list[str],
                     baseline_oof_auc: dict[str, float], oof: pd.DataFrame, progress: bool = False,
                     manifest: dict | None = None, subtypes: dict[str, SubtypeFit] | None = None,
-                    subtype_info: dict | None = None) -> FusionModel:
+                    subtype_info: SubtypeInfo | None = None) -> FusionModel:
         """A fitted model from its parts (what ``fit`` produces and an artifact stores); ``manifest`` is the
         artifact's, when it was loaded from one (``manifest_``: training cohort, channels, versions)."""
-        model = cls(config, progress=progress)._set_fitted(encoder, variants, pca, tabular_groups, crop_channels,
+        model = cls(config, progress=progress)._set_fitted(encoder, variants, pca, tabular_groups, channels,
                                                            baseline_oof_auc, oof, subtypes, subtype_info)
         if manifest is not None:
             model.manifest_ = manifest
         return model
 
-    def _set_fitted(self, encoder, variants, pca, tabular_groups, crop_channels, baseline_oof_auc, oof,
+    def _set_fitted(self, encoder, variants, pca, tabular_groups, channels, baseline_oof_auc, oof,
                     subtypes=None, subtype_info=None) -> FusionModel:
         self.encoder_ = encoder
         self.variants_ = dict(variants)
         self.pca_ = pca
         self.tabular_groups_ = tabular_groups
-        self.crop_channels_ = int(crop_channels)
+        self.channels_ = list(channels)  # the crop channels the encoder learnt from
         self.baseline_oof_auc_ = dict(baseline_oof_auc)
         self.oof_ = oof
         self.subtypes_ = dict(subtypes or {})  # variant -> SubtypeFit (targets include lesion_type)
         self.subtype_info_ = subtype_info
         return self
+
+    @property
+    def training_cohort(self) -> TrainingCohort:
+        """What a loaded model was trained on (its manifest's cohort entry)."""
+        if not hasattr(self, "manifest_"):
+            raise RuntimeError("the training cohort is known once the model is saved and loaded")
+        return TrainingCohort.from_manifest(self.manifest_["cohort"])
 
     # ----------------------------------------------------------------------------- fitting
     def fit(self, data: LesionData, labels, patient_ids) -> FusionModel:
@@ -143,7 +159,7 @@ class FusionModel:
             raise UserInputError("labels and patient ids must have one entry per lesion")
         encoder = ImageEncoder.for_experiment(self.config, self.checkpoint_dir, self.progress,
                                               device=getattr(self, "device", "cpu")).fit(
-            data.crops, y, groups, second_reader_crops=data.second_reader_crops)
+            data.crops, y, groups, second_reader_crops=data.second_reader_crops, channels=data.channels)
         return self.fit_heads(data, y, groups, encoder)
 
     def fit_heads(self, data: LesionData, y: np.ndarray, groups: np.ndarray, encoder: ImageEncoder) -> FusionModel:
@@ -170,11 +186,11 @@ class FusionModel:
         subtypes, subtype_info = {}, None
         if "lesion_type" in cfg.targets:
             subtypes, subtype_info = self._fit_subtypes(data, X_img, X_tab, tabular_groups, variants, folds, oof)
-        return self._set_fitted(encoder, variants, pca, tabular_groups, data.crops.shape[1], baseline_oof_auc, oof,
+        return self._set_fitted(encoder, variants, pca, tabular_groups, data.channels, baseline_oof_auc, oof,
                                 subtypes, subtype_info)
 
     def _fit_subtypes(self, data: LesionData, X_img: pd.DataFrame, X_tab: pd.DataFrame, tabular_groups, variants,
-                      folds, oof: pd.DataFrame) -> tuple[dict, dict]:
+                      folds, oof: pd.DataFrame) -> tuple[dict, SubtypeInfo]:
         """Each variant's subtype head on the same out-of-fold inputs; the primary's OOF probabilities go to
         ``oof`` (columns p_type_CLASS and lesion_type)."""
         cfg = self.config
@@ -192,9 +208,7 @@ class FusionModel:
                 for k, name in enumerate(classes.classes):
                     oof[f"p_type_{name}"] = probabilities[:, k]
                 oof["lesion_type"] = types.to_numpy()
-        info = {"classes": classes.classes, "merged_into_rare": classes.merged, "training_lesions": classes.counts,
-                "left_out": classes.left_out, "oof_auc": oof_auc, "fit_seconds": time.perf_counter() - started}
-        return fits, info
+        return fits, SubtypeInfo(classes, oof_auc, time.perf_counter() - started)
 
     # --------------------------------------------------------------------------- prediction
     def check_fitted(self) -> None:
@@ -211,9 +225,9 @@ class FusionModel:
     def feature_frames(self, data: LesionData) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The heads' inputs for new lesions: imaging features (one encoder pass) and tabular features."""
         self.check_fitted()
-        if data.crops.shape[1] != self.crop_channels_:
-            raise UserInputError(f"the model was trained on crops of {self.crop_channels_} channels, these have "
-                                 f"{data.crops.shape[1]}; the cohort must have the same phases as the training cohort")
+        if list(data.channels) != self.channels_:
+            raise UserInputError(f"the model was trained on crops of channels {self.channels_}, these have "
+                                 f"{list(data.channels)}; the cohort must have the same phases as the training cohort")
         logits, embeddings = self.encoder_.predict_outputs(data.crops)
         X_img = imaging_features(logits, embeddings, self.pca_, data.table.index)
         X_tab, _ = tabular_features(data.table, data.image_features, self.config.features, data.extra_features)

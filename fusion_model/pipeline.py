@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from fusion_model.imaging.cache import ImageCache
 from fusion_model.imaging.extract import LesionError
 from fusion_model.imaging.preprocess import crop_channels
 from fusion_model.model import FusionModel, LesionData
+from fusion_model.records import TrainingCohort
 from fusion_model.splits import check_fold_counts
 from fusion_model.stats import nan_safe_auc
 
@@ -46,7 +47,7 @@ def lesion_data(cohort: Cohort, config: ExperimentConfig, cache: ImageCache, str
     table, notes = fill_radiological(table, images.features)
     extra = tuple(f.name for f in cohort.spec.extra_features)
     crops = images.crops if images.crops is not None else np.zeros((0, len(images.channels), 1, 1, 1), np.float16)
-    return LesionData(table, images.features, crops, extra), images.errors, notes
+    return LesionData(table, images.features, crops, images.channels, extra), images.errors, notes
 
 
 def second_reader_crops(cohort: Cohort, data: LesionData, config: ExperimentConfig, cache: ImageCache,
@@ -181,20 +182,17 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
         truth = pd.read_csv(truth_path).set_index("lesion_id")
         ids = [i for i in train_data.table.index if i in truth.index]
         run.oracle_auc = nan_safe_auc(truth.loc[ids, "label"], truth.loc[ids, "oracle_risk"])
-    cohort_info = {
-        "name": cohort.spec.name, "fingerprint": cohort_fingerprint(cohort),
-        "phases": cohort.spec.phases, "ct_intensities": cohort.spec.ct_intensities,
-        "channels": channels,
-        "training_lesions": int(is_train.sum()), "test_lesions": int((~is_train).sum()),
-        "test_centre": test_centre, "unreadable_lesions": [e.__dict__ for e in errors],
-        "mask_sources": mask_source_counts(mask_sources(train_data.table)),
-        "oracle_auc_training": run.oracle_auc, "test_auc": run.test_auc,
-        "masks": config.masks, "second_reader_lesions": second_reader_lesions,
-    }
-    phase_entries = {phase: (phase_model, {**cohort_info, "phases": [phase], "channels": [phase, "mask"],
-                                           "test_auc": {}, "phase_of": cohort.spec.phases})
+    trained_on = TrainingCohort(
+        name=cohort.spec.name, fingerprint=cohort_fingerprint(cohort), phases=cohort.spec.phases,
+        ct_intensities=cohort.spec.ct_intensities, channels=channels, training_lesions=int(is_train.sum()),
+        test_lesions=int((~is_train).sum()), test_centre=test_centre,
+        unreadable_lesions=[e.__dict__ for e in errors], mask_sources=mask_source_counts(mask_sources(train_data.table)),
+        oracle_auc_training=run.oracle_auc, test_auc=run.test_auc, masks=config.masks,
+        second_reader_lesions=second_reader_lesions)
+    phase_entries = {phase: (phase_model, replace(trained_on, phases=[phase], channels=[phase, "mask"], test_auc={},
+                                                  phase_of=cohort.spec.phases))
                      for phase, phase_model in phase_models.items()}
-    save_model(model, out, cohort_info, overwrite=overwrite, extra_files=extra_files, phase_models=phase_entries)
+    save_model(model, out, trained_on, overwrite=overwrite, extra_files=extra_files, phase_models=phase_entries)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return run
 
@@ -210,7 +208,7 @@ def _fit_models(config: ExperimentConfig, cohort: Cohort, train_data: LesionData
         if progress:
             print(f"compare_phases: the same experiment on the {phase} phase alone")
         phase_model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints / phase, device=device)
-        phase_model.fit(train_data.with_phases([phase], cohort.spec.phases), labels, patients)
+        phase_model.fit(train_data.with_phases([phase]), labels, patients)
         phase_models[phase] = phase_model
     return model, phase_models
 
@@ -226,11 +224,11 @@ def check_phases_to_compare(cohort: Cohort) -> None:
 
 def check_cohort_matches_model(cohort: Cohort, model: FusionModel) -> None:
     """Refuse a cohort whose image channels differ from the model's."""
-    trained = model.manifest_["cohort"]
+    trained = model.training_cohort
     channels = crop_channels(cohort.spec.phases, cohort.spec.ct_intensities, model.config.preprocess.depth_channel)
-    if channels != trained["channels"]:
+    if channels != trained.channels:
         raise UserInputError(f"{cohort.root}: the cohort's image channels {channels} differ from the model's "
-                             f"{trained['channels']}; declare the same phases in cohort.json")
+                             f"{trained.channels}; declare the same phases in cohort.json")
 
 
 @dataclass

@@ -36,3 +36,34 @@ class LesionRecord:
     def where(self) -> str:
         """How messages name this lesion."""
         return f"lesion {self.lesion_id} (clinical.csv row {self.row})"
+
+
+@dataclass
+class TrainingCohort:
+    """What a model was trained on, as its manifest records it: the cohort, its image channels, how many lesions
+    trained and tested, what could not be read, the masks used, and the held-out figures."""
+
+    name: str
+    fingerprint: str
+    phases: list[str]
+    ct_intensities: bool
+    channels: list[str]                  # crop channels: phases (when they hold HU), depth if asked, mask
+    training_lesions: int
+    test_lesions: int
+    test_centre: str | None
+    unreadable_lesions: list[dict]
+    mask_sources: dict[str, int]
+    oracle_auc_training: float | None
+    test_auc: dict[str, float]
+    masks: list[str]
+    second_reader_lesions: int
+    phase_of: list[str] | None = None    # a per-phase model: the phases of the cohort it came from
+
+    def to_manifest(self) -> dict:
+        entry = {key: getattr(self, key) for key in self.__dataclass_fields__ if key != "phase_of"}
+        return entry if self.phase_of is None else {**entry, "phase_of": self.phase_of}
+
+    @classmethod
+    def from_manifest(cls, entry: dict) -> TrainingCohort:
+        """The record of a manifest's ``cohort`` entry (a figure an older artifact lacks is None)."""
+        return cls(**{key: entry.get(key) for key in cls.__dataclass_fields__})

@@ -32,7 +32,7 @@ def toy_crops(n=48, size=16, seed=0, signal=1.0):
 @pytest.mark.parametrize("kind, dims", [("3d", 3), ("2.5d", 2)])
 def test_output_shapes_and_embedding_size(kind, dims):
     config = EncoderConfig(kind=kind, **TINY)
-    model = build_network(config, crop_channels=2)
+    model = build_network(config, ["venous", "mask"])
     assert model.spatial_dims == dims
     crops, _, _ = toy_crops(n=5)
     logits, embeddings = predict(model, crops, config)
@@ -289,8 +289,8 @@ def test_input_pooling_hands_the_lesions_mean_sd_and_size_to_the_embedding():
     assert stats[1, 2] > 0.01  # a brighter voxel in the lesion: heterogeneous
     assert stats[0, 4] == pytest.approx((64 / 512) ** (1 / 3), rel=1e-5)
     assert stats[1, 4] / stats[0, 4] == pytest.approx(6 / 4, rel=1e-5)  # proportional to the diameter
-    network = build_network(EncoderConfig(input_pooling=True, **TINY), 2)
-    plain = build_network(EncoderConfig(input_pooling=False, **TINY), 2)
+    network = build_network(EncoderConfig(input_pooling=True, **TINY), ["venous", "mask"])
+    plain = build_network(EncoderConfig(input_pooling=False, **TINY), ["venous", "mask"])
     assert network.embed[0].in_features == plain.embed[0].in_features + 5
     logit, embedding = network(x)
     assert logit.shape == (2,) and embedding.shape == (2, 8)
@@ -327,7 +327,7 @@ def test_signed_distance_input_replaces_the_mask_channels_and_trains(kind):
     crops, labels, patients = toy_crops(n=24, size=12)
     config = EncoderConfig(kind=kind, mask_input="signed_distance", input_skip=True,
                            epochs=2, **TINY)
-    network = build_network(config, 2)
+    network = build_network(config, ["venous", "mask"])
     assert network.mask_input == "signed_distance" and network.mask_input_channels == (1 if kind == "3d" else 3)
     x = torch.as_tensor(crops[:2].astype(np.float32))
     if kind == "3d":
@@ -346,7 +346,7 @@ def test_input_skip_starts_as_the_logistic_regression_on_the_input_statistics_an
     from sklearn.metrics import roc_auc_score
 
     config = EncoderConfig(input_skip=True, **TINY)
-    network = build_network(config, 2).eval()
+    network = build_network(config, ["venous", "mask"]).eval()
     crops, labels, _ = toy_crops(n=40, size=12)
     x = torch.as_tensor(crops.astype(np.float32))
     with torch.no_grad():
@@ -361,7 +361,7 @@ def test_input_skip_starts_as_the_logistic_regression_on_the_input_statistics_an
         skip = network(x)[0] - without
     np.testing.assert_allclose(skip.numpy(), reference, atol=1e-4)
     assert roc_auc_score(labels, skip.numpy()) > 0.9  # larger, brighter lesions: the statistics separate them
-    assert build_network(EncoderConfig(input_skip=True, input_pooling=False, **TINY), 2).input_skip is None
+    assert build_network(EncoderConfig(input_skip=True, input_pooling=False, **TINY), ["venous", "mask"]).input_skip is None
     fitted = train_encoder(crops, labels, np.arange(40), None, EncoderConfig(input_skip=True, epochs=1, **TINY),
                            progress=False)
     assert fitted.model.statistics_scale.ne(1).any() and fitted.model.input_skip.weight.abs().sum() > 0
@@ -371,7 +371,7 @@ def test_an_embedding_pushed_negative_for_every_lesion_still_passes_gradient_to_
     # a ReLU embedding died at learning rate 0.01 beside the input skip (every unit negative for every lesion in 3
     # of 5 fold networks on 1091 synthetic lesions): no gradient reached the convolutions again, the logit was the
     # skip alone and the heads' principal components noise. The embedding's activation must let it recover.
-    network = build_network(EncoderConfig(input_skip=True, **TINY), 2).train()
+    network = build_network(EncoderConfig(input_skip=True, **TINY), ["venous", "mask"]).train()
     crops, labels, _ = toy_crops(n=16, size=12)
     with torch.no_grad():
         network.embed[0].bias.fill_(-10.0)  # every unit far negative for every lesion

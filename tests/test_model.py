@@ -14,6 +14,7 @@ from fusion_model.configbase import parse_model
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.cache import ImageCache
 from fusion_model.model import FusionModel
+from fusion_model.records import TrainingCohort
 from tests.conftest import TINY_EXPERIMENT
 
 TINY = TINY_EXPERIMENT
@@ -89,14 +90,14 @@ def test_oof_probabilities_are_the_calibrators_output_on_oof_margins(fitted):
 
 def test_save_load_round_trip_gives_identical_probabilities(fitted, tmp_path):
     model, data, _ = fitted
-    save_model(model, tmp_path / "run", {"name": "test"})
+    save_model(model, tmp_path / "run", TrainingCohort.from_manifest({"name": "test"}))
     loaded = load_model(tmp_path / "run")
     pd.testing.assert_frame_equal(model.predict_variants(data), loaded.predict_variants(data))
 
 
 def test_one_byte_change_in_any_file_is_refused(fitted, tmp_path):
     model, _, _ = fitted
-    run = save_model(model, tmp_path / "run", {"name": "test"})
+    run = save_model(model, tmp_path / "run", TrainingCohort.from_manifest({"name": "test"}))
     files = [p for p in run.rglob("*") if p.is_file()]
     assert {"manifest.json", "manifest.sha256", "fold0.safetensors", "alignment.safetensors"} <= {p.name for p in files}
     for path in files:
@@ -112,7 +113,7 @@ def test_one_byte_change_in_any_file_is_refused(fitted, tmp_path):
 
 def test_missing_file_and_foreign_folder_are_refused(fitted, tmp_path):
     model, _, _ = fitted
-    run = save_model(model, tmp_path / "run", {"name": "test"})
+    run = save_model(model, tmp_path / "run", TrainingCohort.from_manifest({"name": "test"}))
     (run / "heads" / "all_fusion.json").unlink()
     with pytest.raises(UserInputError, match="missing from the artifact"):
         load_model(run)
@@ -124,7 +125,7 @@ def test_no_pickle_is_written(fitted, tmp_path):
     import zipfile
 
     model, _, _ = fitted
-    run = save_model(model, tmp_path / "run", {"name": "test"})
+    run = save_model(model, tmp_path / "run", TrainingCohort.from_manifest({"name": "test"}))
     for path in run.rglob("*"):
         if not path.is_file():
             continue
@@ -139,7 +140,7 @@ def test_incompatible_artifact_is_refused(fitted, tmp_path):
     from fusion_model.fileio import sha256_file
 
     model, _, _ = fitted
-    run = save_model(model, tmp_path / "run", {"name": "test"})
+    run = save_model(model, tmp_path / "run", TrainingCohort.from_manifest({"name": "test"}))
     manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     manifest["schema_version"] = "9.0"
     (run / "manifest.json").write_text(json.dumps(manifest))
@@ -152,7 +153,7 @@ def test_files_the_manifest_does_not_list_are_named_on_load(fitted, tmp_path):
     from fusion_model.errors import FusionModelWarning
 
     model, _, _ = fitted
-    run = save_model(model, tmp_path / "run", {"name": "test"})
+    run = save_model(model, tmp_path / "run", TrainingCohort.from_manifest({"name": "test"}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean artifact loads without a word
         load_model(run)

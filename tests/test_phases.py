@@ -34,21 +34,21 @@ def _data(n=4):
     crops = np.stack([np.full((3, 2, 2, 2), c, np.float16) for c in (0, 1, 2)], axis=1)[:1].repeat(n, axis=0)
     table = pd.DataFrame({"unenhanced_hu": np.arange(n, dtype=float), "size_mm": 20.0}, index=ids)
     features = pd.DataFrame({f: np.arange(n, dtype=float) for f in FEATURES}, index=ids)
-    return LesionData(table, features, crops)
+    return LesionData(table, features, crops, ("unenhanced", "venous", "mask"))
 
 
 def test_the_phase_view_keeps_that_phase_and_the_mask():
     data = _data()
     assert data.crops.shape == (4, 3, 2, 2, 2)  # unenhanced, venous, mask
-    venous = data.with_phases(["venous"], ["unenhanced", "venous"])
-    assert venous.crops.shape[1] == 2 and (venous.crops[:, 0] == 1).all() and (venous.crops[:, 1] == 2).all()
+    venous = data.with_phases(["venous"])
+    assert venous.channels == ("venous", "mask") and venous.crops.shape[1] == 2 and (venous.crops[:, 0] == 1).all() and (venous.crops[:, 1] == 2).all()
     assert venous.table["unenhanced_hu"].isna().all() and (venous.table["size_mm"] == 20).all()
     assert list(venous.image_features.columns) == features_seen_with(FEATURES, ["venous"])
-    unenhanced = data.with_phases(["unenhanced"], ["unenhanced", "venous"])
+    unenhanced = data.with_phases(["unenhanced"])
     assert (unenhanced.crops[:, 0] == 0).all() and unenhanced.table["unenhanced_hu"].notna().all()
     assert data.table["unenhanced_hu"].notna().all()  # the original is untouched
     with pytest.raises(ValueError, match="not a subset"):
-        data.with_phases(["arterial"], ["unenhanced", "venous"])
+        data.with_phases(["arterial"])
 
 
 def test_the_bootstrap_macro_auc_is_centred_on_the_macro_auc():
@@ -72,7 +72,9 @@ def test_the_comparison_pairs_each_phase_with_all_phases():
     weak = pd.Series(labels + rng.normal(0, 2.0, n), index=ids)
     truth = pd.get_dummies(types).astype(float)
     frame = lambda noise: (truth + rng.normal(0, noise, truth.shape)).add_prefix("p_type_")  # noqa: E731
-    info = {"classes": ["adenoma", "cyst", "metastasis"], "merged_into_rare": []}
+    from fusion_model.heads.subtype import SubtypeClasses
+
+    info = SubtypeClasses(["adenoma", "cyst", "metastasis"])
     out = phase_comparison(labels, {"venous": weak, "unenhanced+venous": good}, types,
                            {"venous": frame(1.0), "unenhanced+venous": frame(0.2)}, info,
                            reference="unenhanced+venous", phases={"unenhanced+venous": ["unenhanced", "venous"]})

@@ -116,9 +116,9 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
     cache = ImageCache(tmp_path / "cache")
     run = pipeline.train(load_experiment(config), cohort, tmp_path / "m", cache, progress=False)
     info = run.model.subtype_info_
-    assert "adenoma" in info["classes"] and info["left_out"]["type other"] >= 0
-    assert set(info["oof_auc"]) == set(run.model.variants_)
-    assert info["oof_auc"]["all"]["macro"] > 0.7  # real learning: size, attenuation, labs tell types apart
+    assert "adenoma" in info.classes and info.lesion_types.left_out["type other"] >= 0
+    assert set(info.oof_auc) == set(run.model.variants_)
+    assert info.oof_auc["all"]["macro"] > 0.7  # real learning: size, attenuation, labs tell types apart
     manifest = json.loads((tmp_path / "m/manifest.json").read_text())
     assert set(manifest["subtypes"]) == set(run.model.variants_)
 
@@ -152,7 +152,7 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
 
     phase_models = load_phase_models(tmp_path / "m")
     assert set(phase_models) == {"unenhanced", "venous"}
-    assert phase_models["venous"].crop_channels_ == 2 and reloaded.crop_channels_ == 3
+    assert phase_models["venous"].channels_ == ["venous", "mask"] and reloaded.channels_ == ["unenhanced", "venous", "mask"]
     assert "unenhanced_mean_hu" not in phase_models["venous"].tabular_groups_["radiological"]
     assert "venous_enhancement_hu" not in phase_models["venous"].tabular_groups_["radiological"]
     assert "unenhanced_mean_hu" in phase_models["unenhanced"].tabular_groups_["radiological"]
@@ -170,7 +170,7 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
         low, high = macro["macro_auc_ci95"]
         assert low <= macro["macro_auc"] <= high and set(macro["per_class"]) == set(info["classes"])
         # the phase model scores what it scores on its own phase view of the same lesions
-        view = data.with_phases([name], ["unenhanced", "venous"])
+        view = data.with_phases([name])
         expected = phase_models[name].predict_variants(view)["p_all"]
         labels = data.table.loc[expected.index, "label"].astype(int)
         assert roc_auc_score(labels, expected) == pytest.approx(rows[name]["malignancy"]["auc"])

@@ -187,7 +187,7 @@ def _model_frames(model, cohort: Cohort, readings: list[LesionReading], reader: 
     extra = tuple(f.name for f in cohort.spec.extra_features)
     x_img = imaging_features(logits, embeddings, model.pca_, table.index)
     x_tab, _ = tabular_features(table, features, model.config.features, extra)
-    data = LesionData(table, features, np.zeros((len(ids), 1, 1, 1, 1), np.float16), extra)
+    data = LesionData(table, features, np.zeros((len(ids), 1, 1, 1, 1), np.float16), ("mask",), extra)
     return model.predict_variants(data, frames=(x_img, x_tab))
 
 
@@ -244,7 +244,7 @@ def run_agreement(cohort_dir: Path, out: Path, settings: AgreementSettings | Non
     pairs, once = _pairs(cohort, settings)
     _check_inputs(cohort, pairs, settings)
     comparisons = perturbation_comparisons(settings.contour_dice) if settings.perturb else [SECOND_READER]
-    channels = model.manifest_["cohort"]["channels"] if model is not None else ()
+    channels = model.training_cohort.channels if model is not None else ()
     readings, problems = [], []
     for i, lesion, second in track(pairs, "comparing outlines", total=len(pairs), enabled=progress):
         try:

@@ -17,6 +17,7 @@ into one shared space (:mod:`fusion_model.encoder.alignment`) before it is avera
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,11 +96,12 @@ class ImageEncoder:
         return lambda epoch, record: self.on_epoch(epoch, {**record, "fold": fold})
 
     def fit(self, crops: np.ndarray, labels, patient_ids, fit_final: bool = True,
-            second_reader_crops: np.ndarray | None = None) -> "ImageEncoder":
+            second_reader_crops: np.ndarray | None = None, channels: Sequence[str] | None = None) -> "ImageEncoder":
         """Fold models (out-of-fold logits and embeddings), then the final model unless ``fit_final`` is off.
 
         ``second_reader_crops`` (same shape as ``crops``, around a second reader's outline): training batches
         draw each lesion's crop from either set, per epoch; validation and out-of-fold outputs use ``crops``.
+        ``channels``: the crops' channel names (default: images, then the mask).
         """
         crops = np.asarray(crops)
         labels = np.asarray(labels).astype(int)
@@ -130,7 +132,7 @@ class ImageEncoder:
                 crops, labels, fit_idx, val_idx, cfg, self.hu_window, seed=self.seed,
                 checkpoint=self._checkpoint(f"fold{k}"), on_epoch=self._hook(k), progress=self.progress,
                 description=f"encoder fold {k + 1}/{len(self.folds_)}", second_reader_crops=second_reader_crops,
-                device=self.device,
+                device=self.device, channels=channels,
             )
             logits, embeddings = predict(result.model, crops[test_idx], cfg)
             self.oof_logits_[test_idx] = logits
@@ -146,7 +148,7 @@ class ImageEncoder:
                                   epochs=self.final_epochs_,
                                   checkpoint=self._checkpoint("final"), progress=self.progress,
                                   description="encoder on all lesions", second_reader_crops=second_reader_crops,
-                                  device=self.device)
+                                  device=self.device, channels=channels)
             self.model_ = final.model
         self.alignment_ = None
         if cfg.embedding_alignment == "procrustes":

@@ -118,7 +118,7 @@ def pretrain_encoder(experiment: ExperimentConfig, settings: PretrainConfig, dev
 
     encoder = experiment.encoder
     torch.manual_seed(settings.seed)
-    model = build_network(encoder, len(channels)).to(torch_device)
+    model = build_network(encoder, channels).to(torch_device)
     if model.input_skip is not None:  # fitted on the user's cohort, not here
         model.input_skip.requires_grad_(False)
     heads = _PretextHeads(encoder.embedding_size, len(reg_names), len(bin_names), len(types)).to(torch_device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +31,26 @@ from fusion_model.progress import track
 EpochHook = Callable[[int, dict], None]
 
 
-def build_network(config: EncoderConfig, crop_channels: int) -> LesionEncoder:
-    """The network for crops of ``crop_channels`` channels (phases then mask)."""
+def unnamed_channels(count: int) -> list[str]:
+    """Names for crops that come without them: images, then the mask (the crops' layout)."""
+    return [f"image{k}" for k in range(count - 1)] + ["mask"]
+
+
+def mask_index(channels: Sequence[str]) -> int:
+    """Where the mask is among the crop channels: the last one, as the network's mask input expects."""
+    channels = list(channels)
+    if not channels or channels[-1] != "mask" or channels.count("mask") != 1:
+        raise ValueError(f"crop channels {channels}: the mask must be the last channel, once")
+    return len(channels) - 1
+
+
+def build_network(config: EncoderConfig, channels: Sequence[str]) -> LesionEncoder:
+    """The network for crops with these channels (phases, the depth map if asked for, then the mask)."""
     dims = 3 if config.kind == "3d" else 2
-    in_channels = crop_channels if dims == 3 else crop_channels * 3
-    # the mask is the last crop channel; in 2.5D stacks its middle slice is channel 3 * (C - 1) + 1
-    mask_channel = -1 if dims == 3 else 3 * (crop_channels - 1) + 1
+    mask = mask_index(channels)
+    in_channels = len(channels) if dims == 3 else len(channels) * 3
+    # in 2.5D stacks every channel becomes three slices: the mask's middle slice is channel 3 * mask + 1
+    mask_channel = mask if dims == 3 else 3 * mask + 1
     return LesionEncoder(dims, in_channels, width=config.width, depth=config.depth,
                          embedding_size=config.embedding_size, dropout=config.dropout,
                          stem_stride=config.stem_stride, mask_channel=mask_channel if config.mask_pooling else None,
@@ -154,12 +168,14 @@ def train_encoder(
     description: str = "training encoder",
     second_reader_crops: np.ndarray | None = None,
     device: str = "cpu",
+    channels: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train on ``train_idx``; early-stop on ``val_idx`` (AUC) when given, else run all epochs.
 
     With ``second_reader_crops``, each epoch draws for every lesion (with even odds) whether its training crop
     is the first or the second reader's; validation uses ``crops``. On a CUDA ``device`` the network trains
-    with mixed precision (float16 autocast, gradient scaling); the returned network is on the CPU.
+    with mixed precision (float16 autocast, gradient scaling); the returned network is on the CPU. ``channels``:
+    the crops' channel names (default: images, then the mask).
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -168,7 +184,7 @@ def train_encoder(
     labels = np.asarray(labels).astype(np.float32)
     epochs = epochs or config.epochs
     torch.manual_seed(seed)
-    model = build_network(config, crops.shape[1])
+    model = build_network(config, channels or unnamed_channels(crops.shape[1]))
     if config.pretrained:
         load_pretrained(model, config.pretrained)  # the malignancy layer stays as seeded above
     model = model.to(device)

@@ -41,20 +41,21 @@ def _paired(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray) -> di
 
 
 def phase_comparison(labels: pd.Series, scores: dict[str, pd.Series], types: pd.Series | None = None,
-                     type_probabilities: dict[str, pd.DataFrame] | None = None, subtype_info: dict | None = None,
+                     type_probabilities: dict[str, pd.DataFrame] | None = None,
+                     lesion_types: SubtypeClasses | None = None,
                      reference: str = "all", phases: dict[str, list[str]] | None = None,
                      variant: str | None = None) -> dict:
     """The table: ``scores`` maps a phase set's name to its malignancy probabilities (``reference`` the model
-    on all phases), ``type_probabilities`` to its p_type_* frame (classes of ``subtype_info``); all on the same
+    on all phases), ``type_probabilities`` to its p_type_* frame (classes of ``lesion_types``); all on the same
     lesions (``labels``' index)."""
     index = labels.index
     y = labels.to_numpy(int)
     ref = scores[reference].reindex(index).to_numpy(float)
     out = {"reference": reference, "variant": variant, "lesions": len(index), "sets": []}
     subtype = None
-    if type_probabilities and subtype_info and types is not None:
-        classes, merged = list(subtype_info["classes"]), list(subtype_info.get("merged_into_rare") or [])
-        codes = SubtypeClasses(classes, merged).encode(types.reindex(index))
+    if type_probabilities and lesion_types and types is not None:
+        classes = list(lesion_types.classes)
+        codes = lesion_types.encode(types.reindex(index))
         kept = codes >= 0
         y_type = codes[kept]
         matrices = {name: frame.reindex(index).loc[kept, [f"p_type_{c}" for c in classes]].to_numpy(float)

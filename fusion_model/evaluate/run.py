@@ -29,7 +29,7 @@ from fusion_model.evaluate.metrics import (
     compute_metrics,
 )
 from fusion_model.fileio import check_output_dir, json_safe, sha256_file
-from fusion_model.heads.subtype import RARE, SUBTYPES
+from fusion_model.heads.subtype import RARE, SUBTYPES, SubtypeClasses
 from fusion_model.report import data_uri, render, write_report_dir
 
 SOURCE_DEFAULTS = {"cohort_name": "", "cohort_path": "", "cohort_fingerprint": None, "model_path": None,
@@ -240,8 +240,7 @@ def prediction_subtype_metrics(frames: dict[Path, pd.DataFrame], cases: pd.DataF
                              "malignancy risks; to score them add a 'lesion_type' column or give --cohort with the "
                              "cohort's clinical.csv, or drop those columns")
     merged = [t for t in SUBTYPES if t not in classes] if RARE in classes else []
-    info = {"classes": classes, "merged_into_rare": merged, "training_lesions": None}
-    return subtype_metrics(types, probabilities, info, cohort_root)
+    return subtype_metrics(types, probabilities, SubtypeClasses(classes, merged), cohort_root)
 
 
 def score_sets_from_predictions(frames: dict[Path, pd.DataFrame]) -> list[ScoreSet]:
@@ -414,22 +413,23 @@ def _phase_comparison(model_dir: Path, model, data, labels: pd.Series, predicted
     if not phase_models:
         return None
     primary = model.primary_variant
-    cohort_phases = model.manifest_["cohort"]["phases"]
+    cohort_phases = model.training_cohort.phases
     everything = "+".join(cohort_phases)
     scores = {}
     type_probabilities = {everything: types[primary]} if types else {}
     for phase, phase_model in phase_models.items():
-        view = data.with_phases([phase], cohort_phases)
+        view = data.with_phases([phase])
         frames = phase_model.feature_frames(view)
         variant = primary if primary in phase_model.variants_ else phase_model.primary_variant
         scores[phase] = phase_model.predict_variants(view, frames)[f"p_{variant}"]
         phase_types = phase_model.predict_types(view, frames)
-        if phase_types and variant in phase_types and phase_model.subtype_info_["classes"] == \
-                model.subtype_info_["classes"]:
+        if phase_types and variant in phase_types and phase_model.subtype_info_.classes == \
+                model.subtype_info_.classes:
             type_probabilities[phase] = phase_types[variant]
     scores[everything] = predicted[f"p_{primary}"]
     lesion_types = data.table["lesion_type"] if "lesion_type" in data.table else None
-    return phase_comparison(labels, scores, lesion_types, type_probabilities, model.subtype_info_,
+    return phase_comparison(labels, scores, lesion_types, type_probabilities,
+                            model.subtype_info_.lesion_types if model.subtype_info_ else None,
                             reference=everything, phases={**{p: [p] for p in phase_models}, everything: cohort_phases},
                             variant=primary)
 
@@ -446,7 +446,7 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     session = ScoringSession.open(model_dir, cohort_dir, require_label=True, centre=centre, split=split,
                                   progress=progress)
     model, cohort = session.model, session.cohort
-    trained = model.manifest_["cohort"]
+    trained = model.training_cohort
     stats.require_both_classes(cohort.table["label"].astype(int).to_numpy(), f"cohort {cohort_dir}")
     data, errors = session.read(cache, "evaluate", strict, progress)
     frames = model.feature_frames(data)
@@ -464,7 +464,7 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     if types:
         lesion_types = data.table["lesion_type"] if "lesion_type" in data.table else \
             pd.Series(np.nan, index=data.table.index, dtype=object)
-        metrics["subtype"] = subtype_metrics(lesion_types, types, model.subtype_info_, cohort.root)
+        metrics["subtype"] = subtype_metrics(lesion_types, types, model.subtype_info_.lesion_types, cohort.root)
         predicted = pd.concat([predicted, types[model.primary_variant]], axis=1)
     metrics["phase_comparison"] = _phase_comparison(model_dir, model, data, cases["label"], predicted, types,
                                                     progress)
@@ -472,11 +472,11 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     stray = unlisted_files(model_dir, model.manifest_)
     warnings = [unlisted_files_note(model_dir, stray)] if stray else []
     overlap_note = None
-    held_out_centre = centre is not None and centre == trained.get("test_centre")
+    held_out_centre = centre is not None and centre == trained.test_centre
     held_out_split = (split is not None and split != model.config.split.train_value
-                      and model.config.split.mode == "column" and trained.get("test_centre") is None)
-    if fingerprint == trained.get("fingerprint") and not (held_out_centre or held_out_split):
-        test_lesions = trained.get("test_lesions", 0)
+                      and model.config.split.mode == "column" and trained.test_centre is None)
+    if fingerprint == trained.fingerprint and not (held_out_centre or held_out_split):
+        test_lesions = (trained.test_lesions or 0)
         overlap_note = ("This is the training cohort itself: "
                         + ("its held-out part was not seen in training, but every other lesion was; "
                            if test_lesions else "")
@@ -492,8 +492,8 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
               + (f", split {split}" if split else ""),
               "cohort_path": str(cohort_dir), "cohort_fingerprint": fingerprint,
               "model_path": str(model_dir), "model_manifest_sha256": sha256_file(Path(model_dir) / MANIFEST),
-              "training_cohort_name": trained.get("name"), "training_cohort_fingerprint": trained.get("fingerprint"),
-              "training_lesions": trained.get("training_lesions"), "prediction_files": [],
+              "training_cohort_name": trained.name, "training_cohort_fingerprint": trained.fingerprint,
+              "training_lesions": trained.training_lesions, "prediction_files": [],
               "overlap_note": overlap_note, "synthetic": (cohort.root / "truth.csv").is_file(),
               "label_meaning": cohort.spec.label_meaning}
     predictions = pd.concat([cases, predicted], axis=1)

@@ -82,19 +82,19 @@ def oracle_probabilities(cohort_root: Path, lesion_ids, classes: list[str], merg
     return values / values.sum(axis=1, keepdims=True)
 
 
-def subtype_metrics(types: pd.Series, probabilities: dict[str, pd.DataFrame], info: dict,
+def subtype_metrics(types: pd.Series, probabilities: dict[str, pd.DataFrame], lesion_types: SubtypeClasses,
                     cohort_root: Path | None = None) -> dict:
     """The subtype section: ``types`` the cohort's lesion_type per lesion, ``probabilities`` each variant's
-    p_type_* frame (same index), ``info`` the model's subtype manifest entry (classes, merged types)."""
-    classes, merged = list(info["classes"]), list(info.get("merged_into_rare") or [])
-    codes = SubtypeClasses(classes, merged).encode(types)
+    p_type_* frame (same index), ``lesion_types`` the model's classes (merged types, training lesions per class when known)."""
+    classes, merged = list(lesion_types.classes), list(lesion_types.merged)
+    codes = lesion_types.encode(types)
     kept = pd.Series(codes >= 0, index=types.index)
     y = codes[codes >= 0]
     left_out = {"type missing": int(types.isna().sum()), "type other": int((types == "other").sum()),
                 "type without a class in the model": int((types.notna() & (types != "other") & ~kept).sum())}
     out = {"classes": classes, "merged_into_rare": merged, "lesions": int(kept.sum()), "left_out": left_out,
            "small_class_lesions": SMALL_CLASS_LESIONS,
-           "training_lesions": info.get("training_lesions"), "variants": {}, "oracle": None}
+           "training_lesions": lesion_types.counts or None, "variants": {}, "oracle": None}
     if kept.sum() == 0:
         out["note"] = "no lesion of this cohort has a type the model names"
         return out

@@ -293,7 +293,7 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
     saliency_seconds = explained.saliency_seconds
 
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    channels = model.manifest_["cohort"]["channels"]
+    channels = model.training_cohort.channels
     files: dict[str, bytes | str] = {}
     rows = []
     taken: set[str] = set()

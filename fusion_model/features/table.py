@@ -8,6 +8,7 @@ values stay NaN (XGBoost handles them natively); yes/no becomes 1/0, sex becomes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -64,26 +65,50 @@ def tabular_features(table: pd.DataFrame, image_features: pd.DataFrame, config: 
     return pd.DataFrame(columns, index=table.index), groups
 
 
-def imaging_features(logits: np.ndarray, embeddings: np.ndarray, pca: dict | None,
+@dataclass
+class EmbeddingPCA:
+    """The principal axes of the encoder's out-of-fold embeddings: the heads see the first few components."""
+
+    mean: list[float]
+    components: list[list[float]]  # (components, embedding size), each a unit axis
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, n_components: int) -> EmbeddingPCA | None:
+        """The first ``n_components`` axes (None for none)."""
+        if n_components == 0:
+            return None
+        embeddings = np.asarray(embeddings, dtype=float)
+        mean = embeddings.mean(axis=0)
+        _, _, vt = np.linalg.svd(embeddings - mean, full_matrices=False)
+        k = min(n_components, vt.shape[0])
+        return cls(mean.tolist(), vt[:k].tolist())
+
+    def project(self, embeddings: np.ndarray) -> np.ndarray:
+        """Each embedding's coordinates on the axes (lesions, components)."""
+        return (np.asarray(embeddings, dtype=float) - np.asarray(self.mean)) @ np.asarray(self.components).T
+
+    def to_manifest(self) -> dict:
+        return {"mean": self.mean, "components": self.components}
+
+    @classmethod
+    def from_manifest(cls, entry: dict | None) -> EmbeddingPCA | None:
+        return None if entry is None else cls(list(entry["mean"]), [list(c) for c in entry["components"]])
+
+
+def imaging_features(logits: np.ndarray, embeddings: np.ndarray, pca: EmbeddingPCA | None,
                      index: pd.Index) -> pd.DataFrame:
     """The encoder's logit and the first principal components of its embedding."""
     frame = {"image_logit": np.asarray(logits, dtype=float)}
-    if pca is not None and pca["components"]:
-        comps = (np.asarray(embeddings, dtype=float) - np.asarray(pca["mean"])) @ np.asarray(pca["components"]).T
+    if pca is not None and pca.components:
+        comps = pca.project(embeddings)
         for k in range(comps.shape[1]):
             frame[f"image_pc{k + 1}"] = comps[:, k]
     return pd.DataFrame(frame, index=index)
 
 
-def fit_pca(embeddings: np.ndarray, n_components: int) -> dict | None:
-    """Principal axes as plain lists (stored in the model manifest)."""
-    if n_components == 0:
-        return None
-    embeddings = np.asarray(embeddings, dtype=float)
-    mean = embeddings.mean(axis=0)
-    _, _, vt = np.linalg.svd(embeddings - mean, full_matrices=False)
-    k = min(n_components, vt.shape[0])
-    return {"mean": mean.tolist(), "components": vt[:k].tolist()}
+def fit_pca(embeddings: np.ndarray, n_components: int) -> EmbeddingPCA | None:
+    """Principal axes of the embeddings (None for ``n_components`` 0)."""
+    return EmbeddingPCA.fit(embeddings, n_components)
 
 
 def filled_feature_table(table: pd.DataFrame, features: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

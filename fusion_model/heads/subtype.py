@@ -53,6 +53,33 @@ class SubtypeClasses:
         return np.array([index.get(t, -1) if isinstance(t, str) else -1 for t in mapped], dtype=int)
 
 
+@dataclass
+class SubtypeInfo:
+    """What a model's lesion-type heads learnt from (classes, merged rare types, lesions per class, lesions left
+    out) and each variant's out-of-fold one-vs-rest AUCs."""
+
+    lesion_types: SubtypeClasses
+    oof_auc: dict[str, dict]
+    fit_seconds: float
+
+    @property
+    def classes(self) -> list[str]:
+        return self.lesion_types.classes
+
+    def to_manifest(self) -> dict:
+        t = self.lesion_types
+        return {"classes": t.classes, "merged_into_rare": t.merged, "training_lesions": t.counts,
+                "left_out": t.left_out, "oof_auc": self.oof_auc, "fit_seconds": self.fit_seconds}
+
+    @classmethod
+    def from_manifest(cls, entry: dict | None) -> SubtypeInfo | None:
+        if not entry:
+            return None
+        types = SubtypeClasses(list(entry["classes"]), list(entry.get("merged_into_rare") or []),
+                               dict(entry.get("left_out") or {}), dict(entry.get("training_lesions") or {}))
+        return cls(types, dict(entry.get("oof_auc") or {}), float(entry.get("fit_seconds") or 0.0))
+
+
 def subtype_classes(types: pd.Series, min_lesions: int, merge_rare: bool) -> SubtypeClasses:
     """The classes of a training set's ``lesion_type`` column; rare types merged or refused."""
     known = types[types.isin(SUBTYPES)]

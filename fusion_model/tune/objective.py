@@ -102,7 +102,7 @@ class Objective:
 
         encoder = ImageEncoder.for_experiment(config, progress=False, on_epoch=on_epoch)
         t = self.training
-        encoder.fit(t.data.crops, t.labels, t.patient_ids, fit_final=False)
+        encoder.fit(t.data.crops, t.labels, t.patient_ids, fit_final=False, channels=t.data.channels)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
         def write(tmp: Path) -> None:
