@@ -35,11 +35,11 @@ def matmul_gflops(seconds: float) -> float:
 def measure(size: int, channels: int, batch: int, seconds: float, config) -> dict:
     """Training and inference crops per second, FLOPs and peak memory of one encoder setting."""
     from fusion_model.encoder.network import count_flops
-    from fusion_model.encoder.train import build_network
+    from fusion_model.encoder.train import build_network, unnamed_channels
     from fusion_model.encoder.transforms import BatchAugmentation
 
     torch.manual_seed(0)
-    model = build_network(config, channels)
+    model = build_network(config, unnamed_channels(channels))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     augmentation = BatchAugmentation(1.0, (-200.0, 300.0))
     rng = np.random.default_rng(0)

@@ -125,11 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
         model_types, oracle_types = per_type(y, model_p, classes), per_type(y, oracle, classes)
         block = {
             "phases": phases, "lesions": int(kept.sum()), "classes": classes, "merged_into_rare": merged,
-            "training_minutes": minutes, "subtype_seconds": info["fit_seconds"],
-            "subtype_share_of_training": info["fit_seconds"] / (minutes * 60),
-            "oof_macro_auc": {v: a["macro"] for v, a in info["oof_auc"].items()},
-            "oof_macro_auc_ci95": {v: a["macro_ci95"] for v, a in info["oof_auc"].items()},
-            "small_classes": info["oof_auc"]["all"]["small_classes"],
+            "training_minutes": minutes, "subtype_seconds": info.fit_seconds,
+            "subtype_share_of_training": info.fit_seconds / (minutes * 60),
+            "oof_macro_auc": {v: a["macro"] for v, a in info.oof_auc.items()},
+            "oof_macro_auc_ci95": {v: a["macro_ci95"] for v, a in info.oof_auc.items()},
+            "small_classes": info.oof_auc["all"]["small_classes"],
             "all_per_type": model_types, "oracle_per_type": oracle_types,
             "oracle_macro_auc": float(np.mean([b["auc"] for b in oracle_types.values()])),
             "malignancy_oof_auc": model.oof_auc_,

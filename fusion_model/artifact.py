@@ -113,7 +113,7 @@ def _write_artifact(model: FusionModel, staging: Path, trained_on: TrainingCohor
         "encoder": {"networks": network_files, "inference": encoder.inference_,
                     "alignment": ALIGNMENT_FILE if encoder.alignment_ is not None else None,
                     "oof_auc": encoder.oof_auc_, "final_epochs": encoder.final_epochs_,
-                    "pretrained": getattr(encoder, "pretrained_", None)},
+                    "pretrained": getattr(encoder, "pretrained_", None), "channels": model.channels_},
         "pca": None if model.pca_ is None else model.pca_.to_manifest(),
         "tabular_groups": model.tabular_groups_,
         "variants": variants,
@@ -184,11 +184,12 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
     if stray:
         warnings.warn(unlisted_files_note(path, stray), FusionModelWarning, stacklevel=2)
     config = parse_model(ExperimentConfig, manifest["config"], f"{path / MANIFEST} config")
-    trained_on = TrainingCohort.from_manifest(manifest["cohort"])
     entry = manifest["encoder"]
+    # the crop channels the networks learnt from (older artifacts: the training cohort's)
+    channels = entry.get("channels") or TrainingCohort.from_manifest(manifest["cohort"]).channels
     networks = {}
     for name, rel in entry["networks"].items():
-        network = build_network(config.encoder, trained_on.channels)
+        network = build_network(config.encoder, channels)
         try:
             network.load_state_dict(load_file(str(path / rel)), strict=True)
         except (SafetensorError, RuntimeError, OSError, ValueError, KeyError) as err:  # wrong file: nothing ran
@@ -221,7 +222,7 @@ def load_model(path: Path, progress: bool = False) -> FusionModel:
                              "retrain the model") from None
     return FusionModel.from_fitted(config, encoder, variants, EmbeddingPCA.from_manifest(manifest["pca"]),
                                    manifest["tabular_groups"],
-                                   trained_on.channels, manifest["metrics"]["baseline_oof_auc"],
+                                   channels, manifest["metrics"]["baseline_oof_auc"],
                                    pd.read_csv(path / OOF_FILE, index_col="lesion_id"), progress=progress,
                                    manifest=manifest, subtypes=subtypes, subtype_info=SubtypeInfo.from_manifest(manifest.get("subtype")))
 

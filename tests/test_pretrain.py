@@ -113,7 +113,7 @@ def test_the_weight_file_restores_the_network_but_not_its_malignancy_layer(pretr
     config = experiment(pretrained=str(path))
     check_pretrained(config, ["mask"])
     torch.manual_seed(123)
-    network = build_network(config.encoder, 1)
+    network = build_network(config.encoder, ["mask"])
     fresh_head = network.head[1].weight.detach().clone()
     load_pretrained(network, path)
     trained = result.model.state_dict()
@@ -130,7 +130,7 @@ def test_fine_tuning_starts_from_the_weight_file(pretrained):
     rng = np.random.default_rng(0)
     crops = (rng.random((12, 1, 24, 24, 24)) < 0.2).astype(np.float16)
     labels = np.arange(12) % 2
-    stem = build_network(experiment().encoder, 1)
+    stem = build_network(experiment().encoder, ["mask"])
     load_pretrained(stem, path)
     expected = stem.features[0][0].weight.detach()
     # a learning rate too small to move the weights: what is returned is where training started
@@ -166,7 +166,7 @@ def test_mismatched_or_unreadable_weight_files_are_refused(pretrained, tmp_path)
     with pytest.raises(UserInputError, match="is not a weight file"):
         check_pretrained(experiment(pretrained=str(junk)), ["mask"])
     with pytest.raises(UserInputError, match="does not fit this network"):
-        load_pretrained(build_network(experiment(width=8).encoder, 1), path)
+        load_pretrained(build_network(experiment(width=8).encoder, ["mask"]), path)
 
 
 def test_cli_writes_the_weight_file_and_refuses_to_overwrite_it(tmp_path):

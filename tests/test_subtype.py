@@ -126,7 +126,7 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
                      "--all-variants")
     assert result.returncode == 0, result.stderr
     predictions = pd.read_csv(tmp_path / "p.csv").set_index("lesion_id")
-    type_columns = [f"p_type_{c}" for c in info["classes"]]
+    type_columns = [f"p_type_{c}" for c in info.classes]
     assert np.allclose(predictions[type_columns].sum(axis=1), 1.0)
     assert (predictions["most_likely_type"] == predictions[type_columns].idxmax(axis=1).str[7:]).all()
     assert np.allclose(predictions["most_likely_type_probability"], predictions[type_columns].max(axis=1))
@@ -140,7 +140,7 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
 
     evaluation = evaluate_model(tmp_path / "m", external, tmp_path / "ev", cache, progress=False)
     subtype = json.loads((tmp_path / "ev/metrics.json").read_text())["subtype"]
-    assert subtype["classes"] == info["classes"] and set(subtype["variants"]) == set(run.model.variants_)
+    assert subtype["classes"] == info.classes and set(subtype["variants"]) == set(run.model.variants_)
     assert subtype["oracle"]["macro_auc"] > 0.8
     primary = subtype["variants"]["all"]
     assert sum(map(sum, primary["confusion"]["counts"])) == subtype["lesions"]
@@ -168,7 +168,7 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
         assert 0 <= test["p_value"] <= 1 and test["difference_ci95"][0] < test["difference"] < test["difference_ci95"][1]
         macro = rows[name]["subtype"]
         low, high = macro["macro_auc_ci95"]
-        assert low <= macro["macro_auc"] <= high and set(macro["per_class"]) == set(info["classes"])
+        assert low <= macro["macro_auc"] <= high and set(macro["per_class"]) == set(info.classes)
         # the phase model scores what it scores on its own phase view of the same lesions
         view = data.with_phases([name])
         expected = phase_models[name].predict_variants(view)["p_all"]
