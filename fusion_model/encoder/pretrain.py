@@ -29,7 +29,6 @@ from fusion_model.encoder.transforms import BatchAugmentation
 from fusion_model.encoder.weights import FORMAT
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.preprocess import crop_channels
-from fusion_model.progress import track
 from fusion_model.synthetic.pretraining import (
     DrawnSet,
     DrawSettings,
@@ -38,6 +37,7 @@ from fusion_model.synthetic.pretraining import (
     regression_targets,
     type_names,
 )
+from fusion_model.training import TrainingLoop
 
 
 def _memory_bytes() -> int:
@@ -96,7 +96,6 @@ def pretrain_encoder(experiment: ExperimentConfig, settings: PretrainConfig, dev
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch_device = resolve_device(device)
-    cuda = torch_device.type == "cuda"
     draw = crop_settings(experiment, settings)
     channels = crop_channels(settings.phases, bool(settings.phases), draw.depth_channel)
     needed, total = settings.examples * len(channels) * draw.voxels ** 3 * 2, _memory_bytes()
@@ -127,7 +126,8 @@ def pretrain_encoder(experiment: ExperimentConfig, settings: PretrainConfig, dev
     steps = settings.epochs * int(math.ceil(len(train_idx) / settings.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.learning_rate, total_steps=max(steps, 1),
                                                     pct_start=0.2)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    loop = TrainingLoop(model, optimizer, scheduler, torch_device, settings.seed, salt=(1,), progress=progress,
+                        description="pre-training encoder")
     augmentation = BatchAugmentation(encoder.augmentation_strength, tuple(draw.hu_window), encoder.hu_jitter)
     mean_t, scale_t = (torch.as_tensor(v, device=torch_device) for v in (mean, scale))
 
@@ -138,27 +138,20 @@ def pretrain_encoder(experiment: ExperimentConfig, settings: PretrainConfig, dev
                 torch.as_tensor(data.malignant[idx], device=torch_device))
 
     history = []
-    for epoch in track(range(settings.epochs), "pre-training encoder", enabled=progress):
-        model.train()
+    for epoch, random in loop.epochs(0, settings.epochs):
         heads.train()
-        generator = np.random.default_rng([settings.seed, epoch, 1])
-        augmentation_rng = np.random.default_rng(int(generator.integers(2**31 - 1)))
-        torch.manual_seed(int(generator.integers(2**31 - 1)))
-        order = generator.permutation(train_idx)
+        augmentation_rng = np.random.default_rng(random.augmentation_seed)
+        order = random.generator.permutation(train_idx)
         total = 0.0
         for start in range(0, len(order), settings.batch_size):
             idx = np.sort(order[start:start + settings.batch_size])
             if len(idx) < 2:
                 continue
             x = augmentation(as_float32(data.crops[idx]).to(torch_device), augmentation_rng)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=cuda):
+            with loop.autocast():
                 logit, embedding = model(x)
                 loss = _losses(heads(embedding.float()), logit.float(), targets(idx), mean_t, scale_t)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            loop.step(loss)
             total += loss.item() * len(idx)
         history.append({"epoch": epoch, "train_loss": total / len(order)})
 

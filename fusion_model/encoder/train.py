@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from fusion_model.checkpoints import resume_checkpoint, save_checkpoint
-from fusion_model.devices import resolve_device
 from fusion_model.config import EncoderConfig
+from fusion_model.devices import resolve_device
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.slices import aggregate, lesion_slice_indices, slice_stacks
 from fusion_model.encoder.transforms import BatchAugmentation, flip_views
 from fusion_model.encoder.weights import load_pretrained
-from fusion_model.progress import track
+from fusion_model.training import TrainingLoop
 
 EpochHook = Callable[[int, dict], None]
 
@@ -180,7 +179,6 @@ def train_encoder(
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(device)
-    cuda = device.type == "cuda"
     labels = np.asarray(labels).astype(np.float32)
     epochs = epochs or config.epochs
     torch.manual_seed(seed)
@@ -192,7 +190,6 @@ def train_encoder(
         skip_idx = np.sort(np.asarray(train_idx))
         model.fit_input_skip(_lesion_statistics(model, crops, skip_idx, config, device), labels[skip_idx],
                              balanced=config.class_weighting == "balanced")
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = int(np.ceil(len(train_idx) / config.batch_size))
     total_steps = epochs * steps_per_epoch
@@ -216,24 +213,26 @@ def train_encoder(
     run_key = hashlib.sha256(f"{config.fingerprint()}|{seed}|{epochs}|{np.asarray(train_idx).tobytes().hex()}|"
                              f"{None if val_idx is None else np.asarray(val_idx).tobytes().hex()}".encode()
                              + (b"" if second_reader_crops is None else b"|second reader")).hexdigest()
+    loop = TrainingLoop(model, optimizer, scheduler, device, seed, checkpoint=checkpoint, run_key=run_key,
+                        progress=progress, description=description)
+    if averaged is not None:
+        loop.after_step.append(lambda: averaged.update_parameters(model))
     state = {"epoch": -1, "best_auc": -np.inf, "best_neg_loss": -np.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": [], "best_model": None, "averaged": None}
     resumed = None
-    restored = resume_checkpoint(checkpoint, run_key, model, optimizer, scheduler, state)
+    restored = loop.resume(state)
     if restored is not None:
         state, resumed = restored, restored["epoch"]
         if averaged is not None and state["averaged"] is not None:
             averaged.load_state_dict(state["averaged"])
     trained = model if averaged is None else averaged.module  # the network validated and returned
 
-    epoch_iter = range(state["epoch"] + 1, epochs)
-    for epoch in track(epoch_iter, description, total=len(epoch_iter), enabled=progress):
-        if val_idx is not None and state["bad_epochs"] >= config.patience:
-            break
-        model.train()
-        generator = np.random.default_rng([seed, epoch])
-        augmentation_rng = np.random.default_rng(int(generator.integers(2**31 - 1)))
-        torch.manual_seed(int(generator.integers(2**31 - 1)))  # dropout
+    def patience_spent() -> bool:
+        return val_idx is not None and state["bad_epochs"] >= config.patience
+
+    for epoch, random in loop.epochs(state["epoch"] + 1, epochs, patience_spent):
+        generator = random.generator
+        augmentation_rng = np.random.default_rng(random.augmentation_seed)
         order = generator.permutation(train_idx)
         use_second = None if second_reader_crops is None else generator.random(len(crops)) < 0.5
         total_loss = 0.0
@@ -243,17 +242,11 @@ def train_encoder(
                 continue  # BatchNorm needs two examples
             x, y = _training_batch(crops, labels, batch_idx, augmentation, config, generator, augmentation_rng,
                                    second_reader_crops, use_second, device)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=cuda):
+            with loop.autocast():
                 logits, _ = model(x)
                 target = y * (1.0 - smoothing) + 0.5 * smoothing if smoothing else y
                 loss = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
+            loop.step(loss)
             total_loss += loss.item() * len(batch_idx)
         record = {"epoch": epoch, "train_loss": total_loss / len(order), "lr": scheduler.get_last_lr()[0]}
         if val_idx is not None:
@@ -274,8 +267,7 @@ def train_encoder(
         state["history"].append(record)
         if averaged is not None:
             state["averaged"] = averaged.state_dict()
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, run_key, model, optimizer, scheduler, state)
+        loop.save(state)
         if on_epoch is not None:
             on_epoch(epoch, record)
 

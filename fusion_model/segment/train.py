@@ -31,7 +31,6 @@ from monai.transforms import (
 )
 from monai.transforms.utils import map_binary_to_indices
 
-from fusion_model.checkpoints import resume_checkpoint, save_checkpoint
 from fusion_model.cohort import load_cohort
 from fusion_model.config import SegmentConfig
 from fusion_model.devices import resolve_device
@@ -53,6 +52,7 @@ from fusion_model.segment.metrics import (
 from fusion_model.segment.network import build_segmenter
 from fusion_model.segment.refine import training_crops
 from fusion_model.segment.scans import Region, ScanRecord, cohort_scans, load_scan
+from fusion_model.training import TrainingLoop
 
 BACKGROUND_SAMPLES = 50_000  # background patch centres kept per scan (uniform subsample)
 
@@ -165,32 +165,25 @@ def _fit(stage: str, in_channels: int, config: SegmentConfig, epochs: int,
     total_steps = epochs * config.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - min(step, total_steps - 1)
                                                                            / total_steps) ** 0.9)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    # a checkpoint of other settings is overwritten: the same --out, a new run
+    loop = TrainingLoop(network, optimizer, scheduler, device, config.seed, salt=(len(stage),), checkpoint=checkpoint,
+                        run_key=run_key, refuse_other_runs=False, progress=progress,
+                        description=f"training the {stage}")
     state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "best_model": None}
     resumed = None
-    restored = resume_checkpoint(checkpoint, run_key, network, optimizer, scheduler, state, refuse_other_runs=False)
-    if restored is not None:  # a checkpoint of other settings is overwritten: the same --out, a new run
+    restored = loop.resume(state)
+    if restored is not None:
         state, resumed = restored, restored["epoch"]
-    remaining = range(state["epoch"] + 1, epochs)
-    for epoch in track(remaining, f"training the {stage}", total=len(remaining), enabled=progress):
-        if state["bad_epochs"] >= config.patience:
-            break
-        network.train()
-        generator = np.random.default_rng([config.seed, epoch, len(stage)])
-        transform.set_random_state(seed=int(generator.integers(2**31 - 1)))
-        torch.manual_seed(int(generator.integers(2**31 - 1)))
+    for epoch, random in loop.epochs(state["epoch"] + 1, epochs, lambda: state["bad_epochs"] >= config.patience):
+        transform.set_random_state(seed=random.augmentation_seed)
         total = 0.0
         for _ in range(config.iterations_per_epoch):
-            x, y = next_batch(generator)
+            x, y = next_batch(random.generator)
             x, y = x.to(device), y.to(device)
-            with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
+            with loop.autocast():
                 loss = loss_function(network(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            loop.step(loss)
             total += float(loss.item())
         value = score(network)
         record = {"stage": stage, "epoch": epoch, "train_loss": total / config.iterations_per_epoch,
@@ -202,7 +195,7 @@ def _fit(stage: str, in_channels: int, config: SegmentConfig, epochs: int,
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         state["history"].append(record)
-        save_checkpoint(checkpoint, run_key, network, optimizer, scheduler, state)
+        loop.save(state)
         if on_epoch is not None:
             on_epoch(record)
     network.load_state_dict(state["best_model"])
