@@ -171,6 +171,7 @@ def unlisted_files(path: Path, manifest: dict) -> list[str]:
 
 
 def unlisted_files_note(path: Path, names: list[str]) -> str:
+    """The warning naming files in a model folder that its manifest does not list."""
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return (f"{path}: {len(names)} file(s) that the manifest does not list ({shown}); they were not written by "
             "training and nothing reads them: remove them, or find out who put them there")

@@ -27,10 +27,12 @@ def labelled(label: str, style: str, text: str = "", out: Console | None = None)
 
 
 def fmt_auc(value) -> str:
+    """An AUC (or any figure in [0, 1]) to three decimals; '-' where it does not exist."""
     return "-" if value is None or value != value else f"{value:.3f}"
 
 
 def ci_text(pair) -> str:
+    """An interval as 'low-high' to three decimals; '-' where there is none."""
     return "{:.3f}-{:.3f}".format(*pair) if pair else "-"
 
 

@@ -212,6 +212,7 @@ class FusionModel:
 
     # --------------------------------------------------------------------------- prediction
     def check_fitted(self) -> None:
+        """Refuse to score before the model is fitted or loaded."""
         if not hasattr(self, "variants_"):
             raise RuntimeError("FusionModel is not fitted; call fit(), or load a trained model with "
                                "fusion_model.artifact.load_model(PATH)")

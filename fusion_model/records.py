@@ -60,6 +60,7 @@ class TrainingCohort:
     phase_of: list[str] | None = None    # a per-phase model: the phases of the cohort it came from
 
     def to_manifest(self) -> dict:
+        """Plain data for the manifest's 'cohort' entry."""
         entry = {key: getattr(self, key) for key in self.__dataclass_fields__ if key != "phase_of"}
         return entry if self.phase_of is None else {**entry, "phase_of": self.phase_of}
 

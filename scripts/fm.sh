@@ -5,6 +5,7 @@
 #   bash scripts/fm.sh demo [options]   the main job on a synthetic cohort
 #   bash scripts/fm.sh test [pytest args]   the test suite
 #   bash scripts/fm.sh run COMMAND ...  any fusion-model command
+#   bash scripts/fm.sh docs [serve]     the documentation site into site/ (strict), or served while you edit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,5 +35,8 @@ case "$cmd" in
     demo) exec "$VENV/bin/fusion-model" demo "$@" ;;
     test) exec "$VENV/bin/python" -m pytest "$@" ;;
     run)  exec "$VENV/bin/fusion-model" "$@" ;;
-    *) echo "usage: bash scripts/fm.sh demo|test|run ..." >&2; exit 2 ;;
+    docs) export NO_MKDOCS_2_WARNING=1
+          if [ "${1:-}" = serve ]; then exec "$VENV/bin/python" -m mkdocs serve --strict; fi
+          exec "$VENV/bin/python" -m mkdocs build --strict ;;
+    *) echo "usage: bash scripts/fm.sh demo|test|run|docs ..." >&2; exit 2 ;;
 esac

@@ -19,6 +19,7 @@ app = typer.Typer()
 
 
 def print_summary(summary: dict) -> None:
+    """The cohort's summary table: lesions, patients, centres, labels, types, phases, masks, missingness."""
     table = Table(title=f"cohort {summary.get('name', '')}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -47,6 +48,7 @@ def print_summary(summary: dict) -> None:
 
 
 def print_problems(problems, limit: int = 200) -> None:
+    """The problems found, one row each (the first ``limit``)."""
     if not problems:
         return
     table = Table(title=f"{len(problems)} problem(s)", show_lines=False)

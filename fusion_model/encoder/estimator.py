@@ -177,6 +177,7 @@ class ImageEncoder:
         return dict(zip([name for name, _ in named], consensus_maps(embeddings)))
 
     def check_fitted(self) -> None:
+        """Refuse to score before any network is trained."""
         if not getattr(self, "fold_models_", None) and not hasattr(self, "model_"):
             raise RuntimeError("ImageEncoder has no trained networks; call fit() first")
 

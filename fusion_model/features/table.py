@@ -88,10 +88,12 @@ class EmbeddingPCA:
         return (np.asarray(embeddings, dtype=float) - np.asarray(self.mean)) @ np.asarray(self.components).T
 
     def to_manifest(self) -> dict:
+        """Plain data for the model manifest."""
         return {"mean": self.mean, "components": self.components}
 
     @classmethod
     def from_manifest(cls, entry: dict | None) -> EmbeddingPCA | None:
+        """The axes a manifest entry holds (None for none)."""
         return None if entry is None else cls(list(entry["mean"]), [list(c) for c in entry["components"]])
 
 

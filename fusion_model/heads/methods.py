@@ -66,6 +66,7 @@ class HeadInputs:
 
     @property
     def image_logit(self) -> np.ndarray:
+        """The encoder's logit per lesion."""
         return self.X_img["image_logit"].to_numpy()
 
 
@@ -184,13 +185,16 @@ class TypeMixture:
     rates: list[float]
 
     def margin(self, type_margins: np.ndarray) -> np.ndarray:
+        """The mixture's log-odds from the type head's margins (lesions x classes)."""
         return mixture_margin(type_margins, self.temperature, np.asarray(self.rates, dtype=float))
 
     def to_manifest(self) -> dict:
+        """Plain data for the model manifest."""
         return {"classes": list(self.classes), "temperature": self.temperature, "rates": list(self.rates)}
 
     @classmethod
     def from_manifest(cls, entry: dict) -> TypeMixture:
+        """The parameters a manifest entry holds."""
         return cls(list(entry["classes"]), float(entry["temperature"]), [float(r) for r in entry["rates"]])
 
 

@@ -64,15 +64,18 @@ class SubtypeInfo:
 
     @property
     def classes(self) -> list[str]:
+        """The classes the heads learnt, in their output order."""
         return self.lesion_types.classes
 
     def to_manifest(self) -> dict:
+        """Plain data for the model manifest (its 'subtype' entry)."""
         t = self.lesion_types
         return {"classes": t.classes, "merged_into_rare": t.merged, "training_lesions": t.counts,
                 "left_out": t.left_out, "oof_auc": self.oof_auc, "fit_seconds": self.fit_seconds}
 
     @classmethod
     def from_manifest(cls, entry: dict | None) -> SubtypeInfo | None:
+        """The info a manifest's 'subtype' entry holds (None for a model without lesion-type heads)."""
         if not entry:
             return None
         types = SubtypeClasses(list(entry["classes"]), list(entry.get("merged_into_rare") or []),
@@ -142,6 +145,7 @@ class MultiClassHead:
         return cls(config.xgboost, feature_names, classes, seed=config.seed, threads=threads)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> MultiClassHead:
+        """Fit on a feature matrix (NaN = missing) and class indices, classes weighted to balance."""
         c = self.config
         params = {"objective": "multi:softprob", "num_class": self.classes, "eval_metric": "mlogloss",
                   **tree_params(c, self.seed, self.threads)}
@@ -153,6 +157,7 @@ class MultiClassHead:
         return self
 
     def margins(self, X: np.ndarray) -> np.ndarray:
+        """Margins per class (lesions x classes)."""
         data = xgb.DMatrix(np.asarray(X, dtype=float), feature_names=self.feature_names, missing=np.nan)
         return np.asarray(self.booster_.predict(data, output_margin=True), dtype=float).reshape(len(X), self.classes)
 
@@ -169,6 +174,7 @@ class MultiClassHead:
                 np.ravel(self._explainer.expected_value).astype(float))
 
     def save(self, path) -> None:
+        """Write the booster in XGBoost's own JSON format."""
         self.booster_.save_model(str(path))
 
     @classmethod
@@ -215,11 +221,13 @@ class SubtypeFit:
                             columns=[f"p_type_{c}" for c in self.classes])
 
     def to_manifest(self, save_head: Callable[[str, MultiClassHead], str]) -> dict:
+        """Plain data for the manifest; ``save_head(key, head)`` writes the head and returns its file."""
         return {"classes": self.classes, "features": self.features, "temperature": self.temperature,
                 "file": save_head(f"{self.variant}_subtype", self.head)}
 
     @classmethod
     def from_manifest(cls, variant: str, entry: dict, config: ExperimentConfig, root) -> SubtypeFit:
+        """The fit a manifest entry describes, its head read from ``root``."""
         head = MultiClassHead.load(root / entry["file"], entry["features"], config)
         if head.classes != len(entry["classes"]):
             raise ValueError(f"{entry['file']} scores {head.classes} classes, the manifest names "

@@ -17,6 +17,7 @@ from fusion_model.imaging.quality import check_file_complete
 
 
 def dicom_series_files(folder: Path) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in slice order (a folder with none or several refused)."""
     reader = sitk.ImageSeriesReader()
     series_ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
     if not series_ids:
