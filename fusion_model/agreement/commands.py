@@ -62,5 +62,5 @@ def agreement(
     console.print(table)
     if m["read_once"]:
         labelled(f"{len(m['read_once'])} lesion(s) with one outline only, not compared", "yellow",
-                  " (listed in the report): " + ", ".join(r["lesion_id"] for r in m["read_once"][:20]))
+                 " (listed in the report): " + ", ".join(r["lesion_id"] for r in m["read_once"][:20]))
     console.print(f"{m['seconds']:.1f} s; wrote {out / 'report.html'}")

@@ -87,7 +87,7 @@ def segment_predict(
                                                            if run.dicom_seg_files else ""))
     if len(run.not_found):
         labelled("not found", "yellow", f" ({len(run.not_found)}, listed in {out / NOT_FOUND_FILE}; their "
-                  "rows keep an empty mask_path): " + ", ".join(run.not_found["lesion_id"].head(20)))
+                 "rows keep an empty mask_path): " + ", ".join(run.not_found["lesion_id"].head(20)))
     console.print(f"wrote {out}")
 
 
