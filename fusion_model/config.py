@@ -195,21 +195,14 @@ class FusionConfig(StrictModel):
     fixed_weight: float | None = Field(None, ge=0, le=1, description="late-fusion weight of the image logit; "
                                                                       "empty: chosen by inner CV")
 
-    @field_validator("method")
+    @field_validator("method", "head")
     @classmethod
-    def _method(cls, method: str) -> str:
-        choices = configurable_methods() + ["auto"]
-        if method not in choices:
-            raise ValueError(f"unknown fusion method {method!r}; choose from {choices}")
-        return method
-
-    @field_validator("head")
-    @classmethod
-    def _head(cls, head: str) -> str:
-        choices = binary_learners() + ["auto"]
-        if head not in choices:
-            raise ValueError(f"unknown head learner {head!r}; choose from {choices}")
-        return head
+    def _registered(cls, value: str, info) -> str:
+        kind, choices = (("fusion method", configurable_methods()) if info.field_name == "method"
+                         else ("head learner", binary_learners()))
+        if value not in [*choices, "auto"]:
+            raise ValueError(f"unknown {kind} {value!r}; choose from {[*choices, 'auto']}")
+        return value
 
     @field_validator("late_fusion_weights")
     @classmethod
