@@ -3,6 +3,7 @@ build that fails under ``--strict`` when a public module, class, function or met
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -57,12 +58,18 @@ def on_pre_build(config) -> None:
                     log.warning("%s has no docstring", where)
 
 
-def _command(path: str):
+@functools.cache
+def _root_command():
+    """The click command typer builds from the CLI (once per build)."""
     import typer
 
     from fusion_model.cli import app
 
-    command = typer.main.get_command(app)
+    return typer.main.get_command(app)
+
+
+def _command(path: str):
+    command = _root_command()
     for part in path.split():
         command = command.commands[part]
     return command

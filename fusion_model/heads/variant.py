@@ -23,8 +23,8 @@ import pandas as pd
 from fusion_model.config import ExperimentConfig
 from fusion_model.heads.base import Head
 from fusion_model.heads.calibration import Calibrator
-from fusion_model.heads.methods import (FusionMethod, HeadInputs, TypeMixture, best_late_weight, late_fusion_margin,
-                                        method_order)
+from fusion_model.heads.methods import (FusionMethod, HeadInputs, TypeMixture, best_late_weight, head_fold_margins,
+                                        late_fusion_margin, method_order)
 from fusion_model.heads.subtype import LesionTypes
 from fusion_model.heads.thresholds import operating_thresholds
 from fusion_model.registry import FUSION_METHODS, LEARNERS, binary_learners
@@ -176,8 +176,7 @@ class VariantFitter:
         """Out-of-fold margins of a head over ``X``'s columns."""
         out = np.full(len(y), np.nan)
         for train_idx, test_idx in folds:
-            head = self.head(list(X.columns), learner).fit(X.values[train_idx], y[train_idx])
-            out[test_idx] = head.decision_function(X.values[test_idx])
+            out[test_idx] = head_fold_margins(self, X, y, train_idx, test_idx, learner)
         return out
 
     def late_weight(self, X_tab: pd.DataFrame, image_logit: np.ndarray, y: np.ndarray, groups: np.ndarray,
