@@ -19,6 +19,7 @@ from fusion_model.agreement import commands as agreement_commands
 from fusion_model.cohort import commands as cohort_commands
 from fusion_model.console import err_console
 from fusion_model.datasets import commands as dataset_commands
+from fusion_model.dicom_import import commands as dicom_import_commands
 from fusion_model.encoder import commands as encoder_commands
 from fusion_model.errors import FusionModelError, FusionModelWarning
 from fusion_model.evaluate import commands as evaluate_commands
@@ -35,7 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # In the order of the work: the cohort, its images, the model, what it says and why, and the studies around it.
-for commands in (cohort_commands, synthetic_commands, dataset_commands, pipeline_commands, evaluate_commands,
+for commands in (cohort_commands, dicom_import_commands, synthetic_commands, dataset_commands, pipeline_commands, evaluate_commands,
                  explain_commands, tune_commands, encoder_commands, agreement_commands):
     app.add_typer(commands.app)
 app.add_typer(segment_commands.app, name="segment")

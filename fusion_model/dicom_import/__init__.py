@@ -1,0 +1,1 @@
+"""From a PACS export to a cohort directory: `fusion-model import-dicom`."""
