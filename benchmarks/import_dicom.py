@@ -6,7 +6,8 @@ Stages:
    (:mod:`fusion_model.synthetic.dicom_export`: two reconstructions per phase, a sharp kernel, localizers, dose
    reports, coronal reformats, bolus tracking, secondary captures, presentation states, prior studies, SEGs,
    duplicated files, missing slices, descriptions in five languages, 10% naming the wrong phase).
-2. The header scan alone, timed (files per second, 2 processes), then the whole import, timed.
+2. The header scan alone, timed (files per second, 2 processes), then the whole import, timed (wall and CPU
+   seconds, per stage), with gzipped NIfTI volumes (the default) and with --no-compress.
 3. Every series' decision and every kept series' phase against the generator's truth; the cohort validated;
    every imported volume and mask compared voxel by voxel with the cohort synth wrote directly.
 4. The demo experiment (experiments/synthetic_demo.yaml, centre_c held out) trained and evaluated on the imported
@@ -34,6 +35,13 @@ from fusion_model.synthetic.dicom_export import check_import, write_dicom_export
 from fusion_model.synthetic.generate import synthesize_cohort
 
 PHASES = ["unenhanced", "arterial", "venous", "delayed"]
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def compare_with_synth(imported: Path, direct: Path, mapping: Path, identifiers: Path) -> dict:
@@ -84,7 +92,7 @@ def train_and_evaluate(cohort: Path, out: Path) -> dict:
     from fusion_model.evaluate.run import evaluate_model
     from fusion_model.imaging.cache import ImageCache
 
-    experiment = load_experiment(packaged_experiment("synthetic_demo"))
+    experiment = load_experiment(packaged_experiment("synthetic_demo.yaml"))
     cache = ImageCache(out / "cache")
     pipeline.train(experiment, cohort, out / "model", cache, test_centre="centre_c", overwrite=True, progress=False)
     evaluation = evaluate_model(out / "model", cohort, out / "evaluation", cache, EvaluationSettings(),
@@ -125,10 +133,28 @@ def main() -> None:
         elif stale.exists():
             stale.unlink()
     t = time.perf_counter()
-    import_dicom(out / "export" / "dicom", out / "imported", out / "imported.key", new_key=True,
-                 clinical=out / "export" / "hospital_table.csv", mapping_file=out / "mapping.csv", progress=False)
+    cpu = time.process_time() + _children_cpu()
+    result = import_dicom(out / "export" / "dicom", out / "imported", out / "imported.key", new_key=True,
+                          clinical=out / "export" / "hospital_table.csv", mapping_file=out / "mapping.csv",
+                          progress=False)
     figures["import_s"] = round(time.perf_counter() - t, 1)
+    figures["import_cpu_s"] = round(time.process_time() + _children_cpu() - cpu, 1)
+    figures["import_stage_s"] = {k: round(v, 1) for k, v in result.seconds.items()}
+    figures["export_gb"] = round(sum(p.stat().st_size for p in (out / "export" / "dicom").rglob("*")
+                                     if p.is_file()) / 1e9, 2)
     figures["import_files_per_s"] = round(scan.files / figures["import_s"])
+    from fusion_model.dicom_import.build import ImportOptions
+
+    if (out / "imported_uncompressed").exists():
+        shutil.rmtree(out / "imported_uncompressed")
+    t = time.perf_counter()
+    cpu = time.process_time() + _children_cpu()
+    uncompressed = import_dicom(out / "export" / "dicom", out / "imported_uncompressed", out / "imported.key",
+                                options=ImportOptions(compress=False),
+                                clinical=out / "export" / "hospital_table.csv", progress=False)
+    figures["import_uncompressed_s"] = round(time.perf_counter() - t, 1)
+    figures["import_uncompressed_cpu_s"] = round(time.process_time() + _children_cpu() - cpu, 1)
+    figures["import_uncompressed_stage_s"] = {k: round(v, 1) for k, v in uncompressed.seconds.items()}
     check = check_import(out / "export", out / "imported", out / "mapping.csv")
     figures["check"] = {k: v for k, v in check.items() if not k.endswith("errors")}
     figures["check"]["decision_errors"] = check["decision_errors"][:10]

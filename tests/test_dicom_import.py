@@ -347,3 +347,78 @@ def test_synth_writes_an_export_and_the_cli_imports_it_with_a_new_key_beside_the
     result = _cli("import-dicom", tmp_path / "pacs" / "dicom", "--out", tmp_path / "cohort", "--new-key",
                   "--overwrite")
     assert result.returncode == 2 and "cohort.key: already exists" in result.stderr
+
+
+def test_a_table_keyed_on_patient_id_gives_the_same_cohort(export, imported, tmp_path):
+    identifiers = pd.read_csv(export / "identifiers.csv", dtype=str)
+    table = pd.read_csv(export / "hospital_table.csv", dtype=str)
+    table.insert(0, "Patient ID", table["AccessionNumber"].map(dict(identifiers[["AccessionNumber", "PatientID"]]
+                                                                    .values)))
+    table.drop(columns=["AccessionNumber"]).to_csv(tmp_path / "by_patient.csv", index=False)
+    result = import_dicom(export / "dicom", tmp_path / "cohort", imported / "project.key",
+                          clinical=tmp_path / "by_patient.csv", progress=False)
+    first = pd.read_csv(imported / "cohort" / "clinical.csv")
+    second = pd.read_csv(tmp_path / "cohort" / "clinical.csv")
+    columns = ["lesion_id", "label", "lesion_type", "side", "mask_label"]
+    pd.testing.assert_frame_equal(first[columns], second[columns])
+    assert json.loads((tmp_path / "cohort" / "import_manifest.json").read_text())["clinical_table"]["key"] == \
+        "PatientID" and not result.notes.public
+
+
+def _rtstruct(path: Path, ct_headers: list, centre_mm, radius_mm: float) -> None:
+    """One ROI: a circle of ``radius_mm`` around ``centre_mm`` (x, y) on every slice of a CT series."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.481.3", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Modality, ds.SOPClassUID, ds.SOPInstanceUID = "RTSTRUCT", meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    first = ct_headers[0]
+    for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "StudyDate"):
+        setattr(ds, keyword, first.get(keyword))
+    ds.SeriesInstanceUID, ds.SeriesNumber = generate_uid(), 99
+    roi = pydicom.Dataset()
+    roi.ROINumber, roi.ROIName = 3, "left adrenal mass"
+    ds.StructureSetROISequence = Sequence([roi])
+    angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    contours = []
+    for header in ct_headers:
+        z = float(header.ImagePositionPatient[2])
+        item = pydicom.Dataset()
+        item.ContourGeometricType, item.NumberOfContourPoints = "CLOSED_PLANAR", len(angles)
+        points = np.column_stack([centre_mm[0] + radius_mm * np.cos(angles), centre_mm[1] + radius_mm * np.sin(angles),
+                                  np.full(len(angles), z)])
+        item.ContourData = [f"{v:.3f}" for v in points.ravel()]
+        contours.append(item)
+    roi_contour = pydicom.Dataset()
+    roi_contour.ReferencedROINumber, roi_contour.ContourSequence = 3, Sequence(contours)
+    ds.ROIContourSequence = Sequence([roi_contour])
+    series, study, frame = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+    series.SeriesInstanceUID = first.SeriesInstanceUID
+    study.RTReferencedSeriesSequence = Sequence([series])
+    frame.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame.RTReferencedStudySequence = Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_an_rtstruct_in_the_export_becomes_a_lesion_row_on_its_side(export, imported, tmp_path):
+    small = _small_export(export, tmp_path / "small")
+    headers = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in small.rglob("*") if p.is_file()}
+    for path, header in headers.items():
+        if header.Modality == "SEG":
+            path.unlink()
+    venous = sorted((h for h in headers.values() if h.Modality == "CT" and "AXIAL" in h.ImageType
+                     and phase.description_phase(str(h.SeriesDescription)) == "venous"
+                     and float(h.SliceThickness) == 2.0 and "Br40" in str(h.ConvolutionKernel)),
+                    key=lambda h: float(h.ImagePositionPatient[2]))
+    _rtstruct(small / "rtstruct.dcm", venous[len(venous) // 2 - 2: len(venous) // 2 + 2], (36.0, 32.0), 8.0)
+    result = import_dicom(small, tmp_path / "cohort", imported / "project.key", progress=False)
+    rows = result.rows
+    assert len(rows) == 1 and rows.iloc[0]["side"] == "left" and rows.iloc[0]["mask_label"] == 1
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cohort" / rows.iloc[0]["mask_path"])))
+    assert 4 * np.pi * 64 * 0.8 < (mask == 1).sum() < 4 * np.pi * 64 * 1.2  # four slices of a 8 mm disc, 1 mm pixels
+    assert validate_cohort(tmp_path / "cohort", progress=False).ok

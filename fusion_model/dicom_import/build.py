@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 import warnings
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -64,6 +65,8 @@ class ImportOptions(StrictModel):
                                      "when it is the better match; by default soft-tissue kernels come first")
     centre: str | None = Field(None, description="centre name for every study (default: InstitutionName, or the "
                                "clinical table's centre column)")
+    compress: bool = Field(True, description="gzip the NIfTI volumes (.nii.gz); without, the import runs several "
+                           "times faster and the volumes take about twice the space")
     name: str | None = None
     workers: int = Field(0, ge=0)
 
@@ -94,8 +97,9 @@ class StudyRecord:
 
     @property
     def patient_key(self) -> str:
-        """PatientID as the export gives it."""
-        return str(self.first.get("PatientID", ""))
+        """PatientID as the export gives it; a study without one counts as its own patient (two studies without
+        PatientID are never merged into one patient)."""
+        return str(self.first.get("PatientID", "") or "").strip() or f"no PatientID: study {self.uid}"
 
     @property
     def accession(self) -> str:
@@ -120,6 +124,7 @@ class ImportResult:
     notes: Notes
     phases: list[str]
     key_created: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
 
 
 def _date(value) -> dt.date | None:
@@ -130,14 +135,20 @@ def _date(value) -> dt.date | None:
         return None
 
 
+AGE_CAP_YEARS = 90  # HIPAA safe harbour: ages above 89 are reported as 90
+
+
 def _age_years(header: dict) -> float | None:
+    """Age at the study in whole years (PatientAge, else birth and study dates), capped at 90."""
     age = str(header.get("PatientAge", "") or "").strip().upper()
+    years = None
     if len(age) == 4 and age[:3].isdigit() and age[3] in "YMWD":
-        return round(int(age[:3]) / {"Y": 1, "M": 12, "W": 52.18, "D": 365.25}[age[3]], 1)
-    birth, study = _date(header.get("PatientBirthDate")), _date(header.get("StudyDate"))
-    if birth and study and study >= birth:
-        return float(int((study - birth).days / 365.25))
-    return None
+        years = float(int(int(age[:3]) / {"Y": 1, "M": 12, "W": 52.18, "D": 365.25}[age[3]]))
+    else:
+        birth, study = _date(header.get("PatientBirthDate")), _date(header.get("StudyDate"))
+        if birth and study and study >= birth:
+            years = float(int((study - birth).days / 365.25))
+    return None if years is None else min(years, float(AGE_CAP_YEARS))
 
 
 @dataclass
@@ -228,7 +239,7 @@ def _volume_task(args: tuple) -> tuple[str, str | None]:
 
     files, matrix, origin, target = args
     try:
-        write_volume(stack(files, matrix, origin), Path(target))
+        write_volume(stack(files, matrix, origin), Path(target), compress=target.endswith(".gz"))
     except UserInputError as err:
         return target, str(err)
     return target, None
@@ -411,10 +422,16 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
                                  f"({out}); choose a path outside it")
         if mapping_file.exists() and not overwrite:
             raise UserInputError(f"{mapping_file}: already exists; choose another --mapping-file or pass --overwrite")
+    if out.resolve() == Path(key_file).resolve().parent or out.resolve() in Path(key_file).resolve().parents:
+        raise UserInputError(f"{key_file}: the pseudonymisation key must be kept outside the cohort ({out}); "
+                             "choose a --key-file elsewhere")
     key = check_key(key_file, new_key, out)  # a missing or changed key is refused before any work
     check_output_dir(out, overwrite)
     workers = options.workers or min(4, os.cpu_count() or 1)
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
     scan = scan_export(export, workers, progress)
+    seconds["read headers"] = time.perf_counter() - clock
     notes = Notes()
     if not scan.headers:
         raise UserInputError(f"{export}: no readable DICOM file among {scan.files} file(s) "
@@ -434,7 +451,15 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
             notes.add(f"series {series.get('SeriesNumber', '?')} ({Path(series.first['path']).parent}): {mixed}",
                       f"series {series.get('SeriesNumber', '?')}: {mixed}")
             continue
-        studies.setdefault(series.study_uid, StudyRecord(series.study_uid, [])).series.append(series)
+        study = studies.setdefault(series.study_uid, StudyRecord(series.study_uid, []))
+        if study.series and series.patient_key != study.series[0].patient_key:
+            series.decision = "refused"
+            series.reason = ("its PatientID differs from the rest of its study (one StudyInstanceUID, two "
+                             "patients): the export mixed two patients; re-export the study")
+            notes.add(f"series {series.get('SeriesNumber', '?')} ({Path(series.first['path']).parent}): "
+                      f"{series.reason}", f"series {series.get('SeriesNumber', '?')}: {series.reason}")
+            continue
+        study.series.append(series)
         if series.modality in MASK_MODALITIES:
             masks.append(series)
             continue
@@ -450,6 +475,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
     candidates = [s for s in all_series if s.decision == "candidate"]
     for study in studies.values():
         _header_phases(study, options.phases)
+    seconds["group and check series"] = time.perf_counter() - clock - sum(seconds.values())
     measured = _run(_measure_task, [s.files for s in candidates], workers, "checking phases on the images", progress)
     for series, (aorta, ivc) in zip(candidates, measured):
         series.aorta_hu, series.ivc_hu = aorta, ivc
@@ -459,6 +485,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
             series.decision = "set aside"
             series.reason = ("phase unknown: neither the headers nor the image say which phase it is (name it in "
                              "the series description)")
+    seconds["check phases on the images"] = time.perf_counter() - clock - sum(seconds.values())
     for study in studies.values():
         study_candidates = [s for s in study.series if s.decision == "candidate"]
         phases_.settle_study(study_candidates, _acquisition_key)
@@ -488,7 +515,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
         key = pseudo.create_key(key_file)
     try:
         return _write(export, out, key, created, table, mapping_file, options, overwrite, progress, scan,
-                      all_series, study_list, imported, cohort_phases, notes, workers)
+                      all_series, study_list, imported, cohort_phases, notes, workers, seconds, clock)
     except BaseException:
         if created:
             Path(key_file).unlink(missing_ok=True)  # nothing was written with it
@@ -496,7 +523,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
 
 
 def _write(export, out, key, created, table, mapping_file, options, overwrite, progress, scan, all_series,
-           study_list, imported, cohort_phases, notes, workers) -> ImportResult:
+           study_list, imported, cohort_phases, notes, workers, seconds, clock) -> ImportResult:
     import SimpleITK as sitk
 
     from fusion_model.dicom_import.report import render_report, series_rows
@@ -527,16 +554,19 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
                     series.output = f"dicom/{stem}"
                     links.append((series, staging / series.output))
                 else:
-                    series.output = f"images/{stem}.nii.gz"
+                    series.output = f"images/{stem}.nii" + (".gz" if options.compress else "")
                     matrix, origin = stack_affine(series)
                     volume_tasks.append((series.files, matrix, origin, str(staging / series.output)))
         for series, folder in links:
             folder.mkdir(parents=True)
             for n, source in enumerate(series.files):
                 os.symlink(Path(source).resolve(), folder / f"slice_{n + 1:04d}.dcm")
+        start = time.perf_counter()
         failures = [(t, e) for t, e in _run(_volume_task, volume_tasks, workers, "writing volumes", progress) if e]
         if failures:
             raise UserInputError(failures[0][1])
+        seconds["write volumes"] = time.perf_counter() - start
+        start = time.perf_counter()
         rows, lesion_ids = [], {}
         for study in track(imported, "building the cohort table", enabled=progress):
             reference_series = study.chosen[cohort_phases[0]]
@@ -565,7 +595,8 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
         mapping = [{"patient_id": s.patient_id, "study": s.token, "imported": s.imported, "PatientID": s.patient_key,
                     "AccessionNumber": s.accession, "StudyInstanceUID": s.uid, "lesion_ids": lesion_ids.get(s.uid, "")}
                    for s in study_list]
-        frame = _table(rows, cohort_phases)
+        seconds["outlines and table"] = time.perf_counter() - start
+        frame = _table(sorted(rows, key=lambda r: r["lesion_id"]), cohort_phases)  # in pseudonym order
         atomic_write_text(staging / TABLE_FILE, frame.to_csv(index=False))
         centres = sorted({str(c) for c in frame["centre"] if str(c)})
         write_cohort_spec(staging, CohortSpec(
@@ -581,13 +612,15 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
             "files": {"scanned": scan.files, "dicom": len(scan.headers), "not_dicom": len(scan.not_dicom),
                       "unreadable": len(scan.unreadable)},
             "studies": {"seen": len(study_list), "imported": len(imported)}, "lesions": len(frame),
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "clinical_table": {"key": table.key, "columns_not_imported": table.dropped} if table else None,
         })
         atomic_write_text(staging / REPORT_FILE, render_report(table_rows, study_list, scan, frame, cohort_phases,
                                                                 notes, table))
     if mapping_file is not None:
         atomic_write_text(mapping_file, pd.DataFrame(mapping).to_csv(index=False))
-    return ImportResult(out, frame, all_series, study_list, scan, notes, cohort_phases, created)
+    seconds["total"] = time.perf_counter() - clock
+    return ImportResult(out, frame, all_series, study_list, scan, notes, cohort_phases, created, seconds)
 
 
 def _read_output(root: Path, series: SeriesRecord):

@@ -39,6 +39,9 @@ def import_dicom_command(
     allow_sharp_kernel: Annotated[bool, typer.Option(
         "--allow-sharp-kernel", help="do not put soft-tissue kernels before sharp (bone, lung) ones")] = False,
     min_slices: Annotated[int, typer.Option(help="fewer slice positions than this: not a volume")] = 8,
+    compress: Annotated[bool, typer.Option(
+        "--compress/--no-compress", help="gzip the NIfTI volumes; --no-compress imports several times faster and "
+        "takes about twice the space")] = True,
     centre: Annotated[str | None, typer.Option(
         help="centre name for every study (default: the table's centre column, else InstitutionName)")] = None,
     workers: Annotated[int, typer.Option(help="processes (0 = as many as cores, up to 4)")] = 0,
@@ -53,7 +56,7 @@ def import_dicom_command(
     options = parse_model(ImportOptions, {
         "phases": [p.strip() for p in phases.split(",") if p.strip()] if phases else None,
         "keep_dicom": keep_dicom, "min_slices": min_slices, "prefer_thickness_mm": prefer_thickness_mm,
-        "allow_sharp_kernel": allow_sharp_kernel, "centre": centre, "workers": workers,
+        "allow_sharp_kernel": allow_sharp_kernel, "centre": centre, "workers": workers, "compress": compress,
     }, "import-dicom options")
     key_file = key_file or out.parent / f"{out.name}.key"
     result = import_dicom(export, out, key_file, new_key=new_key, clinical=clinical, mapping_file=mapping_file,

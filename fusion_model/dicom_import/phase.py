@@ -145,8 +145,9 @@ def vessel_attenuation(hu: np.ndarray, x_mm: np.ndarray, y_mm: np.ndarray, pixel
     size = max(3, int(round(8.0 / pixel_mm)))
     mean = ndimage.uniform_filter(hu.astype(np.float32), size)
     low = ndimage.minimum_filter(hu, size)
-    near_bone = ndimage.binary_dilation(hu > CORTICAL_BONE_HU, iterations=max(1, int(round(6.0 / pixel_mm))))
-    usable = (low > -60) & ~near_bone & ~ndimage.binary_dilation(vertebra, iterations=size)
+    reach = 2 * max(1, int(round(6.0 / pixel_mm))) + 1
+    near_bone = ndimage.maximum_filter(hu > CORTICAL_BONE_HU, size=reach)  # square dilations: separable, fast
+    usable = (low > -60) & ~near_bone & ~ndimage.maximum_filter(vertebra, size=2 * size + 1)
     aorta = usable & (x_mm >= vx - 5) & (x_mm <= vx + 25) & (y_mm >= front - 35) & (y_mm <= front - 5)
     ivc = usable & (x_mm >= vx - 40) & (x_mm <= vx - 10) & (y_mm >= front - 45) & (y_mm <= front - 5)
     if not aorta.any() or not ivc.any():

@@ -52,7 +52,7 @@ def render_report(rows: list[dict], studies: list, scan, table: pd.DataFrame, ph
     from fusion_model.report.html import render
 
     decisions = Counter(r["decision"] for r in rows)
-    disagreements = [r for r in rows if r["phase_source"].startswith("image (the headers said")]
+    disagreements = [r for r in rows if r["phase_source"].startswith(("image (the headers said", "headers (the image"))]
     by_study: dict[str, list[dict]] = {}
     for row in rows:
         by_study.setdefault(row["study"], []).append(row)

@@ -16,7 +16,8 @@ voxels); this module then writes what a radiology group receives from its PACS i
   centre), duplicated files and missing slices.
 
 Beside the ``dicom/`` tree, ``hospital_table.csv`` is the clinical table a hospital would keep (keyed on
-AccessionNumber: labels, lesion types, sides, measurements, labs), ``truth_series.csv`` says for every series
+AccessionNumber: labels, lesion types, sides, measurements, age and sex as the generator drew them per lesion,
+labs), ``truth_series.csv`` says for every series
 what it is and what an import should decide, ``identifiers.csv`` lists every identifying value written (for
 tests that check none reaches an import's outputs), and ``cohort/`` is the same cohort as ``fusion-model synth``
 writes it.
@@ -132,6 +133,16 @@ def _base_dataset(sop_class: str, sop_uid: str, modality: str, identity: dict, s
     return ds
 
 
+def _ds(value: float) -> str:
+    """A decimal string as precise as DICOM's 16 characters allow (scanners write 6-10 digits; the synthetic
+    volumes' float32 geometry survives to the last bit)."""
+    for digits in range(13, 5, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    return f"{value:.6g}"
+
+
 def _clock(seconds: float) -> str:
     seconds = max(0.0, seconds)
     h, rem = divmod(seconds, 3600)
@@ -151,9 +162,9 @@ def _ct_slices(writer: _Writer, volume: np.ndarray, origin, spacing, study: dict
         ds = _base_dataset(CT_STORAGE, sop, "CT", writer.identity, study, series)
         ds.ImageType = series["image_type"]
         ds.FrameOfReferenceUID = study["frame"]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in (origin[0], origin[1], origin[2] + k * spacing[2])]
+        ds.ImagePositionPatient = [_ds(v) for v in (origin[0], origin[1], origin[2] + k * spacing[2])]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [f"{spacing[1]:.4f}", f"{spacing[0]:.4f}"]
+        ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]
         ds.SliceThickness = f"{series['thickness']:.2f}"
         ds.ConvolutionKernel = series["kernel"]
         ds.InstanceNumber = k + 1
@@ -361,6 +372,7 @@ def export_patient(args: tuple) -> tuple[list[dict], list[dict], dict]:
     for row in rows:
         entry = {"AccessionNumber": identity["AccessionNumber"], "side": row["side"], "label": row["label"],
                  "lesion_type": row["lesion_type"], "size_mm": row["size_mm"], "unenhanced_hu": row["unenhanced_hu"],
+                 "age_years": row["age_years"], "sex": row["sex"],
                  "history_extra_adrenal_malignancy": row["history_extra_adrenal_malignancy"],
                  "hypertension": row["hypertension"], "bilateral": row["bilateral"],
                  **{c: row[c] for c in ("cortisol_post_dst_ug_dl", "plasma_metanephrines_xuln", "dhea_s_umol_l",
