@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from contextlib import contextmanager
@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def track(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
@@ -43,3 +44,16 @@ def Progress(enabled: bool = True):  # noqa: N802 - reads like rich's Progress a
     columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with RichProgress(*columns, transient=False) as progress:
         yield progress
+
+
+def map_tracked(function: Callable[[T], R], tasks: list[T], workers: int, description: str,
+                enabled: bool = True) -> list[R]:
+    """``[function(t) for t in tasks]`` with a progress bar, in ``workers`` processes when more than one (one
+    task at a time per process, results in order); ``function`` must be picklable (module level)."""
+    if workers > 1 and len(tasks) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return list(track(pool.map(function, tasks, chunksize=1), description, total=len(tasks),
+                              enabled=enabled))
+    return [function(t) for t in track(tasks, description, total=len(tasks), enabled=enabled)]

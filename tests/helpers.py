@@ -67,3 +67,16 @@ def edit_table(root: Path, **changes) -> None:
         for index, value in cells.items():
             table.loc[index, column] = value
     table.to_csv(root / "clinical.csv", index=False)
+
+
+def rt_references(dataset, series_uid: str, frame_uid: str) -> None:
+    """Make an RTSTRUCT dataset say it was drawn on a CT series (ReferencedFrameOfReferenceSequence)."""
+    import pydicom
+    from pydicom.sequence import Sequence
+
+    series, study, frame = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+    series.SeriesInstanceUID = series_uid
+    study.RTReferencedSeriesSequence = Sequence([series])
+    frame.FrameOfReferenceUID = frame_uid
+    frame.RTReferencedStudySequence = Sequence([study])
+    dataset.ReferencedFrameOfReferenceSequence = Sequence([frame])

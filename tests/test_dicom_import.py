@@ -26,6 +26,7 @@ from fusion_model.dicom_import.series import SeriesRecord, check_geometry, is_sh
 from fusion_model.dicom_import.volumes import stack
 from fusion_model.synthetic.dicom_export import check_import, write_dicom_export
 from fusion_model.synthetic.generate import synthesize_cohort
+from tests.helpers import rt_references
 
 PHASES = ["unenhanced", "arterial", "venous", "delayed"]
 
@@ -396,12 +397,7 @@ def _rtstruct(path: Path, ct_headers: list, centre_mm, radius_mm: float) -> None
     roi_contour = pydicom.Dataset()
     roi_contour.ReferencedROINumber, roi_contour.ContourSequence = 3, Sequence(contours)
     ds.ROIContourSequence = Sequence([roi_contour])
-    series, study, frame = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
-    series.SeriesInstanceUID = first.SeriesInstanceUID
-    study.RTReferencedSeriesSequence = Sequence([series])
-    frame.FrameOfReferenceUID = first.FrameOfReferenceUID
-    frame.RTReferencedStudySequence = Sequence([study])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    rt_references(ds, first.SeriesInstanceUID, first.FrameOfReferenceUID)
     ds.save_as(path, enforce_file_format=True)
 
 

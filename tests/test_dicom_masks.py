@@ -16,7 +16,7 @@ from fusion_model.errors import UserInputError
 from fusion_model.imaging.cache import ImageCache
 from fusion_model.imaging.dicom_masks import is_dicom_mask, read_dicom_mask
 from fusion_model.imaging.io import read_image, write_dicom_series
-from tests.helpers import ct_with_lesion, sphere_mask, to_image
+from tests.helpers import ct_with_lesion, rt_references, sphere_mask, to_image
 
 SHAPE, CENTRE, RADIUS = (16, 32, 32), (8, 14, 17), 5
 SPACING, ORIGIN = (0.8, 0.8, 2.0), (-10.0, 20.0, 5.0)
@@ -86,12 +86,7 @@ def _write_rtstruct(path: Path, radius_vox: float = RADIUS, drawn_on: Path | Non
     ds.ROIContourSequence = Sequence([roi_contour])
     if drawn_on is not None:
         ct = pydicom.dcmread(next(drawn_on.glob("*.dcm")), stop_before_pixels=True)
-        series, study, frame = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
-        series.SeriesInstanceUID = ct.SeriesInstanceUID
-        study.RTReferencedSeriesSequence = Sequence([series])
-        frame.FrameOfReferenceUID = ct.FrameOfReferenceUID
-        frame.RTReferencedStudySequence = Sequence([study])
-        ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+        rt_references(ds, ct.SeriesInstanceUID, ct.FrameOfReferenceUID)
     ds.save_as(path, enforce_file_format=True)
     return path
 

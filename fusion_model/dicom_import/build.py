@@ -14,7 +14,6 @@ import os
 import time
 import warnings
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from fusion_model.dicom_import.series import (
 )
 from fusion_model.errors import FusionModelWarning, UserInputError
 from fusion_model.fileio import atomic_directory, atomic_write_json, atomic_write_text, check_output_dir
-from fusion_model.progress import track
+from fusion_model.progress import map_tracked, track
 
 MANIFEST_FILE = "import_manifest.json"
 SERIES_FILE = "series.csv"
@@ -243,14 +242,6 @@ def _volume_task(args: tuple) -> tuple[str, str | None]:
     except UserInputError as err:
         return target, str(err)
     return target, None
-
-
-def _run(function, tasks: list, workers: int, description: str, progress: bool) -> list:
-    if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            return list(track(pool.map(function, tasks, chunksize=1), description, total=len(tasks),
-                              enabled=progress))
-    return [function(t) for t in track(tasks, description, total=len(tasks), enabled=progress)]
 
 
 # -------------------------------------------------------------------------------------------------- the decisions
@@ -476,7 +467,8 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
     for study in studies.values():
         _header_phases(study, options.phases)
     seconds["group and check series"] = time.perf_counter() - clock - sum(seconds.values())
-    measured = _run(_measure_task, [s.files for s in candidates], workers, "checking phases on the images", progress)
+    measured = map_tracked(_measure_task, [s.files for s in candidates], workers, "checking phases on the images",
+                           progress)
     for series, (aorta, ivc) in zip(candidates, measured):
         series.aorta_hu, series.ivc_hu = aorta, ivc
         series.image_phase = phases_.image_phase(aorta, ivc)
@@ -562,7 +554,8 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
             for n, source in enumerate(series.files):
                 os.symlink(Path(source).resolve(), folder / f"slice_{n + 1:04d}.dcm")
         start = time.perf_counter()
-        failures = [(t, e) for t, e in _run(_volume_task, volume_tasks, workers, "writing volumes", progress) if e]
+        written = map_tracked(_volume_task, volume_tasks, workers, "writing volumes", progress)
+        failures = [(t, e) for t, e in written if e]
         if failures:
             raise UserInputError(failures[0][1])
         seconds["write volumes"] = time.perf_counter() - start

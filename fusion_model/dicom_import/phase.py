@@ -139,13 +139,22 @@ def vessel_attenuation(hu: np.ndarray, x_mm: np.ndarray, y_mm: np.ndarray, pixel
     vertebra = _largest_component(bone)
     if vertebra is None or vertebra.sum() * pixel_mm ** 2 < 60:
         return None
-    vertebra = ndimage.binary_fill_holes(vertebra)
+    around = ndimage.find_objects(vertebra.astype(np.uint8))[0]
+    vertebra[around] = ndimage.binary_fill_holes(vertebra[around])  # the cortex's ring filled, in its box only
     vx = float(x_mm[vertebra].mean())
     front = float(y_mm[vertebra].min())
     size = max(3, int(round(8.0 / pixel_mm)))
+    reach = 2 * max(1, int(round(6.0 / pixel_mm))) + 1
+    window = (x_mm >= vx - 40) & (x_mm <= vx + 25) & (y_mm >= front - 45) & (y_mm <= front - 5)
+    if not window.any():
+        return None
+    rows, cols = np.nonzero(window)
+    margin = 2 * size + reach
+    box = (slice(max(rows.min() - margin, 0), rows.max() + margin + 1),
+           slice(max(cols.min() - margin, 0), cols.max() + margin + 1))  # filter only around the search windows
+    hu, x_mm, y_mm, vertebra = hu[box], x_mm[box], y_mm[box], vertebra[box]
     mean = ndimage.uniform_filter(hu.astype(np.float32), size)
     low = ndimage.minimum_filter(hu, size)
-    reach = 2 * max(1, int(round(6.0 / pixel_mm))) + 1
     near_bone = ndimage.maximum_filter(hu > CORTICAL_BONE_HU, size=reach)  # square dilations: separable, fast
     usable = (low > -60) & ~near_bone & ~ndimage.maximum_filter(vertebra, size=2 * size + 1)
     aorta = usable & (x_mm >= vx - 5) & (x_mm <= vx + 25) & (y_mm >= front - 35) & (y_mm <= front - 5)

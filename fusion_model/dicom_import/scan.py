@@ -8,11 +8,10 @@ whose pixel data stops short of what their header announces (a truncated copy), 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion_model.progress import track
+from fusion_model.progress import map_tracked
 
 # the attributes read from every file (pydicom keywords)
 HEADER_KEYWORDS = (
@@ -195,12 +194,7 @@ def scan_export(root: Path, workers: int = 0, progress: bool = True) -> ScanResu
     result = ScanResult(files=len(paths))
     chunks = [paths[i:i + CHUNK_FILES] for i in range(0, len(paths), CHUNK_FILES)]
     workers = workers or min(4, os.cpu_count() or 1)
-    if workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            done = list(track(pool.map(_read_chunk, chunks), "reading DICOM headers", total=len(chunks),
-                              enabled=progress))
-    else:
-        done = [_read_chunk(c) for c in track(chunks, "reading DICOM headers", total=len(chunks), enabled=progress)]
+    done = map_tracked(_read_chunk, chunks, workers, "reading DICOM headers", progress)
     for chunk in done:
         for path, record in chunk:
             if record is None:

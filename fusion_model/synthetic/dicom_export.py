@@ -29,7 +29,6 @@ import datetime as dt
 import hashlib
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ import pandas as pd
 from scipy import ndimage
 
 from fusion_model.fileio import atomic_directory, atomic_write_text
-from fusion_model.progress import track
+from fusion_model.progress import map_tracked
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -398,13 +397,7 @@ def write_dicom_export(cohort: Path, out: Path, seed: int, wrong_description_fra
         tasks = [(cohort, staging / "dicom", i, table[table["patient_id"] == pid].to_dict("records"), seed,
                   wrong_description_fraction) for i, pid in enumerate(patients)]
         workers = workers or min(2, os.cpu_count() or 1)
-        if workers > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(track(pool.map(export_patient, tasks, chunksize=1), "writing DICOM export",
-                                     total=len(tasks), enabled=progress))
-        else:
-            results = [export_patient(t) for t in track(tasks, "writing DICOM export", total=len(tasks),
-                                                          enabled=progress)]
+        results = map_tracked(export_patient, tasks, workers, "writing DICOM export", progress)
         atomic_write_text(staging / "truth_series.csv",
                           pd.DataFrame([r for t, _, _ in results for r in t]).to_csv(index=False))
         atomic_write_text(staging / "hospital_table.csv",

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from fusion_model.config import SynthConfig
 from fusion_model.features.radiological import max_axial_diameter_mm
 from fusion_model.fileio import atomic_directory, atomic_write_text
 from fusion_model.imaging.perturb import second_reader_outline
-from fusion_model.progress import track
+from fusion_model.progress import map_tracked
 from fusion_model.synthetic import phantom
 from fusion_model.synthetic.profiles import (
     IMAGING_VARIABLES,
@@ -243,13 +242,8 @@ def synthesize_cohort(out: Path, config: SynthConfig, overwrite: bool = False, p
             (staging / SECOND_READER_MASKS).mkdir()
         workers = config.workers or min(2, os.cpu_count() or 1)
         tasks = [(i, config, staging) for i in range(config.patients + config.patients_without_masks)]
-        if workers > 1 and config.patients > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(track(pool.map(_patient_task, tasks, chunksize=1), "synthesising patients",
-                                     total=len(tasks), enabled=progress))
-        else:
-            results = [_patient_task(t) for t in track(tasks, "synthesising patients", total=len(tasks),
-                                                         enabled=progress)]
+        results = map_tracked(_patient_task, tasks, workers if config.patients > 1 else 1, "synthesising patients",
+                              progress)
         rows = [r for rs, _ in results for r in rs]
         truths = [t for _, ts in results for t in ts]
         table = pd.DataFrame(rows)
