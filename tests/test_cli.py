@@ -25,7 +25,7 @@ def run_cli(*args):
                           encoding="utf-8", env=env)
 
 
-COMMANDS = ("validate", "synth", "import-medmnist", "features", "preprocess", "train", "predict", "evaluate",
+COMMANDS = ("validate", "synth", "import-dicom", "import-medmnist", "features", "preprocess", "train", "predict", "evaluate",
             "explain", "tune", "schema", "demo", "agreement", "pretrain-encoder")
 
 
