@@ -24,6 +24,7 @@ from fusion_model.dicom_import.build import ImportOptions, import_dicom
 from fusion_model.dicom_import.scan import read_header
 from fusion_model.dicom_import.series import SeriesRecord, check_geometry, is_sharp_kernel, stack_affine
 from fusion_model.dicom_import.volumes import stack
+from fusion_model.errors import UserInputError
 from fusion_model.synthetic.dicom_export import check_import, write_dicom_export
 from fusion_model.synthetic.generate import synthesize_cohort
 from tests.helpers import rt_references
@@ -418,3 +419,21 @@ def test_an_rtstruct_in_the_export_becomes_a_lesion_row_on_its_side(export, impo
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cohort" / rows.iloc[0]["mask_path"])))
     assert 4 * np.pi * 64 * 0.8 < (mask == 1).sum() < 4 * np.pi * 64 * 1.2  # four slices of a 8 mm disc, 1 mm pixels
     assert validate_cohort(tmp_path / "cohort", progress=False).ok
+
+
+def test_clinical_tables_as_hospitals_write_them(tmp_path):
+    from fusion_model.dicom_import.build import read_clinical_table
+
+    (tmp_path / "semicolon.csv").write_text("Accession Number;label;MRN;Patient Name\nA1;1;555;DOE^JANE\nA1;0;555;x\n")
+    table = read_clinical_table(tmp_path / "semicolon.csv")
+    assert table.key == "AccessionNumber" and table.rows == {"A1": [{"label": "1"}, {"label": "0"}]}
+    assert table.dropped == ["MRN", "Patient Name"]  # identifying columns never reach the cohort
+    (tmp_path / "tab.csv").write_text("\ufeffStudyInstanceUID\tPatientID\tside\n1.2.3\t007\tL\n")
+    table = read_clinical_table(tmp_path / "tab.csv")
+    assert table.key == "StudyInstanceUID" and table.rows == {"1.2.3": [{"side": "L"}]}
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(UserInputError, match="empty.csv: is empty"):
+        read_clinical_table(tmp_path / "empty.csv")
+    (tmp_path / "blank_key.csv").write_text("AccessionNumber,label\nA1,1\n,0\n")
+    with pytest.raises(UserInputError, match="blank_key.csv, row 3: column AccessionNumber is empty"):
+        read_clinical_table(tmp_path / "blank_key.csv")

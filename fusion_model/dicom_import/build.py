@@ -185,7 +185,11 @@ def read_clinical_table(path: Path) -> ClinicalTable:
     if not path.is_file():
         raise UserInputError(f"{path}: clinical table not found")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, sep=None, engine="python")
+        header = path.read_text(encoding="utf-8-sig").split("\n", 1)[0]
+        separator = max((",", ";", "\t"), key=header.count)  # hospital exports use all three
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, sep=separator, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise UserInputError(f"{path}: is empty; give the clinical table with a header row") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
         raise UserInputError(f"{path}: cannot be read as a CSV table ({str(err).splitlines()[0]})") from None
     found = {"".join(ch for ch in c.lower() if ch.isalnum()): c for c in table.columns}
@@ -229,10 +233,6 @@ def check_key(key_file: Path, new_key: bool, out: Path) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------------------------- parallel helpers
-def _measure_task(files: list[str]) -> tuple[float | None, float | None]:
-    return phases_.measure_series(files)
-
-
 def _volume_task(args: tuple) -> tuple[str, str | None]:
     from fusion_model.dicom_import.volumes import stack, write_volume
 
@@ -467,7 +467,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
     for study in studies.values():
         _header_phases(study, options.phases)
     seconds["group and check series"] = time.perf_counter() - clock - sum(seconds.values())
-    measured = map_tracked(_measure_task, [s.files for s in candidates], workers, "checking phases on the images",
+    measured = map_tracked(phases_.measure_series, [s.files for s in candidates], workers, "checking phases on the images",
                            progress)
     for series, (aorta, ivc) in zip(candidates, measured):
         series.aorta_hu, series.ivc_hu = aorta, ivc
