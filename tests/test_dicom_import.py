@@ -437,3 +437,28 @@ def test_clinical_tables_as_hospitals_write_them(tmp_path):
     (tmp_path / "blank_key.csv").write_text("AccessionNumber,label\nA1,1\n,0\n")
     with pytest.raises(UserInputError, match="blank_key.csv, row 3: column AccessionNumber is empty"):
         read_clinical_table(tmp_path / "blank_key.csv")
+
+
+def test_compressed_series_decode_and_a_dicomdir_is_not_an_object(tmp_path):
+    from pydicom.uid import RLELossless
+
+    arrays = [np.arange(64, dtype=np.int16).reshape(8, 8) * (k + 1) - 500 for k in range(10)]
+    paths = _write_ct(tmp_path / "rle", arrays, [(0.0, 0.0, 2.0 * k) for k in range(10)])
+    for path in paths:
+        dataset = pydicom.dcmread(path)
+        dataset.compress(RLELossless)
+        dataset.save_as(path)
+    series = _series(paths)
+    assert check_geometry(series) is None
+    volume = sitk.GetArrayFromImage(stack(series.files, *stack_affine(series)))
+    assert np.array_equal(volume, np.stack(arrays))
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.1.3.10", "1.2.3.4.5"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    index = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    index.FileSetID = "EXPORT"
+    pydicom.dcmwrite(tmp_path / "DICOMDIR", index, enforce_file_format=True)
+    assert read_header(tmp_path / "DICOMDIR") is None

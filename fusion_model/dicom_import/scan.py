@@ -1,7 +1,7 @@
 """Reading a PACS export's headers: every file under a folder, headers only (no pixel data), in parallel.
 
 Each DICOM file becomes a small plain record (:func:`read_header`) of the attributes the import decides on;
-files without the DICOM preamble are counted and skipped; files that claim to be DICOM but cannot be read, or
+files without the DICOM preamble (and the DICOMDIR index of a CD export) are counted and skipped; files that claim to be DICOM but cannot be read, or
 whose pixel data stops short of what their header announces (a truncated copy), are listed with the reason.
 """
 
@@ -24,6 +24,7 @@ HEADER_KEYWORDS = (
 )
 NOT_COMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 CHUNK_FILES = 256
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 
 @dataclass
@@ -130,6 +131,8 @@ def read_header(path: Path) -> dict | str | None:
             pixel_offset = handle.tell()
     except Exception as err:  # noqa: BLE001 - any parse failure means this file cannot be used
         return f"cannot be read as DICOM ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if str(getattr(dataset.file_meta, "MediaStorageSOPClassUID", "")) == DICOMDIR_CLASS:
+        return None  # the export's index (DICOMDIR), not an object of its own
     record = {"path": str(path)}
     little_endian = dataset.is_little_endian is not False
     encoding = _encoding(dataset)
