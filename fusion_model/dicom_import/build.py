@@ -519,8 +519,6 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
     import SimpleITK as sitk
 
     from fusion_model.dicom_import.report import render_report, series_rows
-    from fusion_model.dicom_import.volumes import on_grid, side_of
-    from fusion_model.imaging.dicom_masks import read_dicom_mask
 
     first_day: dict[str, dt.date] = {}
     for study in study_list:
@@ -566,7 +564,7 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
             reference = _read_output(staging, reference_series)
             segments = []
             for mask in study.masks:
-                segments.extend(_segments(mask, study, staging, reference, read_dicom_mask, on_grid, side_of, notes))
+                segments.extend(_segments(mask, study, staging, reference, notes))
             labelled = None
             if segments:
                 labelled = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
@@ -622,13 +620,13 @@ def _read_output(root: Path, series: SeriesRecord):
     return read_image(root / series.output)
 
 
-def _segments(mask: SeriesRecord, study: StudyRecord, staging: Path, reference, read_dicom_mask, on_grid, side_of,
-              notes: Notes) -> list[dict]:
+def _segments(mask: SeriesRecord, study: StudyRecord, staging: Path, reference, notes: Notes) -> list[dict]:
     """Each segment (SEG) or ROI (RTSTRUCT) of a mask object as a boolean array on the reference grid."""
     import pydicom
     import SimpleITK as sitk
 
-    from fusion_model.dicom_import.volumes import stack
+    from fusion_model.dicom_import.volumes import on_grid, side_of, stack
+    from fusion_model.imaging.dicom_masks import read_dicom_mask
 
     path = Path(mask.first["path"])
     dataset = pydicom.dcmread(path, stop_before_pixels=True)
