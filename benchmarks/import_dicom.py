@@ -15,7 +15,10 @@ Stages:
    pseudonyms (the ids decide the cross-validation folds; everything else is the generator's): each variant's
    external AUC side by side. ``--skip-training`` leaves this stage out.
 
+``--cold-cache`` (root only) adds a --no-compress import right after emptying the page cache.
+
     python benchmarks/import_dicom.py --out runs/import_bench [--patients 100] [--seed 5] [--skip-training]
+        [--reuse] [--cold-cache]
 """
 
 from __future__ import annotations
@@ -42,6 +45,29 @@ def _children_cpu() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def cold_import(out: Path) -> dict:
+    """The --no-compress import right after emptying the page cache: wall and CPU seconds, how busy the cores were."""
+    import os
+    import subprocess
+
+    from fusion_model.dicom_import.build import ImportOptions, import_dicom
+
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as err:
+        return {"skipped": f"cannot empty the page cache ({err}); run as root"}
+    target = out / "imported_cold"
+    if target.exists():
+        shutil.rmtree(target)
+    t, cpu = time.perf_counter(), time.process_time() + _children_cpu()
+    result = import_dicom(out / "export" / "dicom", target, out / "imported.key", options=ImportOptions(compress=False),
+                          clinical=out / "export" / "hospital_table.csv", progress=False)
+    wall, cpu = time.perf_counter() - t, time.process_time() + _children_cpu() - cpu
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cores_busy": round(cpu / (wall * (os.cpu_count() or 1)), 2),
+            "stage_s": {k: round(v, 1) for k, v in result.seconds.items()}}
 
 
 def compare_with_synth(imported: Path, direct: Path, mapping: Path, identifiers: Path) -> dict:
@@ -107,6 +133,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--reuse", action="store_true", help="keep an export written by an earlier run")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="also import once more with --no-compress after emptying the page cache (needs root)")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +183,8 @@ def main() -> None:
     figures["import_uncompressed_s"] = round(time.perf_counter() - t, 1)
     figures["import_uncompressed_cpu_s"] = round(time.process_time() + _children_cpu() - cpu, 1)
     figures["import_uncompressed_stage_s"] = {k: round(v, 1) for k, v in uncompressed.seconds.items()}
+    if args.cold_cache:
+        figures["cold_cache_uncompressed"] = cold_import(out)
     check = check_import(out / "export", out / "imported", out / "mapping.csv")
     figures["check"] = {k: v for k, v in check.items() if not k.endswith("errors")}
     figures["check"]["decision_errors"] = check["decision_errors"][:10]
