@@ -171,6 +171,10 @@ def test_without_a_clinical_table_each_outline_becomes_a_row_with_its_side(expor
     ("Abdomen portalvenös", "venous"), ("Phase veineuse portale", "venous"), ("Fase venosa", "venous"),
     ("menmaiqi", "venous"), ("Spätphase", "delayed"), ("Fase tardía", "delayed"), ("yanchiqi", "delayed"),
     ("Adrenal washout 15 min", "delayed"), ("COR MPR 3mm", None), ("arterial + portal", None),
+    ("CT ABD C-", "unenhanced"), ("CT ABD C+", None), ("腹部平扫", "unenhanced"), ("动脉期", "arterial"),
+    ("门静脉期", "venous"), ("延迟期", "delayed"), ("単純CT", "unenhanced"), ("門脈相", "venous"),
+    ("Abdomen blanco", "unenhanced"), ("portaal veneus", "venous"), ("sem contraste", "unenhanced"),
+    ("Pre Op planning", None),
 ])
 def test_descriptions_name_phases_in_the_languages_hospitals_use(description, expected):
     assert phase.description_phase(description) == expected
@@ -265,6 +269,10 @@ def test_duplicated_files_are_repaired_missing_slices_and_two_acquisitions_refus
     assert "1 missing slice(s)" in check_geometry(gap)
     other = _write_ct(tmp_path / "other", arrays[:2], positions[:2])
     assert "two different images at the same position" in check_geometry(_series(paths + other[:1]))
+    unknown = _series(paths)
+    for header in unknown.headers:
+        header.pop("PixelSpacing")
+    assert "without PixelSpacing" in check_geometry(unknown)
 
 
 # --------------------------------------------------------------------------------------------------- bad inputs

@@ -1,7 +1,8 @@
 """Which CT phase a series is: evidence from its headers, checked against the image itself.
 
 Header evidence, strongest first: the delay between the contrast bolus start and the acquisition; a phase named
-in the series description (English, French, German, Spanish, Italian, Chinese pinyin); the absence of a contrast
+in the series description (English, French, German, Spanish, Italian, Portuguese, Dutch, Chinese in characters
+and pinyin, Japanese); the absence of a contrast
 agent where other series of the study have one; the series' place in the study's acquisition order.
 
 Image evidence: the attenuation of the aorta and of the inferior vena cava, found beside the vertebral body on a
@@ -25,15 +26,24 @@ from scipy import ndimage
 PHASE_ORDER = ("unenhanced", "arterial", "venous", "delayed")
 KEYWORDS = {  # matched on the folded description (lower case, accents removed, punctuation as spaces)
     "unenhanced": r"\b(non ?contrast|noncon|unenhanced|without contrast|w ?o contrast|wo contrast|pre ?contrast|"
-                  r"precontrast|plain|native?|nativ|leer\w*|ohne (km|kontrast\w*)|sans (injection|contraste|iv)|"
-                  r"sin (contraste|civ)|simple|basal|senza (contrasto|mdc)|pingsao|ping sao|nect|ncct)\b",
-    "arterial": r"\b(arterial|arteriel\w*|arteriell\w*|arteriale|arteriosa|art|dongmai\w*|dong mai|early|cta)\b",
-    "venous": r"\b(portal\w*|portale|portalven\w*|venous|veineu\w*|venos\w*|venoes\w*|venosa|pv|vp|pvp|"
+                  r"precontrast|pre(?! ?op\b)|plain|native?|nativ|leer\w*|ohne (km|kontrast\w*)|sans (injection|contraste|iv)|"
+                  r"sin (contraste|civ)|sem contraste|simple|basal|basale|blanco|zonder contrast|senza (contrasto|mdc)|"
+                  r"pingsao|ping sao|nect|ncct)\b",
+    "arterial": r"\b(arterial|arteriel\w*|arteriell\w*|arterieel|arteriale|arteriosa|art|dongmai\w*|dong mai|early|"
+                r"cta)\b",
+    "venous": r"\b(portal\w*|portale|portaal|portalven\w*|venous|veineu\w*|venos\w*|venoes\w*|venosa|veneus|pv|vp|pvp|"
               r"jingmai\w*|jing mai|menmai\w*|men mai|menjingmai\w*)\b",
-    "delayed": r"\b(delayed?|delay|late|tardi\w*|tardif|tardive|spat\w*|spaet\w*|retard\w*|ritardat\w*|"
+    "delayed": r"\b(delayed?|delay|late|laat|tardi\w*|tardif|tardive|spat\w*|spaet\w*|retard\w*|ritardat\w*|"
                r"yanchi\w*|yan chi|excretory|washout|wash out|\d+ ?min)\b",
 }
 _COMPILED = {phase: re.compile(pattern) for phase, pattern in KEYWORDS.items()}
+# matched on the raw description, before folding removes them: Chinese and Japanese terms, and "C-" (non-contrast)
+CHARACTERS = {
+    "unenhanced": ("平扫", "平掃", "単純", "非造影", "c-"),
+    "arterial": ("动脉", "動脈"),
+    "venous": ("静脉", "門脈", "门脉", "门静脉", "靜脈", "門脈相"),
+    "delayed": ("延迟", "延遲", "遅延", "平衡相", "排泄"),
+}
 
 # image thresholds (HU): see the module docstring
 UNENHANCED_MAX_HU = 85.0
@@ -52,10 +62,13 @@ def fold(text: str) -> str:
 
 def description_phase(description: str) -> str | None:
     """The one phase a series description names (None when it names none or several)."""
+    raw = re.sub(r"门静脉|門靜脈", "门脉", description.lower())  # portal vein: venous, not two phases
     text = fold(description)
     text = re.sub(r"\blate arterial\b", "arterial", text)
     text = re.sub(r"\bportal ?ven\w*\b", "portal", text)
-    found = [phase for phase, pattern in _COMPILED.items() if pattern.search(text)]
+    found = [phase for phase, pattern in _COMPILED.items()
+             if pattern.search(text) or any(re.search(re.escape(w) + (r"(?![\w+])" if w == "c-" else ""), raw)
+                                            for w in CHARACTERS[phase])]
     return found[0] if len(found) == 1 else None
 
 

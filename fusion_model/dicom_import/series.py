@@ -190,6 +190,8 @@ def check_geometry(series: SeriesRecord) -> str | None:
     for header in headers:
         if np.abs(np.asarray(header["ImageOrientationPatient"], float) - first).max() > 1e-3:
             return "its images have more than one orientation; re-export the series or split it"
+    if any(len(np.atleast_1d(h.get("PixelSpacing", []))) != 2 for h in headers):
+        return "images without PixelSpacing (the pixel size is unknown); re-export the series with it"
     sizes = {(h.get("Rows"), h.get("Columns"), tuple(np.round(h.get("PixelSpacing", [0, 0]), 4))) for h in headers}
     if len(sizes) > 1:
         return "its images differ in size or pixel spacing"
