@@ -38,7 +38,7 @@ from fusion_model.dicom_import.series import (
 )
 from fusion_model.errors import FusionModelWarning, UserInputError
 from fusion_model.fileio import atomic_directory, atomic_write_json, atomic_write_text, check_output_dir
-from fusion_model.progress import map_tracked, track
+from fusion_model.progress import map_tracked
 
 MANIFEST_FILE = "import_manifest.json"
 SERIES_FILE = "series.csv"
@@ -516,8 +516,6 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
 
 def _write(export, out, key, created, table, mapping_file, options, overwrite, progress, scan, all_series,
            study_list, imported, cohort_phases, notes, workers, seconds, clock) -> ImportResult:
-    import SimpleITK as sitk
-
     from fusion_model.dicom_import.report import render_report, series_rows
 
     first_day: dict[str, dt.date] = {}
@@ -559,30 +557,16 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
         seconds["write volumes"] = time.perf_counter() - start
         start = time.perf_counter()
         rows, lesion_ids = [], {}
-        for study in track(imported, "building the cohort table", enabled=progress):
-            reference_series = study.chosen[cohort_phases[0]]
-            reference = _read_output(staging, reference_series)
-            segments = []
-            for mask in study.masks:
-                segments.extend(_segments(mask, study, staging, reference, notes))
-            labelled = None
-            if segments:
-                labelled = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
-                for n, segment in enumerate(segments, start=1):
-                    labelled[segment["array"] & (labelled == 0)] = n
-                    segment["label"] = n
-                image = sitk.GetImageFromArray(labelled)
-                image.CopyInformation(reference)
-                mask_rel = f"masks/{study.patient_id}_{study.token}_lesions.nii.gz"
-                sitk.WriteImage(image, str(staging / mask_rel), True)
-            else:
-                mask_rel = None
-            study_rows = _study_rows(study, segments, mask_rel, table, options, notes)
-            for row in study_rows:
-                for phase in cohort_phases:
-                    row[PATH_COLUMNS[phase]] = study.chosen[phase].output
+        masks = {m.uid: m for s in imported for m in s.masks}
+        tasks = [(study, staging, table, options, cohort_phases) for study in imported]
+        for uid, study_rows, study_notes, repairs in map_tracked(_study_task, tasks, workers, "outlines and table rows",
+                                                                 progress):
             rows.extend(study_rows)
-            lesion_ids[study.uid] = " ".join(r["lesion_id"] for r in study_rows)
+            lesion_ids[uid] = " ".join(r["lesion_id"] for r in study_rows)
+            notes.console.extend(study_notes.console)
+            notes.public.extend(study_notes.public)
+            for mask_uid, mask_repairs in repairs.items():
+                masks[mask_uid].repairs = mask_repairs
         mapping = [{"patient_id": s.patient_id, "study": s.token, "imported": s.imported, "PatientID": s.patient_key,
                     "AccessionNumber": s.accession, "StudyInstanceUID": s.uid, "lesion_ids": lesion_ids.get(s.uid, "")}
                    for s in study_list]
@@ -612,6 +596,34 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
         atomic_write_text(mapping_file, pd.DataFrame(mapping).to_csv(index=False))
     seconds["total"] = time.perf_counter() - clock
     return ImportResult(out, frame, all_series, study_list, scan, notes, cohort_phases, created, seconds)
+
+
+def _study_task(args: tuple) -> tuple[str, list[dict], Notes, dict[str, list[str]]]:
+    """One imported study's outlines (a label image on the reference phase's grid) and its table rows; run in a
+    worker process, so what it learns comes back in the result: (study uid, rows, notes, repairs per outline)."""
+    import SimpleITK as sitk
+
+    study, staging, table, options, cohort_phases = args
+    notes = Notes()
+    reference = _read_output(staging, study.chosen[cohort_phases[0]])
+    segments = []
+    for mask in study.masks:
+        segments.extend(_segments(mask, study, staging, reference, notes))
+    mask_rel = None
+    if segments:
+        labelled = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
+        for n, segment in enumerate(segments, start=1):
+            labelled[segment["array"] & (labelled == 0)] = n
+            segment["label"] = n
+        image = sitk.GetImageFromArray(labelled)
+        image.CopyInformation(reference)
+        mask_rel = f"masks/{study.patient_id}_{study.token}_lesions.nii.gz"
+        sitk.WriteImage(image, str(staging / mask_rel), True)
+    rows = _study_rows(study, segments, mask_rel, table, options, notes)
+    for row in rows:
+        for phase in cohort_phases:
+            row[PATH_COLUMNS[phase]] = study.chosen[phase].output
+    return study.uid, rows, notes, {m.uid: m.repairs for m in study.masks}
 
 
 def _read_output(root: Path, series: SeriesRecord):
