@@ -55,15 +55,13 @@ def write_volume(image: sitk.Image, path: Path, compress: bool = True) -> Path:
 
 def on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     """``mask`` on ``reference``'s grid (nearest neighbour; unchanged when the grids already match)."""
-    same = (mask.GetSize() == reference.GetSize()
-            and np.allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-3)
-            and np.allclose(mask.GetSpacing(), reference.GetSpacing(), atol=1e-4)
-            and np.allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-4))
-    if same:
+    from fusion_model.imaging.geometry import Geometry, geometry_differences, resample_onto
+
+    if not geometry_differences(Geometry.of(reference), Geometry.of(mask)):
         out = sitk.Image(mask)
         out.CopyInformation(reference)
         return out
-    return sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+    return resample_onto(mask, reference, is_mask=True, default_value=0)
 
 
 def side_of(mask: np.ndarray, ct: sitk.Image) -> str | None:
