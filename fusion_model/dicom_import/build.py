@@ -100,6 +100,10 @@ class StudyRecord:
         PatientID are never merged into one patient)."""
         return str(self.first.get("PatientID", "") or "").strip() or f"no PatientID: study {self.uid}"
 
+    def key_value(self, key: str) -> str:
+        """This study's value of a clinical table's key column (StudyInstanceUID, AccessionNumber or PatientID)."""
+        return {"StudyInstanceUID": self.uid, "AccessionNumber": self.accession, "PatientID": self.patient_key}[key]
+
     @property
     def accession(self) -> str:
         """AccessionNumber (empty when absent)."""
@@ -340,8 +344,7 @@ def _link_masks(masks: list[SeriesRecord], series_by_uid: dict[str, SeriesRecord
                   f"the {mask.modality} of series {mask.get('SeriesNumber', '?')} {mask.reason}")
 
 
-def _select_studies(studies: list[StudyRecord], table: ClinicalTable | None, requested: list[str] | None,
-                    notes: Notes) -> None:
+def _select_studies(studies: list[StudyRecord], table: ClinicalTable | None, requested: list[str] | None) -> None:
     by_patient: dict[str, list[StudyRecord]] = defaultdict(list)
     for study in studies:
         by_patient[study.patient_key].append(study)
@@ -352,12 +355,8 @@ def _select_studies(studies: list[StudyRecord], table: ClinicalTable | None, req
         elif requested and not set(requested) <= set(study.chosen):
             lacking = [p for p in requested if p not in study.chosen]
             study.imported, study.reason = False, f"lacks the {', '.join(lacking)} phase(s)"
-        elif table is not None and table.key != "PatientID":
-            value = study.uid if table.key == "StudyInstanceUID" else study.accession
-            if value not in table.rows:
-                study.imported, study.reason = False, f"not in the clinical table ({table.key})"
-        elif table is not None and study.patient_key not in table.rows:
-            study.imported, study.reason = False, "patient not in the clinical table (PatientID)"
+        elif table is not None and study.key_value(table.key) not in table.rows:
+            study.imported, study.reason = False, f"not in the clinical table ({table.key})"
     if table is None or table.key == "PatientID":
         for patient_studies in by_patient.values():
             usable = [s for s in patient_studies if s.imported]
@@ -382,8 +381,7 @@ def _mark_not_imported(studies: list[StudyRecord]) -> None:
 
 
 def _check_table_rows(table: ClinicalTable, studies: list[StudyRecord], notes: Notes) -> None:
-    values = {"StudyInstanceUID": {s.uid for s in studies}, "AccessionNumber": {s.accession for s in studies},
-              "PatientID": {s.patient_key for s in studies}}[table.key]
+    values = {s.key_value(table.key) for s in studies}
     missing = sorted(n for value, numbers in table.row_numbers.items() if value not in values for n in numbers)
     total = sum(len(n) for n in table.row_numbers.values())
     if missing and len(missing) == total:
@@ -413,7 +411,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
                                  f"({out}); choose a path outside it")
         if mapping_file.exists() and not overwrite:
             raise UserInputError(f"{mapping_file}: already exists; choose another --mapping-file or pass --overwrite")
-    if out.resolve() == Path(key_file).resolve().parent or out.resolve() in Path(key_file).resolve().parents:
+    if out.resolve() in Path(key_file).resolve().parents:
         raise UserInputError(f"{key_file}: the pseudonymisation key must be kept outside the cohort ({out}); "
                              "choose a --key-file elsewhere")
     key = check_key(key_file, new_key, out)  # a missing or changed key is refused before any work
@@ -484,7 +482,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
         _choose(study, options)
     _link_masks(masks, {s.uid: s for s in all_series}, studies, notes)
     study_list = [s for s in studies.values() if any(x.modality == "CT" for x in s.series)]
-    _select_studies(study_list, table, options.phases, notes)
+    _select_studies(study_list, table, options.phases)
     if table is not None:
         _check_table_rows(table, study_list, notes)
     imported = [s for s in study_list if s.imported]
@@ -497,7 +495,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
         if not cohort_phases:
             raise UserInputError(f"{export}: no CT phase is found in most studies; choose the phases with --phases "
                                  "(studies lacking one are then left out)")
-        _select_studies(study_list, table, cohort_phases, notes)
+        _select_studies(study_list, table, cohort_phases)
         imported = [s for s in study_list if s.imported]
     else:
         cohort_phases = options.phases
@@ -667,8 +665,7 @@ def _segments(mask: SeriesRecord, study: StudyRecord, staging: Path, reference, 
             notes.add(f"{path}: segment {number} ({label}) is empty; left out",
                       f"study {study.token}: segment {number} ({label}) is empty; left out")
             continue
-        found.append({"array": array, "side": side_of(array, reference), "number": number, "name": label,
-                      "mask": mask})
+        found.append({"array": array, "side": side_of(array, reference), "number": number, "name": label})
     return found
 
 
@@ -680,9 +677,7 @@ def _study_rows(study: StudyRecord, segments: list[dict], mask_rel: str | None, 
             "age_years": _age_years(header), "sex": {"F": "F", "M": "M"}.get(str(header.get("PatientSex", "")))}
     user_rows = None
     if table is not None:
-        value = {"StudyInstanceUID": study.uid, "AccessionNumber": study.accession,
-                 "PatientID": study.patient_key}[table.key]
-        user_rows = table.rows.get(value, [])
+        user_rows = table.rows.get(study.key_value(table.key), [])
     rows: list[dict] = []
     remaining = list(segments)
     if user_rows:
