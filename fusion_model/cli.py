@@ -24,6 +24,7 @@ from fusion_model.encoder import commands as encoder_commands
 from fusion_model.errors import FusionModelError, FusionModelWarning
 from fusion_model.evaluate import commands as evaluate_commands
 from fusion_model.explain import commands as explain_commands
+from fusion_model.reader_study import commands as reader_study_commands
 from fusion_model.segment import commands as segment_commands
 from fusion_model.synthetic import commands as synthetic_commands
 from fusion_model.tune import commands as tune_commands
@@ -40,6 +41,7 @@ for commands in (cohort_commands, dicom_import_commands, synthetic_commands, dat
                  explain_commands, tune_commands, encoder_commands, agreement_commands):
     app.add_typer(commands.app)
 app.add_typer(segment_commands.app, name="segment")
+app.add_typer(reader_study_commands.app, name="reader-study")
 
 _PYTHON_SHOWWARNING = warnings.showwarning
 

@@ -1,0 +1,1 @@
+"""Reader studies: blinded reading sessions in the browser and their multi-reader multi-case analysis."""

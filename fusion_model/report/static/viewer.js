@@ -1,0 +1,136 @@
+/* fusion-model CT viewer, on NiiVue (vendored: static/niivue/). One viewer per element with class
+   "fm-viewer" holding a <canvas> and a JSON spec in a <script type="application/json" class="fm-spec">:
+     {"phases": [{"name": "venous", "url": "..."} or {"name": ..., "base64": "..."}],
+      "outline": {"url"|"base64"}, "saliency": {"url"|"base64"} (optional)}
+   Every phase is loaded once and shown one at a time (buttons, or keys 1-4); the mouse wheel or the
+   up/down arrow keys scroll the slices; right-drag sets window/level, or a preset; the outline and the
+   saliency map are toggled (buttons, or keys o / s). State for tests: element.fmState. */
+(function () {
+  "use strict";
+  var PRESETS = {"soft tissue": [40, 400], "adrenal": [40, 250], "wide": [60, 600], "bone": [400, 1800]};
+
+  function load(entry, colormap, opacity, calMin, calMax) {
+    var options = {name: (entry.name || "image") + ".nii.gz", colormap: colormap, opacity: opacity,
+                   cal_min: calMin, cal_max: calMax, trustCalMinMax: calMin !== undefined};
+    if (entry.base64) {
+      options.base64 = entry.base64;
+      return niivue.NVImage.loadFromBase64(options);
+    }
+    options.url = entry.url;
+    return niivue.NVImage.loadFromUrl(options);
+  }
+
+  function button(parent, label, title, onClick) {
+    var b = document.createElement("button");
+    b.type = "button"; b.textContent = label; b.title = title; b.className = "fm-btn";
+    b.addEventListener("click", function (e) { e.preventDefault(); onClick(); });
+    parent.appendChild(b);
+    return b;
+  }
+
+  async function start(root) {
+    var spec = JSON.parse(root.querySelector("script.fm-spec").textContent);
+    var canvas = root.querySelector("canvas");
+    var state = {ready: false, phase: null, outline: true, saliency: false, window: "soft tissue", error: null};
+    root.fmState = state;
+    try {
+      var nv = new niivue.Niivue({backColor: [0, 0, 0, 1], show3Dcrosshair: false, crosshairWidth: 0,
+                                  isColorbar: false, dragAndDropEnabled: false, isRadiologicalConvention: true,
+                                  logLevel: "error"});
+      await nv.attachToCanvas(canvas);
+      nv.setSliceType(nv.sliceTypeAxial);
+      var preset = PRESETS[state.window];
+      var phases = await Promise.all(spec.phases.map(function (p) {
+        return load(p, "gray", 1.0, preset[0] - preset[1] / 2, preset[0] + preset[1] / 2);
+      }));
+      if (spec.outline) { spec.outline.name = spec.outline.name || "outline"; }
+      if (spec.saliency) { spec.saliency.name = spec.saliency.name || "saliency"; }
+      var outline = spec.outline ? await load(spec.outline, "red", 0.45, 0.5, 1.0) : null;
+      var saliency = spec.saliency ? await load(spec.saliency, "warm", 0.0, 0.2, 1.0) : null;
+      // every phase stays loaded; the one shown is moved to the bottom of the stack, the others are hidden
+      phases.forEach(function (img, i) { nv.addVolume(img); });
+      phases.forEach(function (img, i) { if (i > 0) { nv.setOpacity(nv.volumes.indexOf(img), 0.0); } });
+      if (outline) { nv.addVolume(outline); }
+      if (saliency) { nv.addVolume(saliency); }
+      var current = 0;
+      var bar = root.querySelector(".fm-controls") || root.appendChild(document.createElement("div"));
+      bar.className = "fm-controls";
+      var phaseButtons = spec.phases.map(function (p, i) {
+        return button(bar, p.name, "show the " + p.name + " phase (key " + (i + 1) + ")", function () { setPhase(i); });
+      });
+      function setPhase(i) {
+        if (i === current || i < 0 || i >= phases.length) { return; }
+        var position = nv.scene.crosshairPos.slice();
+        nv.setVolume(phases[i], 0);
+        phases.forEach(function (img, k) { nv.setOpacity(nv.volumes.indexOf(img), k === i ? 1.0 : 0.0); });
+        current = i;
+        nv.scene.crosshairPos = position;
+        nv.updateGLVolume();
+        state.phase = spec.phases[i].name;
+        phaseButtons.forEach(function (b, k) { b.classList.toggle("on", k === i); });
+      }
+      Object.keys(PRESETS).forEach(function (name) {
+        button(bar, name, "window/level preset (L " + PRESETS[name][0] + ", W " + PRESETS[name][1] + ")", function () {
+          var p = PRESETS[name];
+          phases.forEach(function (img) { img.cal_min = p[0] - p[1] / 2; img.cal_max = p[0] + p[1] / 2; });
+          nv.updateGLVolume();
+          state.window = name;
+        });
+      });
+      function overlayIndex(img) { return nv.volumes.indexOf(img); }
+      if (outline) {
+        var ob = button(bar, "outline", "show or hide the lesion outline (key o)", toggleOutline);
+        ob.classList.add("on");
+      }
+      function toggleOutline() {
+        if (!outline) { return; }
+        state.outline = !state.outline;
+        nv.setOpacity(overlayIndex(outline), state.outline ? 0.45 : 0.0);
+        root.querySelectorAll(".fm-btn").forEach(function (b) {
+          if (b.textContent === "outline") { b.classList.toggle("on", state.outline); }
+        });
+      }
+      function toggleSaliency() {
+        if (!saliency) { return; }
+        state.saliency = !state.saliency;
+        nv.setOpacity(overlayIndex(saliency), state.saliency ? 0.5 : 0.0);
+        root.querySelectorAll(".fm-btn").forEach(function (b) {
+          if (b.textContent === "saliency") { b.classList.toggle("on", state.saliency); }
+        });
+      }
+      if (saliency) { button(bar, "saliency", "show or hide where the network looked (key s)", toggleSaliency); }
+      function scroll(step) { nv.moveCrosshairInVox(0, 0, step); state.slice = nv.frac2vox(nv.scene.crosshairPos)[2]; }
+      button(bar, "\u25b2", "next slice (arrow up or mouse wheel)", function () { scroll(1); });
+      button(bar, "\u25bc", "previous slice (arrow down or mouse wheel)", function () { scroll(-1); });
+      root.tabIndex = 0;
+      root.addEventListener("keydown", function (e) {
+        if (e.key >= "1" && e.key <= "9") { setPhase(Number(e.key) - 1); }
+        else if (e.key === "o") { toggleOutline(); }
+        else if (e.key === "s") { toggleSaliency(); }
+        else if (e.key === "ArrowUp") { scroll(1); e.preventDefault(); }
+        else if (e.key === "ArrowDown") { scroll(-1); e.preventDefault(); }
+      });
+      state.phase = spec.phases[0].name;
+      phaseButtons[0].classList.add("on");
+      state.setPhase = setPhase; state.toggleOutline = toggleOutline; state.toggleSaliency = toggleSaliency;
+      state.scroll = scroll;
+      state.slice = nv.frac2vox(nv.scene.crosshairPos)[2];
+      state.volumes = function () { return nv.volumes.map(function (v) { return v.name; }); };
+      state.opacity = function (name) {
+        var v = nv.volumes.find(function (x) { return x.name === name + ".nii.gz"; }); return v ? v.opacity : null;
+      };
+      state.ready = true;
+    } catch (err) {
+      state.error = String(err && err.message || err);
+      var note = document.createElement("p");
+      note.className = "fm-viewer-error";
+      note.textContent = "The image viewer could not start (" + state.error + "); this browser may lack WebGL2.";
+      root.appendChild(note);
+      if (window.console) { console.error("fm-viewer: " + state.error); }
+    }
+  }
+
+  function startAll() { document.querySelectorAll(".fm-viewer").forEach(start); }
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", startAll); }
+  else { startAll(); }
+})();
