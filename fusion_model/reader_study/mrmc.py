@@ -520,5 +520,6 @@ def rrrc_power(effect: float, readers: int, var_tr: float, var_error: float, cov
     ddf = denom ** 2 / (ms_tr_expected ** 2 / (r - 1)) if ms_tr_expected > 0 else float("inf")
     noncentrality = r * effect ** 2 / (2 * denom)
     critical = sps.f.ppf(1 - alpha, 1, ddf)
-    return {"power": float(sps.ncf.sf(critical, 1, ddf, noncentrality)), "ddf": float(ddf),
+    power = sps.ncf.sf(critical, 1, ddf, noncentrality) if noncentrality > 0 else alpha
+    return {"power": float(power), "ddf": float(ddf),
             "noncentrality": float(noncentrality)}
