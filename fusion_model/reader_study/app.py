@@ -64,6 +64,10 @@ def create_app(study_dir: Path, clock=None) -> FastAPI:
         return _message("Please sign in", "Your reading session has ended or you are not signed in.", 401,
                         ("/", "Sign in"))
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
+
     @app.get("/healthz", response_class=PlainTextResponse)
     def healthz() -> str:
         return "ok"

@@ -25,6 +25,7 @@ from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, check_output_dir
 from fusion_model.imaging.preprocess import load_lesion_volumes
 from fusion_model.progress import track
+from fusion_model.report.viewer import contour
 from fusion_model.reader_study.design import (
     KEY_FILE,
     STUDY_FILE,
@@ -92,7 +93,7 @@ def pick_cases(labels: pd.Series, n: int | None, rng: np.random.Generator) -> li
 
 def crop_around_lesion(volumes, crop_mm: float) -> tuple[dict[str, sitk.Image], sitk.Image]:
     """The phases and outline in a box ``crop_mm`` wide around the lesion (axially), all slices of the lesion and
-    ``crop_mm / 4`` above and below; phases as int16 HU, the outline as uint8."""
+    ``crop_mm / 4`` above and below; phases as int16 HU, the outline as its in-plane contour (uint8)."""
     mask = volumes.mask
     array = sitk.GetArrayViewFromImage(mask)
     zz, yy, xx = np.nonzero(array)
@@ -108,7 +109,9 @@ def crop_around_lesion(volumes, crop_mm: float) -> tuple[dict[str, sitk.Image], 
     extent = [int(hi[0] - lo[0]), int(hi[1] - lo[1]), z_hi - z_lo]
     phases = {name: sitk.Cast(sitk.RegionOfInterest(image, extent, index), sitk.sitkInt16)
               for name, image in volumes.phases.items()}
-    outline = sitk.Cast(sitk.RegionOfInterest(mask, extent, index) > 0, sitk.sitkUInt8)
+    region = sitk.RegionOfInterest(mask, extent, index)
+    outline = sitk.GetImageFromArray(contour(sitk.GetArrayFromImage(region)))
+    outline.CopyInformation(region)
     return phases, outline
 
 

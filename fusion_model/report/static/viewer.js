@@ -2,6 +2,7 @@
    "fm-viewer" holding a <canvas> and a JSON spec in a <script type="application/json" class="fm-spec">:
      {"phases": [{"name": "venous", "url": "..."} or {"name": ..., "base64": "..."}],
       "outline": {"url"|"base64"}, "saliency": {"url"|"base64"} (optional)}
+   The outline image holds the lesion's contour (drawn on top, the lesion's own pixels stay visible).
    Every phase is loaded once and shown one at a time (buttons, or keys 1-4); the mouse wheel or the
    up/down arrow keys scroll the slices; right-drag sets window/level, or a preset; the outline and the
    saliency map are toggled (buttons, or keys o / s). State for tests: element.fmState. */
@@ -45,7 +46,7 @@
       }));
       if (spec.outline) { spec.outline.name = spec.outline.name || "outline"; }
       if (spec.saliency) { spec.saliency.name = spec.saliency.name || "saliency"; }
-      var outline = spec.outline ? await load(spec.outline, "red", 0.45, 0.5, 1.0) : null;
+      var outline = spec.outline ? await load(spec.outline, "red", 0.9, 0.5, 1.0) : null;
       var saliency = spec.saliency ? await load(spec.saliency, "warm", 0.0, 0.2, 1.0) : null;
       // every phase stays loaded; the one shown is moved to the bottom of the stack, the others are hidden
       phases.forEach(function (img, i) { nv.addVolume(img); });
@@ -85,7 +86,7 @@
       function toggleOutline() {
         if (!outline) { return; }
         state.outline = !state.outline;
-        nv.setOpacity(overlayIndex(outline), state.outline ? 0.45 : 0.0);
+        nv.setOpacity(overlayIndex(outline), state.outline ? 0.9 : 0.0);
         root.querySelectorAll(".fm-btn").forEach(function (b) {
           if (b.textContent === "outline") { b.classList.toggle("on", state.outline); }
         });
