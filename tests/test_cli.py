@@ -42,11 +42,14 @@ def test_help_lists_every_command_and_each_has_its_own_help():
     for command in COMMANDS:
         assert runner.invoke(app, [command, "--help"]).exit_code == 0, command
     groups = named
-    assert set(groups) == {"segment"} and "segment" in listed
-    segment = {c.name for c in groups["segment"].registered_commands}
-    assert segment == {"train", "predict", "evaluate"}
-    for command in segment:
-        assert runner.invoke(app, ["segment", command, "--help"]).exit_code == 0, command
+    assert set(groups) == {"segment", "reader-study"} and {"segment", "reader-study"} <= listed
+    expected = {"segment": {"train", "predict", "evaluate"},
+                "reader-study": {"prepare", "serve", "simulate", "analyze"}}
+    for group, commands in expected.items():
+        registered = {c.name or c.callback.__name__ for c in groups[group].registered_commands}
+        assert registered == commands, group
+        for command in commands:
+            assert runner.invoke(app, [group, command, "--help"]).exit_code == 0, (group, command)
 
 
 def test_predict_command_writes_every_readable_lesion_and_names_the_rest(trained_model, tmp_path):

@@ -36,7 +36,7 @@ def _pct(value, digits: int = 1) -> str:
 
 
 def _ci(pair, digits: int = 3, percent: bool = False) -> str:
-    if not pair:
+    if not pair or any(v is None or (isinstance(v, float) and not math.isfinite(v)) for v in pair):
         return "–"
     if percent:
         return f"{100 * pair[0]:.{digits - 2}f}–{100 * pair[1]:.{digits - 2}f}%"
