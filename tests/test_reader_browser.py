@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from tests.browser import ARTIFACTS, chromium
-from tests.reading_server import ReadingServer
+from fusion_model.reader_study.loadtest import ReadingServer, run_readers
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -151,3 +151,27 @@ def test_two_readers_read_at_once(small_study, tmp_path, browser):
     assert readings.groupby("reader").size().to_dict() == {"A": 8, "B": 8}
     assert readings[readings["reader"] == "A"]["likelihood"].tolist() == list(range(10, 18))
     assert readings[readings["reader"] == "B"]["likelihood"].tolist() == list(range(60, 68))
+
+
+@pytest.fixture(scope="module")
+def ten_reader_study(trained_model, tmp_path_factory):
+    from fusion_model.imaging.cache import ImageCache
+    from fusion_model.reader_study.prepare import prepare_study
+
+    out = tmp_path_factory.mktemp("load-study") / "study"
+    readers = [f"R{k:02d}" for k in range(1, 11)]
+    result = prepare_study(trained_model["model"], trained_model["test_cohort"], out, readers,
+                           ImageCache(trained_model["cache"]), design="sequential", cases=4, seed=4, progress=False)
+    return out, result.tokens
+
+
+def test_ten_readers_at_once_lose_and_duplicate_no_answer(ten_reader_study):
+    study, tokens = ten_reader_study
+    with ReadingServer(study) as server:
+        result = run_readers(server.url, tokens, seed=1)
+    assert all(len(done) == 8 and len(set(done)) == 8 for done in result["readings"].values())
+    from fusion_model.reader_study.store import AnswerStore
+
+    readings = AnswerStore(study / "answers.sqlite").readings()
+    assert len(readings) == 80 and not readings.duplicated(["reader", "session", "position"]).any()
+    assert readings.groupby("reader").size().eq(8).all()

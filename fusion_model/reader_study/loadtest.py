@@ -1,5 +1,7 @@
-"""Start the reading application as the CLI does (a real process on localhost), and drive it as a browser
-would: the helpers the browser tests and the load benchmark share."""
+"""A load test of the reading application: the server started as the CLI starts it (a real process on
+localhost), and readers whose HTTP clients do what a browser does (sign in, load each case page with every image
+it shows, answer), many at once. Used by the browser tests and ``benchmarks/reader_study.py``; also a way to
+check a deployment before a study."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 
 def free_port() -> int:
@@ -87,3 +90,24 @@ class HttpReader:
             "scale5": int(rng.integers(1, 6)), "lesion_type": "adenoma", "confidence": int(rng.integers(1, 6))})
         answer.raise_for_status()
         return f"{session}.{position}", seconds
+
+
+def run_readers(url: str, tokens: dict[str, str], seed: int = 0) -> dict:
+    """Every reader of ``tokens`` reads all their cases at once (one thread each); returns per-reading seconds
+    (page + images) and the readings each reader answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(code: str) -> tuple[str, list]:
+        rng = np.random.default_rng([seed, sum(map(ord, code))])
+        reader = HttpReader(url, code, tokens[code])
+        done = []
+        while (result := reader.read_next(rng)) is not None:
+            done.append(result)
+        return code, done
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        results = dict(pool.map(one, tokens))
+    seconds = [s for done in results.values() for _, s in done]
+    return {"wall_seconds": time.perf_counter() - start, "case_seconds": seconds,
+            "readings": {code: [k for k, _ in done] for code, done in results.items()}}
