@@ -25,12 +25,23 @@ window.addEventListener('error', function (e) {
 (function () { var original = console.error; console.error = function () {
   window.__problems.push('console.error: ' + Array.prototype.join.call(arguments, ' ')); original.apply(console, arguments); }; })();
 window.addEventListener('load', function () {
-  var images = Array.prototype.slice.call(document.images);
-  var broken = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
-                     .map(function (i) { return i.alt || String(i.src).slice(0, 80); });
-  var out = document.createElement('pre'); out.id = '__probe';
-  out.textContent = JSON.stringify({images: images.length, broken: broken, problems: window.__problems});
-  document.body.appendChild(out);
+  var tries = 0;
+  function report() {
+    // interactive viewers (viewer.js) start after load: wait for each to be ready or to fail
+    var viewers = Array.prototype.slice.call(document.querySelectorAll('.fm-viewer'));
+    var pending = viewers.filter(function (v) { return !(v.fmState && (v.fmState.ready || v.fmState.error)); });
+    if (pending.length && tries++ < 80) { setTimeout(report, 100); return; }
+    var images = Array.prototype.slice.call(document.images);
+    var broken = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
+                       .map(function (i) { return i.alt || String(i.src).slice(0, 80); });
+    var out = document.createElement('pre'); out.id = '__probe';
+    out.textContent = JSON.stringify({images: images.length, broken: broken, problems: window.__problems,
+      viewers: viewers.map(function (v) { var s = v.fmState || {};
+        return {ready: !!s.ready, error: s.error || null, phase: s.phase || null,
+                volumes: s.volumes ? s.volumes() : []}; })});
+    document.body.appendChild(out);
+  }
+  report();
 });
 </script>"""
 
@@ -46,7 +57,9 @@ def chromium() -> str:
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+    # WebGL (the pages' CT viewer) on the software rasteriser: no GPU on these machines
+    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--use-angle=swiftshader",
+                           "--enable-unsafe-swiftshader", "--hide-scrollbars", "--disable-background-networking",
                            "--no-first-run", "--disable-extensions", "--enable-logging=stderr", "--v=0", *args],
                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
 

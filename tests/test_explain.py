@@ -116,6 +116,10 @@ def test_review_page_and_a_case_card_load_in_chromium(explained):
     assert page["images"] >= 4 and page["broken"] == [] and page["problems"] == [] and page["console"] == []
     card = check_page(result.out / "cases" / f"{lesion_id}.html", "explain-case.png", height=2000)
     assert card["images"] == 2 and card["broken"] == [] and card["problems"] == [] and card["console"] == []
+    # the interactive viewer: every phase of the crop, the contour and the saliency, loaded from the card itself
+    (viewer,) = card["viewers"]
+    assert viewer["ready"] and viewer["error"] is None, viewer
+    assert viewer["volumes"][-2:] == ["outline.nii.gz", "saliency.nii.gz"] and len(viewer["volumes"]) >= 3
 
 
 def test_one_lesion_and_unknown_lesion_ids(trained_model, tmp_path):

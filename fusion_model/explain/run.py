@@ -4,7 +4,8 @@ for each lesion, global SHAP figures, and a case review page listing every lesio
 Output folder:
 
     index.html           case review page: lesions by risk, filters, global explanations
-    cases/ID.html        one self-contained case card per lesion
+    cases/ID.html        one case card per lesion (figures and volumes embedded)
+    assets/              the cards' CT viewer: NiiVue (vendored, BSD-2-Clause) and viewer.js
     global/*.png         beeswarm, mean |SHAP| and feature-group figures
     shap_values.csv      per lesion: variant, base, margin, probability, value and SHAP of each feature
 """
@@ -43,6 +44,7 @@ from fusion_model.explain.saliency import GradCAM
 from fusion_model.model import FusionModel, LesionData
 from fusion_model.progress import track
 from fusion_model.report import data_uri, render, write_report_dir
+from fusion_model.report.viewer import NIIVUE, VIEWER, array_image, contour, embedded_spec, nifti_bytes
 
 TOP_FACTORS = 5
 GLOBAL_MIN_LESIONS = 10
@@ -209,16 +211,33 @@ def case_context(lesion_id: str, row: pd.Series, predictions: pd.Series, contrib
     }
 
 
+def viewer_volumes(crop: np.ndarray, saliency: np.ndarray | None, channels: list[str], spacing_mm: float,
+                   hu_window: tuple[float, float]) -> str:
+    """The interactive viewer's spec of a case card: every phase of the model's crop back in HU (within the
+    model's window), the lesion's contour and the Grad-CAM saliency, inlined as NIfTI."""
+    lo, hi = hu_window
+    spacing = (spacing_mm,) * 3
+    phases = {name: nifti_bytes(array_image(np.rint(lo + np.asarray(crop[c], np.float32) * (hi - lo)), spacing,
+                                            np.int16))
+              for c, name in enumerate(channels) if name not in ("mask", "depth")}
+    mask = np.asarray(crop[channels.index("mask")]) > 0.5 if "mask" in channels else None
+    outline = nifti_bytes(array_image(contour(mask), spacing, np.uint8)) if mask is not None else None
+    heat = nifti_bytes(array_image(np.asarray(saliency, np.float32), spacing)) if saliency is not None else None
+    return embedded_spec(phases, outline, heat)
+
+
 def render_case(context: dict, crop: np.ndarray, saliency: np.ndarray | None, channels: list[str],
                 values: pd.Series, shap_row: pd.Series, base: float, created: str,
-                back_link: str | None = "../index.html") -> str:
-    """One self-contained case card (HTML with embedded images)."""
+                back_link: str | None = "../index.html", spacing_mm: float = 1.0,
+                hu_window: tuple[float, float] = (-200.0, 300.0), assets: str = "../assets/") -> str:
+    """One case card: HTML with its figures and volumes embedded; the viewer's scripts from ``assets``."""
     images = {
         "waterfall": data_uri(plots.waterfall(values, shap_row, base, context["probability"])),
         "slices": data_uri(plots.ct_slices(crop, saliency, channels)),
     }
+    spec = viewer_volumes(crop, saliency, channels, spacing_mm, hu_window)
     return render("case.html.j2", case=context, images=images, back_link=back_link, package_version=__version__,
-                  created_utc=created)
+                  created_utc=created, viewer_spec=spec, assets=assets)
 
 
 def _render_job(job) -> tuple[str, str]:
@@ -306,7 +325,8 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
                                explained.types)
         name = safe_name(lesion_id, taken)
         jobs.append((f"cases/{name}.html", context, data.crops[i], explained.lesions[i].saliency, channels,
-                     contributions.values.iloc[i], contributions.shap.iloc[i], contributions.base, created))
+                     contributions.values.iloc[i], contributions.shap.iloc[i], contributions.base, created,
+                     "../index.html", model.config.preprocess.spacing_mm, model.config.preprocess.hu_window))
         rule_value = predictions.loc[lesion_id, f"rule_{rule}"] if rule else np.nan
         model_call = bool(context["probability"] >= thresholds["youden"])
         rows.append({**{k: context[k] for k in ("lesion_id", "patient_id", "centre", "probability", "risk_class",
@@ -317,6 +337,9 @@ def explain_cohort(model_dir: Path, cohort_dir: Path, out: Path, cache, lesion_i
                      "top_factor": context["factors"][0]["sentence"] if context["factors"] else ""})
     t1 = time.perf_counter()
     files.update(_render_cases(jobs, progress))
+    files["assets/niivue.umd.js"] = NIIVUE.read_bytes()
+    files["assets/NIIVUE-LICENSE.txt"] = NIIVUE.with_name("LICENSE").read_bytes()
+    files["assets/viewer.js"] = VIEWER.read_bytes()
     render_seconds = time.perf_counter() - t1
     timings["saliency_seconds"] = saliency_seconds
     timings["render_seconds"] = render_seconds
