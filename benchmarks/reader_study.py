@@ -100,7 +100,7 @@ def browser_case_seconds(study: Path, token: str, cases: int = 5) -> list[float]
     if not chromium:
         return None
     ready = "() => { const s = document.getElementById('viewer').fmState; return s && (s.ready || s.error); }"
-    seconds = []
+    seconds, stages = [], []
     with ReadingServer(study) as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
@@ -120,7 +120,14 @@ def browser_case_seconds(study: Path, token: str, cases: int = 5) -> list[float]
             page.click("#submit")
             page.wait_for_function(ready, timeout=60000)
             seconds.append(time.perf_counter() - start)
+            timing = page.evaluate("() => { const n = performance.getEntriesByType('navigation')[0];"
+                                   " return [n.responseEnd, n.domContentLoadedEventEnd,"
+                                   " document.getElementById('viewer').fmState.readyAt]; }")
+            stages.append(timing)
         browser.close()
+    stages = np.median(np.array(stages), axis=0) / 1000
+    print(f"   in the browser (median, from the page's request): page received {stages[0]:.3f} s, scripts parsed "
+          f"{stages[1]:.3f} s, viewer ready with every volume {stages[2]:.3f} s (software WebGL)")
     return seconds
 
 
@@ -172,8 +179,8 @@ def chain(out: Path, patients: int, experiment: Path | None, reuse: bool) -> dic
           f"{np.percentile(case_seconds, 95):.3f} s, max {case_seconds.max():.3f} s; wall {load['wall_seconds']:.1f} s")
     browser = browser_case_seconds(simulated, tokens["R01"])
     if browser:
-        print(f"   headless Chromium, answer to the next case's viewer ready: median {statistics.median(browser):.3f} s,"
-              f" max {max(browser):.3f} s over {len(browser)} cases")
+        print(f"   headless Chromium, answer to the next case's viewer ready: median "
+              f"{statistics.median(browser):.3f} s, max {max(browser):.3f} s over {len(browser)} cases")
     shutil.rmtree(simulated)
     shutil.copytree(study, simulated, ignore=shutil.ignore_patterns("answers.sqlite*"))
     fm("reader-study", "simulate", simulated, "--seed", 7)

@@ -164,8 +164,8 @@ def analyze_study(study_dir: Path | None, out: Path, ratings_csv: Path | None = 
         readings, key, study = study_readings(Path(study_dir))
         readers, incomplete = complete_readers(readings, len(study.cases))
         if not readers:
-            raise UserInputError(f"{study_dir}: no reader has read every case in both arms yet "
-                                 f"({', '.join(f'{r}: {n} of {2 * len(study.cases)}' for r, n in incomplete.items())}); "
+            progress = ", ".join(f"{r}: {n} of {2 * len(study.cases)}" for r, n in incomplete.items())
+            raise UserInputError(f"{study_dir}: no reader has read every case in both arms yet ({progress}); "
                                  "the analysis needs at least one complete reader")
         used = readings[readings["reader"].isin(readers)].copy()
         threshold = 50 if positive_at is None else positive_at

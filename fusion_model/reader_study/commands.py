@@ -116,12 +116,14 @@ def simulate(
 @app.command()
 def analyze(
     study: Annotated[Path | None, typer.Argument(help="study folder (omit with --ratings)")] = None,
-    out: Annotated[Path, typer.Option("--out", help="report folder, e.g. reports/reader-study")] = Path("reports/reader-study"),
-    ratings: Annotated[Path | None, typer.Option("--ratings", help="analyse a ratings CSV in the long format "
-                                                                   "(reader, modality, case, truth, rating) instead")] = None,
+    out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("reports/reader-study"),
+    ratings: Annotated[Path | None, typer.Option(
+        "--ratings", help="analyse a ratings CSV in the long format (reader, modality, case, truth, rating) "
+                          "instead")] = None,
     covariance: Annotated[str, typer.Option("--covariance", help="delong or jackknife")] = "delong",
-    positive_at: Annotated[float | None, typer.Option("--positive-at", help="rating from which a reading counts as "
-                                                                            "positive (default 50; 3 for 1-5 ratings)")] = None,
+    positive_at: Annotated[float | None, typer.Option(
+        "--positive-at", help="rating from which a reading counts as positive (default 50; 3 for 1-5 "
+                              "ratings)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing report folder")] = False,
 ) -> None:
     """Multi-reader multi-case analysis (Obuchowski-Rockette-Hillis): AUC, sensitivity, specificity with and

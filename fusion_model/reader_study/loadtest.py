@@ -19,6 +19,7 @@ import numpy as np
 
 
 def free_port() -> int:
+    """A TCP port free on localhost now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -34,6 +35,7 @@ class ReadingServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> ReadingServer:
+        """Start the server and wait until it answers (or fail with what it printed)."""
         env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
         self.process = subprocess.Popen([sys.executable, "-m", "fusion_model.cli", "reader-study", "serve",
                                          str(self.study), "--port", str(self.port)], env=env,

@@ -215,7 +215,7 @@ def prepare_study(model_dir: Path, cohort_dir: Path, out: Path, readers: list[st
         (staging / STUDY_FILE).write_text(study.model_dump_json(indent=1), encoding="utf-8")
         (staging / "private").mkdir()
         pd.DataFrame(key_rows).sort_values("case").to_csv(staging / KEY_FILE, index=False)
-        pd.DataFrame({"reader": readers, "token": [tokens[r] for r in readers]}).to_csv(staging / TOKENS_FILE,
-                                                                                       index=False)
+        tokens_table = pd.DataFrame({"reader": readers, "token": [tokens[r] for r in readers]})
+        tokens_table.to_csv(staging / TOKENS_FILE, index=False)
         (staging / "private").chmod(0o700)
     return PreparedStudy(Path(out), tokens, len(chosen), int(data.table["label"].sum()), source)

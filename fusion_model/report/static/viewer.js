@@ -120,6 +120,7 @@
       state.opacity = function (name) {
         var v = nv.volumes.find(function (x) { return x.name === name + ".nii.gz"; }); return v ? v.opacity : null;
       };
+      state.readyAt = performance.now();  // ms since the page's navigation started
       state.ready = true;
     } catch (err) {
       state.error = String(err && err.message || err);
