@@ -391,6 +391,16 @@ def _t_or_z(estimate: float, se: float, df: float | None, alpha: float) -> tuple
     return float(stat), float(p), (float(estimate - q * se), float(estimate + q * se))
 
 
+def _differences(pairs, means, modalities, se: float, df: float | None, alpha: float) -> list[Difference]:
+    """Every pair's difference of modality means; one standard error and df for all (the OR analyses' case)."""
+    out = []
+    for a, b in pairs:
+        estimate = float(means[a] - means[b])
+        stat, p, ci = _t_or_z(estimate, se, df, alpha)
+        out.append(Difference(modalities[a], modalities[b], estimate, se, df, stat, p, ci))
+    return out
+
+
 def or_analysis(theta: np.ndarray, cov: np.ndarray, modalities: list[str], readers: list[str],
                 fom: str = "ROC AUC (empirical)", covariance: str = "delong", positives: int = 0,
                 negatives: int = 0, alpha: float = 0.05) -> ORResult:
@@ -422,21 +432,17 @@ def or_analysis(theta: np.ndarray, cov: np.ndarray, modalities: list[str], reade
         ms_r = float(t * ((rdr_means - grand) ** 2).sum() / (r - 1))
         resid = theta - mod_means[:, None] - rdr_means[None, :] + grand
         ms_tr = float((resid ** 2).sum() / ((t - 1) * (r - 1)))
-        var_r = float((ms_r - (ms_tr - c.var + c.cov1 + c.cov2 - c.cov3) - c.var - (t - 1) * c.cov1 + c.cov2
-                       + (t - 1) * c.cov3) / t)
+        # E[MS(T*R)] = var_TR + Var - Cov1 - Cov2 + Cov3
+        # E[MS(R)] = t var_R + var_TR + Var + (t-1) Cov1 - Cov2 - (t-1) Cov3
         var_tr = float(ms_tr - c.var + c.cov1 + c.cov2 - c.cov3)
+        var_r = float((ms_r - var_tr - c.var - (t - 1) * c.cov1 + c.cov2 + (t - 1) * c.cov3) / t)
 
         # random readers, random cases (Hillis 2007 ddf)
         denom = ms_tr + r * max(c.cov2 - c.cov3, 0.0)
         ddf = denom ** 2 / (ms_tr ** 2 / ((t - 1) * (r - 1))) if ms_tr > 0 else float("inf")
         f = ms_t / denom if denom > 0 else float("nan")
         p = float(sps.f.sf(f, t - 1, ddf)) if np.isfinite(f) else float("nan")
-        diffs = []
-        for a, b in pairs:
-            est = float(mod_means[a] - mod_means[b])
-            se = math.sqrt(2 / r * denom)
-            stat, pv, ci = _t_or_z(est, se, ddf, alpha)
-            diffs.append(Difference(modalities[a], modalities[b], est, se, _finite(ddf), stat, pv, ci))
+        diffs = _differences(pairs, mod_means, modalities, math.sqrt(2 / r * denom), _finite(ddf), alpha)
         singles = []
         for i in range(t):
             s_denom = ms_r_i[i] + r * max(cov2_per_modality[i], 0.0)
@@ -451,12 +457,7 @@ def or_analysis(theta: np.ndarray, cov: np.ndarray, modalities: list[str], reade
     denom = c.var - c.cov1 + (r - 1) * max(c.cov2 - c.cov3, 0.0)
     x2 = (t - 1) * ms_t / denom if denom > 0 else float("nan")
     p = float(sps.chi2.sf(x2, t - 1)) if np.isfinite(x2) else float("nan")
-    diffs = []
-    for a, b in pairs:
-        est = float(mod_means[a] - mod_means[b])
-        se = math.sqrt(max(2 / r * denom, 0.0))
-        stat, pv, ci = _t_or_z(est, se, None, alpha)
-        diffs.append(Difference(modalities[a], modalities[b], est, se, None, stat, pv, ci))
+    diffs = _differences(pairs, mod_means, modalities, math.sqrt(max(2 / r * denom, 0.0)), None, alpha)
     singles = []
     for i in range(t):
         se = math.sqrt(max((var_per_modality[i] + (r - 1) * max(np.nan_to_num(cov2_per_modality[i]), 0.0)) / r,
@@ -481,12 +482,7 @@ def or_analysis(theta: np.ndarray, cov: np.ndarray, modalities: list[str], reade
         df2 = (t - 1) * (r - 1)
         f = ms_t / ms_tr if ms_tr > 0 else float("nan")
         p = float(sps.f.sf(f, t - 1, df2)) if np.isfinite(f) else float("nan")
-        diffs = []
-        for a, b in pairs:
-            est = float(mod_means[a] - mod_means[b])
-            se = math.sqrt(2 / r * ms_tr)
-            stat, pv, ci = _t_or_z(est, se, df2, alpha)
-            diffs.append(Difference(modalities[a], modalities[b], est, se, float(df2), stat, pv, ci))
+        diffs = _differences(pairs, mod_means, modalities, math.sqrt(2 / r * ms_tr), float(df2), alpha)
         singles = []
         for i in range(t):
             se = math.sqrt(ms_r_i[i] / r)
