@@ -115,6 +115,10 @@ def test_the_application_lets_only_a_signed_in_reader_read_their_current_case(pr
     assert client.get("/volume/1/2/outline.nii.gz").status_code == 403  # not the current reading
     assert client.get("/volume/1/1/key.nii.gz").status_code == 404
     assert client.get("/static/niivue.umd.js").status_code == 200
+    # a case file removed while the study runs: a clear answer, not a server error
+    (study / "cases" / item.case / "outline.nii.gz").unlink()
+    missing = client.get("/volume/1/1/outline.nii.gz")
+    assert missing.status_code == 404 and "study coordinator" in missing.text
 
 
 def test_answers_are_checked_recorded_at_once_and_locked(prepared, tmp_path):

@@ -46,6 +46,11 @@ def _message(title: str, text: str, status: int = 200, link: tuple[str, str] | N
     return _page("message.html.j2", status, title=title, text=text, link=link)
 
 
+def _study_changed() -> HTMLResponse:
+    return _message("Case not available", "This case's files are missing or damaged in the study folder; your "
+                    "answers so far are saved. Please tell the study coordinator.", 500, ("/read", "Try again"))
+
+
 def create_app(study_dir: Path, clock=None) -> FastAPI:
     """The reading application for a study folder (checked when the app is made)."""
     study_dir = Path(study_dir)
@@ -118,7 +123,10 @@ def create_app(study_dir: Path, clock=None) -> FastAPI:
                 "outline": {"name": "outline", "url": f"{base}/outline.nii.gz"}}
         panel = None
         if item.arm == "aided":
-            panel = json.loads((study_dir / "cases" / case.code / "panel.json").read_text(encoding="utf-8"))
+            try:
+                panel = json.loads((study_dir / "cases" / case.code / "panel.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return _study_changed()
         return _page("read.html.j2", study=study.name, reader=reader, position=position, item=item,
                      spec=json.dumps(spec), panel=panel, lesion_types=study.lesion_types, scale5=SCALE5,
                      locked=study.answers_locked)
@@ -139,8 +147,11 @@ def create_app(study_dir: Path, clock=None) -> FastAPI:
         case = study.case(item.case)
         if not VOLUME_NAME.match(name) or (name != "outline" and name not in case.phases):
             return PlainTextResponse("no such image", status_code=404)
-        return FileResponse(study_dir / "cases" / case.code / f"{name}.nii.gz", media_type="application/gzip",
-                            headers={"Cache-Control": "private, no-store"})
+        path = study_dir / "cases" / case.code / f"{name}.nii.gz"
+        if not path.is_file():
+            return PlainTextResponse("this image is missing from the study folder; tell the study coordinator",
+                                     status_code=404)
+        return FileResponse(path, media_type="application/gzip", headers={"Cache-Control": "private, no-store"})
 
     @app.post("/answer")
     async def answer(request: Request):

@@ -47,7 +47,7 @@
       if (spec.outline) { spec.outline.name = spec.outline.name || "outline"; }
       if (spec.saliency) { spec.saliency.name = spec.saliency.name || "saliency"; }
       var outline = spec.outline ? await load(spec.outline, "red", 0.9, 0.5, 1.0) : null;
-      var saliency = spec.saliency ? await load(spec.saliency, "warm", 0.0, 0.2, 1.0) : null;
+      var saliency = spec.saliency ? await load(spec.saliency, "warm", 0.0, 20, 100) : null;  // percent of peak
       // every phase stays loaded; the one shown is moved to the bottom of the stack, the others are hidden
       phases.forEach(function (img, i) { nv.addVolume(img); });
       phases.forEach(function (img, i) { if (i > 0) { nv.setOpacity(nv.volumes.indexOf(img), 0.0); } });
