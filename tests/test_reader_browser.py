@@ -70,6 +70,10 @@ def read_one(page, likelihood: int, check_viewer: bool = False) -> dict:
         page.locator(".fm-btn", has_text="outline").click()
         assert page.evaluate("document.getElementById('viewer').fmState.outline") is False
         assert page.evaluate("document.getElementById('viewer').fmState.opacity('outline')") == 0
+        page.locator(".fm-btn", has_text="3 planes").click()
+        assert page.evaluate("document.getElementById('viewer').fmState.planes") is True
+        page.screenshot(path=str(ARTIFACTS / "reader-study-planes.png"))
+        page.locator(".fm-btn", has_text="3 planes").click()
         page.locator(".fm-btn", has_text="adrenal").click()
         assert page.evaluate("document.getElementById('viewer').fmState.window") == "adrenal"
         before = page.evaluate("document.getElementById('viewer').fmState.slice")
@@ -94,9 +98,9 @@ def test_a_full_session_is_read_in_chromium(small_study, tmp_path, browser):
         sign_in(page, server.url, "A", tokens["A"])
         seen = []
         for k in range(8):
-            seen.append(read_one(page, 20 + 7 * k, check_viewer=k < 2))
             if k == 0:
                 ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            seen.append(read_one(page, 20 + 7 * k, check_viewer=k < 2))
         page.wait_for_selector("#message")
         assert "You have read all 8 cases" in page.inner_text("#message")
         page.screenshot(path=str(ARTIFACTS / "reader-study-done.png"))

@@ -202,7 +202,7 @@ def analyze_study(study_dir: Path | None, out: Path, ratings_csv: Path | None = 
         long = used.rename(columns={"arm": "modality", "likelihood": "rating"})[
             ["reader", "modality", "case", "truth", "rating", "scale5", "lesion_type", "confidence", "seconds"]]
         files["ratings.csv"] = long.to_csv(index=False)
-        title = f"Reader study {study.name}"
+        title = f"Reader study: {study.name}"
     metrics = _finite_json(metrics)
     files["metrics.json"] = json.dumps(metrics, indent=1, default=_json_default)
     files["report.html"] = render("reader_study.html.j2", m=metrics, title=title,

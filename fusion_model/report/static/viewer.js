@@ -5,7 +5,7 @@
    The outline image holds the lesion's contour (drawn on top, the lesion's own pixels stay visible).
    Every phase is loaded once and shown one at a time (buttons, or keys 1-4); the mouse wheel or the
    up/down arrow keys scroll the slices; right-drag sets window/level, or a preset; the outline and the
-   saliency map are toggled (buttons, or keys o / s). State for tests: element.fmState. */
+   saliency map are toggled (buttons, or keys o / s); "3 planes" adds the coronal and sagittal views (key p). State for tests: element.fmState. */
 (function () {
   "use strict";
   var PRESETS = {"soft tissue": [40, 400], "adrenal": [40, 250], "wide": [60, 600], "bone": [400, 1800]};
@@ -32,11 +32,13 @@
   async function start(root) {
     var spec = JSON.parse(root.querySelector("script.fm-spec").textContent);
     var canvas = root.querySelector("canvas");
-    var state = {ready: false, phase: null, outline: true, saliency: false, window: "soft tissue", error: null};
+    var state = {ready: false, phase: null, outline: true, saliency: false, planes: false, window: "soft tissue",
+                 error: null};
     root.fmState = state;
     try {
       var nv = new niivue.Niivue({backColor: [0, 0, 0, 1], show3Dcrosshair: false, crosshairWidth: 0,
                                   isColorbar: false, dragAndDropEnabled: false, isRadiologicalConvention: true,
+                                  multiplanarShowRender: 0,  // three planes, no 3D rendering
                                   logLevel: "error"});
       await nv.attachToCanvas(canvas);
       nv.setSliceType(nv.sliceTypeAxial);
@@ -101,6 +103,12 @@
       }
       if (saliency) { button(bar, "saliency", "show or hide where the network looked (key s)", toggleSaliency); }
       function scroll(step) { nv.moveCrosshairInVox(0, 0, step); state.slice = nv.frac2vox(nv.scene.crosshairPos)[2]; }
+      var planes = button(bar, "3 planes", "axial only, or axial + coronal + sagittal (key p)", togglePlanes);
+      function togglePlanes() {
+        state.planes = !state.planes;
+        nv.setSliceType(state.planes ? nv.sliceTypeMultiplanar : nv.sliceTypeAxial);
+        planes.classList.toggle("on", state.planes);
+      }
       button(bar, "\u25b2", "next slice (arrow up or mouse wheel)", function () { scroll(1); });
       button(bar, "\u25bc", "previous slice (arrow down or mouse wheel)", function () { scroll(-1); });
       root.tabIndex = 0;
@@ -108,6 +116,7 @@
         if (e.key >= "1" && e.key <= "9") { setPhase(Number(e.key) - 1); }
         else if (e.key === "o") { toggleOutline(); }
         else if (e.key === "s") { toggleSaliency(); }
+        else if (e.key === "p") { togglePlanes(); }
         else if (e.key === "ArrowUp") { scroll(1); e.preventDefault(); }
         else if (e.key === "ArrowDown") { scroll(-1); e.preventDefault(); }
       });
