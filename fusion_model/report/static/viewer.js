@@ -80,28 +80,21 @@
           state.window = name;
         });
       });
-      function overlayIndex(img) { return nv.volumes.indexOf(img); }
-      if (outline) {
-        var ob = button(bar, "outline", "show or hide the lesion outline (key o)", toggleOutline);
-        ob.classList.add("on");
+      // an overlay (outline, saliency) shown at its opacity or hidden; its button lit while shown
+      function overlayToggle(img, key, opacity, label, title) {
+        if (!img) { return function () {}; }
+        var b = button(bar, label, title, function () { toggle(); });
+        function toggle() {
+          state[key] = !state[key];
+          nv.setOpacity(nv.volumes.indexOf(img), state[key] ? opacity : 0.0);
+          b.classList.toggle("on", state[key]);
+        }
+        b.classList.toggle("on", state[key]);
+        return toggle;
       }
-      function toggleOutline() {
-        if (!outline) { return; }
-        state.outline = !state.outline;
-        nv.setOpacity(overlayIndex(outline), state.outline ? 0.9 : 0.0);
-        root.querySelectorAll(".fm-btn").forEach(function (b) {
-          if (b.textContent === "outline") { b.classList.toggle("on", state.outline); }
-        });
-      }
-      function toggleSaliency() {
-        if (!saliency) { return; }
-        state.saliency = !state.saliency;
-        nv.setOpacity(overlayIndex(saliency), state.saliency ? 0.5 : 0.0);
-        root.querySelectorAll(".fm-btn").forEach(function (b) {
-          if (b.textContent === "saliency") { b.classList.toggle("on", state.saliency); }
-        });
-      }
-      if (saliency) { button(bar, "saliency", "show or hide where the network looked (key s)", toggleSaliency); }
+      var toggleOutline = overlayToggle(outline, "outline", 0.9, "outline", "show or hide the lesion outline (key o)");
+      var toggleSaliency = overlayToggle(saliency, "saliency", 0.5, "saliency",
+                                         "show or hide where the network looked (key s)");
       function scroll(step) { nv.moveCrosshairInVox(0, 0, step); state.slice = nv.frac2vox(nv.scene.crosshairPos)[2]; }
       var planes = button(bar, "3 planes", "axial only, or axial + coronal + sagittal (key p)", togglePlanes);
       function togglePlanes() {
