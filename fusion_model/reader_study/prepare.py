@@ -25,7 +25,7 @@ from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, check_output_dir
 from fusion_model.imaging.preprocess import load_lesion_volumes
 from fusion_model.progress import track
-from fusion_model.report.viewer import contour
+from fusion_model.report.viewer import contour, nifti_bytes
 from fusion_model.reader_study.design import (
     KEY_FILE,
     STUDY_FILE,
@@ -115,13 +115,6 @@ def crop_around_lesion(volumes, crop_mm: float) -> tuple[dict[str, sitk.Image], 
     return phases, outline
 
 
-def _clean(image: sitk.Image) -> sitk.Image:
-    """A copy with geometry only (no metadata text that could name the patient or file)."""
-    clean = sitk.GetImageFromArray(sitk.GetArrayFromImage(image))
-    clean.CopyInformation(image)
-    return clean
-
-
 def model_panel(context: dict) -> dict:
     """The aided arm's panel from an explain case context: probability, lesion types, main factors."""
     types = context.get("lesion_types")
@@ -191,9 +184,8 @@ def prepare_study(model_dir: Path, cohort_dir: Path, out: Path, readers: list[st
             code = code_of[lesion_id]
             folder = staging / "cases" / code
             folder.mkdir(parents=True)
-            for name, image in phases.items():
-                sitk.WriteImage(_clean(image), str(folder / f"{name}.nii.gz"), True)
-            sitk.WriteImage(_clean(outline), str(folder / "outline.nii.gz"), True)
+            for name, image in [*phases.items(), ("outline", outline)]:
+                (folder / f"{name}.nii.gz").write_bytes(nifti_bytes(image))  # geometry only, no text fields
             row = data.table.loc[lesion_id]
             context = case_context(lesion_id, row, explained.predictions.loc[lesion_id], explained.contributions,
                                    i, model, variant, explained.types)
