@@ -21,7 +21,7 @@ import pandas as pd
 
 from fusion_model import __version__
 from fusion_model.errors import UserInputError
-from fusion_model.fileio import check_output_dir
+from fusion_model.fileio import check_output_dir, json_safe
 from fusion_model.reader_study.design import ANSWERS_FILE, ARMS, load_key, load_study
 from fusion_model.reader_study.mrmc import (
     AUC,
@@ -75,14 +75,10 @@ def _ratings(readings: pd.DataFrame, column: str) -> Ratings:
     return ratings_from_frame(frame.rename(columns={column: "rating"}), "the study's answers", MODALITY_ORDER)
 
 
-def _roc_points(truth: np.ndarray, scores: np.ndarray) -> tuple[list[float], list[float]]:
-    thresholds = np.unique(scores)[::-1]
-    positives, negatives = truth.sum(), len(truth) - truth.sum()
-    fpr, tpr = [0.0], [0.0]
-    for t in thresholds:
-        called = scores >= t
-        tpr.append(float((called & (truth == 1)).sum() / positives))
-        fpr.append(float((called & (truth == 0)).sum() / negatives))
+def _roc_points(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(truth, scores, drop_intermediate=False)
     return fpr, tpr
 
 
@@ -203,8 +199,8 @@ def analyze_study(study_dir: Path | None, out: Path, ratings_csv: Path | None = 
             ["reader", "modality", "case", "truth", "rating", "scale5", "lesion_type", "confidence", "seconds"]]
         files["ratings.csv"] = long.to_csv(index=False)
         title = f"Reader study: {study.name}"
-    metrics = _finite_json(metrics)
-    files["metrics.json"] = json.dumps(metrics, indent=1, default=_json_default)
+    metrics = json_safe(metrics)
+    files["metrics.json"] = json.dumps(metrics, indent=1)
     files["report.html"] = render("reader_study.html.j2", m=metrics, title=title,
                                   images={k: data_uri(v) for k, v in images.items()}, package_version=__version__,
                                   created_utc=created)
@@ -212,22 +208,3 @@ def analyze_study(study_dir: Path | None, out: Path, ratings_csv: Path | None = 
         files[name] = content
     write_report_dir(Path(out), files, overwrite=overwrite)
     return metrics
-
-
-def _finite_json(value):
-    """NaN and infinity as None (JSON has neither), recursively."""
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
-    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
-        return None
-    return value
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
