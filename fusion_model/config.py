@@ -484,14 +484,16 @@ class SegmentConfig(StrictModel):
     channels: tuple[int, ...] = Field((16, 32, 64, 128), description="feature maps per U-Net level")
     residual_units: int = Field(1, ge=0, le=4)
     dropout: float = Field(0.0, ge=0, lt=1)
-    epochs: int = Field(100, ge=1, le=10_000)
+    epochs: int = Field(60, ge=1, le=10_000)
     iterations_per_epoch: int = Field(40, ge=1, description="optimiser steps per epoch")
     batch_size: int = Field(4, ge=1, le=256, description="patches per step")
     patches_per_volume: int = Field(2, ge=1, le=32)
     foreground_ratio: float = Field(0.67, ge=0, le=1, description="share of patches centred on a lesion voxel")
     learning_rate: float = Field(2e-3, gt=0, le=1)
     weight_decay: float = Field(1e-5, ge=0)
-    patience: int = Field(20, ge=1, description="epochs without a better validation Dice before stopping")
+    patience: int = Field(16, ge=1, description="epochs without a better validation Dice before stopping")
+    validate_every: int = Field(2, ge=1, le=20, description="epochs between validations on the early-stopping "
+                                "patients (each is a sliding-window pass over their scans)")
     validation_fraction: float = Field(0.2, gt=0, lt=0.6)
     intensity_jitter: float = Field(0.05, ge=0, le=0.5, description="random shift/scale of windowed values")
     flip: bool = Field(True, description="random flips along every axis")
@@ -501,8 +503,17 @@ class SegmentConfig(StrictModel):
                                                 "component-probability threshold within this FP rate")
     match_min_probability: float | None = Field(
         0.5, gt=0, lt=1, description="components a lesion of the table may take: at least this probability (the "
-        "table says the lesion exists, so its side's most probable component is taken even below the detection "
-        "operating point); null = the operating point")
+        "table says the lesion exists, so its side's most probable plausible component is taken even below the "
+        "detection operating point); null = the operating point")
+    match_size_ratio: float = Field(2.5, gt=1, description="a lesion with size_mm takes only components whose "
+                                    "largest axial extent is within this factor of it (either way)")
+    learn_glands: bool = Field(True, description="the detector also learns the adrenal-gland region (a third "
+                               "output) from the training scans' gland outlines: the cohort's glands/ folder "
+                               "(TotalSegmentator's layout) or --region")
+    gland_target_margin_mm: float = Field(6.0, ge=0, le=30, description="gland outlines grown by this for the "
+                                          "learned gland region")
+    gland_margin_mm: float = Field(15.0, ge=0, description="components whose nearest voxel is farther than this "
+                                   "from an adrenal gland (given by --region or learned) are suppressed")
     overlap: float = Field(0.5, ge=0, lt=1, description="sliding-window overlap")
 
     spacing_tolerance: float = Field(2.0, ge=1, description="refuse scans whose voxel edge is this many times "
@@ -515,7 +526,12 @@ class SegmentConfig(StrictModel):
     refine_crops_per_lesion: int = Field(8, ge=1, le=64, description="randomly shifted and scaled training crops")
     refine_shift_jitter: float = Field(0.15, ge=0, le=1, description="SD of the crop-centre shift / lesion extent")
     refine_scale_jitter: float = Field(0.3, ge=0, le=1, description="crop edge scaled by exp(U(-j, j))")
-    refine_epochs: int = Field(70, ge=1, le=10_000)
+    refine_epochs: int = Field(50, ge=1, le=10_000)
+    refine_difference: bool = Field(True, description="refiner input: the contrast phase (venous, else the last) "
+                                    "minus the unenhanced phase, HU mapped from refine_difference_window (when "
+                                    "the segmenter has the unenhanced phase and another)")
+    refine_difference_window: tuple[float, float] = Field((-50.0, 200.0), description="enhancement (HU) mapped "
+                                                          "to 0 and 1")
     refine_test_time_flips: int = Field(4, ge=1, le=4, description="the refiner's probabilities averaged over "
                                                                     "this many mirrorings (1 = none; then x, y, z)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")

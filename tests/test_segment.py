@@ -10,11 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import torch
 
 from fusion_model.config import SegmentConfig
 from fusion_model.errors import UserInputError
-from fusion_model.segment.infer import Component, find_components, match_lesions
-from fusion_model.segment.metrics import DetectionRecord, overlap_metrics
+from fusion_model.segment.infer import find_components
+from fusion_model.segment.matching import Component, LesionQuery, match_lesions
+from fusion_model.segment.metrics import (
+    DetectionRecord,
+    average_precision,
+    detection_ap_by_type,
+    hits_by_iou,
+    iou_detection,
+    overlap_metrics,
+    overlaps,
+)
 from tests.helpers import sphere_mask, to_image
 
 # ---------------------------------------------------------------- metrics
@@ -85,25 +95,88 @@ def test_components_are_sized_ranked_and_sided():
     assert set(np.unique(labels)) == {0, 1, 2}
 
 
-def _component(label, probability, side):
-    return Component(label, 500.0, probability, (0.0, 0.0, 0.0), side)
+def _component(label, probability, side, diameter_mm=20.0, gland_distance_mm=None, volume_mm3=500.0):
+    return Component(label, volume_mm3, probability, (0.0, 0.0, 0.0), side, diameter_mm, gland_distance_mm)
+
+
+def _labels(matches):
+    return [m.label for m in matches]
 
 
 def test_matching_uses_the_side_then_probability():
     components = [_component(1, 0.95, "left"), _component(2, 0.8, "right"), _component(3, 0.6, "right")]
-    assert match_lesions(["right"], components, 0.5) == [2]
-    assert match_lesions(["left", "right"], components, 0.5) == [1, 2]
-    assert match_lesions([None, "left"], components, 0.5) == [2, 1]  # the side claims first, then the best left
-    assert match_lesions(["left"], components, 0.99) == [None]  # nothing at the operating point
-    assert match_lesions(["left", "left"], components, 0.5) == [1, None]
+    q = LesionQuery
+    assert _labels(match_lesions([q("right")], components, 0.5)) == [2]
+    assert _labels(match_lesions([q("left"), q("right")], components, 0.5)) == [1, 2]
+    assert _labels(match_lesions([q(None), q("left")], components, 0.5)) == [2, 1]  # the side claims first
+    assert _labels(match_lesions([q("left")], components, 0.99)) == [None]  # nothing at the operating point
+    matches = match_lesions([q("left"), q("left")], components, 0.5)
+    assert _labels(matches) == [1, None]
+    assert "taken by lesion 1" in matches[1].reason and "on the right side" in matches[1].reason
+
+
+def test_matching_takes_only_a_plausible_component_and_says_why():
+    blob = _component(1, 1.0, "right", diameter_mm=62.0, gland_distance_mm=4.0, volume_mm3=92_600.0)  # liver
+    lesion = _component(2, 0.7, "right", diameter_mm=14.0, gland_distance_mm=0.0)
+    far = _component(3, 0.99, "right", diameter_mm=13.0, gland_distance_mm=40.0)
+    (match,) = match_lesions([LesionQuery("right", 12.5)], [blob, lesion, far], 0.5, 2.5, 15.0)
+    assert match.label == 2 and match.reason.startswith("component 2 (")
+    assert "62 mm across and the table gives 12.5 mm" in match.refused[1]
+    assert "40 mm from the adrenal glands" in match.refused[3]
+    # without the lesion's component: none, and every refusal named
+    (none,) = match_lesions([LesionQuery("right", 12.5)], [blob, far], 0.5, 2.5, 15.0,
+                            suppressed=[_component(0, 1.0, "right", 80.0, 55.0, 150_000.0)])
+    assert none.label is None
+    assert none.reason.startswith("no plausible component: component 1 (92.6 mL, p 1.00, right, 62 mm across")
+    assert "suppressed: 55 mm from the adrenal glands" in none.reason
+    # no size in the table: size is not checked; a smaller than plausible component is refused
+    assert _labels(match_lesions([LesionQuery("right")], [blob], 0.5, 2.5, 15.0)) == [1]
+    assert _labels(match_lesions([LesionQuery("right", 80.0)], [lesion], 0.5, 2.5, 15.0)) == [None]
+    # nothing at all
+    (empty,) = match_lesions([LesionQuery("left", 20.0)], [], 0.5)
+    assert empty.reason == "no component on the left side with probability >= 0.50"
+
+
+def test_iou_hits_and_average_precision_match_hand_computation():
+    labels = np.zeros((10, 10, 10), np.uint16)
+    labels[0:4, 0:4, 0:4] = 1  # 64 voxels, on lesion A (exactly): IoU 1
+    labels[0:4, 0:4, 4:6] = 2  # 32 voxels touching lesion A's neighbour B (IoU 32/96 < 0.5)
+    labels[8:10, 8:10, 8:10] = 3  # touches nothing
+    lesion_a = labels == 1
+    lesion_b = np.zeros_like(lesion_a)
+    lesion_b[0:4, 0:4, 4:10] = True  # 96 voxels
+    iou, touching = overlaps(labels, [lesion_a, lesion_b])
+    assert iou[0, 0] == pytest.approx(1.0) and iou[1, 1] == pytest.approx(32 / 96) and iou[0, 2] == 0
+    assert touching.tolist() == [[True, False, False], [False, True, False]]
+    probabilities = np.array([0.9, 0.8, 0.7])
+    assert hits_by_iou(iou, probabilities).tolist() == [0, -1, -1]
+    assert iou_detection(iou, probabilities) == ([0.9, 0.0], [0.8, 0.7])
+    # two lesions, ranked detections TP, FP, TP: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> AP = 0.5 + 0.5 * 2/3
+    assert average_precision([0.9, 0.8, 0.7], [True, False, True], 2) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert average_precision([0.9], [False], 1) == 0 and np.isnan(average_precision([0.5], [True], 0))
+    detections = [{"score": 0.9, "type": "adenoma", "type_probabilities": {"adenoma": 0.8, "metastasis": 0.2}},
+                  {"score": 0.8, "type": None, "type_probabilities": {"adenoma": 0.5, "metastasis": 0.5}},
+                  {"score": 0.7, "type": "metastasis", "type_probabilities": {"adenoma": 0.9, "metastasis": 0.1}}]
+    ap = detection_ap_by_type(detections, ["adenoma", "metastasis"])
+    assert ap["detection"]["adenoma"] == pytest.approx(1.0)  # the metastasis's component is left out
+    assert ap["detection"]["metastasis"] == pytest.approx(0.5)  # ranked FP (0.8) then TP (0.7)
+    # classification: metastasis scores 0.18, 0.4, 0.07 -> the hit ranks third: precision 1/3
+    assert ap["classification"]["metastasis"] == pytest.approx(1 / 3)
+    assert ap["mean_detection_ap"] == pytest.approx(0.75)
 
 
 # ---------------------------------------------------------------- scans, regions, bad input
 
 
+GLAND_BOXES = {"right": (slice(9, 15), slice(20, 28), slice(11, 15)), "left": (slice(9, 15), slice(20, 28), slice(33, 37))}
+DISTRACTOR = ((12, 42, 24), 4.0)  # (z, y, x) voxel centre and radius: about 26 mm from either gland
+
+
 def _phantom_cohort(root: Path, patients: int = 10, seed: int = 0, shape=(24, 48, 48), spacing=(2.0, 2.0, 2.0),
-                    outlined: int | None = None) -> Path:
-    """Bright spheres (one per patient, random place and size) in noisy soft tissue, on two sides."""
+                    outlined: int | None = None, glands: bool = True, distractor: bool = False) -> Path:
+    """Bright spheres (one per patient, random place and size) in noisy soft tissue, on two sides, near two
+    'glands' written as TotalSegmentator writes them (glands/PATIENT/adrenal_gland_*.nii.gz); with
+    ``distractor``, one more bright sphere far from both glands (not a lesion of the table)."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -115,11 +188,20 @@ def _phantom_cohort(root: Path, patients: int = 10, seed: int = 0, shape=(24, 48
         centre = (int(rng.integers(8, 16)), int(rng.integers(16, 32)), x)
         mask = sphere_mask(shape, centre, float(rng.uniform(3.0, 5.0)))
         ct = np.where(mask > 0, 60.0, 0.0) + rng.normal(0, 12, shape)
+        if distractor:
+            blob = sphere_mask(shape, *DISTRACTOR) > 0
+            ct[blob] = 60.0 + rng.normal(0, 12, int(blob.sum()))
         sitk.WriteImage(to_image(ct.astype(np.int16), spacing), str(root / f"images/{pid}.nii.gz"))
+        if glands:
+            (root / "glands" / pid).mkdir(parents=True)
+            for gland_side, box in GLAND_BOXES.items():
+                gland = np.zeros(shape, np.uint8)
+                gland[box] = 1
+                sitk.WriteImage(to_image(gland, spacing), str(root / f"glands/{pid}/adrenal_gland_{gland_side}.nii.gz"))
         sitk.WriteImage(to_image(mask, spacing), str(root / f"masks/{pid}.nii.gz"))
         has_mask = outlined is None or i < outlined
         rows.append({"patient_id": pid, "lesion_id": f"{pid}-L1", "centre": "A" if i % 3 else "B", "label": i % 2,
-                     "side": side, "unenhanced_path": f"images/{pid}.nii.gz",
+                     "lesion_type": "metastasis" if i % 2 else "adenoma", "side": side, "unenhanced_path": f"images/{pid}.nii.gz",
                      "mask_path": f"masks/{pid}.nii.gz" if has_mask else None})
     pd.DataFrame(rows).to_csv(root / "clinical.csv", index=False)
     (root / "cohort.json").write_text(json.dumps({"name": "phantoms", "phases": ["unenhanced"]}))
@@ -186,7 +268,9 @@ def test_train_learns_and_writes_a_segmenter(trained_segmenter):
 
     run = trained_segmenter["run"]
     assert run.figures["early_stopping_lesion_dice"]["median"] > 0.7
+    assert run.figures["learned_glands"] and run.figures["gland_outlines"].endswith("glands")
     loaded = load_segmenter(run.out)
+    assert loaded.learned_glands
     assert loaded.phases == ["unenhanced"] and loaded.threshold == run.segmenter.threshold
     assert loaded.spacing_range == ([2.0, 2.0, 2.0], [2.0, 2.0, 2.0])
     assert not list(run.out.parent.glob(".seg.checkpoint.pt"))  # the checkpoint goes once the segmenter is written
@@ -226,12 +310,117 @@ def test_evaluate_reports_overlap_and_detection(trained_segmenter, tmp_path):
     assert metrics["overall"]["lesions"] == 6 and set(metrics["per_centre"]) == {"A", "B"}
     assert metrics["overall"]["dice"]["median"] > 0.6
     assert metrics["overall"]["detection"]["operating_point"]["sensitivity"] >= 5 / 6
+    overall = metrics["overall"]
+    assert overall["detection_iou"]["lesions"] == 6 and overall["detection_iou"]["sensitivity_within_fp_per_scan"]
+    assert overall["unscored"]["count"] == 6 - int(round(6 * overall["found_by_matching"]))
+    fp = overall["false_positives"]
+    assert fp["outside_glands"] is not None and fp["count"] == len(
+        result.components.query("~suppressed and ~touches_lesion and probability >= @result.metrics['component_threshold']"))
+    ap = metrics["average_precision_iou_0.5"]
+    assert set(ap["detection"]) == {"adenoma", "metastasis"} and ap["mean_detection_ap"] > 0.6
+    assert set(overall["dice_by_side"]) == {"left", "right"}
+    assert (tmp_path / "report/components.csv").is_file()
     lesions = pd.read_csv(tmp_path / "report/lesions.csv")
     assert lesions["dice"].median() == pytest.approx(result.metrics["overall"]["dice"]["median"])
     html = (tmp_path / "report/report.html").read_text(encoding="utf-8")
     assert "FROC" in html and html.count("data:image/png;base64,") >= 5
+    assert "IoU ≥ 0.5" in html and "Average precision per lesion type" in html and "False positives" in html
     for name in ("froc", "dice_by_centre", "overlay_best", "overlay_median", "overlay_worst"):
         assert (tmp_path / f"report/figures/{name}.png").stat().st_size > 1000
+
+
+def test_the_detector_learns_where_the_glands_are(trained_segmenter, tmp_path):
+    import torch
+
+    from fusion_model.cohort import load_cohort
+    from fusion_model.segment.artifact import load_segmenter
+    from fusion_model.segment.infer import probability_map
+    from fusion_model.segment.scans import cohort_scans, load_scan, read_regions
+
+    segmenter = load_segmenter(trained_segmenter["run"].out)
+    source = _phantom_cohort(tmp_path / "new", patients=3, seed=5, outlined=0)
+    regions = read_regions(source / "glands", source)
+    for scan in cohort_scans(load_cohort(source)):
+        volume = load_scan(scan, segmenter.phases, segmenter.config, with_target=False,
+                           glands=regions[scan.patient_id])
+        gland_probability = probability_map(segmenter.network, volume.image, segmenter.config,
+                                            torch.device("cpu"))[1]
+        learned = gland_probability >= 0.5
+        assert learned[volume.glands > 0].mean() >= 0.7  # the true glands fall in the learned region
+        assert learned.mean() < 0.25  # which is not the whole scan
+
+
+def test_a_blob_far_from_the_glands_is_suppressed_and_matching_says_why(trained_segmenter, tmp_path):
+    from fusion_model.segment.predict import MATCHING_FILE, predict_masks
+    from fusion_model.segment.scans import read_regions
+
+    source = _phantom_cohort(tmp_path / "new", patients=6, seed=5, outlined=0, distractor=True)
+    learned = predict_masks(trained_segmenter["run"].out, source, tmp_path / "learned", progress=False)
+    assert learned.summary["gland_source"] == {"learned": 6}
+    assert pd.read_csv(tmp_path / "learned/components.csv")["gland_distance_mm"].notna().all()
+    # the glands given as TotalSegmentator outputs
+    run = predict_masks(trained_segmenter["run"].out, source, tmp_path / "auto",
+                        regions=read_regions(source / "glands", source), progress=False)
+    assert run.summary["gland_source"] == {"given": 6}
+    matching = pd.read_csv(tmp_path / "auto" / MATCHING_FILE)
+    assert list(matching["lesion_id"]) == [f"P{i:02d}-L1" for i in range(1, 7)]
+    found = matching[matching["component"].notna()]
+    # (the tiny test segmenter is less sure on the region's crop than on the whole scans it trained on)
+    assert len(found) == run.found >= 2 and found["reason"].str.contains(r"mm from a gland").all()
+    assert matching.loc[matching["component"].isna(), "reason"].str.startswith("no ").all()
+    assert (matching["gland_source"] == "given").all() and learned.found >= 5
+
+
+class _BrightIsLesion(torch.nn.Module):
+    """A stand-in detector: lesion logits from the windowed intensity (bright = lesion), no gland output."""
+
+    def forward(self, x):
+        logit = (x[:, :1] - 0.58) * 40  # 45 HU: well above the noise of the background (0 +- 12 HU)
+        return torch.cat([-logit, logit], dim=1)
+
+
+def test_components_far_from_the_glands_are_suppressed(tmp_path):
+    from fusion_model.cohort import load_cohort
+    from fusion_model.segment.infer import segment_scan
+    from fusion_model.segment.scans import cohort_scans, load_scan, read_regions
+
+    root = _phantom_cohort(tmp_path / "c", patients=2, distractor=True)
+    config = SegmentConfig(spacing_mm=2.0, min_extent_mm=20, patch_voxels=(48, 48, 24), hu_window=(-100, 150),
+                           min_component_mm3=40)
+    regions = read_regions(root / "glands", root)
+    for scan in cohort_scans(load_cohort(root)):
+        volume = load_scan(scan, ["unenhanced"], config, with_target=True, glands=regions[scan.patient_id])
+        found = segment_scan(_BrightIsLesion(), None, volume, config, torch.device("cpu"), ["unenhanced"])
+        assert found.gland_source == "given"
+        (blob,) = found.suppressed
+        assert blob.volume_mm3 == pytest.approx(8 * (sphere_mask((24, 48, 48), *DISTRACTOR) > 0).sum(), rel=0.2)
+        assert 22 < blob.gland_distance_mm < 31 and blob.label == 0  # about 26 mm by hand
+        (lesion,) = found.components
+        assert lesion.label == 1 and lesion.gland_distance_mm <= 15
+        assert set(np.unique(found.labels)) == {0, 1}  # the suppressed blob is not in the label array
+        assert 2 * ((found.labels == 1) & volume.lesion_masks[0]).sum() / (
+            (found.labels == 1).sum() + volume.lesion_masks[0].sum()) > 0.8
+        # without glands nothing is checked or suppressed
+        plain = load_scan(scan, ["unenhanced"], config, with_target=False)
+        unchecked = segment_scan(_BrightIsLesion(), None, plain, config, torch.device("cpu"), ["unenhanced"])
+        assert unchecked.gland_source is None and not unchecked.suppressed and len(unchecked.components) == 2
+        assert all(c.gland_distance_mm is None for c in unchecked.components)
+
+
+def test_unfound_lesions_are_counted_by_label_and_type(trained_segmenter, tmp_path):
+    from fusion_model.segment.predict import predict_masks
+
+    source = _phantom_cohort(tmp_path / "new", patients=4, seed=5, outlined=0)
+    table = pd.read_csv(source / "clinical.csv")
+    table["size_mm"] = 90.0  # no component is anywhere near that size: nothing may be taken
+    table.to_csv(source / "clinical.csv", index=False)
+    run = predict_masks(trained_segmenter["run"].out, source, tmp_path / "auto", progress=False)
+    assert run.found == 0
+    assert run.summary["unscored"] == {"count": 4, "by_label": {"0": 2, "1": 2},
+                                       "by_lesion_type": {"adenoma": 2, "metastasis": 2}}
+    not_found = pd.read_csv(tmp_path / "auto/not_found.csv")
+    assert list(not_found.columns) == ["lesion_id", "patient_id", "row", "side", "label", "lesion_type", "reason"]
+    assert not_found["reason"].str.contains("and the table gives 90 mm").all()
 
 
 def test_predict_refuses_other_phases_and_spacing(trained_segmenter, tmp_path):
@@ -361,6 +550,50 @@ def test_regions_from_boxes_or_organ_masks(tmp_path):
     (root / "none.csv").write_text("patient_id,centre\nP01,A\n")
     with pytest.raises(UserInputError, match="give the box columns"):
         read_regions(root / "none.csv", root)
+
+
+def test_regions_from_totalsegmentator_outputs(tmp_path):
+    from fusion_model.cohort import load_cohort
+    from fusion_model.segment.scans import GLAND_LEFT, GLAND_RIGHT, cohort_scans, gland_map, load_scan, read_regions
+
+    root = _phantom_cohort(tmp_path / "c", patients=3)
+    scans = cohort_scans(load_cohort(root))
+    # the folder layout TotalSegmentator writes: PATIENT/adrenal_gland_right.nii.gz and _left
+    regions = read_regions(root / "glands", root)
+    assert set(regions) == {"P01", "P02", "P03"} and regions["P01"].has_glands
+    glands = gland_map(regions["P01"], sitk.ReadImage(str(root / "images/P01.nii.gz")), "P01")
+    assert (glands[GLAND_BOXES["right"]] == GLAND_RIGHT).all() and (glands[GLAND_BOXES["left"]] == GLAND_LEFT).all()
+    volume = load_scan(scans[0], ["unenhanced"], SegmentConfig(spacing_mm=2.0, min_extent_mm=20), with_target=False,
+                       region=regions["P01"])
+    assert volume.glands is not None and set(np.unique(volume.glands)) == {0, GLAND_RIGHT, GLAND_LEFT}
+    # its multi-label file ('total' task: 8 right, 9 left), and the same with a label map of other values
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    labels = np.zeros((24, 48, 48), np.uint8)
+    labels[GLAND_BOXES["right"]], labels[GLAND_BOXES["left"]], labels[0:3] = 8, 9, 5  # 5: liver
+    for pid in ("P01", "P02"):
+        sitk.WriteImage(to_image(labels, (2.0, 2.0, 2.0)), str(multi / f"{pid}.nii.gz"))
+    regions = read_regions(multi, root)
+    glands = gland_map(regions["P02"], sitk.ReadImage(str(root / "images/P02.nii.gz")), "P02")
+    assert (glands > 0).sum() == 2 * 6 * 8 * 4 and (glands[GLAND_BOXES["left"]] == GLAND_LEFT).all()
+    (multi / "labels.json").write_text(json.dumps({"3": "adrenal_gland_right", "4": "adrenal_gland_left"}))
+    with pytest.raises(UserInputError, match=r"no adrenal-gland voxel \(labels \[3, 4\]; give the file's label map"):
+        gland_map(read_regions(multi, root)["P01"], sitk.ReadImage(str(root / "images/P01.nii.gz")), "P01")
+    (multi / "labels.json").write_text("{not json")
+    with pytest.raises(UserInputError, match="labels.json: not a JSON label map"):
+        read_regions(multi, root)
+    (multi / "labels.json").write_text(json.dumps({"liver": 5}))
+    with pytest.raises(UserInputError, match="names neither adrenal_gland_right nor adrenal_gland_left"):
+        read_regions(multi, root)
+    # a patient folder without gland files, an empty folder
+    (tmp_path / "ts" / "P01").mkdir(parents=True)
+    (tmp_path / "ts/P01/liver.nii.gz").write_bytes(b"")
+    (tmp_path / "ts/P01/spleen.nii.gz").write_bytes(b"")
+    with pytest.raises(UserInputError, match="holds no adrenal_gland_right / adrenal_gland_left file"):
+        read_regions(tmp_path / "ts", root)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="no patient folder or file"):
+        read_regions(tmp_path / "empty", root)
 
 
 def test_cli_segment_predict_and_evaluate(trained_segmenter, tmp_path):

@@ -176,6 +176,33 @@ def test_subtype_heads_through_train_predict_and_evaluate(tmp_path):
         assert roc_auc_score(labels, expected) == pytest.approx(rows[name]["malignancy"]["auc"])
     assert "Per phase" in (tmp_path / "ev/report.html").read_text()
 
+    # the type heads on segmenter components (segment evaluate --risk-model): with the true outlines as the
+    # components, each scored as a lesion whose size and attenuation are measured on its mask
+    import SimpleITK as sitk
+
+    from fusion_model.segment.classify import ALL_PHASES, ComponentCohort, component_id
+    from fusion_model.segment.matching import Component
+    from fusion_model.segment.scans import cohort_scans
+
+    external_cohort = pipeline.load_cohort(external)
+    components = ComponentCohort(external_cohort, tmp_path / "components")
+    expected_ids = {}
+    for scan in cohort_scans(external_cohort)[:12]:
+        reference = sitk.ReadImage(str(scan.lesions[0].mask_path))
+        labels = sitk.GetArrayFromImage(reference).astype(np.uint16)
+        found = [Component(int(k), 1.0, 1.0, (0.0, 0.0, 0.0), "left") for k in np.unique(labels) if k]
+        components.add_scan(scan, labels, reference, found)
+        for k, lesion in enumerate(scan.lesions, start=1):
+            expected_ids[component_id(scan.key, lesion.mask_label or k)] = lesion.lesion_id
+    by_set, unreadable = components.type_probabilities(tmp_path / "m", cache)
+    assert unreadable == 0 and set(by_set) == {ALL_PHASES, "unenhanced", "venous"}
+    scored = by_set[ALL_PHASES].loc[list(expected_ids)]
+    truth = fresh.loc[list(expected_ids.values())]
+    assert list(scored.columns) == [c.removeprefix("p_type_") for c in truth.columns]
+    assert np.allclose(scored.sum(axis=1), 1.0)
+    # the same lesions: the most likely type agrees for nearly all (size / HU measured, not read from the table)
+    assert (scored.to_numpy().argmax(axis=1) == truth.to_numpy().argmax(axis=1)).mean() >= 0.8
+
     # explain: type probabilities on the card, SHAP of the most likely type, additive per class
     from fusion_model.explain.contributions import SubtypeExplainer
     from fusion_model.explain.run import explain_cohort

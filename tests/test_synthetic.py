@@ -126,3 +126,26 @@ def test_patients_without_masks_and_any_phases(tmp_path):
     unenhanced = sitk.GetArrayFromImage(sitk.ReadImage(str(out / table["unenhanced_path"][0])))
     soft_tissue = (unenhanced > 20) & (unenhanced < 60)  # aorta, kidneys, spleen, liver enhance
     assert arterial[soft_tissue].mean() > unenhanced[soft_tissue].mean() + 20
+
+
+def test_gland_outlines_are_written_as_totalsegmentator_writes_them(synthetic_cohort):
+    import SimpleITK as sitk
+
+    from fusion_model.segment.scans import GLAND_LEFT, GLAND_RIGHT, gland_map, read_regions
+
+    table = pd.read_csv(synthetic_cohort / "clinical.csv")
+    regions = read_regions(synthetic_cohort / "glands", synthetic_cohort)
+    assert set(regions) == set(table["patient_id"])
+    for row in table.drop_duplicates("patient_id").head(6).itertuples():
+        reference = sitk.ReadImage(str(synthetic_cohort / row.unenhanced_path))
+        glands = gland_map(regions[row.patient_id], reference, row.patient_id)
+        lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(synthetic_cohort / row.mask_path))) > 0
+        spacing = np.array(reference.GetSpacing()[::-1])
+        for code, side in ((GLAND_RIGHT, "right"), (GLAND_LEFT, "left")):
+            gland = np.argwhere(glands == code) * spacing
+            assert 1000 < len(gland) * np.prod(spacing) < 10_000  # two limbs, 40 mm high: a few mL
+            if side == row.side:  # the lesion sits on its gland
+                centre = np.argwhere(lesion).mean(axis=0) * spacing
+                assert np.min(np.linalg.norm(gland - centre, axis=1)) < 12
+        # right gland at lower x (LPS: + is the patient's left)
+        assert np.argwhere(glands == GLAND_RIGHT)[:, 2].mean() < np.argwhere(glands == GLAND_LEFT)[:, 2].mean()

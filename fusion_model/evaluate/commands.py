@@ -39,6 +39,12 @@ def _print_evaluation(result) -> None:
     for name, m in metrics["models"].items():
         if m.get("auc") and m["auc"].get("note"):
             labelled("note", "yellow", f": {name}: {m['auc']['note']}")
+    unscored = metrics.get("unscored")
+    if unscored and unscored.get("as_missed"):
+        labelled("unscored", "yellow", f": {unscored['count']} lesion(s) without a score ("
+                 + ", ".join(f"{n} {k}" for k, n in unscored["by_label"].items()) + "); AUC with them counted as "
+                 "missed: " + ", ".join(f"{name} {a['auc_all_unscored_missed']:.3f} (scored only "
+                                        f"{a['auc_scored']:.3f})" for name, a in unscored["as_missed"].items()))
     for entry in metrics.get("not_evaluated", []):
         labelled("not evaluated", "red", f": lesion {entry['lesion_id']} (row {entry['row']}): {entry['message']}")
     subtype = metrics.get("subtype")

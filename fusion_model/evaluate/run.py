@@ -434,6 +434,36 @@ def _phase_comparison(model_dir: Path, model, data, labels: pd.Series, predicted
                             variant=primary)
 
 
+def unscored_lesions(table: pd.DataFrame, errors: list, labels: pd.Series, scores: dict[str, pd.Series]) -> dict | None:
+    """Lesions of the cohort the model could not score (no mask, an unreadable file), counted by label and lesion
+    type, and each model's AUC with them counted as missed (scored below every scored lesion: a malignant one a
+    false negative, a benign one a true negative) beside its AUC on the scored lesions alone."""
+    if not errors:
+        return None
+    ids = [e.lesion_id for e in errors]
+    rows = table.set_index("lesion_id").reindex(ids)
+    without_mask = rows["mask_path"].isna() if "mask_path" in rows else pd.Series(False, index=rows.index)
+    out: dict = {"count": len(ids), "without_automatic_mask": int(without_mask.sum()),
+                 "by_label": {}, "by_lesion_type": {}, "as_missed": {}}
+    if "label" in rows:
+        out["by_label"] = {("malignant" if int(k) == 1 else "benign"): int(n)
+                           for k, n in rows["label"].dropna().astype(int).value_counts().sort_index().items()}
+    if "lesion_type" in rows:
+        out["by_lesion_type"] = {str(k): int(n) for k, n in rows["lesion_type"].fillna("unknown")
+                                 .value_counts().sort_index().items()}
+    missing = rows["label"].dropna().astype(int) if "label" in rows else pd.Series(dtype=int)
+    all_labels = np.concatenate([labels.astype(int).to_numpy(), missing.to_numpy()])
+    if len(missing) and len(np.unique(all_labels)) == 2:
+        for name, score in scores.items():
+            values = score.to_numpy(dtype=float)
+            floor = (np.nanmin(values) if np.isfinite(values).any() else 0.0) - 1.0
+            with_missed = np.concatenate([values, np.full(len(missing), floor)])
+            out["as_missed"][name] = {"auc_scored": stats.auc_mann_whitney(labels.astype(int).to_numpy(), values),
+                                      "auc_all_unscored_missed": stats.auc_mann_whitney(all_labels, with_missed),
+                                      "lesions_scored": len(values), "lesions_all": len(with_missed)}
+    return out
+
+
 def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings: EvaluationSettings | None = None,
                    strict: bool = False, overwrite: bool = False, progress: bool = True,
                    centre: str | None = None, split: str | None = None) -> EvaluationResult:
@@ -461,6 +491,8 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
                    for r in model.config.baselines if f"rule_{r}" in predicted]
     metrics = compute_metrics(cases, score_sets, settings, progress=progress)
     metrics["oracle"] = _oracle(cases, cohort.root, metrics["settings"]["auc_ci_shown"])
+    metrics["unscored"] = unscored_lesions(cohort.table, errors, cases["label"],
+                                           {s.name: s.scores for s in score_sets if s.kind == "model"})
     if types:
         lesion_types = data.table["lesion_type"] if "lesion_type" in data.table else \
             pd.Series(np.nan, index=data.table.index, dtype=object)

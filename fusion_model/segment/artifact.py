@@ -17,10 +17,11 @@ from fusion_model.config import SegmentConfig
 from fusion_model.configbase import parse_model
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, json_safe
-from fusion_model.segment.network import build_segmenter
+from fusion_model.segment.network import build_segmenter, channels_last
+from fusion_model.segment.refine import refiner_channels
 
 FORMAT = "fusion-model-segmenter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the detector may learn the gland region; the refiner may see the enhancement
 MANIFEST = "segmenter.json"
 WEIGHTS = "segmenter.safetensors"
 REFINER_WEIGHTS = "refiner.safetensors"
@@ -44,11 +45,16 @@ class Segmenter:
         minimum = self.config.match_min_probability
         return self.threshold if minimum is None else min(minimum, self.threshold)
 
+    @property
+    def learned_glands(self) -> bool:
+        """Whether the detector outputs the adrenal-gland region (learned from gland outlines)."""
+        return bool(self.info.get("training", {}).get("learned_glands"))
+
     def to(self, device: torch.device) -> Segmenter:
         """Move the networks to a device."""
-        self.network.to(device)
+        channels_last(self.network.to(device))
         if self.refiner is not None:
-            self.refiner.to(device)
+            channels_last(self.refiner.to(device))
         return self
 
     def save(self, out: Path, overwrite: bool = False) -> Path:
@@ -86,20 +92,23 @@ def load_segmenter(path: Path) -> Segmenter:
                              f"{manifest.get('format_version')!r}; this fusion-model reads version {FORMAT_VERSION}: "
                              "retrain it")
     config = parse_model(SegmentConfig, manifest["config"], str(manifest_path))
-    network = _load_network(config, len(manifest["phases"]), path / WEIGHTS)
-    refiner = _load_network(config, len(manifest["phases"]), path / REFINER_WEIGHTS) if config.refine else None
+    phases = list(manifest["phases"])
+    learned_glands = bool(manifest.get("training", {}).get("learned_glands"))
+    network = _load_network(config, len(phases), path / WEIGHTS, 3 if learned_glands else 2)
+    refiner = _load_network(config, refiner_channels(phases, config), path / REFINER_WEIGHTS) if config.refine \
+        else None
     spacing = manifest["spacing_range_mm"]
     info = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "config", "phases",
                                                            "spacing_range_mm", "component_threshold")}
-    return Segmenter(network, config, list(manifest["phases"]), (spacing["min"], spacing["max"]),
+    return Segmenter(network, config, phases, (spacing["min"], spacing["max"]),
                      float(manifest["component_threshold"]), info, refiner)
 
 
-def _load_network(config: SegmentConfig, in_channels: int, weights: Path) -> torch.nn.Module:
-    network = build_segmenter(config, in_channels)
+def _load_network(config: SegmentConfig, in_channels: int, weights: Path, out_channels: int = 2) -> torch.nn.Module:
+    network = build_segmenter(config, in_channels, out_channels)
     try:
         network.load_state_dict(load_file(str(weights)))
     except (SafetensorError, FileNotFoundError, RuntimeError, OSError) as err:
         raise UserInputError(f"{weights}: the segmenter weights cannot be read ({str(err).splitlines()[0]}); "
                              "retrain the segmenter") from None
-    return network.eval()
+    return channels_last(network).eval()

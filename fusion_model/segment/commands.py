@@ -20,8 +20,10 @@ SegmenterOption = Annotated[Path, typer.Option("--model", help="segmenter folder
 CentreOption = Annotated[str | None, typer.Option("--centre", help="only this centre")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite")]
 RegionOption = Annotated[Path | None, typer.Option(
-    "--region", help="CSV with the adrenal region per patient_id: box columns x_min_mm..z_max_mm (LPS mm) or "
-                     "region_mask_path (an organ mask, e.g. TotalSegmentator's adrenal labels); default: whole scan")]
+    "--region", help="the adrenal glands per patient: a folder of TotalSegmentator outputs (PATIENT/"
+                     "adrenal_gland_right.nii.gz + _left, or PATIENT.nii.gz multi-label with labels.json or its "
+                     "'total' numbering), or a CSV with patient_id and box columns x_min_mm..z_max_mm (LPS mm) or "
+                     "region_mask_path; default: the whole scan, glands as the detector learned them")]
 
 
 def _regions(region: Path | None, cohort: Path):
@@ -78,7 +80,7 @@ def segment_predict(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Outline every lesion of a cohort; write a new cohort (mask_source = auto) and list lesions not found."""
-    from fusion_model.segment.predict import NOT_FOUND_FILE, predict_masks
+    from fusion_model.segment.predict import MATCHING_FILE, predict_masks
 
     run = predict_masks(model, cohort, out, centre=centre, regions=_regions(region, cohort), device=device,
                         dicom_seg=dicom_seg, overwrite=overwrite)
@@ -86,8 +88,16 @@ def segment_predict(
                   f"memory {run.peak_memory_gb:.2f} GB)" + (f"; {run.dicom_seg_files} DICOM SEG file(s)"
                                                            if run.dicom_seg_files else ""))
     if len(run.not_found):
-        labelled("not found", "yellow", f" ({len(run.not_found)}, listed in {out / NOT_FOUND_FILE}; their "
-                 "rows keep an empty mask_path): " + ", ".join(run.not_found["lesion_id"].head(20)))
+        counts = run.summary["unscored"]
+        by = "; ".join(f"{k.replace('by_', 'by ')}: " + ", ".join(f"{name} {n}" for name, n in v.items())
+                       for k, v in counts.items() if k.startswith("by_"))
+        labelled("not found", "yellow", f" {len(run.not_found)} of {run.lesions} lesions have no automatic mask and "
+                 f"no risk score until outlined ({by or 'no labels in the table'}; why, per lesion, in "
+                 f"{out / MATCHING_FILE}; their rows keep an empty mask_path): "
+                 + ", ".join(run.not_found["lesion_id"].head(20)))
+    if run.summary.get("suppressed_components"):
+        console.print(f"suppressed {run.summary['suppressed_components']} component(s) far from the adrenal glands "
+                      f"({run.summary['suppressed_volume_ml']:.1f} mL in all; listed in components.csv)")
     console.print(f"wrote {out}")
 
 
@@ -98,23 +108,41 @@ def segment_evaluate(
     out: Annotated[Path, typer.Option("--out", help="report folder")],
     centre: CentreOption = None,
     region: RegionOption = None,
+    risk_model: Annotated[Path | None, typer.Option(
+        "--risk-model", help="a risk model with lesion-type heads: also the classification average precision per "
+                             "lesion type (per phase set with compare_phases)")] = None,
     device: DeviceOption = "auto",
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Dice, HD95, surface Dice, volume difference and FROC of the segmenter against reference masks."""
+    """Dice, HD95, surface Dice, volume difference, FROC (touching and IoU >= 0.5 hits), false positives by count
+    and volume, average precision per lesion type, and lesions left without a mask."""
     from fusion_model.segment.evaluate import evaluate_segmenter
 
     result = evaluate_segmenter(model, cohort, out, centre=centre, regions=_regions(region, cohort), device=device,
-                                overwrite=overwrite)
+                                overwrite=overwrite, risk_model=risk_model)
     table = Table(title=f"segmenter on {result.metrics['cohort_name']}")
     for column in ("centre", "lesions", "Dice median", "Dice mean", "HD95 median (mm)", "sensitivity",
-                   "FP / scan"):
+                   "FP / scan", "FP mL / scan", "sensitivity IoU>=0.5 within 0.5 FP/scan", "no mask"):
         table.add_column(column)
     blocks = [("all", result.metrics["overall"]), *result.metrics["per_centre"].items()]
     for name, b in blocks:
         op = b["detection"]["operating_point"]
         table.add_row(name, str(b["lesions"]), f"{b['dice']['median']:.3f}", f"{b['dice']['mean']:.3f}",
                       "-" if b["hd95_mm"]["median"] is None else f"{b['hd95_mm']['median']:.1f}",
-                      f"{op['sensitivity']:.3f}", f"{op['fp_per_scan']:.2f}")
+                      f"{op['sensitivity']:.3f}", f"{op['fp_per_scan']:.2f}",
+                      f"{b['false_positives']['volume_ml_per_scan']:.2f}",
+                      f"{b['detection_iou']['sensitivity_within_fp_per_scan']['0.5']:.3f}",
+                      str(b["unscored"]["count"]))
     console.print(table)
+    unscored = result.metrics["overall"]["unscored"]
+    if unscored["count"]:
+        labelled("no mask", "yellow", f": {unscored['count']} lesion(s) got no automatic mask (" + ", ".join(
+            f"{n} {k[3:].replace('_', ' ')} {name}" for k, v in unscored.items() if k.startswith("by_")
+            for name, n in v.items()) + "); why, per lesion: lesions.csv 'matching'")
+    ap = result.metrics.get("average_precision_iou_0.5")
+    if ap:
+        console.print("average precision at IoU >= 0.5, detection: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in ap["detection"].items()) + f"; mean {ap['mean_detection_ap']:.3f}"
+            + (f"; classification mean {ap['mean_classification_ap']:.3f}" if ap.get("mean_classification_ap")
+               is not None else ""))
     console.print(f"{result.metrics['seconds_per_scan']:.1f} s per scan; wrote {out / 'report.html'}")

@@ -1,9 +1,11 @@
 """Segmenter inference: sliding-window probabilities, back on the scan's own grid, connected components with a
-probability each, and the matching of components to the table's lesions (by side where given)."""
+probability each, their distance to the adrenal glands (given by a region or learned by the detector: components
+far from any gland are suppressed), and each kept component re-outlined by the refiner. Matching components to
+the table's lesions is :mod:`fusion_model.segment.matching`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -11,9 +13,13 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from fusion_model.config import SegmentConfig
+from fusion_model.segment.matching import Component
 from fusion_model.segment.network import flip_averaged_probability
-from fusion_model.segment.refine import refine_component
+from fusion_model.segment.refine import difference_pair, refine_component
 from fusion_model.segment.scans import ScanVolume, body_midline_x
+
+GLAND_PROBABILITY = 0.5  # the learned gland region: voxels at or above this
+FAR = 1.0e4  # mm: the distance outside the grid the glands were measured on
 
 
 def patch_zyx(config: SegmentConfig) -> tuple[int, int, int]:
@@ -25,7 +31,8 @@ def patch_zyx(config: SegmentConfig) -> tuple[int, int, int]:
 @torch.no_grad()
 def probability_map(network: torch.nn.Module, image: np.ndarray, config: SegmentConfig,
                     device: torch.device, sw_batch_size: int = 4) -> np.ndarray:
-    """Foreground probability (z, y, x) float32 on the segmenter's grid, by Gaussian-weighted sliding windows."""
+    """Probabilities (k, z, y, x) float32 on the segmenter's grid, by Gaussian-weighted sliding windows: the
+    lesion's, then the gland region's when the detector learned it."""
     inputs = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
@@ -35,23 +42,33 @@ def probability_map(network: torch.nn.Module, image: np.ndarray, config: Segment
     return flip_averaged_probability(network, predictor, inputs, 1, device)
 
 
-def to_native(probability: np.ndarray, volume: ScanVolume) -> np.ndarray:
-    """The probability map resampled (linearly) onto the reference phase's own grid; 0 outside the region."""
+def to_native(probability: np.ndarray, volume: ScanVolume, outside: float = 0.0) -> np.ndarray:
+    """A map on the segmenter's grid resampled (linearly) onto the reference phase's own grid; ``outside``
+    beyond the region."""
     image = sitk.GetImageFromArray(probability.astype(np.float32))
     image.CopyInformation(volume.grid)
-    native = sitk.Resample(image, volume.reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    native = sitk.Resample(image, volume.reference, sitk.Transform(), sitk.sitkLinear, outside, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(native)
 
 
-@dataclass(frozen=True)
-class Component:
-    """A connected component of the thresholded probability map."""
+def gland_region(volume: ScanVolume, gland_probability: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:
+    """The adrenal glands on the segmenter's grid and where they come from: the given region's outlines
+    ("given"), else the detector's learned gland region ("learned"); (None, None) when neither is known."""
+    if volume.glands is not None and volume.glands.any():
+        return volume.glands > 0, "given"
+    if gland_probability is not None:
+        region = gland_probability >= GLAND_PROBABILITY
+        if region.any():
+            return region, "learned"
+    return None, None
 
-    label: int  # value in the component label array
-    volume_mm3: float
-    probability: float  # highest voxel probability inside
-    centroid_mm: tuple[float, float, float]
-    side: str  # "left" / "right" of the body midline (LPS x: + is the patient's left)
+
+def gland_distance(region: np.ndarray, volume: ScanVolume) -> np.ndarray:
+    """Distance (mm) of every voxel of the reference grid to the nearest gland voxel."""
+    from scipy import ndimage
+
+    distance = ndimage.distance_transform_edt(~region, sampling=volume.grid.GetSpacing()[::-1]).astype(np.float32)
+    return to_native(distance, volume, FAR)
 
 
 def find_components(probability: np.ndarray, reference: sitk.Image, config: SegmentConfig,
@@ -75,27 +92,39 @@ def find_components(probability: np.ndarray, reference: sitk.Image, config: Segm
             if volume < config.min_component_mm3:
                 continue
             centroid = tuple(float(v) for v in stats.GetCentroid(label))
-            found.append((float(peak[label]), label, volume, centroid))
+            box = stats.GetBoundingBox(label)
+            diameter = float(max(box[3] * reference.GetSpacing()[0], box[4] * reference.GetSpacing()[1]))
+            found.append((float(peak[label]), label, volume, centroid, diameter))
     found.sort(key=lambda item: -item[0])
     rank_of = np.zeros(int(labels.max()) + 1, dtype=np.uint16)  # connected-component label -> rank (0: dropped)
     components = []
-    for rank, (peak_p, label, volume, centroid) in enumerate(found, start=1):
+    for rank, (peak_p, label, volume, centroid, diameter) in enumerate(found, start=1):
         rank_of[label] = rank
-        components.append(Component(rank, volume, peak_p, centroid, "left" if centroid[0] > midline else "right"))
+        components.append(Component(rank, volume, peak_p, centroid, "left" if centroid[0] > midline else "right",
+                                    diameter))
     return rank_of[labels], components
+
+
+def axial_extent_mm(mask: np.ndarray, spacing_xyz) -> float:
+    """Largest axial (x or y) extent of a 0/1 array (z, y, x), mm."""
+    idx = np.argwhere(mask)
+    extent = idx.max(axis=0) - idx.min(axis=0) + 1
+    return float(max(extent[2] * spacing_xyz[0], extent[1] * spacing_xyz[1]))
 
 
 def refine_components(refiner: torch.nn.Module, volume: ScanVolume, labels: np.ndarray,
                       components: list[Component], config: SegmentConfig, device: torch.device,
-                      midline_x: float) -> tuple[np.ndarray, list[Component]]:
+                      midline_x: float, phases: list[str]) -> tuple[np.ndarray, list[Component]]:
     """Each component re-outlined by the lesion-centred refiner (most probable first keeps contested voxels);
-    probabilities stay the first stage's, volumes, centroids and sides are measured again."""
+    probabilities and gland distances stay the first stage's, volumes, extents, centroids and sides are measured
+    again."""
     out = np.zeros(labels.shape, dtype=np.uint16)
     voxel_mm3 = float(np.prod(volume.reference.GetSpacing()))
+    difference = difference_pair(phases, config)
     refined = []
     for component in components:
         mask = refine_component(refiner, volume.phase_images, labels == component.label, volume.reference, config,
-                                device) & (out == 0)
+                                device, difference) & (out == 0)
         if not mask.any():
             continue
         label = len(refined) + 1
@@ -104,38 +133,47 @@ def refine_components(refiner: torch.nn.Module, volume: ScanVolume, labels: np.n
         centroid = tuple(float(v) for v in volume.reference.TransformContinuousIndexToPhysicalPoint(
             [float(v) for v in zyx[::-1]]))
         refined.append(Component(label, float(mask.sum()) * voxel_mm3, component.probability, centroid,
-                                 "left" if centroid[0] > midline_x else "right"))
+                                 "left" if centroid[0] > midline_x else "right",
+                                 axial_extent_mm(mask, volume.reference.GetSpacing()), component.gland_distance_mm))
     return out, refined
 
 
+@dataclass
+class SegmentedScan:
+    """One scan's components: the label array on its own grid (kept components 1..n, most probable first), the
+    kept components, those suppressed for lying far from the glands (not in the array), and where the glands
+    came from ("given", "learned" or None: not checked)."""
+
+    labels: np.ndarray
+    components: list[Component]
+    suppressed: list[Component] = field(default_factory=list)
+    gland_source: str | None = None
+
+
 def segment_scan(network: torch.nn.Module, refiner: torch.nn.Module | None, volume: ScanVolume,
-                 config: SegmentConfig, device: torch.device) -> tuple[np.ndarray, list[Component]]:
-    """Components (label array on the scan's own grid, and their figures) of one loaded scan: whole-scan
-    sliding window, components, then each re-outlined by the refiner when there is one."""
-    native = to_native(probability_map(network, volume.image, config, device), volume)
+                 config: SegmentConfig, device: torch.device, phases: list[str]) -> SegmentedScan:
+    """Components of one loaded scan: whole-scan sliding window, components, their distance to the glands (those
+    farther than ``gland_margin_mm`` suppressed), then each kept one re-outlined by the refiner when there is
+    one."""
+    probabilities = probability_map(network, volume.image, config, device)
+    native = to_native(probabilities[0], volume)
     midline = body_midline_x(volume.reference)
     labels, components = find_components(native, volume.reference, config, midline)
+    region, source = gland_region(volume, probabilities[1] if len(probabilities) > 1 else None)
+    suppressed = []
+    if region is not None and components:
+        from scipy import ndimage
+
+        distance = gland_distance(region, volume)
+        nearest = ndimage.minimum(distance, labels, index=[c.label for c in components])
+        components = [replace(c, gland_distance_mm=float(d)) for c, d in zip(components, np.atleast_1d(nearest))]
+        suppressed = [replace(c, label=0) for c in components if c.gland_distance_mm > config.gland_margin_mm]
+        kept = [c for c in components if c.gland_distance_mm <= config.gland_margin_mm]
+        rank = np.zeros(len(components) + 1, dtype=np.uint16)
+        for new, c in enumerate(kept, start=1):
+            rank[c.label] = new
+        labels = rank[labels]
+        components = [replace(c, label=new) for new, c in enumerate(kept, start=1)]
     if refiner is not None and components:
-        labels, components = refine_components(refiner, volume, labels, components, config, device, midline)
-    return labels, components
-
-
-def match_lesions(sides: list[str | None], components: list[Component], threshold: float) -> list[int | None]:
-    """For each lesion of a scan, the label of its component (None: nothing found).
-
-    Candidates are components at or above ``threshold``. Lesions with a side take the most probable free
-    candidate on that side first; the others then take the most probable free candidate anywhere.
-    """
-    candidates = [c for c in components if c.probability >= threshold]
-    taken: set[int] = set()
-    matched: list[int | None] = [None] * len(sides)
-    for pass_with_side in (True, False):
-        for i, side in enumerate(sides):
-            if matched[i] is not None or (side is not None) != pass_with_side:
-                continue
-            for component in candidates:
-                if component.label not in taken and (side is None or component.side == side):
-                    matched[i] = component.label
-                    taken.add(component.label)
-                    break
-    return matched
+        labels, components = refine_components(refiner, volume, labels, components, config, device, midline, phases)
+    return SegmentedScan(labels, components, suppressed, source)

@@ -119,3 +119,93 @@ def summarise(values) -> dict:
     return {"n": len(array), "mean": float(array.mean()), "sd": float(array.std(ddof=1)) if len(array) > 1
             else 0.0, "median": float(np.median(array)), "q1": float(np.percentile(array, 25)),
             "q3": float(np.percentile(array, 75)), "min": float(array.min()), "max": float(array.max())}
+
+
+def overlaps(component_labels: np.ndarray, lesion_masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(lesions, components) intersection-over-union and whether each pair touches, for component labels
+    1..n of a label array (column k is label k + 1)."""
+    n = int(component_labels.max()) if component_labels.size else 0
+    sizes = np.bincount(component_labels.ravel(), minlength=n + 1)[1:].astype(float)
+    iou = np.zeros((len(lesion_masks), n))
+    for i, mask in enumerate(lesion_masks):
+        mask = mask.astype(bool)
+        inter = np.bincount(component_labels[mask].ravel(), minlength=n + 1)[1:].astype(float)
+        union = sizes + mask.sum() - inter
+        iou[i] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        iou[i][inter == 0] = 0.0
+    touching = np.zeros_like(iou, dtype=bool)
+    for i, mask in enumerate(lesion_masks):
+        values = np.unique(component_labels[mask.astype(bool)])
+        touching[i, values[values > 0] - 1] = True
+    return iou, touching
+
+
+def hits_by_iou(iou: np.ndarray, probabilities: np.ndarray, minimum: float = 0.5) -> np.ndarray:
+    """Greedy assignment as in object detection: components by probability descending, each taking the free
+    lesion with the highest IoU >= ``minimum``; per component the lesion index (-1: a false positive)."""
+    assigned = np.full(iou.shape[1], -1)
+    free = np.ones(iou.shape[0], dtype=bool)
+    for k in np.argsort(-probabilities, kind="stable"):
+        if not free.any():
+            break
+        candidates = np.where(free & (iou[:, k] >= minimum))[0]
+        if len(candidates):
+            best = candidates[np.argmax(iou[candidates, k])]
+            assigned[k] = best
+            free[best] = False
+    return assigned
+
+
+def iou_detection(iou: np.ndarray, probabilities: np.ndarray, minimum: float = 0.5
+                  ) -> tuple[list[float], list[float]]:
+    """One scan's detection with a hit defined by IoU >= ``minimum`` (greedy, one component per lesion): per
+    lesion the probability of its component (0: none), and the probabilities of the unassigned components."""
+    assigned = hits_by_iou(iou, probabilities, minimum)
+    lesion_probability = [0.0] * iou.shape[0]
+    for k, lesion in enumerate(assigned):
+        if lesion >= 0:
+            lesion_probability[lesion] = float(probabilities[k])
+    return lesion_probability, [float(p) for p, a in zip(probabilities, assigned) if a < 0]
+
+
+def average_precision(scores, true_positive, positives: int) -> float:
+    """Area under the precision-recall curve (all-point interpolation, as in PASCAL VOC 2010+ and COCO's
+    per-class AP before its recall sampling) of detections ranked by score; NaN without positives."""
+    if positives <= 0:
+        return float("nan")
+    scores = np.asarray(scores, dtype=float)
+    tp = np.asarray(true_positive, dtype=bool)[np.argsort(-scores, kind="stable")]
+    if not len(tp):
+        return 0.0
+    cum_tp = np.cumsum(tp)
+    precision = cum_tp / np.arange(1, len(tp) + 1)
+    recall = cum_tp / positives
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # the precision envelope
+    recall = np.concatenate([[0.0], recall])
+    return float(np.sum((recall[1:] - recall[:-1]) * precision))
+
+
+def detection_ap_by_type(detections: list[dict], lesion_types: list[str]) -> dict:
+    """Average precision at IoU >= 0.5 per lesion type, and their mean.
+
+    ``detections``: one dict per component with ``score`` and ``type`` (the assigned lesion's type; None: a false
+    positive) and optionally ``type_probabilities`` ({type: p}). Detection AP of a type ranks every component by
+    its score; components assigned to lesions of other types are left out. Classification AP (when the
+    components carry type probabilities) ranks by score x P(type): a hit must be a lesion of that type.
+    """
+    out: dict = {"detection": {}, "classification": {}}
+    for kind in sorted(set(lesion_types)):
+        positives = sum(t == kind for t in lesion_types)
+        kept = [d for d in detections if d["type"] in (None, kind)]
+        out["detection"][kind] = average_precision([d["score"] for d in kept], [d["type"] == kind for d in kept],
+                                                   positives)
+        if detections and all("type_probabilities" in d for d in detections):
+            out["classification"][kind] = average_precision(
+                [d["score"] * float(d["type_probabilities"].get(kind, 0.0)) for d in detections],
+                [d["type"] == kind for d in detections], positives)
+    for key in ("detection", "classification"):
+        values = [v for v in out[key].values() if np.isfinite(v)]
+        out[f"mean_{key}_ap"] = float(np.mean(values)) if values else None
+    if not out["classification"]:
+        del out["classification"]
+    return out

@@ -2,11 +2,14 @@
 
 For each scan: sliding-window probabilities, resampled onto the scan's own grid, thresholded, split into
 connected components (smaller than ``min_component_mm3`` dropped), each with its highest voxel probability.
-Components are matched to the table's lesions (which the table says exist): by ``side`` where given, otherwise
-the most probable free component, among components with at least ``match_min_probability`` (default 0.5: any
-component; null: the detection operating point). Each lesion found gets its label in ``masks/KEY_auto.nii.gz``
+Components farther than ``gland_margin_mm`` from an adrenal gland (given by ``--region`` or learned by the
+detector) are suppressed. Components are matched to the table's lesions (which the table says exist) only when
+plausible: on the lesion's side, near a gland, of a size compatible with ``size_mm``, with at least
+``match_min_probability`` (:mod:`fusion_model.segment.matching`); ``matching.csv`` says for every lesion which
+component it took or why each was refused. Each lesion found gets its label in ``masks/KEY_auto.nii.gz``
 (and, for DICOM images, a DICOM SEG beside it); lesions where nothing was found keep an empty mask_path and
-are listed in ``not_found.csv``. The new cohort shares the images (hard links where the file system allows,
+are listed in ``not_found.csv`` with their label and type where the table has them, and counted in
+``segmentation.json``. The new cohort shares the images (hard links where the file system allows,
 copies otherwise), keeps every other cell of clinical.csv as written, and says ``mask_source = auto``.
 The input's own masks, where it had them, become the second reader of the new cohort (``masks_manual/``,
 ``mask_path_b`` / ``mask_label_b``), so that ``fusion-model agreement --cohort NEWDIR`` measures the automatic
@@ -16,9 +19,7 @@ outlines against them.
 from __future__ import annotations
 
 import json
-import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,21 +36,24 @@ from fusion_model.cohort.load import Cohort, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, write_cohort_spec
 from fusion_model.devices import resolve_device
 from fusion_model.errors import UserInputError
-from fusion_model.fileio import atomic_directory, check_output_dir
+from fusion_model.fileio import atomic_directory, check_output_dir, link_or_copy
 from fusion_model.imaging.io import read_image_header
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter, load_segmenter
-from fusion_model.segment.infer import Component, match_lesions, segment_scan
+from fusion_model.segment.infer import segment_scan
+from fusion_model.segment.matching import Component, Match, match_lesions
 from fusion_model.segment.scans import (
     Region,
     ScanRecord,
     check_scan_geometry,
     cohort_scans,
+    lesion_queries,
     load_scan,
 )
 
 MANUAL_MASKS = "masks_manual"  # the input cohort's masks: the new cohort's second reader
 NOT_FOUND_FILE = "not_found.csv"
+MATCHING_FILE = "matching.csv"
 COMPONENTS_FILE = "components.csv"
 SUMMARY_FILE = "segmentation.json"
 
@@ -60,9 +64,16 @@ class ScanPrediction:
 
     labels: np.ndarray
     components: list[Component]
-    matched: list[int | None]
+    matches: list[Match]
     reference: sitk.Image
     seconds: float
+    suppressed: list[Component] = field(default_factory=list)
+    gland_source: str | None = None
+
+    @property
+    def matched(self) -> list[int | None]:
+        """Each lesion's component label (None: none)."""
+        return [m.label for m in self.matches]
 
 
 def check_cohort_for_segmenter(cohort: Cohort, scans: list[ScanRecord], segmenter: Segmenter) -> None:
@@ -88,24 +99,23 @@ def predict_scan(segmenter: Segmenter, scan: ScanRecord, device: torch.device,
     started = time.perf_counter()
     volume = load_scan(scan, segmenter.phases, segmenter.config, with_target=False, region=region,
                        spacing_range=segmenter.spacing_range)
-    labels, components = segment_scan(segmenter.network, segmenter.refiner, volume, segmenter.config, device)
-    matched = match_lesions(scan.sides, components, segmenter.match_threshold)
-    return ScanPrediction(labels, components, matched, volume.reference, time.perf_counter() - started)
+    found = segment_scan(segmenter.network, segmenter.refiner, volume, segmenter.config, device, segmenter.phases)
+    config = segmenter.config
+    matches = match_lesions(lesion_queries(scan), found.components, segmenter.match_threshold,
+                            config.match_size_ratio, config.gland_margin_mm, found.suppressed)
+    return ScanPrediction(found.labels, found.components, matches, volume.reference, time.perf_counter() - started,
+                          found.suppressed, found.gland_source)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, target, copy_function=_link_file)
-    else:
-        _link_file(source, target)
-
-
-def _link_file(source, target) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+def unscored_counts(frame: pd.DataFrame) -> dict:
+    """Lesions left without an automatic mask, counted by label and by lesion type (where the table has them)."""
+    out: dict = {"count": int(len(frame))}
+    for column in ("label", "lesion_type"):
+        if column in frame and len(frame):
+            values = frame[column].map(lambda v: "unknown" if v is None or (isinstance(v, float) and np.isnan(v))
+                                       else str(int(v)) if column == "label" else str(v))
+            out[f"by_{column}"] = {k: int(n) for k, n in sorted(values.value_counts().items())}
+    return out
 
 
 def _write_dicom_seg(series: Path, lesion_labels: np.ndarray, lesion_ids: list[str], path: Path) -> None:
@@ -174,32 +184,34 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
     for column in ("mask_path", "mask_label", "mask_source"):
         raw[column] = pd.Series([None] * len(raw), dtype=object)
     regions = regions or {}
-    not_found, component_rows, seconds, seg_files = [], [], [], 0
+    not_found, component_rows, matching_rows, seconds, seg_files = [], [], [], [], 0
     with atomic_directory(out, overwrite=overwrite) as staging:
         for column in [PATH_COLUMNS[p] for p in cohort.spec.phases if PATH_COLUMNS[p] in cohort.table]:
             for rel in sorted(set(cohort.table[column].dropna().astype(str))):
-                _link_or_copy(Path(cohort_dir) / rel, staging / rel)
+                link_or_copy(Path(cohort_dir) / rel, staging / rel)
         for rel in sorted(set(manual["mask_path"].dropna().astype(str))):
-            _link_or_copy(Path(cohort_dir) / rel, staging / MANUAL_MASKS / rel)
+            link_or_copy(Path(cohort_dir) / rel, staging / MANUAL_MASKS / rel)
         (staging / "masks").mkdir(exist_ok=True)
         for scan in track(scans, "outlining lesions", total=len(scans), enabled=progress):
             result = predict_scan(segmenter, scan, torch_device, regions.get(scan.patient_id))
             seconds.append(result.seconds)
             lesion_labels = np.zeros(result.labels.shape, dtype=np.uint8)
             found_ids = []
-            for k, (lesion, component) in enumerate(zip(scan.lesions, result.matched)):
+            for k, (lesion, match) in enumerate(zip(scan.lesions, result.matches)):
                 row = row_of[lesion.lesion_id]
-                if component is None:
-                    side = scan.sides[k]
+                truth = {c: cohort.table.loc[cohort.table["lesion_id"] == lesion.lesion_id, c].iloc[0]
+                         for c in ("label", "lesion_type") if c in cohort.table}
+                matching_rows.append({"lesion_id": lesion.lesion_id, "patient_id": lesion.patient_id, "row": lesion.row,
+                                      "side": scan.sides[k], "size_mm": scan.sizes_mm[k],
+                                      "component": match.label, "gland_source": result.gland_source or "none",
+                                      "reason": match.reason})
+                if match.label is None:
                     not_found.append({"lesion_id": lesion.lesion_id, "patient_id": lesion.patient_id,
-                                      "row": lesion.row, "side": side,
-                                      "reason": f"no component{' on the ' + side + ' side' if side else ''} with "
-                                                f"probability >= {segmenter.match_threshold:.3f} and volume >= "
-                                                f"{segmenter.config.min_component_mm3:g} mm3"})
+                                      "row": lesion.row, "side": scan.sides[k], **truth, "reason": match.reason})
                     continue
                 found_ids.append(lesion.lesion_id)
                 label = len(found_ids)
-                lesion_labels[result.labels == component] = label
+                lesion_labels[result.labels == match.label] = label
                 raw.loc[row, ["mask_path", "mask_label", "mask_source"]] = [f"masks/{scan.key}_auto.nii.gz", label,
                                                                             "auto"]
             if found_ids:
@@ -212,22 +224,29 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
                                      staging / "masks" / f"{scan.key}_auto_seg.dcm")
                     seg_files += 1
             lesion_of = {c: scan.lesions[k].lesion_id for k, c in enumerate(result.matched) if c is not None}
-            for c in result.components:
+            for c in [*result.components, *result.suppressed]:
                 component_rows.append({
-                    "scan": scan.key, "patient_id": scan.patient_id, "component": c.label,
+                    "scan": scan.key, "patient_id": scan.patient_id, "component": c.label or "",
                     "probability": round(c.probability, 4), "volume_mm3": round(c.volume_mm3, 1),
+                    "diameter_mm": round(c.diameter_mm, 1),
                     "x_mm": round(c.centroid_mm[0], 1), "y_mm": round(c.centroid_mm[1], 1),
                     "z_mm": round(c.centroid_mm[2], 1), "side": c.side,
+                    "gland_distance_mm": None if c.gland_distance_mm is None else round(c.gland_distance_mm, 1),
+                    "suppressed": not c.label,
                     "above_operating_point": c.probability >= segmenter.threshold,
-                    "lesion_id": lesion_of.get(c.label, "")})
+                    "lesion_id": lesion_of.get(c.label, "") if c.label else ""})
         raw["mask_label"] = raw["mask_label"].astype("Int64")
         raw["mask_label_b"] = raw["mask_label_b"].astype("Int64")
         if raw["mask_path_b"].isna().all():
             raw = raw.drop(columns=["mask_path_b", "mask_label_b"])
         raw.to_csv(staging / TABLE_FILE, index=False)
-        not_found_frame = pd.DataFrame(not_found, columns=["lesion_id", "patient_id", "row", "side", "reason"])
+        truth_columns = [c for c in ("label", "lesion_type") if c in cohort.table]
+        not_found_frame = pd.DataFrame(not_found, columns=["lesion_id", "patient_id", "row", "side", *truth_columns,
+                                                           "reason"])
         not_found_frame.to_csv(staging / NOT_FOUND_FILE, index=False)
-        pd.DataFrame(component_rows).to_csv(staging / COMPONENTS_FILE, index=False)
+        pd.DataFrame(matching_rows).to_csv(staging / MATCHING_FILE, index=False)
+        components_frame = pd.DataFrame(component_rows)
+        components_frame.to_csv(staging / COMPONENTS_FILE, index=False)
         spec = cohort.spec.model_copy(update={
             "name": f"{cohort.spec.name} (automatic masks)",
             "description": (cohort.spec.description + " " if cohort.spec.description else "")
@@ -238,6 +257,13 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
         summary = {"segmenter": str(model_dir), "source_cohort": str(cohort_dir), "centre": centre,
                    "component_threshold": segmenter.threshold, "scans": len(scans), "lesions": len(raw),
                    "found": len(raw) - len(not_found), "not_found": [r["lesion_id"] for r in not_found],
+                   "unscored": unscored_counts(not_found_frame),
+                   "gland_source": {k: int(v) for k, v in pd.Series(
+                       [r["gland_source"] for r in matching_rows]).value_counts().items()},
+                   "components": int((~components_frame["suppressed"]).sum()) if len(components_frame) else 0,
+                   "suppressed_components": int(components_frame["suppressed"].sum()) if len(components_frame) else 0,
+                   "suppressed_volume_ml": float(components_frame.loc[components_frame["suppressed"], "volume_mm3"]
+                                                 .sum() / 1000) if len(components_frame) else 0.0,
                    "seconds_per_scan": float(np.mean(seconds)) if seconds else 0.0, "peak_memory_gb": peak,
                    "device": str(torch_device), "dicom_seg_files": seg_files}
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -38,14 +38,30 @@ def crop_edge_mm(extent_mm: float, config: SegmentConfig) -> float:
     return max(config.refine_min_mm, config.refine_context * extent_mm)
 
 
+def difference_pair(phases: list[str], config: SegmentConfig) -> tuple[int, int] | None:
+    """Indices (contrast phase, unenhanced) of the refiner's enhancement channel, or None when it has none."""
+    if not config.refine_difference or "unenhanced" not in phases or len(phases) < 2:
+        return None
+    contrast = "venous" if "venous" in phases else [p for p in phases if p != "unenhanced"][-1]
+    return phases.index(contrast), phases.index("unenhanced")
+
+
+def refiner_channels(phases: list[str], config: SegmentConfig) -> int:
+    """Input channels of the refiner: the phases, and the enhancement when there is one."""
+    return len(phases) + (difference_pair(phases, config) is not None)
+
+
 def crop_on(images: list[sitk.Image], centre_mm, edge_mm: float, config: SegmentConfig,
-            direction) -> tuple[np.ndarray, sitk.Image]:
-    """(channels, n, n, n) windowed crop of the phases and its grid."""
+            direction, difference: tuple[int, int] | None = None) -> tuple[np.ndarray, sitk.Image]:
+    """(channels, n, n, n) crop of the phases (HU-windowed) and, with ``difference`` (indices of a contrast
+    phase and the unenhanced one), their difference mapped from ``refine_difference_window``; and its grid."""
     n = config.refine_voxels
     grid = crop_grid(centre_mm, n, edge_mm / n, direction)
-    channels = [window_hu(sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, AIR_HU,
-                                                               sitk.sitkFloat32)), config.hu_window)
-                for image in images]
+    hu = [sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, AIR_HU,
+                                               sitk.sitkFloat32)) for image in images]
+    channels = [window_hu(values, config.hu_window) for values in hu]
+    if difference is not None:
+        channels.append(window_hu(hu[difference[0]] - hu[difference[1]], config.refine_difference_window))
     return np.stack(channels).astype(np.float32), grid
 
 
@@ -57,7 +73,8 @@ def target_on(mask01: sitk.Image, grid: sitk.Image) -> np.ndarray:
 
 
 def training_crops(images: list[sitk.Image], lesion_masks: np.ndarray, reference: sitk.Image, config: SegmentConfig,
-                   rng: np.random.Generator, jitter: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+                   rng: np.random.Generator, jitter: bool = True,
+                   difference: tuple[int, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Crops (image float16, target uint8) around each lesion of a scan: ``refine_crops_per_lesion`` randomly
     shifted and scaled ones, or one exact crop per lesion without ``jitter``."""
     union = sitk.GetImageFromArray(np.any(lesion_masks, axis=0).astype(np.uint8))
@@ -71,7 +88,7 @@ def training_crops(images: list[sitk.Image], lesion_masks: np.ndarray, reference
             if jitter:
                 edge *= float(np.exp(rng.uniform(-config.refine_scale_jitter, config.refine_scale_jitter)))
                 shifted = centre + rng.normal(0, config.refine_shift_jitter * extent, 3)
-            image, grid = crop_on(images, shifted, edge, config, reference.GetDirection())
+            image, grid = crop_on(images, shifted, edge, config, reference.GetDirection(), difference)
             out.append((image.astype(np.float16), target_on(union, grid)))
     return out
 
@@ -83,7 +100,8 @@ def _touches_border(mask: np.ndarray) -> bool:
 
 @torch.no_grad()
 def refine_component(refiner: torch.nn.Module, images: list[sitk.Image], component: np.ndarray,
-                     reference: sitk.Image, config: SegmentConfig, device: torch.device) -> np.ndarray:
+                     reference: sitk.Image, config: SegmentConfig, device: torch.device,
+                     difference: tuple[int, int] | None = None) -> np.ndarray:
     """The refined outline (bool array on the reference grid) of one component; the component itself when the
     refiner finds nothing at its centre."""
     from scipy import ndimage
@@ -92,9 +110,9 @@ def refine_component(refiner: torch.nn.Module, images: list[sitk.Image], compone
     edge = crop_edge_mm(extent, config)
     refiner.eval()
     for _ in range(MAX_GROWTHS + 1):
-        image, grid = crop_on(images, centre, edge, config, reference.GetDirection())
+        image, grid = crop_on(images, centre, edge, config, reference.GetDirection(), difference)
         probability = flip_averaged_probability(refiner, refiner, torch.from_numpy(image)[None].to(device),
-                                                config.refine_test_time_flips, device)
+                                                config.refine_test_time_flips, device)[0]
         inside = probability >= config.voxel_threshold
         if not _touches_border(inside):
             break

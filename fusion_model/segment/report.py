@@ -15,14 +15,18 @@ CT_WINDOW_HU = (-200.0, 300.0)
 def froc_png(metrics: dict) -> bytes:
     """Sensitivity against false positives per scan, overall and per centre, operating point marked."""
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
-    blocks = [("all centres", metrics["overall"], "k", 2.2)]
-    blocks += [(name, block, None, 1.2) for name, block in metrics["per_centre"].items()]
-    for name, block, colour, width in blocks:
-        curve = block["detection"]["froc"]
+    blocks = [("all centres, touching", metrics["overall"], "detection", "k", 2.2, "-"),
+              (f"all centres, IoU >= {metrics.get('iou_hit', 0.5):g}", metrics["overall"], "detection_iou", "k", 1.6,
+               "--")]
+    blocks += [(name, block, "detection", None, 1.2, "-") for name, block in metrics["per_centre"].items()]
+    for name, block, key, colour, width, style in blocks:
+        if key not in block:
+            continue
+        curve = block[key]["froc"]
         fp = [0.0] + [p["fp_per_scan"] for p in curve]
         sens = [0.0] + [p["sensitivity"] for p in curve]
-        line, = ax.step(fp, sens, where="post", label=name, color=colour, lw=width)
-        op = block["detection"]["operating_point"]
+        line, = ax.step(fp, sens, where="post", label=name, color=colour, lw=width, ls=style)
+        op = block[key]["operating_point"]
         ax.plot(op["fp_per_scan"], op["sensitivity"], "o", color=line.get_color(), ms=7 if colour else 5)
     ax.axvline(0.5, color="grey", ls=":", lw=1)
     ax.set_xlabel("false positives per scan")
@@ -83,5 +87,7 @@ def write_segment_report(evaluation, overwrite: bool = False):
                   images={k: data_uri(v) for k, v in pngs.items()}, overlays=[n for n, _ in picks],
                   worst=evaluation.lesions.sort_values("dice").head(10).to_dict("records"))
     files = {"report.html": html, "metrics.json": json.dumps(metrics, indent=2, allow_nan=False) + "\n",
-             "lesions.csv": evaluation.lesions.to_csv(index=False), **{f"figures/{k}": v for k, v in pngs.items()}}
+             "lesions.csv": evaluation.lesions.to_csv(index=False),
+             "components.csv": evaluation.components.to_csv(index=False),
+             **{f"figures/{k}": v for k, v in pngs.items()}}
     return write_report_dir(evaluation.out, files, overwrite=overwrite)

@@ -8,6 +8,7 @@ segmenter's isotropic spacing over the whole field of view, or over the adrenal 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from fusion_model.errors import UserInputError
 from fusion_model.imaging.io import read_image
 from fusion_model.imaging.preprocess import read_lesion_mask, window_hu
 from fusion_model.records import LesionRecord
+from fusion_model.segment.matching import LesionQuery
 
 AIR_HU = -1000.0
 BODY_HU = -500.0
@@ -37,6 +39,7 @@ class ScanRecord:
     phase_paths: dict[str, Path]
     lesions: list[LesionRecord] = field(default_factory=list)
     sides: list[str | None] = field(default_factory=list)
+    sizes_mm: list[float | None] = field(default_factory=list)  # the table's size_mm per lesion
     key: str = ""  # file name of the scan: the patient, numbered (P001_scan2) when the patient has several
 
     @property
@@ -56,6 +59,8 @@ def cohort_scans(cohort: Cohort) -> list[ScanRecord]:
     numbered keys."""
     scans: dict[tuple, ScanRecord] = {}
     sides = cohort.table["side"] if "side" in cohort.table else pd.Series([None] * len(cohort.table))
+    sizes = pd.to_numeric(cohort.table["size_mm"], errors="coerce") if "size_mm" in cohort.table \
+        else pd.Series([np.nan] * len(cohort.table))
     for i, lesion in enumerate(cohort.lesions()):
         if not lesion.phase_paths:
             raise UserInputError(f"{lesion.where}: no CT phase file; fill at least one phase path")
@@ -64,6 +69,8 @@ def cohort_scans(cohort: Cohort) -> list[ScanRecord]:
         scan.lesions.append(lesion)
         side = sides.iloc[i]
         scan.sides.append(None if side is None or pd.isna(side) else str(side))
+        size = sizes.iloc[i]
+        scan.sizes_mm.append(None if pd.isna(size) or size <= 0 else float(size))
     out = list(scans.values())
     per_patient: dict[str, int] = {}
     for scan in out:
@@ -77,21 +84,120 @@ def cohort_scans(cohort: Cohort) -> list[ScanRecord]:
     return out
 
 
+TOTALSEGMENTATOR_FILES = {"right": "adrenal_gland_right", "left": "adrenal_gland_left"}
+TOTALSEGMENTATOR_LABELS = {"right": 8, "left": 9}  # its 'total' task, v2: 8 adrenal_gland_right, 9 adrenal_gland_left
+LABEL_MAP_FILE = "labels.json"
+GLANDS_FOLDER = "glands"  # a cohort's own gland outlines, one folder per patient
+GLAND_RIGHT, GLAND_LEFT, GLAND_UNSIDED = 1, 2, 3  # values of a gland map
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def lesion_queries(scan: ScanRecord) -> list[LesionQuery]:
+    """What the table says about each lesion of the scan (side, size) for matching components."""
+    return [LesionQuery(side, size) for side, size in zip(scan.sides, scan.sizes_mm)]
+
+
+def cohort_gland_regions(cohort: Cohort) -> dict[str, Region]:
+    """The cohort's own gland outlines (``glands/PATIENT/adrenal_gland_*.nii.gz``, as ``fusion-model synth``
+    writes them and TotalSegmentator lays them out), by patient; empty when the cohort has none."""
+    folder = cohort.root / GLANDS_FOLDER
+    return read_regions(folder, cohort.root) if folder.is_dir() and any(folder.iterdir()) else {}
+
+
+@dataclass(frozen=True)
+class GlandFile:
+    """One file of adrenal-gland voxels: those equal to ``label`` (any non-zero voxel when None), on ``side``
+    (None: the mask does not say which gland)."""
+
+    path: Path
+    side: str | None = None
+    label: int | None = None
+
+
 @dataclass(frozen=True)
 class Region:
-    """Where to search: a box in physical mm (LPS) or an organ mask file; a margin is added."""
+    """Where the adrenal glands are: a box in physical mm (LPS), or gland masks (TotalSegmentator's
+    ``adrenal_gland_left/right`` files, its multi-label file, or any organ mask); a margin is added."""
 
     box_mm: tuple[float, float, float, float, float, float] | None = None
-    mask_path: Path | None = None
+    glands: tuple[GlandFile, ...] = ()
+
+    @property
+    def has_glands(self) -> bool:
+        """Whether the region outlines the glands (not only a box)."""
+        return bool(self.glands)
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    return {_strip_suffix(p.name): p for p in sorted(folder.iterdir())
+            if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)}
+
+
+def read_label_map(path: Path) -> dict[str, int]:
+    """TotalSegmentator's multi-label values of the two glands: from a ``labels.json`` ({"8":
+    "adrenal_gland_right", ...} or {"adrenal_gland_right": 8, ...}) or its 'total' task's numbering (8, 9)."""
+    if not path.is_file():
+        return dict(TOTALSEGMENTATOR_LABELS)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{path}: not a JSON label map ({err}); write e.g. {{\"8\": \"adrenal_gland_right\", "
+                             "\"9\": \"adrenal_gland_left\"}") from None
+    pairs = {}
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            name, number = (value, key) if isinstance(value, str) else (key, value)
+            try:
+                pairs[str(name)] = int(number)
+            except (TypeError, ValueError):
+                raise UserInputError(f"{path}: label {number!r} of {name!r} is not a whole number") from None
+    out = {side: pairs[name] for side, name in TOTALSEGMENTATOR_FILES.items() if name in pairs}
+    if not out:
+        raise UserInputError(f"{path}: names neither adrenal_gland_right nor adrenal_gland_left; give their label "
+                             "values, e.g. {\"8\": \"adrenal_gland_right\", \"9\": \"adrenal_gland_left\"}")
+    return out
+
+
+def gland_files_at(path: Path, label_map: dict[str, int], where: str) -> tuple[GlandFile, ...]:
+    """The gland files of one patient: a TotalSegmentator output folder (``adrenal_gland_right`` and
+    ``adrenal_gland_left`` files, or one multi-label file in it) or a single file (multi-label by the label map,
+    or a plain organ mask)."""
+    if path.is_dir():
+        files = _image_files(path)
+        sided = tuple(GlandFile(files[name], side) for side, name in TOTALSEGMENTATOR_FILES.items() if name in files)
+        if sided:
+            return sided
+        if len(files) == 1:
+            return gland_files_at(next(iter(files.values())), label_map, where)
+        raise UserInputError(f"{where}: {path} holds no adrenal_gland_right / adrenal_gland_left file (as "
+                             "TotalSegmentator writes them) and not one multi-label file; give the glands there")
+    if not path.is_file():
+        raise UserInputError(f"{where}: {path} not found")
+    return (GlandFile(path, None, None),) if not label_map else \
+        tuple(GlandFile(path, side, value) for side, value in label_map.items())
 
 
 def read_regions(path: Path, cohort_root: Path) -> dict[str, Region]:
-    """The adrenal region per patient from a CSV: ``patient_id`` and either the six box columns (physical mm:
-    x_min_mm ... z_max_mm) or ``region_mask_path`` (an organ mask, relative to the cohort directory; every
-    non-zero voxel counts)."""
+    """The adrenal region per patient.
+
+    ``path`` is a folder of TotalSegmentator outputs, one per patient (``PATIENT/adrenal_gland_right.nii.gz`` and
+    ``..._left``, or ``PATIENT.nii.gz`` / ``PATIENT/NAME.nii.gz`` multi-label with a ``labels.json`` beside them or
+    TotalSegmentator's 'total' numbering), or a CSV: ``patient_id`` and either the six box columns (physical mm:
+    x_min_mm ... z_max_mm) or ``region_mask_path`` (relative to the cohort directory: a TotalSegmentator folder,
+    a multi-label file, or an organ mask whose every non-zero voxel counts).
+    """
     path = Path(path)
+    if path.is_dir():
+        return _read_region_folder(path)
     if not path.is_file():
-        raise UserInputError(f"{path}: region file not found")
+        raise UserInputError(f"{path}: region file or folder not found")
     table = read_clinical_csv(path)
     if "patient_id" not in table:
         raise UserInputError(f"{path}: needs a patient_id column and either {list(REGION_BOX_COLUMNS)} or "
@@ -105,8 +211,10 @@ def read_regions(path: Path, cohort_root: Path) -> dict[str, Region]:
         where = f"{path} row {i + 2}"
         patient = str(row["patient_id"])
         if "region_mask_path" in table and isinstance(row["region_mask_path"], str) and row["region_mask_path"]:
-            regions[patient] = Region(mask_path=resolve_inside(cohort_root, row["region_mask_path"],
-                                                               f"{where}, column 'region_mask_path'"))
+            target = resolve_inside(cohort_root, row["region_mask_path"], f"{where}, column 'region_mask_path'")
+            label_map = read_label_map(target.parent / LABEL_MAP_FILE) if (target.parent / LABEL_MAP_FILE).is_file() \
+                else {}
+            regions[patient] = Region(glands=gland_files_at(target, label_map, where))
             continue
         if not has_box:
             raise UserInputError(f"{where}: region_mask_path is empty; give a mask or the box columns")
@@ -121,6 +229,54 @@ def read_regions(path: Path, cohort_root: Path) -> dict[str, Region]:
     return regions
 
 
+def _read_region_folder(folder: Path) -> dict[str, Region]:
+    label_map = read_label_map(folder / LABEL_MAP_FILE)
+    regions = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.name == LABEL_MAP_FILE:
+            continue
+        if entry.is_dir():
+            regions[entry.name] = Region(glands=gland_files_at(entry, label_map, f"{folder}"))
+        elif entry.name.endswith(NIFTI_SUFFIXES):
+            regions[_strip_suffix(entry.name)] = Region(glands=gland_files_at(entry, label_map, f"{folder}"))
+    if not regions:
+        raise UserInputError(f"{folder}: no patient folder or file; give TotalSegmentator's output per patient "
+                             "(PATIENT/adrenal_gland_right.nii.gz and adrenal_gland_left.nii.gz, or PATIENT.nii.gz)")
+    return regions
+
+
+def gland_map(region: Region, reference: sitk.Image, where: str) -> np.ndarray:
+    """The region's glands on the reference grid (z, y, x) uint8: 1 right, 2 left, 3 a gland of unknown side
+    (nearest-neighbour resampling); an empty result is refused."""
+    shape = sitk.GetArrayViewFromImage(reference).shape
+    out = np.zeros(shape, dtype=np.uint8)
+    binary_files = []
+    for gland in region.glands:
+        try:
+            image = read_image(gland.path)
+        except UserInputError as err:
+            raise UserInputError(f"{where}: region {err}") from None
+        if image.GetSize() != reference.GetSize() or image.GetOrigin() != reference.GetOrigin() \
+                or image.GetSpacing() != reference.GetSpacing() or image.GetDirection() != reference.GetDirection():
+            image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                  image.GetPixelID())
+        values = sitk.GetArrayViewFromImage(image)
+        inside = values != 0 if gland.label is None else values == gland.label
+        code = {"right": GLAND_RIGHT, "left": GLAND_LEFT}.get(gland.side or "", GLAND_UNSIDED)
+        out[inside & (out == 0)] = code
+        if gland.label is not None and values.max() == 1:
+            binary_files.append(values != 0)
+    if not out.any() and binary_files:  # a plain 0/1 mask where a multi-label file was expected
+        out[np.any(binary_files, axis=0)] = GLAND_UNSIDED
+    if not out.any():
+        names = ", ".join(sorted({g.path.name for g in region.glands}))
+        labels = sorted({g.label for g in region.glands if g.label is not None})
+        raise UserInputError(f"{where}: region {names} has no adrenal-gland voxel" + (
+            f" (labels {labels}; give the file's label map as {LABEL_MAP_FILE} beside it)" if labels else "")
+            + "; give the adrenal region or leave this patient out of --region")
+    return out
+
+
 @dataclass
 class ScanVolume:
     """A scan on the segmenter's grid: image (channels, z, y, x) float32 in [0, 1], the target (z, y, x) uint8
@@ -133,6 +289,8 @@ class ScanVolume:
     native_spacing_mm: tuple[float, float, float]
     phase_images: list[sitk.Image] = field(default_factory=list)  # the phases as read (HU), in segmenter order
     lesion_masks: np.ndarray | None = None  # (lesions, z, y, x) bool on the reference grid, with the target
+    glands: np.ndarray | None = None  # gland map (1 right, 2 left, 3 unsided) on the segmenter's grid, when known
+    glands_native: np.ndarray | None = None  # the same on the reference grid
 
 
 def _physical_corners(image: sitk.Image) -> np.ndarray:
@@ -145,8 +303,10 @@ def _extent_mm(image: sitk.Image) -> np.ndarray:
     return np.array(image.GetSize()) * np.array(image.GetSpacing())
 
 
-def _region_bounds(region: Region | None, reference: sitk.Image, margin_mm: float, where: str) -> np.ndarray:
-    """(2, 3) physical lower/upper bounds (in the reference's axes) to resample over."""
+def _region_bounds(region: Region | None, reference: sitk.Image, margin_mm: float, where: str,
+                   glands: np.ndarray | None = None) -> np.ndarray:
+    """(2, 3) physical lower/upper bounds (in the reference's axes) to resample over (``glands``: the region's
+    gland map, when already read)."""
     direction = np.array(reference.GetDirection()).reshape(3, 3)
     local = _physical_corners(reference) @ direction  # coordinates along the image axes
     lower, upper = local.min(axis=0), local.max(axis=0)
@@ -156,14 +316,11 @@ def _region_bounds(region: Region | None, reference: sitk.Image, margin_mm: floa
         box = np.array(region.box_mm).reshape(3, 2)
         corners = np.array([[x, y, z] for x in box[0] for y in box[1] for z in box[2]]) @ direction
     else:
-        organ = read_image(region.mask_path)
-        stats = sitk.LabelShapeStatisticsImageFilter()
-        stats.Execute(sitk.Cast(sitk.NotEqual(organ, 0), sitk.sitkUInt8))
-        if not stats.HasLabel(1):
-            raise UserInputError(f"{where}: region mask {region.mask_path.name} is empty; give the adrenal region")
-        x, y, z, sx, sy, sz = stats.GetBoundingBox(1)
-        corners_index = [[i, j, k] for i in (x, x + sx - 1) for j in (y, y + sy - 1) for k in (z, z + sz - 1)]
-        corners = np.array([organ.TransformIndexToPhysicalPoint([int(v) for v in c]) for c in corners_index]) @ direction
+        inside = np.argwhere((gland_map(region, reference, where) if glands is None else glands) > 0)
+        corners_index = [[i, j, k] for i in (inside[:, 2].min(), inside[:, 2].max())
+                         for j in (inside[:, 1].min(), inside[:, 1].max()) for k in (inside[:, 0].min(), inside[:, 0].max())]
+        corners = np.array([reference.TransformIndexToPhysicalPoint([int(v) for v in c])
+                            for c in corners_index]) @ direction
     region_lower = np.maximum(corners.min(axis=0) - margin_mm, lower)
     region_upper = np.minimum(corners.max(axis=0) + margin_mm, upper)
     if np.any(region_upper <= region_lower):
@@ -205,8 +362,10 @@ def check_scan_geometry(reference: sitk.Image, where: str, config: SegmentConfig
 
 def load_scan(scan: ScanRecord, phases: list[str], config: SegmentConfig, with_target: bool,
               region: Region | None = None,
-              spacing_range: tuple[list[float], list[float]] | None = None) -> ScanVolume:
-    """Read a scan's phases (and its lesions' masks) onto the segmenter's isotropic grid."""
+              spacing_range: tuple[list[float], list[float]] | None = None,
+              glands: Region | None = None) -> ScanVolume:
+    """Read a scan's phases (and its lesions' masks) onto the segmenter's isotropic grid, over the whole scan
+    or the region's box; the gland map comes from ``glands`` or else from the region when it outlines glands."""
     missing = [p for p in phases if p not in scan.phase_paths]
     if missing:
         raise UserInputError(f"{scan.where}: the segmenter uses phases {phases} and this scan lacks {missing}; "
@@ -214,8 +373,24 @@ def load_scan(scan: ScanRecord, phases: list[str], config: SegmentConfig, with_t
                              "(segment.yaml 'phases')")
     reference = read_image(scan.phase_paths[phases[0]], sitk.sitkFloat32)
     check_scan_geometry(reference, scan.where, config, spacing_range)
-    bounds = _region_bounds(region, reference, config.region_margin_mm, scan.where)
+    source = glands if glands is not None else region if region is not None and region.has_glands else None
+    native_glands = gland_map(source, reference, scan.where) if source is not None else None
+    bounds = _region_bounds(region, reference, config.region_margin_mm, scan.where,
+                            native_glands if source is region else None)
     grid = isotropic_grid(reference, bounds, config.spacing_mm)
+    grid_glands = None
+    if native_glands is not None:
+        image = sitk.GetImageFromArray(native_glands)
+        image.CopyInformation(reference)
+        grid_glands = sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor,
+                                                           0, sitk.sitkUInt8))
+        if not grid_glands.any():  # thin glands between coarse voxels: keep the nearest voxel of each
+            zyx = np.argwhere(native_glands > 0)
+            for index in zyx[:: max(1, len(zyx) // 64)]:
+                point = reference.TransformIndexToPhysicalPoint([int(v) for v in index[::-1]])
+                cell = grid.TransformPhysicalPointToIndex(point)
+                if all(0 <= c < n for c, n in zip(cell, grid.GetSize())):
+                    grid_glands[cell[2], cell[1], cell[0]] = native_glands[tuple(index)]
     channels, images = [], []
     for phase in phases:
         image = reference if phase == phases[0] else read_image(scan.phase_paths[phase], sitk.sitkFloat32)
@@ -233,7 +408,7 @@ def load_scan(scan: ScanRecord, phases: list[str], config: SegmentConfig, with_t
         resampled = sitk.Resample(target_image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         target = (sitk.GetArrayFromImage(resampled) >= 0.5).astype(np.uint8)
     return ScanVolume(np.stack(channels).astype(np.float32), target, grid, reference,
-                      tuple(float(v) for v in reference.GetSpacing()), images, masks)
+                      tuple(float(v) for v in reference.GetSpacing()), images, masks, grid_glands, native_glands)
 
 
 def lesion_masks(scan: ScanRecord, reference: sitk.Image) -> np.ndarray:

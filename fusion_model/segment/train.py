@@ -38,20 +38,24 @@ from fusion_model.errors import UserInputError
 from fusion_model.fileio import check_output_dir
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter
-from fusion_model.segment.infer import (
-    match_lesions,
-    patch_zyx,
-    probability_map,
-    segment_scan,
-)
+from fusion_model.segment.infer import patch_zyx, probability_map, segment_scan
+from fusion_model.segment.matching import match_lesions
 from fusion_model.segment.metrics import (
     DetectionRecord,
     overlap_metrics,
     summarise,
 )
-from fusion_model.segment.network import build_segmenter
-from fusion_model.segment.refine import training_crops
-from fusion_model.segment.scans import Region, ScanRecord, cohort_scans, load_scan
+from fusion_model.segment.network import as_channels_last, build_segmenter, channels_last
+from fusion_model.segment.refine import difference_pair, refiner_channels, training_crops
+from fusion_model.segment.scans import (
+    Region,
+    ScanRecord,
+    GLANDS_FOLDER,
+    cohort_gland_regions,
+    cohort_scans,
+    lesion_queries,
+    load_scan,
+)
 from fusion_model.training import TrainingLoop
 
 BACKGROUND_SAMPLES = 50_000  # background patch centres kept per scan (uniform subsample)
@@ -91,19 +95,35 @@ def _pad_to_patch(image: np.ndarray, target: np.ndarray, patch: tuple[int, int, 
     return image, target
 
 
-def _training_example(image: np.ndarray, target: np.ndarray, patch, rng: np.random.Generator) -> dict:
+def gland_target(glands: np.ndarray, spacing_mm: float, margin_mm: float) -> np.ndarray:
+    """The learned gland region (z, y, x) uint8: gland voxels grown by ``margin_mm``."""
+    from scipy import ndimage
+
+    if not glands.any():
+        return np.zeros(glands.shape, dtype=np.uint8)
+    distance = ndimage.distance_transform_edt(glands == 0, sampling=spacing_mm)
+    return (distance <= margin_mm).astype(np.uint8)
+
+
+def _training_example(image: np.ndarray, target: np.ndarray, patch, rng: np.random.Generator,
+                      glands: np.ndarray | None = None) -> dict:
+    if glands is not None:
+        _, glands = _pad_to_patch(image[:1], glands, patch)
     image, target = _pad_to_patch(image, target, patch)
     fg, bg = map_binary_to_indices(target)
     fg, bg = np.asarray(fg), np.asarray(bg)
     if len(bg) > BACKGROUND_SAMPLES:
         bg = np.sort(rng.choice(bg, BACKGROUND_SAMPLES, replace=False))
-    return {"image": image.astype(np.float16), "label": target[None], "fg": fg, "bg": bg}
+    example = {"image": image.astype(np.float16), "label": target[None], "fg": fg, "bg": bg}
+    if glands is not None:
+        example["gland"] = glands[None]
+    return example
 
 
-def training_transforms(config: SegmentConfig, crop: bool = True) -> Compose:
+def training_transforms(config: SegmentConfig, crop: bool = True, glands: bool = False) -> Compose:
     """Foreground-oversampled random patches (for whole scans; not for the refiner's crops), flips and intensity
-    jitter (MONAI dictionary transforms)."""
-    keys = ["image", "label"]
+    jitter (MONAI dictionary transforms); the gland target follows the crops and flips when ``glands``."""
+    keys = ["image", "label"] + (["gland"] if glands else [])
     steps = []
     if crop:
         steps.append(RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch_zyx(config),
@@ -125,8 +145,25 @@ def _batch(examples: list[dict], chosen: np.ndarray, transform: Compose) -> tupl
         patches = transform(sample)
         for patch in patches if isinstance(patches, list) else [patches]:
             images.append(torch.as_tensor(patch["image"]))
-            labels.append(torch.as_tensor(patch["label"]))
+            label = torch.as_tensor(patch["label"])
+            labels.append(torch.cat([label, torch.as_tensor(patch["gland"])]) if "gland" in patch else label)
     return torch.stack(images).float(), torch.stack(labels).long()
+
+
+class DetectorLoss(torch.nn.Module):
+    """Dice + cross-entropy of the lesion (outputs 0-1 against target channel 0) and, for a detector with a gland
+    output, Dice + binary cross-entropy of the gland region (output 2 against target channel 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lesion = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.gland = DiceCELoss(sigmoid=True)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.lesion(logits[:, :2], target[:, :1])
+        if logits.shape[1] > 2:
+            loss = loss + self.gland(logits[:, 2:3], target[:, 1:2].float())
+        return loss
 
 
 def _scan_dice(probability: np.ndarray, target: np.ndarray, threshold: float) -> float:
@@ -153,19 +190,19 @@ class FitResult:
     resumed_from_epoch: int | None
 
 
-def _fit(stage: str, in_channels: int, config: SegmentConfig, epochs: int,
+def _fit(stage: str, in_channels: int, out_channels: int, config: SegmentConfig, epochs: int,
          next_batch: Callable[[np.random.Generator], tuple[torch.Tensor, torch.Tensor]],
          score: Callable[[torch.nn.Module], float], transform: Compose, checkpoint: Path, run_key: str,
          device: torch.device, progress: bool, on_epoch: Callable[[dict], None] | None) -> FitResult:
     """Train one network with Dice + cross-entropy, polynomial decay, early stopping on ``score`` and a
     checkpoint per epoch (resumed when it belongs to the same run)."""
     torch.manual_seed(config.seed)
-    network = build_segmenter(config, in_channels).to(device)
+    network = channels_last(build_segmenter(config, in_channels, out_channels).to(device))
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = epochs * config.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - min(step, total_steps - 1)
                                                                            / total_steps) ** 0.9)
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_function = DetectorLoss()
     # a checkpoint of other settings is overwritten: the same --out, a new run
     loop = TrainingLoop(network, optimizer, scheduler, device, config.seed, salt=(len(stage),), checkpoint=checkpoint,
                         run_key=run_key, refuse_other_runs=False, progress=progress,
@@ -176,23 +213,26 @@ def _fit(stage: str, in_channels: int, config: SegmentConfig, epochs: int,
     if restored is not None:
         state, resumed = restored, restored["epoch"]
     for epoch, random in loop.epochs(state["epoch"] + 1, epochs, lambda: state["bad_epochs"] >= config.patience):
+        epoch_started = time.perf_counter()
         transform.set_random_state(seed=random.augmentation_seed)
         total = 0.0
         for _ in range(config.iterations_per_epoch):
             x, y = next_batch(random.generator)
-            x, y = x.to(device), y.to(device)
+            x, y = as_channels_last(x.to(device)), y.to(device)
             with loop.autocast():
                 loss = loss_function(network(x), y)
             loop.step(loss)
             total += float(loss.item())
-        value = score(network)
+        validate = (epoch + 1) % config.validate_every == 0 or epoch + 1 == epochs
+        value = score(network) if validate else None
         record = {"stage": stage, "epoch": epoch, "train_loss": total / config.iterations_per_epoch,
-                  "val_dice": value, "lr": scheduler.get_last_lr()[0]}
-        if value > state["best_score"]:
+                  "val_dice": value, "lr": scheduler.get_last_lr()[0],
+                  "seconds": round(time.perf_counter() - epoch_started, 2)}
+        if value is not None and value > state["best_score"]:
             state.update(best_score=value, best_epoch=epoch, bad_epochs=0,
                          best_model={k: v.detach().cpu().clone() for k, v in network.state_dict().items()})
-        else:
-            state["bad_epochs"] += 1
+        elif value is not None:
+            state["bad_epochs"] += config.validate_every
         state["epoch"] = epoch
         state["history"].append(record)
         loop.save(state)
@@ -231,26 +271,34 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
         raise UserInputError(f"{cohort_dir}: {len(outlined)} outlined patient(s) are too few to train and early-stop "
                              "a segmenter; outline at least 3 patients")
     regions = regions or {}
+    gland_outlines = {p: r for p, r in regions.items() if r.has_glands} or cohort_gland_regions(cohort)
+    learn_glands = config.learn_glands and bool(outlined) and all(s.patient_id in gland_outlines for s in outlined)
     patch = patch_zyx(config)
+    difference = difference_pair(phases, config)
     rng = np.random.default_rng([config.seed, 11])
     train_examples, refine_train, refine_val, val_volumes, val_scans, spacings = [], [], [], [], [], []
     for scan, is_val in track(list(zip(outlined, held)), "reading scans", total=len(outlined), enabled=progress):
-        volume = load_scan(scan, phases, config, with_target=True, region=regions.get(scan.patient_id))
+        region = regions.get(scan.patient_id)
+        volume = load_scan(scan, phases, config, with_target=True, region=region,
+                           glands=gland_outlines.get(scan.patient_id) if learn_glands and not is_val else None)
         spacings.append(volume.native_spacing_mm)
         if config.refine:
             crops = training_crops(volume.phase_images, volume.lesion_masks, volume.reference, config, rng,
-                                   jitter=not is_val)
+                                   jitter=not is_val, difference=difference)
             (refine_val if is_val else refine_train).extend(crops)
         if is_val:
             val_volumes.append(volume)
             val_scans.append(scan)
         else:
-            train_examples.append(_training_example(volume.image, volume.target, patch, rng))
+            glands = gland_target(volume.glands, config.spacing_mm, config.gland_target_margin_mm) \
+                if learn_glands else None
+            train_examples.append(_training_example(volume.image, volume.target, patch, rng, glands))
+            volume.phase_images.clear()
 
     run_key = _run_key(config, outlined, held)
     checkpoint = out.parent / f".{out.name}.checkpoint.pt"
     refiner_checkpoint = out.parent / f".{out.name}.checkpoint-refiner.pt"
-    transform = training_transforms(config)
+    transform = training_transforms(config, glands=learn_glands)
     volumes_per_step = max(1, config.batch_size // config.patches_per_volume)
 
     def detector_batch(generator: np.random.Generator):
@@ -259,10 +307,10 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
         return _batch(train_examples, chosen, transform)
 
     def detector_score(network: torch.nn.Module) -> float:
-        return float(np.mean([_scan_dice(probability_map(network, v.image, config, torch_device), v.target,
+        return float(np.mean([_scan_dice(probability_map(network, v.image, config, torch_device)[0], v.target,
                                          config.voxel_threshold) for v in val_volumes]))
 
-    detector = _fit("detector", len(phases), config, config.epochs, detector_batch, detector_score, transform,
+    detector = _fit("detector", len(phases), 3 if learn_glands else 2, config, config.epochs, detector_batch, detector_score, transform,
                     checkpoint, run_key, torch_device, progress, on_epoch)
     refiner = None
     if config.refine:
@@ -279,27 +327,29 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
             with torch.no_grad():
                 scores = []
                 for image, target in refine_val:
-                    logits = network(torch.from_numpy(image.astype(np.float32))[None].to(torch_device))
+                    logits = network(as_channels_last(torch.from_numpy(image.astype(np.float32))[None]
+                                                      .to(torch_device)))
                     scores.append(_scan_dice(torch.softmax(logits.float(), 1)[0, 1].cpu().numpy(), target,
                                              config.voxel_threshold))
             return float(np.mean(scores))
 
-        refiner = _fit("refiner", len(phases), config, config.refine_epochs, refiner_batch, refiner_score,
+        refiner = _fit("refiner", refiner_channels(phases, config), 2, config, config.refine_epochs, refiner_batch, refiner_score,
                        crop_transform, refiner_checkpoint, run_key,
                        torch_device, progress, on_epoch)
 
     detection = DetectionRecord()
     lesion_dice = []
     for scan, volume in zip(val_scans, val_volumes):
-        labels, components = segment_scan(detector.network, refiner.network if refiner else None, volume, config,
-                                          torch_device)
+        found = segment_scan(detector.network, refiner.network if refiner else None, volume, config, torch_device,
+                             phases)
         masks = volume.lesion_masks
-        detection.add_scan(labels, {c.label: c.probability for c in components}, list(masks))
-        matched = match_lesions(scan.sides, components, config.match_min_probability or 0.0)
+        detection.add_scan(found.labels, {c.label: c.probability for c in found.components}, list(masks))
+        matched = match_lesions(lesion_queries(scan), found.components, config.match_min_probability or 0.0,
+                                config.match_size_ratio, config.gland_margin_mm, found.suppressed)
         spacing_zyx = tuple(reversed(volume.reference.GetSpacing()))
-        for mask, label in zip(masks, matched):
-            lesion_dice.append(overlap_metrics(labels == label if label else np.zeros_like(mask), mask,
-                                               spacing_zyx)["dice"])
+        for mask, match in zip(masks, matched):
+            lesion_dice.append(overlap_metrics(found.labels == match.label if match.label else np.zeros_like(mask),
+                                               mask, spacing_zyx)["dice"])
     threshold = detection.operating_threshold(config.max_false_positives_per_scan, config.voxel_threshold)
     sensitivity, fp_per_scan = detection.at(threshold)
     spacing_array = np.array(spacings)
@@ -317,6 +367,9 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
         "device": str(torch_device), "minutes": (time.perf_counter() - started) / 60,
         "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "resumed_from_epoch": detector.resumed_from_epoch, "skipped_scans_without_masks": skipped,
+        "learned_glands": learn_glands,
+        "gland_outlines": "given by --region" if learn_glands and any(r.has_glands for r in regions.values())
+        else f"{cohort.root / GLANDS_FOLDER}" if learn_glands else None,
     }
     history = {"detector": detector.history, "refiner": refiner.history if refiner else []}
     network = detector.network

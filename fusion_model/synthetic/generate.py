@@ -10,6 +10,10 @@ With ``second_reader``, a second radiologist's outline of every outlined lesion 
 (``mask_path_b``): the first outline moved by a smooth random field (:func:`second_reader_outline`), a
 realistic disagreement for ``fusion-model agreement``.
 
+Every patient's adrenal glands (the phantom's gland limbs, drawn before any lesion) are written as
+TotalSegmentator writes them: ``glands/PATIENT/adrenal_gland_right.nii.gz`` and ``adrenal_gland_left.nii.gz``,
+so that ``segment train`` learns where the glands are and ``segment --region glands`` can use them.
+
 ``patients_without_masks`` more patients are drawn the same way but their rows leave mask_path empty
 (lesions for ``fusion-model segment predict`` to outline); their reference masks go to ``truth_masks/``.
 
@@ -54,6 +58,7 @@ from fusion_model.synthetic.profiles import (
 TRUTH_FILE = "truth.csv"
 TRUTH_MASKS = "truth_masks"  # reference masks of the patients written without a mask_path
 SECOND_READER_MASKS = "masks_b"  # synth --second-reader: another reader's outlines (mask_path_b)
+GLANDS = "glands"  # per patient, TotalSegmentator's layout: glands/PATIENT/adrenal_gland_{right,left}.nii.gz
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,12 @@ def synthesize_patient(index: int, config: SynthConfig, out_dir: Path) -> tuple[
     paths = {p: write(phantom.render_phase(labels, drawings, p, grid, centre.noise_hu, centre.hu_offset, rng),
                       f"{patient_id}_{p}") for p in config.phases}
     mask_rel = write(mask, f"{patient_id}_mask")
+    (out_dir / GLANDS / patient_id).mkdir(parents=True, exist_ok=True)
+    midline = (anatomy.adrenal_right[0] + anatomy.adrenal_left[0]) / 2
+    x_mm = grid.axes()[0]
+    for side in ("right", "left"):
+        gland = (labels == phantom.LABEL["adrenal"]) & ((x_mm < midline) if side == "right" else (x_mm >= midline))
+        write(gland.astype(np.uint8), f"adrenal_gland_{side}", f"{GLANDS}/{patient_id}")
     mask_b_rel = write(mask_b, f"{patient_id}_mask", SECOND_READER_MASKS) if second_reader else None
 
     rows, truths = [], []
@@ -236,6 +247,7 @@ def synthesize_cohort(out: Path, config: SynthConfig, overwrite: bool = False, p
     with atomic_directory(out, overwrite) as staging:
         (staging / "images").mkdir()
         (staging / "masks").mkdir()
+        (staging / GLANDS).mkdir()
         if config.patients_without_masks:
             (staging / TRUTH_MASKS).mkdir()
         if config.second_reader:
