@@ -535,6 +535,9 @@ class SegmentConfig(StrictModel):
     refine_test_time_flips: int = Field(4, ge=1, le=4, description="the refiner's probabilities averaged over "
                                                                     "this many mirrorings (1 = none; then x, y, z)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    cpu_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="training arithmetic on CPU: bfloat16 autocast (about 1.4x faster where the CPU runs "
+        "it natively), float32, or auto: bfloat16 where native; CUDA always trains in float16 mixed precision")
 
     @field_validator("phases")
     @classmethod

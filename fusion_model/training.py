@@ -2,7 +2,8 @@
 segmenter (in the spirit of MONAI's engine / handler split: the loop owns what all three share, each caller
 its batches, losses and what it keeps).
 
-What the loop owns: the device and mixed precision (float16 autocast and gradient scaling on CUDA), the
+What the loop owns: the device and mixed precision (float16 autocast and gradient scaling on CUDA; bfloat16
+autocast on CPU when asked, no scaling needed), the
 optimiser step (zero, backward, step, scheduler, then the caller's ``after_step`` hooks), reseeding at every
 epoch from (seed, epoch, salt) so that an epoch draws the same batches and augmentations whether the run was
 interrupted or not, the per-epoch checkpoint and its resumption under a run key, and the progress bar.
@@ -47,13 +48,16 @@ class TrainingLoop:
     progress: bool = True
     description: str = "training"
     after_step: list[Callable[[], None]] = field(default_factory=list)  # e.g. a moving average of the weights
+    cpu_bfloat16: bool = False                       # bfloat16 autocast on CPU (see cpu_bfloat16_supported)
 
     def __post_init__(self) -> None:
         self.cuda = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
 
     def autocast(self):
-        """Mixed precision (float16) on CUDA; full precision elsewhere."""
+        """Mixed precision: float16 on CUDA, bfloat16 on CPU when ``cpu_bfloat16``; full precision otherwise."""
+        if not self.cuda and self.cpu_bfloat16:
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
         return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.cuda)
 
     def step(self, loss: torch.Tensor) -> None:
@@ -89,3 +93,12 @@ class TrainingLoop:
             augmentation_seed = int(generator.integers(2**31 - 1))
             torch.manual_seed(int(generator.integers(2**31 - 1)))  # dropout
             yield epoch, EpochRandom(generator, augmentation_seed)
+
+
+def cpu_bfloat16_supported() -> bool:
+    """Whether this CPU runs bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX); elsewhere bfloat16 is
+    emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

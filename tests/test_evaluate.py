@@ -288,3 +288,39 @@ def test_an_existing_report_folder_is_refused_before_the_work(tmp_path, monkeypa
     with pytest.raises(UserInputError, match="already exists and is not empty"):
         evaluate_run.evaluate_predictions([tmp_path / "predictions.csv"], out, settings=FAST, progress=False)
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_lesions_without_a_mask_are_counted_and_scored_as_missed(trained_model, tmp_path):
+    """An automatic-mask cohort where segment predict found nothing for some lesions: the report counts them by
+    label and type and gives each model's AUC with them counted as missed."""
+    import shutil
+
+    from fusion_model.stats import auc_mann_whitney
+
+    cohort = tmp_path / "auto"
+    shutil.copytree(trained_model["test_cohort"], cohort)
+    table = pd.read_csv(cohort / "clinical.csv")
+    malignant = table.index[table["label"] == 1][:2]
+    benign = table.index[table["label"] == 0][:1]
+    unscored = table.loc[[*malignant, *benign], "lesion_id"].tolist()
+    table.loc[[*malignant, *benign], ["mask_path", "mask_label"]] = None
+    table["mask_source"] = np.where(table["mask_path"].isna(), None, "auto")
+    table.to_csv(cohort / "clinical.csv", index=False)
+    result = evaluate_model(trained_model["model"], cohort, tmp_path / "r", ImageCache(trained_model["cache"]), FAST,
+                            progress=False)
+    block = result.metrics["unscored"]
+    assert block["count"] == 3 and block["without_automatic_mask"] == 3
+    assert block["by_label"] == {"benign": 1, "malignant": 2}
+    types = table.set_index("lesion_id").loc[unscored, "lesion_type"].value_counts()
+    assert block["by_lesion_type"] == {k: int(v) for k, v in sorted(types.items())}
+    predictions = pd.read_csv(tmp_path / "r/predictions.csv")
+    assert len(predictions) == len(table) - 3
+    for name, figures in block["as_missed"].items():
+        scores = predictions[f"p_{name}"].to_numpy()
+        labels = np.concatenate([predictions["label"].to_numpy(), [1, 1, 0]])
+        expected = auc_mann_whitney(labels, np.concatenate([scores, [-1.0, -1.0, -1.0]]))
+        assert figures["auc_all_unscored_missed"] == pytest.approx(expected)
+        assert figures["auc_scored"] == pytest.approx(auc_mann_whitney(predictions["label"], scores))
+        assert figures["lesions_all"] == len(table)
+    html = (tmp_path / "r/report.html").read_text(encoding="utf-8")
+    assert "3 lesion(s) have no score</b> (3 without a mask" in html and "Counted as missed" in html

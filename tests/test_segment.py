@@ -154,6 +154,8 @@ def test_iou_hits_and_average_precision_match_hand_computation():
     # two lesions, ranked detections TP, FP, TP: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> AP = 0.5 + 0.5 * 2/3
     assert average_precision([0.9, 0.8, 0.7], [True, False, True], 2) == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert average_precision([0.9], [False], 1) == 0 and np.isnan(average_precision([0.5], [True], 0))
+    # a tie of a hit and a false positive enters together: precision 1/2 at recall 1, whatever their order
+    assert average_precision([1.0, 1.0], [False, True], 1) == average_precision([1.0, 1.0], [True, False], 1) == 0.5
     detections = [{"score": 0.9, "type": "adenoma", "type_probabilities": {"adenoma": 0.8, "metastasis": 0.2}},
                   {"score": 0.8, "type": None, "type_probabilities": {"adenoma": 0.5, "metastasis": 0.5}},
                   {"score": 0.7, "type": "metastasis", "type_probabilities": {"adenoma": 0.9, "metastasis": 0.1}}]
@@ -377,6 +379,52 @@ class _BrightIsLesion(torch.nn.Module):
     def forward(self, x):
         logit = (x[:, :1] - 0.58) * 40  # 45 HU: well above the noise of the background (0 +- 12 HU)
         return torch.cat([-logit, logit], dim=1)
+
+
+def test_a_lesion_merged_with_an_organ_is_re_outlined_at_the_table_size(tmp_path):
+    from fusion_model.cohort import load_cohort
+    from fusion_model.segment.infer import segment_scan, split_oversized
+    from fusion_model.segment.scans import cohort_scans, lesion_queries, load_scan, read_regions
+
+    root = _phantom_cohort(tmp_path / "c", patients=1, seed=3)
+    image = sitk.ReadImage(str(root / "images/P01.nii.gz"))
+    ct = sitk.GetArrayFromImage(image).astype(np.float32)
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "masks/P01.nii.gz"))) > 0
+    z, y, x = np.argwhere(lesion).mean(axis=0).round().astype(int)
+    organ = np.zeros_like(lesion)
+    organ[:, :, x:] = True  # a bright organ from the (left-sided) lesion's centre to the scan's edge: one blob
+    organ[:, : y - 2] = False
+    ct[organ] = 60.0
+    out = sitk.GetImageFromArray(ct.astype(np.int16))
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(root / "images/P01.nii.gz"))
+    diameter = 2 * float((lesion.sum() * 8 / (4 / 3 * np.pi)) ** (1 / 3))  # mm, the sphere of its volume
+    table = pd.read_csv(root / "clinical.csv")
+    assert table.loc[0, "side"] == "left"
+    table["size_mm"] = round(diameter, 1)
+    table.to_csv(root / "clinical.csv", index=False)
+    config = SegmentConfig(spacing_mm=2.0, min_extent_mm=20, patch_voxels=(48, 48, 24), hu_window=(-100, 150),
+                           min_component_mm3=40, refine_voxels=32, refine_test_time_flips=1)
+    (scan,) = cohort_scans(load_cohort(root))
+    volume = load_scan(scan, ["unenhanced"], config, with_target=True,
+                       glands=read_regions(root / "glands", root)["P01"])
+    found = segment_scan(_BrightIsLesion(), _BrightIsLesion(), volume, config, torch.device("cpu"), ["unenhanced"])
+    queries = lesion_queries(scan)
+    (blob,) = [c for c in found.components if c.volume_mm3 > 20 * lesion.sum()]
+    matches = match_lesions(queries, found.components, 0.5, config.match_size_ratio, config.gland_margin_mm)
+    assert matches[0].label is None and "and the table gives" in matches[0].refused[blob.label]
+    split, matches = split_oversized(_BrightIsLesion(), volume, found, queries, matches, 0.5, config,
+                                     torch.device("cpu"), ["unenhanced"])
+    (match,) = matches
+    assert match.label is not None and "re-outlined at the table's size inside component" in match.reason
+    new = next(c for c in split.components if c.label == match.label)
+    assert new.diameter_mm <= config.match_size_ratio * queries[0].size_mm
+    taken = split.labels == match.label
+    assert not (taken & (found.labels != 0) & (found.labels != blob.label)).any()  # from the blob (or background)
+    assert sorted(c.label for c in split.components) == list(range(1, len(split.components) + 1))
+    rest = next(c for c in split.components if c.label == blob.label)
+    assert rest.volume_mm3 == pytest.approx(((split.labels == blob.label).sum()) * 8)  # the blob keeps the rest
+    assert (taken & lesion).sum() > 0.8 * lesion.sum()  # the lesion comes out (a stand-in refiner: with some organ)
 
 
 def test_components_far_from_the_glands_are_suppressed(tmp_path):

@@ -162,8 +162,10 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
         result = predict_scan(segmenter, scan, torch_device, regions.get(scan.patient_id))
         seconds.append(result.seconds)
         masks = lesion_masks(scan, result.reference)
-        probabilities = np.array([c.probability for c in result.components])
         iou, touching = overlaps(result.labels, list(masks))
+        probabilities = np.zeros(iou.shape[1])  # column k is label k + 1
+        for c in result.components:
+            probabilities[c.label - 1] = c.probability
         touch_p = [float(probabilities[t].max()) if t.any() else 0.0 for t in touching]
         touch_fp = [float(p) for p, t in zip(probabilities, touching.any(axis=0)) if not t]
         iou_p, iou_fp = iou_detection(iou, probabilities, IOU_HIT)
@@ -178,7 +180,8 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
             glands = gland_map(truth_glands[scan.patient_id], result.reference, scan.where) > 0
             true_distance = ndimage.distance_transform_edt(~glands, sampling=result.reference.GetSpacing()[::-1])
         types = [_cell(cohort, lesion.lesion_id, "lesion_type") for lesion in scan.lesions]
-        for k, c in enumerate(result.components):
+        for c in result.components:
+            k = c.label - 1
             inside = result.labels == c.label
             distance = float(true_distance[inside].min()) if true_distance is not None else None
             component_rows.append({

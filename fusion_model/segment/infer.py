@@ -13,7 +13,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from fusion_model.config import SegmentConfig
-from fusion_model.segment.matching import Component
+from fusion_model.segment.matching import Component, LesionQuery, Match
 from fusion_model.segment.network import flip_averaged_probability
 from fusion_model.segment.refine import difference_pair, refine_component
 from fusion_model.segment.scans import ScanVolume, body_midline_x
@@ -148,6 +148,8 @@ class SegmentedScan:
     components: list[Component]
     suppressed: list[Component] = field(default_factory=list)
     gland_source: str | None = None
+    gland_distance: np.ndarray | None = None  # mm to the nearest gland voxel, on the reference grid
+    midline_x: float = 0.0
 
 
 def segment_scan(network: torch.nn.Module, refiner: torch.nn.Module | None, volume: ScanVolume,
@@ -160,11 +162,12 @@ def segment_scan(network: torch.nn.Module, refiner: torch.nn.Module | None, volu
     midline = body_midline_x(volume.reference)
     labels, components = find_components(native, volume.reference, config, midline)
     region, source = gland_region(volume, probabilities[1] if len(probabilities) > 1 else None)
-    suppressed = []
-    if region is not None and components:
+    suppressed, distance = [], None
+    if region is not None:
+        distance = gland_distance(region, volume)
+    if distance is not None and components:
         from scipy import ndimage
 
-        distance = gland_distance(region, volume)
         nearest = ndimage.minimum(distance, labels, index=[c.label for c in components])
         components = [replace(c, gland_distance_mm=float(d)) for c, d in zip(components, np.atleast_1d(nearest))]
         suppressed = [replace(c, label=0) for c in components if c.gland_distance_mm > config.gland_margin_mm]
@@ -176,4 +179,82 @@ def segment_scan(network: torch.nn.Module, refiner: torch.nn.Module | None, volu
         components = [replace(c, label=new) for new, c in enumerate(kept, start=1)]
     if refiner is not None and components:
         labels, components = refine_components(refiner, volume, labels, components, config, device, midline, phases)
-    return SegmentedScan(labels, components, suppressed, source)
+    return SegmentedScan(labels, components, suppressed, source, distance, midline)
+
+
+CORE_MM = 6.0  # an oversized component's voxels this close to a gland are where the table's lesion sits
+
+
+def outline_at_size(refiner: torch.nn.Module, volume: ScanVolume, found: SegmentedScan, parent: Component,
+                    size_mm: float, config: SegmentConfig, device: torch.device,
+                    phases: list[str]) -> np.ndarray | None:
+    """A lesion the table gives as ``size_mm`` inside a component far larger (a lesion merged with liver or
+    spleen): the refiner re-outlines it on a crop scaled to ``size_mm``, centred on the component's voxels
+    nearest a gland (or its most probable part when no gland is known). The outline (bool, reference grid, within
+    the parent component's reach) or None when the refiner finds nothing plausible there."""
+    inside = found.labels == parent.label
+    if found.gland_distance is not None:
+        near = inside & (found.gland_distance <= max(CORE_MM, float(found.gland_distance[inside].min()) + CORE_MM))
+    else:
+        near = inside
+    if not near.any():
+        return None
+    zyx = np.argwhere(near).mean(axis=0)
+    reference = volume.reference
+    spacing = np.array(reference.GetSpacing())[::-1]
+    grid = np.indices(inside.shape, sparse=True)
+    ball = sum(((axis - c) * s) ** 2 for axis, c, s in zip(grid, zyx, spacing)) <= (size_mm / 2) ** 2
+    outline = refine_component(refiner, volume.phase_images, ball, reference, config, device,
+                               difference_pair(phases, config), grow=False)
+    if outline is ball:  # the refiner found nothing there
+        return None
+    outline = outline & ((found.labels == 0) | inside)
+    if not outline.any():
+        return None
+    extent = axial_extent_mm(outline, reference.GetSpacing())
+    ratio = extent / size_mm
+    return outline if 1 / config.match_size_ratio <= ratio <= config.match_size_ratio else None
+
+
+def split_oversized(refiner: torch.nn.Module, volume: ScanVolume, found: SegmentedScan, queries: list[LesionQuery],
+                    matches: list[Match], threshold: float, config: SegmentConfig, device: torch.device,
+                    phases: list[str]) -> tuple[SegmentedScan, list[Match]]:
+    """For each lesion left without a component while a free one on its side is far larger than its ``size_mm``
+    (merged with neighbouring organ), the lesion re-outlined at its size inside that component
+    (:func:`outline_at_size`): a new component, its voxels taken from the large one, and a reason saying so."""
+    labels, components, matches = found.labels.copy(), list(found.components), list(matches)
+    taken = {m.label for m in matches if m.label is not None}
+    voxel_mm3 = float(np.prod(volume.reference.GetSpacing()))
+    for i, (query, match) in enumerate(zip(queries, matches)):
+        if match.label is not None or not query.size_mm:
+            continue
+        candidates = [c for c in sorted(components, key=lambda c: -c.probability)
+                      if c.label not in taken and c.probability >= threshold
+                      and (query.side is None or c.side == query.side)
+                      and c.diameter_mm > config.match_size_ratio * query.size_mm]
+        for parent in candidates:
+            outline = outline_at_size(refiner, volume, replace(found, labels=labels), parent, query.size_mm, config,
+                                      device, phases)
+            if outline is None:
+                continue
+            rest = (labels == parent.label) & ~outline
+            label = int(labels.max()) + 1 if rest.any() else parent.label  # keeps labels 1..n
+            labels[outline] = label
+            zyx = np.argwhere(outline).mean(axis=0)
+            centroid = tuple(float(v) for v in volume.reference.TransformContinuousIndexToPhysicalPoint(
+                [float(v) for v in zyx[::-1]]))
+            distance = None if found.gland_distance is None else float(found.gland_distance[outline].min())
+            new = Component(label, float(outline.sum()) * voxel_mm3, parent.probability, centroid,
+                            "left" if centroid[0] > found.midline_x else "right",
+                            axial_extent_mm(outline, volume.reference.GetSpacing()), distance)
+            components = [c if c.label != parent.label else replace(
+                c, volume_mm3=float(rest.sum()) * voxel_mm3, diameter_mm=axial_extent_mm(
+                    rest, volume.reference.GetSpacing())) for c in components if rest.any() or c.label != label]
+            components.append(new)
+            taken.add(label)
+            matches[i] = Match(label, f"component {label} ({new.describe()}): re-outlined at the table's size inside "
+                                      f"component {parent.label} ({parent.describe()}), which is "
+                                      f"{parent.diameter_mm:.0f} mm across against size_mm {query.size_mm:g}",
+                               match.refused)
+            break
+    return replace(found, labels=labels, components=sorted(components, key=lambda c: c.label)), matches

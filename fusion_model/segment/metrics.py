@@ -169,19 +169,23 @@ def iou_detection(iou: np.ndarray, probabilities: np.ndarray, minimum: float = 0
 
 
 def average_precision(scores, true_positive, positives: int) -> float:
-    """Area under the precision-recall curve (all-point interpolation, as in PASCAL VOC 2010+ and COCO's
-    per-class AP before its recall sampling) of detections ranked by score; NaN without positives."""
+    """Area under the precision-recall curve of detections ranked by score, with the precision envelope (all-point
+    interpolation, as PASCAL VOC 2010+ and COCO's per-class AP before its recall sampling); detections of equal
+    score enter together, so a tie of hits and false positives is not ordered by chance. NaN without
+    positives."""
     if positives <= 0:
         return float("nan")
     scores = np.asarray(scores, dtype=float)
-    tp = np.asarray(true_positive, dtype=bool)[np.argsort(-scores, kind="stable")]
+    tp = np.asarray(true_positive, dtype=bool)
     if not len(tp):
         return 0.0
-    cum_tp = np.cumsum(tp)
-    precision = cum_tp / np.arange(1, len(tp) + 1)
-    recall = cum_tp / positives
-    precision = np.maximum.accumulate(precision[::-1])[::-1]  # the precision envelope
-    recall = np.concatenate([[0.0], recall])
+    order = np.argsort(-scores, kind="stable")
+    scores, tp = scores[order], tp[order]
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]  # the ranks where a distinct score ends
+    cum_tp = np.cumsum(tp)[last_of_tie]
+    ranked = np.arange(1, len(tp) + 1)[last_of_tie]
+    precision = np.maximum.accumulate((cum_tp / ranked)[::-1])[::-1]  # the precision envelope
+    recall = np.concatenate([[0.0], cum_tp / positives])
     return float(np.sum((recall[1:] - recall[:-1]) * precision))
 
 

@@ -40,7 +40,7 @@ from fusion_model.fileio import atomic_directory, check_output_dir, link_or_copy
 from fusion_model.imaging.io import read_image_header
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter, load_segmenter
-from fusion_model.segment.infer import segment_scan
+from fusion_model.segment.infer import segment_scan, split_oversized
 from fusion_model.segment.matching import Component, Match, match_lesions
 from fusion_model.segment.scans import (
     Region,
@@ -101,8 +101,12 @@ def predict_scan(segmenter: Segmenter, scan: ScanRecord, device: torch.device,
                        spacing_range=segmenter.spacing_range)
     found = segment_scan(segmenter.network, segmenter.refiner, volume, segmenter.config, device, segmenter.phases)
     config = segmenter.config
-    matches = match_lesions(lesion_queries(scan), found.components, segmenter.match_threshold,
-                            config.match_size_ratio, config.gland_margin_mm, found.suppressed)
+    queries = lesion_queries(scan)
+    matches = match_lesions(queries, found.components, segmenter.match_threshold, config.match_size_ratio,
+                            config.gland_margin_mm, found.suppressed)
+    if segmenter.refiner is not None and any(m.label is None for m in matches):
+        found, matches = split_oversized(segmenter.refiner, volume, found, queries, matches,
+                                         segmenter.match_threshold, config, device, segmenter.phases)
     return ScanPrediction(found.labels, found.components, matches, volume.reference, time.perf_counter() - started,
                           found.suppressed, found.gland_source)
 

@@ -101,15 +101,16 @@ def _touches_border(mask: np.ndarray) -> bool:
 @torch.no_grad()
 def refine_component(refiner: torch.nn.Module, images: list[sitk.Image], component: np.ndarray,
                      reference: sitk.Image, config: SegmentConfig, device: torch.device,
-                     difference: tuple[int, int] | None = None) -> np.ndarray:
+                     difference: tuple[int, int] | None = None, grow: bool = True) -> np.ndarray:
     """The refined outline (bool array on the reference grid) of one component; the component itself when the
-    refiner finds nothing at its centre."""
+    refiner finds nothing at its centre. An outline touching the crop's border is outlined again on a larger
+    crop, unless not ``grow`` (a lesion of known size)."""
     from scipy import ndimage
 
     centre, extent = lesion_box_mm(component, reference)
     edge = crop_edge_mm(extent, config)
     refiner.eval()
-    for _ in range(MAX_GROWTHS + 1):
+    for _ in range(MAX_GROWTHS + 1 if grow else 1):
         image, grid = crop_on(images, centre, edge, config, reference.GetDirection(), difference)
         probability = flip_averaged_probability(refiner, refiner, torch.from_numpy(image)[None].to(device),
                                                 config.refine_test_time_flips, device)[0]

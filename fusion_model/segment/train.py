@@ -56,7 +56,7 @@ from fusion_model.segment.scans import (
     lesion_queries,
     load_scan,
 )
-from fusion_model.training import TrainingLoop
+from fusion_model.training import TrainingLoop, cpu_bfloat16_supported
 
 BACKGROUND_SAMPLES = 50_000  # background patch centres kept per scan (uniform subsample)
 
@@ -160,6 +160,7 @@ class DetectorLoss(torch.nn.Module):
         self.gland = DiceCELoss(sigmoid=True)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch: logits (batch, 2 or 3, z, y, x), target (batch, 1 or 2, z, y, x)."""
         loss = self.lesion(logits[:, :2], target[:, :1])
         if logits.shape[1] > 2:
             loss = loss + self.gland(logits[:, 2:3], target[:, 1:2].float())
@@ -204,9 +205,10 @@ def _fit(stage: str, in_channels: int, out_channels: int, config: SegmentConfig,
                                                                            / total_steps) ** 0.9)
     loss_function = DetectorLoss()
     # a checkpoint of other settings is overwritten: the same --out, a new run
+    bfloat16 = config.cpu_precision == "bfloat16" or (config.cpu_precision == "auto" and cpu_bfloat16_supported())
     loop = TrainingLoop(network, optimizer, scheduler, device, config.seed, salt=(len(stage),), checkpoint=checkpoint,
                         run_key=run_key, refuse_other_runs=False, progress=progress,
-                        description=f"training the {stage}")
+                        description=f"training the {stage}", cpu_bfloat16=bfloat16)
     state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "best_model": None}
     resumed = None
     restored = loop.resume(state)
