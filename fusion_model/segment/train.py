@@ -38,7 +38,7 @@ from fusion_model.errors import UserInputError
 from fusion_model.fileio import check_output_dir
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter
-from fusion_model.segment.infer import patch_zyx, probability_map, segment_scan
+from fusion_model.segment.infer import patch_zyx, probability_map, segment_scan, split_oversized
 from fusion_model.segment.matching import match_lesions
 from fusion_model.segment.metrics import (
     DetectionRecord,
@@ -346,8 +346,12 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
                              phases)
         masks = volume.lesion_masks
         detection.add_scan(found.labels, {c.label: c.probability for c in found.components}, list(masks))
-        matched = match_lesions(lesion_queries(scan), found.components, config.match_min_probability or 0.0,
+        queries = lesion_queries(scan)
+        matched = match_lesions(queries, found.components, config.match_min_probability or 0.0,
                                 config.match_size_ratio, config.gland_margin_mm, found.suppressed)
+        if refiner is not None and any(m.label is None for m in matched):
+            found, matched = split_oversized(refiner.network, volume, found, queries, matched,
+                                             config.match_min_probability or 0.0, config, torch_device, phases)
         spacing_zyx = tuple(reversed(volume.reference.GetSpacing()))
         for mask, match in zip(masks, matched):
             lesion_dice.append(overlap_metrics(found.labels == match.label if match.label else np.zeros_like(mask),
