@@ -19,6 +19,7 @@ from fusion_model.segment.matching import Component, LesionQuery, match_lesions
 from fusion_model.segment.metrics import (
     DetectionRecord,
     average_precision,
+    classification_ap,
     detection_ap_by_type,
     hits_by_iou,
     iou_detection,
@@ -165,7 +166,13 @@ def test_iou_hits_and_average_precision_match_hand_computation():
     # classification: metastasis scores 0.18, 0.4, 0.07 -> the hit ranks third: precision 1/3
     assert ap["classification"]["metastasis"] == pytest.approx(1 / 3)
     assert ap["mean_detection_ap"] == pytest.approx(0.75)
-
+    # against heads that merged metastasis into 'rare': a metastasis hit counts for 'rare'
+    heads = pd.DataFrame({"adenoma": [0.8, 0.5, 0.9], "rare": [0.2, 0.5, 0.1]}, index=["a", "b", "c"])
+    for d, name in zip(detections, "abc"):
+        d["id"] = name
+    merged = classification_ap(detections, ["adenoma", "metastasis"], heads)
+    assert set(merged["per_type"]) == {"adenoma", "rare"}
+    assert merged["per_type"]["rare"] == pytest.approx(1 / 3)  # rare scores 0.18, 0.4, 0.07: the hit ranks third
 
 # ---------------------------------------------------------------- scans, regions, bad input
 

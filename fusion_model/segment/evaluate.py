@@ -36,6 +36,7 @@ from fusion_model.segment.classify import ComponentCohort, component_id
 from fusion_model.segment.metrics import (
     SURFACE_TOLERANCE_MM,
     DetectionRecord,
+    classification_ap,
     detection_ap_by_type,
     hits_by_iou,
     iou_detection,
@@ -243,18 +244,12 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
             by_set, unreadable = component_cohort.type_probabilities(risk_model, cache or ImageCache(None))
         finally:
             workdir.cleanup()
-        per_set = {}
-        for name, frame in by_set.items():
-            scored = [{**d, "type_probabilities": frame.loc[d["id"]].to_dict() if d["id"] in frame.index else {}}
-                      for d in detections]
-            per_set[name] = detection_ap_by_type(scored, lesion_types)
+        per_set = {name: classification_ap(detections, lesion_types, frame) for name, frame in by_set.items()}
         if per_set:
             first = next(iter(per_set.values()))
-            ap["classification"] = first.get("classification", {})
-            ap["mean_classification_ap"] = first.get("mean_classification_ap")
-            ap["classification_by_phase_set"] = {name: {"per_type": r.get("classification", {}),
-                                                        "mean": r.get("mean_classification_ap")}
-                                                 for name, r in per_set.items()}
+            ap["classification"] = first["per_type"]
+            ap["mean_classification_ap"] = first["mean"]
+            ap["classification_by_phase_set"] = per_set
             ap["risk_model"] = str(risk_model)
             ap["components_not_scored"] = unreadable
     metrics = json_safe({

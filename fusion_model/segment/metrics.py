@@ -213,3 +213,20 @@ def detection_ap_by_type(detections: list[dict], lesion_types: list[str]) -> dic
     if not out["classification"]:
         del out["classification"]
     return out
+
+
+def classification_ap(detections: list[dict], lesion_types: list[str], probabilities) -> dict:
+    """Classification average precision per class of a model's lesion-type heads (``probabilities``: a frame of
+    type probabilities, index the detections' ``id``, one column per class): types the heads merged into their
+    ``rare`` class count as that class; a detection the model could not score has probability 0."""
+    classes = list(probabilities.columns)
+    rare = "rare" if "rare" in classes else None
+
+    def as_class(kind):
+        return kind if kind is None or kind in classes or rare is None else rare
+
+    scored = [{**d, "type": as_class(d["type"]),
+               "type_probabilities": probabilities.loc[d["id"]].to_dict() if d["id"] in probabilities.index else {}}
+              for d in detections]
+    result = detection_ap_by_type(scored, [as_class(t) for t in lesion_types])
+    return {"per_type": result.get("classification", {}), "mean": result.get("mean_classification_ap")}
