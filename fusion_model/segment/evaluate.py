@@ -44,7 +44,7 @@ from fusion_model.segment.metrics import (
     overlaps,
     summarise,
 )
-from fusion_model.segment.predict import check_cohort_for_segmenter, predict_scan, unscored_counts
+from fusion_model.segment.predict import check_cohort_for_segmenter, predict_scan, table_cell, unscored_counts
 from fusion_model.segment.report import write_segment_report
 from fusion_model.segment.scans import Region, cohort_gland_regions, cohort_scans, gland_map, lesion_masks
 
@@ -103,14 +103,6 @@ class SegmentEvaluation:
     out: Path
     views: list[LesionView] = field(default_factory=list)
     components: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-def _cell(cohort, lesion_id: str, column: str):
-    """One cell of the cohort's table (None when the column is absent or the cell empty)."""
-    if column not in cohort.table:
-        return None
-    value = cohort.table.loc[cohort.table["lesion_id"] == lesion_id, column].iloc[0]
-    return None if pd.isna(value) else value.item() if hasattr(value, "item") else value
 
 
 def false_positive_summary(components: pd.DataFrame, threshold: float, scans: int) -> dict:
@@ -180,7 +172,7 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
 
             glands = gland_map(truth_glands[scan.patient_id], result.reference, scan.where) > 0
             true_distance = ndimage.distance_transform_edt(~glands, sampling=result.reference.GetSpacing()[::-1])
-        types = [_cell(cohort, lesion.lesion_id, "lesion_type") for lesion in scan.lesions]
+        types = [table_cell(cohort, lesion.lesion_id, "lesion_type") for lesion in scan.lesions]
         for c in result.components:
             k = c.label - 1
             inside = result.labels == c.label
@@ -207,7 +199,7 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
             predicted = result.labels == match.label if match.label is not None else np.zeros_like(mask)
             figures = overlap_metrics(predicted, mask, spacing_zyx)
             rows.append({"lesion_id": lesion.lesion_id, "patient_id": lesion.patient_id, "centre": lesion.centre,
-                         **{c: _cell(cohort, lesion.lesion_id, c) for c in ("label", "lesion_type")
+                         **{c: table_cell(cohort, lesion.lesion_id, c) for c in ("label", "lesion_type")
                             if c in cohort.table},
                          "side": side, "found": match.label is not None, "component": match.label,
                          "component_probability": touch_p[k], "iou_hit_probability": iou_p[k],

@@ -111,6 +111,14 @@ def predict_scan(segmenter: Segmenter, scan: ScanRecord, device: torch.device,
                           found.suppressed, found.gland_source)
 
 
+def table_cell(cohort: Cohort, lesion_id: str, column: str):
+    """One cell of the cohort's table for a lesion (None when the column is absent or the cell empty)."""
+    if column not in cohort.table:
+        return None
+    value = cohort.table.loc[cohort.table["lesion_id"] == lesion_id, column].iloc[0]
+    return None if pd.isna(value) else value.item() if hasattr(value, "item") else value
+
+
 def unscored_counts(frame: pd.DataFrame) -> dict:
     """Lesions left without an automatic mask, counted by label and by lesion type (where the table has them)."""
     out: dict = {"count": int(len(frame))}
@@ -203,8 +211,8 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
             found_ids = []
             for k, (lesion, match) in enumerate(zip(scan.lesions, result.matches)):
                 row = row_of[lesion.lesion_id]
-                truth = {c: cohort.table.loc[cohort.table["lesion_id"] == lesion.lesion_id, c].iloc[0]
-                         for c in ("label", "lesion_type") if c in cohort.table}
+                truth = {c: table_cell(cohort, lesion.lesion_id, c) for c in ("label", "lesion_type")
+                         if c in cohort.table}
                 matching_rows.append({"lesion_id": lesion.lesion_id, "patient_id": lesion.patient_id, "row": lesion.row,
                                       "side": scan.sides[k], "size_mm": scan.sizes_mm[k],
                                       "component": match.label, "gland_source": result.gland_source or "none",
