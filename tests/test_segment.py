@@ -177,7 +177,8 @@ def test_iou_hits_and_average_precision_match_hand_computation():
 # ---------------------------------------------------------------- scans, regions, bad input
 
 
-GLAND_BOXES = {"right": (slice(9, 15), slice(20, 28), slice(11, 15)), "left": (slice(9, 15), slice(20, 28), slice(33, 37))}
+GLAND_BOXES = {"right": (slice(9, 15), slice(20, 28), slice(11, 15)),
+               "left": (slice(9, 15), slice(20, 28), slice(33, 37))}
 DISTRACTOR = ((12, 42, 24), 4.0)  # (z, y, x) voxel centre and radius: about 26 mm from either gland
 
 

@@ -88,4 +88,3 @@ class ComponentCohort:
             if types:
                 out[name] = types[fitted.primary_variant].rename(columns=lambda c: c.removeprefix("p_type_"))
         return out, len(errors)
-

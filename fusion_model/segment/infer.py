@@ -162,9 +162,8 @@ def segment_scan(network: torch.nn.Module, refiner: torch.nn.Module | None, volu
     midline = body_midline_x(volume.reference)
     labels, components = find_components(native, volume.reference, config, midline)
     region, source = gland_region(volume, probabilities[1] if len(probabilities) > 1 else None)
-    suppressed, distance = [], None
-    if region is not None:
-        distance = gland_distance(region, volume)
+    suppressed = []
+    distance = gland_distance(region, volume) if region is not None else None
     if distance is not None and components:
         from scipy import ndimage
 
@@ -190,7 +189,7 @@ def outline_at_size(refiner: torch.nn.Module, volume: ScanVolume, found: Segment
                     phases: list[str]) -> np.ndarray | None:
     """A lesion the table gives as ``size_mm`` inside a component far larger (a lesion merged with liver or
     spleen): the refiner re-outlines it on a crop scaled to ``size_mm``, centred on the component's voxels
-    nearest a gland (or its most probable part when no gland is known). The outline (bool, reference grid, within
+    nearest a gland (or on its centre when no gland is known). The outline (bool, reference grid, within
     the parent component's reach) or None when the refiner finds nothing plausible there."""
     inside = found.labels == parent.label
     if found.gland_distance is not None:

@@ -317,8 +317,8 @@ def _region_bounds(region: Region | None, reference: sitk.Image, margin_mm: floa
         corners = np.array([[x, y, z] for x in box[0] for y in box[1] for z in box[2]]) @ direction
     else:
         inside = np.argwhere((gland_map(region, reference, where) if glands is None else glands) > 0)
-        corners_index = [[i, j, k] for i in (inside[:, 2].min(), inside[:, 2].max())
-                         for j in (inside[:, 1].min(), inside[:, 1].max()) for k in (inside[:, 0].min(), inside[:, 0].max())]
+        lo, hi = inside.min(axis=0)[::-1], inside.max(axis=0)[::-1]  # x, y, z
+        corners_index = [[i, j, k] for i in (lo[0], hi[0]) for j in (lo[1], hi[1]) for k in (lo[2], hi[2])]
         corners = np.array([reference.TransformIndexToPhysicalPoint([int(v) for v in c])
                             for c in corners_index]) @ direction
     region_lower = np.maximum(corners.min(axis=0) - margin_mm, lower)

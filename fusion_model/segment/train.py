@@ -312,7 +312,8 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
         return float(np.mean([_scan_dice(probability_map(network, v.image, config, torch_device)[0], v.target,
                                          config.voxel_threshold) for v in val_volumes]))
 
-    detector = _fit("detector", len(phases), 3 if learn_glands else 2, config, config.epochs, detector_batch, detector_score, transform,
+    detector = _fit("detector", len(phases), 3 if learn_glands else 2, config, config.epochs, detector_batch,
+                    detector_score, transform,
                     checkpoint, run_key, torch_device, progress, on_epoch)
     refiner = None
     if config.refine:
@@ -335,7 +336,8 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
                                              config.voxel_threshold))
             return float(np.mean(scores))
 
-        refiner = _fit("refiner", refiner_channels(phases, config), 2, config, config.refine_epochs, refiner_batch, refiner_score,
+        refiner = _fit("refiner", refiner_channels(phases, config), 2, config, config.refine_epochs, refiner_batch,
+                       refiner_score,
                        crop_transform, refiner_checkpoint, run_key,
                        torch_device, progress, on_epoch)
 
