@@ -64,10 +64,10 @@ class ComponentCohort:
             row.update(lesion_id=component_id(scan.key, c.label), side=c.side, mask_path=mask, mask_label=c.label)
             self.rows.append(row)
 
-    def type_probabilities(self, model_dir: Path, cache) -> tuple[dict[str, pd.DataFrame], int]:
+    def type_probabilities(self, model_dir: Path, cache, model=None) -> tuple[dict[str, pd.DataFrame], int]:
         """Per phase set (the full model, then each per-phase model) the primary variant's type probabilities
         of the components (index: component id; columns: type names), and how many components could not be
-        read."""
+        read. ``model``: the model at ``model_dir`` when the caller has loaded it already."""
         from fusion_model import pipeline
         from fusion_model.artifact import load_model, load_phase_models
 
@@ -78,7 +78,7 @@ class ComponentCohort:
         table.to_csv(self.folder / TABLE_FILE, index=False)
         write_cohort_spec(self.folder, self.cohort.spec.model_copy(update={"name": "segmenter components"}))
         cohort = load_cohort(self.folder)
-        model = load_model(model_dir)
+        model = model if model is not None else load_model(model_dir)
         models = {ALL_PHASES: model, **load_phase_models(model_dir, manifest=model.manifest_)}
         data, errors, _ = pipeline.lesion_data(cohort, model.config, cache, progress=False)
         out = {}

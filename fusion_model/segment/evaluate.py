@@ -139,7 +139,8 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
     if risk_model is not None:
         from fusion_model.artifact import load_model
 
-        if not load_model(risk_model).subtypes_:
+        risk = load_model(risk_model)
+        if not risk.subtypes_:
             raise UserInputError(f"{risk_model}: the risk model has no lesion-type heads; train it with 'targets: "
                                  "[malignancy, lesion_type]' to score the components' types")
     workdir = tempfile.TemporaryDirectory(prefix=".components-", dir=Path(out).resolve().parent) \
@@ -233,7 +234,7 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
         from fusion_model.imaging.cache import ImageCache
 
         try:
-            by_set, unreadable = component_cohort.type_probabilities(risk_model, cache or ImageCache(None))
+            by_set, unreadable = component_cohort.type_probabilities(risk_model, cache or ImageCache(None), risk)
         finally:
             workdir.cleanup()
         per_set = {name: classification_ap(detections, lesion_types, frame) for name, frame in by_set.items()}
