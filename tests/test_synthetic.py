@@ -149,3 +149,25 @@ def test_gland_outlines_are_written_as_totalsegmentator_writes_them(synthetic_co
                 assert np.min(np.linalg.norm(gland - centre, axis=1)) < 12
         # right gland at lower x (LPS: + is the patient's left)
         assert np.argwhere(glands == GLAND_RIGHT)[:, 2].mean() < np.argwhere(glands == GLAND_LEFT)[:, 2].mean()
+
+
+def test_fat_lies_inside_a_pseudocapsule():
+    """A fat-containing lesion (myelolipoma) keeps a soft-tissue rim: its outline can be drawn against the
+    periadrenal fat, as a reader draws it."""
+    from scipy import ndimage
+
+    from fusion_model.synthetic import phantom
+
+    grid = phantom.Grid(origin=(-40.0, -40.0, -30.0), spacing=(1.0, 1.0, 2.5), shape=(24, 80, 80))
+    latents = {"irregularity": 0.1, "texture_sd_hu": 10.0, "unenhanced_hu": 30.0, "arterial_enhancement_hu": 25.0,
+               "venous_enhancement_hu": 30.0, "washout_fraction": 0.4, "necrosis": 0.0, "macroscopic_fat": 1.0,
+               "calcification": 0.0}
+    for seed in range(5):
+        drawing = phantom.draw_lesion(grid, (0.0, 0.0, 0.0), latents, (18.0, 15.0, 16.0), 0.3, False,
+                                      np.random.default_rng(seed))
+        fat = drawing.mask & (drawing.hu[0] < -50)
+        depth = ndimage.distance_transform_edt(drawing.mask, sampling=(2.5, 1.0, 1.0))
+        assert fat.sum() > 0.2 * drawing.mask.sum()  # it is a fat-containing lesion
+        assert depth[fat].min() > phantom.PSEUDOCAPSULE_MM  # and no fat voxel touches its outline
+        rim = drawing.mask & (depth <= 1.0)
+        assert np.median(drawing.hu[0][rim]) > 0  # the rim is soft tissue

@@ -38,6 +38,7 @@ HU_TABLE = np.array([row[1:] for row in TISSUES], dtype=np.float32)  # (labels, 
 FLUID_HU = 15.0
 FAT_HU = -90.0
 CALCIFICATION_HU = 550.0
+PSEUDOCAPSULE_MM = 2.0  # soft tissue between a fat-containing lesion's fat and its outline
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,14 @@ def draw_lesion(grid: Grid, centre: tuple[float, float, float], latents: dict, s
         necrotic = mask & (rho < 0.8) & (field(0.2 * max(semi_axes) + 3) > 0.4)
         hu[:, necrotic] = FLUID_HU + 0.3 * texture[necrotic]
     if latents["macroscopic_fat"] >= 0.5:
+        # the fat lies inside a soft-tissue pseudocapsule (myelolipomas are well circumscribed): fat touching the
+        # periadrenal fat would leave an outline that no reader could draw
         fat_fraction = rng.uniform(0.3, 0.8)
         fat_field = field(0.15 * max(semi_axes) + 3)
-        threshold = np.quantile(fat_field[mask], 1 - fat_fraction) if mask.any() else np.inf
-        fat = mask & (fat_field >= threshold)
+        inside_capsule = ndimage.distance_transform_edt(mask, sampling=(sz, sy, sx)) > PSEUDOCAPSULE_MM
+        candidates = inside_capsule if inside_capsule.any() else mask
+        threshold = np.quantile(fat_field[candidates], 1 - fat_fraction) if candidates.any() else np.inf
+        fat = candidates & (fat_field >= threshold)
         hu[:, fat] = FAT_HU + 0.5 * texture[fat]
     if latents["calcification"] >= 0.5:
         inside = np.argwhere(mask & (rho < 0.85))
