@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fusion_model.console import CacheOption, ci_text, console, fmt_auc, labelled, macro_text
+from fusion_model.console import (
+    CacheOption,
+    SchedulerOption,
+    WorkersOption,
+    ci_text,
+    console,
+    fmt_auc,
+    labelled,
+    macro_text,
+)
 from fusion_model.evaluate.commands import small_classes_text
 
 app = typer.Typer()
@@ -63,15 +72,19 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     device: Annotated[str, typer.Option("--device", help="where the encoder trains: cpu (the default), cuda "
                                                          "(mixed precision) or auto (CUDA when present)")] = "cpu",
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Train the encoder, the heads of every variant and the calibration; write a model artifact."""
     from fusion_model.imaging.cache import ImageCache
     from fusion_model import pipeline
     from fusion_model.config import load_experiment
+    from fusion_model.engine import Engine, EngineSettings
 
     experiment = load_experiment(config)
-    run = pipeline.train(experiment, cohort, out, ImageCache.at(cache), test_centre=test_centre, strict=strict,
-                         overwrite=overwrite, device=device)
+    with Engine(EngineSettings(workers, scheduler)) as engine:
+        run = pipeline.train(experiment, cohort, out, ImageCache.at(cache), test_centre=test_centre, strict=strict,
+                             overwrite=overwrite, device=device, engine=engine)
     for error in run.errors:
         labelled("unreadable", "red", f" lesion {error.lesion_id} (row {error.row}): {error.message}")
     for note in run.notes[:20]:
@@ -89,14 +102,18 @@ def predict(
     strict: Annotated[bool, typer.Option("--strict")] = False,
     all_variants: Annotated[bool, typer.Option("--all-variants", help="type probabilities of every variant, "
                                                                       "not only the primary's")] = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Malignancy probability per lesion (every variant, and the guideline rules) and, for a model with subtype
     heads, the probability of each lesion type, as CSV."""
     from fusion_model.imaging.cache import ImageCache
     from fusion_model import pipeline
+    from fusion_model.engine import Engine, EngineSettings
 
-    predictions, errors = pipeline.predict(model, cohort, out, ImageCache.at(cache), strict=strict,
-                                           all_variants=all_variants)
+    with Engine(EngineSettings(workers, scheduler)) as engine:
+        predictions, errors = pipeline.predict(model, cohort, out, ImageCache.at(cache), strict=strict,
+                                               all_variants=all_variants, engine=engine)
     if not any(c.startswith("p_type_") for c in predictions.columns):
         console.print("no lesion-type probabilities (p_type_*): this model has no subtype heads; train it with "
                       "'targets: [malignancy, lesion_type]' in the experiment to add them")

@@ -19,6 +19,11 @@ if not console.is_terminal:
 err_console = Console(stderr=True, markup=False)
 
 CacheOption = Annotated[Path | None, typer.Option(help="image cache directory (default ~/.cache/fusion-model)")]
+WorkersOption = Annotated[int | None, typer.Option(
+    "--workers", help="read the images on a local Dask cluster of N worker processes (default: in this process)")]
+SchedulerOption = Annotated[str | None, typer.Option(
+    "--scheduler", help="read the images on the Dask cluster at this address (e.g. tcp://HOST:8786); the workers "
+    "must see the cohort and the cache at the same paths")]
 
 
 def labelled(label: str, style: str, text: str = "", out: Console | None = None) -> None:

@@ -16,6 +16,7 @@ from fusion_model.cohort import Cohort, load_cohort, mask_sources
 from fusion_model.cohort.spec import COHORT_FILE, TABLE_FILE
 from fusion_model.config import ExperimentConfig
 from fusion_model.encoder.weights import check_pretrained
+from fusion_model.engine import Engine
 from fusion_model.errors import UserInputError
 from fusion_model.features.table import fill_radiological
 from fusion_model.fileio import atomic_write_text, check_output_dir, sha256_file
@@ -40,9 +41,10 @@ def cohort_fingerprint(cohort: Cohort) -> str:
 
 
 def lesion_data(cohort: Cohort, config: ExperimentConfig, cache: ImageCache, strict: bool = False,
-                progress: bool = True) -> tuple[LesionData, list[LesionError], list[str]]:
-    """Crops, image features and the table (size / HU filled from images) of the readable lesions."""
-    images = cohort.images(config.preprocess, cache, strict=strict, progress=progress)
+                progress: bool = True, engine: Engine | None = None) -> tuple[LesionData, list[LesionError], list[str]]:
+    """Crops, image features and the table (size / HU filled from images) of the readable lesions (read on
+    ``engine``: this process by default)."""
+    images = cohort.images(config.preprocess, cache, strict=strict, progress=progress, engine=engine)
     table = cohort.table.set_index("lesion_id").loc[images.lesion_ids]
     table, notes = fill_radiological(table, images.features)
     extra = tuple(f.name for f in cohort.spec.extra_features)
@@ -51,7 +53,7 @@ def lesion_data(cohort: Cohort, config: ExperimentConfig, cache: ImageCache, str
 
 
 def second_reader_crops(cohort: Cohort, data: LesionData, config: ExperimentConfig, cache: ImageCache,
-                        progress: bool = True) -> tuple[np.ndarray, int]:
+                        progress: bool = True, engine: Engine | None = None) -> tuple[np.ndarray, int]:
     """Crops around each lesion's second outline (``mask_path_b``), the first outline's where there is none, in
     the rows of ``data``; and how many lesions have a second outline. A bad second mask is refused."""
     table = cohort.table
@@ -64,7 +66,8 @@ def second_reader_crops(cohort: Cohort, data: LesionData, config: ExperimentConf
     swapped["mask_label"] = first_labels.astype("Int64").where(~has_b, second_labels.astype("Int64"))
     second = Cohort(cohort.root, cohort.spec, swapped, cohort.lines).subset(data.table.index)
     try:
-        images = second.images(config.preprocess, cache, features=False, strict=True, progress=progress)
+        images = second.images(config.preprocess, cache, features=False, strict=True, progress=progress,
+                               engine=engine)
     except UserInputError as err:
         raise UserInputError(f"second reader's mask (mask_path_b): {err}") from None
     row_of = {lesion_id: i for i, lesion_id in enumerate(images.lesion_ids)}
@@ -132,9 +135,10 @@ class TrainRun:
 
 
 def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCache, test_centre: str | None = None,
-          strict: bool = False, overwrite: bool = False, progress: bool = True, device: str = "cpu") -> TrainRun:
+          strict: bool = False, overwrite: bool = False, progress: bool = True, device: str = "cpu",
+          engine: Engine | None = None) -> TrainRun:
     """Train on a cohort's training part, score its test part, and write the artifact. ``device``: where the
-    encoder trains (cpu, cuda with mixed precision, or auto)."""
+    encoder trains (cpu, cuda with mixed precision, or auto); ``engine``: where the lesions are read."""
     from fusion_model.devices import resolve_device
 
     out = Path(out)
@@ -148,12 +152,13 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     check_trainable(cohort.table[train_mask], config, cohort.root / TABLE_FILE)
     if config.compare_phases:
         check_phases_to_compare(cohort)
-    data, errors, notes = lesion_data(cohort, config, cache, strict, progress)
+    data, errors, notes = lesion_data(cohort, config, cache, strict, progress, engine)
     if len(data.table) == 0:
         raise UserInputError(f"{cohort_dir}: no lesion could be read; see the errors above")
     second_reader_lesions = 0
     if "b" in config.masks:
-        data.second_reader_crops, second_reader_lesions = second_reader_crops(cohort, data, config, cache, progress)
+        data.second_reader_crops, second_reader_lesions = second_reader_crops(cohort, data, config, cache, progress,
+                                                                                   engine)
     train_ids = set(cohort.table["lesion_id"][train_mask])
     is_train = data.table.index.isin(train_ids)
     train_data = data.subset(np.flatnonzero(is_train))
@@ -249,25 +254,26 @@ class ScoringSession:
         check_cohort_matches_model(cohort, model)
         return cls(model, cohort)
 
-    def read(self, cache: ImageCache, purpose: str, strict: bool = False,
-             progress: bool = True) -> tuple[LesionData, list[LesionError]]:
-        """The readable lesions with the unreadable ones as errors; a cohort with none is refused, saying what
-        it was read for."""
-        data, errors, _ = lesion_data(self.cohort, self.model.config, cache, strict, progress)
+    def read(self, cache: ImageCache, purpose: str, strict: bool = False, progress: bool = True,
+             engine: Engine | None = None) -> tuple[LesionData, list[LesionError]]:
+        """The readable lesions (read on ``engine``) with the unreadable ones as errors; a cohort with none is
+        refused, saying what it was read for."""
+        data, errors, _ = lesion_data(self.cohort, self.model.config, cache, strict, progress, engine)
         if len(data.table) == 0:
             raise UserInputError(f"{self.cohort.root}: no lesion could be read; nothing to {purpose}")
         return data, errors
 
 
 def predict(model_dir: Path, cohort_dir: Path, out_csv: Path, cache: ImageCache, strict: bool = False,
-            progress: bool = True, all_variants: bool = False) -> tuple[pd.DataFrame, list[LesionError]]:
+            progress: bool = True, all_variants: bool = False,
+            engine: Engine | None = None) -> tuple[pd.DataFrame, list[LesionError]]:
     """Probabilities for every readable lesion of a cohort (labels not needed); errors for the rest.
 
     With subtype heads (targets include lesion_type): the primary variant's ``p_type_CLASS``, the most likely
     type and its probability; with ``all_variants`` also every variant's (``VARIANT_p_type_CLASS``)."""
     session = ScoringSession.open(model_dir, cohort_dir, progress=progress)
     model = session.model
-    data, errors = session.read(cache, "predict", strict, progress)
+    data, errors = session.read(cache, "predict", strict, progress, engine)
     frames = model.feature_frames(data)
     predictions = model.predict_variants(data, frames)
     types = model.predict_types(data, frames)

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fusion_model.console import CacheOption, console, labelled
+from fusion_model.console import CacheOption, SchedulerOption, WorkersOption, console, labelled
 from fusion_model.errors import UserInputError
 
 
@@ -122,6 +122,8 @@ def features(
     cache: CacheOption = None,
     resample: Annotated[bool, typer.Option("--resample")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Compute radiological features from images and masks; fill size_mm / unenhanced_hu where empty."""
     from fusion_model.imaging.cache import ImageCache
@@ -130,9 +132,12 @@ def features(
     from fusion_model.features.table import filled_feature_table
     from fusion_model.fileio import atomic_write_text
 
+    from fusion_model.engine import Engine, EngineSettings
+
     loaded = load_cohort(cohort)
-    images = loaded.images(PreprocessConfig(resample_mismatched=resample), ImageCache.at(cache), crops=False,
-                           strict=strict)
+    with Engine(EngineSettings(workers, scheduler)) as engine:
+        images = loaded.images(PreprocessConfig(resample_mismatched=resample), ImageCache.at(cache), crops=False,
+                               strict=strict, engine=engine)
     rows, notes = filled_feature_table(loaded.table, images.features)
     atomic_write_text(out, rows.to_csv(index=False))
     for note in notes:
@@ -150,6 +155,8 @@ def preprocess(
     crop_mm: Annotated[float, typer.Option(help="edge of the lesion-centred cube")] = 64.0,
     resample: Annotated[bool, typer.Option("--resample")] = False,
     strict: Annotated[bool, typer.Option("--strict")] = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Build the lesion-centred crops (phases + mask) into the cache; a second run reads the cache."""
     import time
@@ -161,10 +168,14 @@ def preprocess(
 
     config = parse_model(PreprocessConfig, {"spacing_mm": spacing_mm, "crop_size_mm": crop_mm,
                                             "resample_mismatched": resample}, "preprocess options")
+    from fusion_model.engine import Engine, EngineSettings
+
     cache_folder = ImageCache.at(cache)
-    start = time.perf_counter()
-    images = load_cohort(cohort).images(config, cache_folder, features=False, strict=strict)
-    elapsed = time.perf_counter() - start
+    loaded = load_cohort(cohort)
+    with Engine(EngineSettings(workers, scheduler)) as engine:
+        start = time.perf_counter()
+        images = loaded.images(config, cache_folder, features=False, strict=strict, engine=engine)
+        elapsed = time.perf_counter() - start
     shape = None if images.crops is None else tuple(images.crops.shape)
     console.print(f"crops {shape} channels {images.channels}: {cache_folder.hits} from cache, "
                   f"{cache_folder.misses} computed, {len(images.errors)} unreadable, {elapsed:.1f} s")

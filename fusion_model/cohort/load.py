@@ -181,7 +181,7 @@ class Cohort:
 
     def images(self, config: PreprocessConfig, cache: ImageCache, **options) -> CohortImages:
         """Crops and radiological features of every lesion, cached (:func:`extract_lesion_images`;
-        ``options``: crops, features, strict, progress)."""
+        ``options``: crops, features, strict, progress, engine)."""
         from fusion_model.imaging.extract import extract_lesion_images
 
         if options.get("strict"):

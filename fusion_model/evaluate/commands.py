@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fusion_model.console import CacheOption, ci_text, console, fmt_auc, labelled, macro_text
+from fusion_model.console import (
+    CacheOption,
+    SchedulerOption,
+    WorkersOption,
+    ci_text,
+    console,
+    fmt_auc,
+    labelled,
+    macro_text,
+)
 from fusion_model.errors import UserInputError
 
 
@@ -92,6 +101,8 @@ def evaluate(
                                                                  "cohort's split column, e.g. val)")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="stop at the first unreadable lesion")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing report folder")] = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """ROC report of a model on a labelled cohort (or of saved prediction files): HTML, JSON, CSV, PNG."""
     from fusion_model.imaging.cache import ImageCache
@@ -113,6 +124,9 @@ def evaluate(
     else:
         if not model or not cohort:
             raise UserInputError("give --model and --cohort (or --predictions a.csv b.csv ...)")
-        result = evaluate_model(model, cohort, out, ImageCache.at(cache), settings, strict=strict, overwrite=overwrite,
-                                centre=centre, split=split)
+        from fusion_model.engine import Engine, EngineSettings
+
+        with Engine(EngineSettings(workers, scheduler)) as engine:
+            result = evaluate_model(model, cohort, out, ImageCache.at(cache), settings, strict=strict,
+                                    overwrite=overwrite, centre=centre, split=split, engine=engine)
     _print_evaluation(result)

@@ -466,8 +466,9 @@ def unscored_lesions(table: pd.DataFrame, errors: list, labels: pd.Series, score
 
 def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings: EvaluationSettings | None = None,
                    strict: bool = False, overwrite: bool = False, progress: bool = True,
-                   centre: str | None = None, split: str | None = None) -> EvaluationResult:
-    """Score a labelled cohort (or one centre of it) with every variant of a model and the rules, and report."""
+                   centre: str | None = None, split: str | None = None, engine=None) -> EvaluationResult:
+    """Score a labelled cohort (or one centre of it) with every variant of a model and the rules, and report;
+    ``engine`` (:class:`~fusion_model.engine.Engine`): where the lesions are read (default: this process)."""
     from fusion_model.artifact import MANIFEST, unlisted_files, unlisted_files_note
     from fusion_model.cohort import mask_sources
     from fusion_model.pipeline import ScoringSession, cohort_fingerprint
@@ -478,7 +479,7 @@ def evaluate_model(model_dir: Path, cohort_dir: Path, out: Path, cache, settings
     model, cohort = session.model, session.cohort
     trained = model.training_cohort
     stats.require_both_classes(cohort.table["label"].astype(int).to_numpy(), f"cohort {cohort_dir}")
-    data, errors = session.read(cache, "evaluate", strict, progress)
+    data, errors = session.read(cache, "evaluate", strict, progress, engine)
     frames = model.feature_frames(data)
     predicted = model.predict_variants(data, frames)
     types = model.predict_types(data, frames)

@@ -7,6 +7,7 @@ read. Entries are plain .npy files (no pickle) written atomically.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -37,9 +38,16 @@ class ImageCache:
         return cls(folder or default_cache_dir())
 
     def __init__(self, root: Path | None):
-        self.root = None if root is None else Path(root) / "images"
+        # absolute: the workers of a Dask cluster (other working folders) find the same shared folder
+        self.root = None if root is None else Path(root).absolute() / "images"
         self.hits = 0
         self.misses = 0
+
+    def counting(self) -> ImageCache:
+        """The same cache with its own hit and miss counts (from zero): what one task read and computed."""
+        own = copy.copy(self)
+        own.hits = own.misses = 0
+        return own
 
     def key(self, files: list[Path], settings: dict) -> str:
         """The cache key of a computation on these files with these settings."""

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from fusion_model.config import PreprocessConfig
+from fusion_model.engine import Engine
 from fusion_model.errors import UserInputError
 from fusion_model.features.radiological import radiological_features
 from fusion_model.imaging.cache import ImageCache
 from fusion_model.imaging.preprocess import LesionVolumes, crop_channels, lesion_crop, load_lesion_volumes
-from fusion_model.progress import track
 from fusion_model.records import LesionRecord
 
 FEATURES_VERSION = 3  # 2: thickness features; 3: the shape profile of mask-only cohorts
@@ -65,6 +65,46 @@ def _lazy_volumes(lesion: LesionRecord, phases, config: PreprocessConfig,
     return load
 
 
+@dataclass
+class LesionImages:
+    """One lesion's crop and features (None where not asked for), or why it could not be read; and how many of
+    its cache entries were read rather than computed."""
+
+    lesion_id: str
+    crop: np.ndarray | None = None
+    features: dict | None = None
+    error: LesionError | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
+def lesion_images(lesion: LesionRecord, phases: Sequence[str], ct_intensities: bool, config: PreprocessConfig,
+                  cache: ImageCache, crops: bool = True, features: bool = True) -> LesionImages:
+    """One lesion's crop (channels: ``phases`` when they hold HU, then the mask) and radiological features, read
+    from the cache or computed into it; an unreadable lesion gives its error instead (a task of a pass: pure, the
+    same on any worker)."""
+    channels = crop_channels(phases, ct_intensities, config.depth_channel)
+    cache = cache.counting()
+    load = _lazy_volumes(lesion, phases, config, ct_intensities)
+    result = LesionImages(lesion.lesion_id)
+    try:
+        files = _files(lesion)
+        if crops:
+            settings = {"kind": "crop", "config": config.model_dump(mode="json"), "channels": channels}
+            key = cache.key(files, {**settings, "mask_label": lesion.mask_label})
+            result.crop = cache.array(key, lambda: lesion_crop(load(), channels, config))
+        if features:
+            settings = {"kind": "features", "version": FEATURES_VERSION, "ct": ct_intensities,
+                        "resample": config.resample_mismatched}
+            key = cache.key(files, {**settings, "mask_label": lesion.mask_label})
+            result.features = cache.json(key, lambda: radiological_features(load().phases, load().mask,
+                                                                            ct_intensities))
+    except UserInputError as err:
+        result = LesionImages(lesion.lesion_id, error=LesionError(lesion.lesion_id, lesion.row, str(err)))
+    result.cache_hits, result.cache_misses = cache.hits, cache.misses
+    return result
+
+
 def extract_lesion_images(
     lesions: Sequence[LesionRecord],
     phases: Sequence[str],
@@ -75,31 +115,36 @@ def extract_lesion_images(
     features: bool = True,
     strict: bool = False,
     progress: bool = True,
+    engine: Engine | None = None,
 ) -> CohortImages:
-    """Crops (channels: ``phases`` when they hold HU, then the mask) and features of each lesion, cached."""
+    """Crops (channels: ``phases`` when they hold HU, then the mask) and features of each lesion, cached; one
+    :func:`lesion_images` task per lesion on ``engine`` (default: this process). On a Dask cluster the workers
+    must see the lesions' files and write the cache (checked before the pass)."""
     channels = crop_channels(phases, ct_intensities, config.depth_channel)
-    crop_settings = {"kind": "crop", "config": config.model_dump(mode="json"), "channels": channels}
-    feature_settings = {"kind": "features", "version": FEATURES_VERSION, "ct": ct_intensities,
-                        "resample": config.resample_mismatched}
+    engine = engine or Engine()
+    lesions = list(lesions)
+    if engine.client is not None:
+        engine.check_paths({f.parent for lesion in lesions for f in lesion.phase_paths.values()}
+                           | {lesion.mask_path.parent for lesion in lesions if lesion.mask_path is not None},
+                           "the cohort's folder")
+    if cache.root is not None:
+        engine.check_writable([cache.root], "the image cache")
+    task = functools.partial(lesion_images, phases=list(phases), ct_intensities=ct_intensities, config=config,
+                             cache=cache, crops=crops, features=features)
     ids, arrays, rows, errors = [], [], [], []
-    for lesion in track(lesions, "reading lesions", total=len(lesions), enabled=progress):
-        load = _lazy_volumes(lesion, phases, config, ct_intensities)
-        try:
-            files = _files(lesion)
-            if crops:
-                key = cache.key(files, {**crop_settings, "mask_label": lesion.mask_label})
-                arrays.append(cache.array(key, lambda load=load: lesion_crop(load(), channels, config)))
-            if features:
-                key = cache.key(files, {**feature_settings, "mask_label": lesion.mask_label})
-                rows.append(cache.json(key, lambda load=load: radiological_features(
-                    load().phases, load().mask, ct_intensities)))
-            ids.append(lesion.lesion_id)
-        except UserInputError as err:
+    for result in engine.map(task, lesions, "reading lesions", progress):
+        cache.hits += result.cache_hits
+        cache.misses += result.cache_misses
+        if result.error is not None:
             if strict:
-                raise
-            if crops and len(arrays) > len(ids):
-                arrays.pop()
-            errors.append(LesionError(lesion.lesion_id, lesion.row, str(err)))
+                raise UserInputError(result.error.message)
+            errors.append(result.error)
+            continue
+        ids.append(result.lesion_id)
+        if crops:
+            arrays.append(result.crop)
+        if features:
+            rows.append(result.features)
     crop_array = np.stack(arrays) if crops and arrays else None
     feature_frame = pd.DataFrame(rows, index=pd.Index(ids, name="lesion_id")) if features else \
         pd.DataFrame(index=pd.Index(ids, name="lesion_id"))
