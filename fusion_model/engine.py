@@ -119,6 +119,17 @@ def _first_problem(results: dict[str, list[str]]) -> tuple[str, list[str], int] 
     return worker, paths, len(bad)
 
 
+def task_threads() -> int | None:
+    """Inside a Dask worker: its task threads (a task sets torch's thread count to it, so N single-threaded
+    workers on N cores do not each start N threads); elsewhere None."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
 class Engine:
     """A context manager that runs passes (:meth:`map`) on the engine of ``settings``; a local cluster is started
     on entering and stopped on leaving, a client of an existing cluster closed."""

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fusion_model.console import console, labelled
+from fusion_model.console import SchedulerOption, WorkersOption, console, labelled
 
 
 app = typer.Typer(
@@ -78,12 +78,16 @@ def segment_predict(
     dicom_seg: Annotated[bool, typer.Option("--dicom-seg/--no-dicom-seg",
                                             help="also write DICOM SEG when the images are DICOM")] = True,
     overwrite: OverwriteOption = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Outline every lesion of a cohort; write a new cohort (mask_source = auto) and list lesions not found."""
+    from fusion_model.engine import Engine, EngineSettings
     from fusion_model.segment.predict import MATCHING_FILE, predict_masks
 
-    run = predict_masks(model, cohort, out, centre=centre, regions=_regions(region, cohort), device=device,
-                        dicom_seg=dicom_seg, overwrite=overwrite)
+    with Engine(EngineSettings(workers, scheduler)) as engine:
+        run = predict_masks(model, cohort, out, centre=centre, regions=_regions(region, cohort), device=device,
+                            dicom_seg=dicom_seg, overwrite=overwrite, engine=engine)
     console.print(f"outlined {run.found} of {run.lesions} lesions ({run.seconds_per_scan:.1f} s per scan, peak "
                   f"memory {run.peak_memory_gb:.2f} GB)" + (f"; {run.dicom_seg_files} DICOM SEG file(s)"
                                                            if run.dicom_seg_files else ""))

@@ -18,6 +18,7 @@ outlines against them.
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import time
@@ -35,10 +36,10 @@ from fusion_model.cohort import load_cohort
 from fusion_model.cohort.load import Cohort, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, write_cohort_spec
 from fusion_model.devices import resolve_device
+from fusion_model.engine import Engine, task_threads
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, check_output_dir, link_or_copy
 from fusion_model.imaging.io import read_image_header
-from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter, load_segmenter
 from fusion_model.segment.infer import segment_scan, split_oversized
 from fusion_model.segment.matching import Component, Match, match_lesions
@@ -157,6 +158,73 @@ def _write_dicom_seg(series: Path, lesion_labels: np.ndarray, lesion_ids: list[s
 
 
 @dataclass
+class ScanOutline:
+    """What outlining one scan returns to the pass (its mask file is written by the task): each lesion's match,
+    the components (kept and suppressed), where the gland region came from, the lesions given a mask (in label
+    order), whether a DICOM SEG was written, and the seconds it took."""
+
+    matches: list[Match]
+    components: list[Component]
+    suppressed: list[Component]
+    gland_source: str | None
+    found_ids: list[str]
+    dicom_seg: bool
+    seconds: float
+
+    @property
+    def matched(self) -> list[int | None]:
+        """Each lesion's component label (None: none)."""
+        return [m.label for m in self.matches]
+
+
+def _segmenter_on(model_dir: str, device: str) -> tuple[Segmenter, torch.device]:
+    """The segmenter on its device, loaded once per process (on a Dask worker: once per worker) and again when
+    its files change."""
+    files = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(Path(model_dir).iterdir())) \
+        if Path(model_dir).is_dir() else ()
+    return _load_segmenter_on(model_dir, device, files)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_segmenter_on(model_dir: str, device: str, files: tuple) -> tuple[Segmenter, torch.device]:
+    segmenter = load_segmenter(Path(model_dir))
+    torch_device = resolve_device(device)
+    segmenter.to(torch_device)
+    return segmenter, torch_device
+
+
+def outline_scan(scan_and_region: tuple[ScanRecord, Region | None], model_dir: str, device: str, masks_dir: Path,
+                 dicom_seg: bool) -> ScanOutline:
+    """Outline one scan (in its region, if given) and write its lesions' mask (``masks_dir/KEY_auto.nii.gz``, and a DICOM SEG for DICOM
+    images): a task of the pass, the same on any worker."""
+    scan, region = scan_and_region
+    segmenter, torch_device = _segmenter_on(model_dir, device)
+    threads = task_threads()
+    if threads is not None:  # on a Dask worker: as many torch threads as the worker has task threads
+        torch.set_num_threads(threads)
+    elif segmenter.config.threads:
+        torch.set_num_threads(segmenter.config.threads)
+    result = predict_scan(segmenter, scan, torch_device, region)
+    lesion_labels = np.zeros(result.labels.shape, dtype=np.uint8)
+    found_ids = []
+    for lesion, match in zip(scan.lesions, result.matches):
+        if match.label is not None:
+            found_ids.append(lesion.lesion_id)
+            lesion_labels[result.labels == match.label] = len(found_ids)
+    wrote_seg = False
+    if found_ids:
+        image = sitk.GetImageFromArray(lesion_labels)
+        image.CopyInformation(result.reference)
+        sitk.WriteImage(image, str(masks_dir / f"{scan.key}_auto.nii.gz"), True)
+        reference_path = scan.phase_paths[segmenter.phases[0]]
+        if dicom_seg and reference_path.is_dir():
+            _write_dicom_seg(reference_path, lesion_labels, found_ids, masks_dir / f"{scan.key}_auto_seg.dcm")
+            wrote_seg = True
+    return ScanOutline(result.matches, result.components, result.suppressed, result.gland_source, found_ids,
+                       wrote_seg, result.seconds)
+
+
+@dataclass
 class PredictRun:
     """What segment predict wrote and found."""
 
@@ -172,14 +240,13 @@ class PredictRun:
 
 def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | None = None,
                   regions: dict[str, Region] | None = None, device: str = "auto", dicom_seg: bool = True,
-                  overwrite: bool = False, progress: bool = True) -> PredictRun:
-    """Outline the lesions of a cohort (or one centre of it) and write a new cohort directory using the masks."""
+                  overwrite: bool = False, progress: bool = True, engine: Engine | None = None) -> PredictRun:
+    """Outline the lesions of a cohort (or one centre of it) and write a new cohort directory using the masks;
+    one :func:`outline_scan` task per scan on ``engine`` (default: this process)."""
     check_output_dir(out, overwrite)
-    segmenter = load_segmenter(model_dir)
-    torch_device = resolve_device(device)
-    segmenter.to(torch_device)
-    if segmenter.config.threads:
-        torch.set_num_threads(segmenter.config.threads)
+    engine = engine or Engine()
+    model_path = str(Path(model_dir).absolute())
+    segmenter, torch_device = _segmenter_on(model_path, device)
     cohort = load_cohort(cohort_dir).select(centre=centre)
     scans = cohort_scans(cohort)
     check_cohort_for_segmenter(cohort, scans, segmenter)
@@ -203,11 +270,18 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
                 link_or_copy(Path(cohort_dir) / rel, staging / rel)
         for rel in sorted(set(manual["mask_path"].dropna().astype(str))):
             link_or_copy(Path(cohort_dir) / rel, staging / MANUAL_MASKS / rel)
-        (staging / "masks").mkdir(exist_ok=True)
-        for scan in track(scans, "outlining lesions", total=len(scans), enabled=progress):
-            result = predict_scan(segmenter, scan, torch_device, regions.get(scan.patient_id))
+        masks_dir = Path(staging).absolute() / "masks"
+        masks_dir.mkdir(exist_ok=True)
+        if engine.client is not None:
+            engine.check_paths({p.parent for s in scans for p in s.phase_paths.values()} | {Path(model_path)},
+                               "the cohort's images or the segmenter")
+            engine.check_writable([masks_dir], "the new cohort's folder")
+        task = functools.partial(outline_scan, model_dir=model_path, device=device, masks_dir=masks_dir,
+                                 dicom_seg=dicom_seg)
+        items = [(scan, regions.get(scan.patient_id)) for scan in scans]
+        for scan, result in zip(scans, engine.map(task, items, "outlining lesions", progress)):
             seconds.append(result.seconds)
-            lesion_labels = np.zeros(result.labels.shape, dtype=np.uint8)
+            seg_files += int(result.dicom_seg)
             found_ids = []
             for k, (lesion, match) in enumerate(zip(scan.lesions, result.matches)):
                 row = row_of[lesion.lesion_id]
@@ -222,19 +296,8 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
                                       "row": lesion.row, "side": scan.sides[k], **truth, "reason": match.reason})
                     continue
                 found_ids.append(lesion.lesion_id)
-                label = len(found_ids)
-                lesion_labels[result.labels == match.label] = label
-                raw.loc[row, ["mask_path", "mask_label", "mask_source"]] = [f"masks/{scan.key}_auto.nii.gz", label,
-                                                                            "auto"]
-            if found_ids:
-                image = sitk.GetImageFromArray(lesion_labels)
-                image.CopyInformation(result.reference)
-                sitk.WriteImage(image, str(staging / "masks" / f"{scan.key}_auto.nii.gz"), True)
-                reference_path = scan.phase_paths[segmenter.phases[0]]
-                if dicom_seg and reference_path.is_dir():
-                    _write_dicom_seg(reference_path, lesion_labels, found_ids,
-                                     staging / "masks" / f"{scan.key}_auto_seg.dcm")
-                    seg_files += 1
+                raw.loc[row, ["mask_path", "mask_label", "mask_source"]] = [f"masks/{scan.key}_auto.nii.gz",
+                                                                            len(found_ids), "auto"]
             lesion_of = {c: scan.lesions[k].lesion_id for k, c in enumerate(result.matched) if c is not None}
             for c in [*result.components, *result.suppressed]:
                 component_rows.append({
