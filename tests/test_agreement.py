@@ -243,6 +243,13 @@ def test_perturbations_without_a_second_reader(tmp_path):
     again = run_agreement(root, tmp_path / "r2", AgreementSettings(perturb=True, contour_dice=0.85, seed=2),
                           progress=False)
     pd.testing.assert_frame_equal(result.lesions, again.lesions)
+    from fusion_model.engine import Engine, EngineSettings
+
+    with Engine(EngineSettings(workers=2)) as engine:  # the same perturbations on a local Dask cluster
+        on_workers = run_agreement(root, tmp_path / "r3", AgreementSettings(perturb=True, contour_dice=0.85, seed=2),
+                                   progress=False, engine=engine)
+    pd.testing.assert_frame_equal(result.lesions, on_workers.lesions)
+    assert on_workers.metrics["comparisons"] == result.metrics["comparisons"]
 
 
 # ---------------------------------------------------------------------------------------------- bad input

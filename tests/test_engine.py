@@ -140,3 +140,13 @@ def test_cli_preprocess_on_workers_and_its_bad_engine_options(synthetic_cohort, 
         result = run_cli("preprocess", synthetic_cohort, "--cache", tmp_path / "c", *options)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_validate_on_workers_finds_what_one_process_finds(cohort_with_a_broken_mask):
+    from fusion_model.cohort import validate_cohort
+
+    serial = validate_cohort(cohort_with_a_broken_mask, progress=False)
+    with Engine(EngineSettings(workers=2)) as engine:
+        parallel = validate_cohort(cohort_with_a_broken_mask, progress=False, engine=engine)
+    assert not serial.ok and len(serial.errors) == 1 and "row 5" in serial.errors[0].where
+    assert parallel.problems == serial.problems and parallel.summary == serial.summary

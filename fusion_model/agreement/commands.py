@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fusion_model.console import console, labelled
+from fusion_model.console import SchedulerOption, WorkersOption, console, labelled
 from fusion_model.errors import UserInputError
 
 
@@ -30,16 +30,20 @@ def agreement(
     centre: Annotated[str | None, typer.Option("--centre", help="compare the lesions of this centre only")] = None,
     resample: Annotated[bool, typer.Option("--resample", help="resample second masks on another grid onto the CT")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Reader agreement: Dice/HD95 of the two outlines, feature ICCs, Bland-Altman and the model's stability."""
     from fusion_model.agreement.run import AgreementSettings, run_agreement
+    from fusion_model.engine import Engine, EngineSettings
 
     if perturb and masks_b is not None:
         raise UserInputError("--perturb compares each outline with perturbed copies of itself; leave out --masks-b")
-    result = run_agreement(cohort, out, AgreementSettings(masks_b_dir=masks_b, perturb=perturb,
-                                                          contour_dice=contour_dice, seed=seed, resample=resample,
-                                                          centre=centre),
-                           model_dir=model, overwrite=overwrite)
+    with Engine(EngineSettings(workers, scheduler)) as engine:
+        result = run_agreement(cohort, out, AgreementSettings(masks_b_dir=masks_b, perturb=perturb,
+                                                              contour_dice=contour_dice, seed=seed, resample=resample,
+                                                              centre=centre),
+                               model_dir=model, overwrite=overwrite, engine=engine)
     m = result.metrics
     table = Table(title=f"agreement on {m['cohort_name']} ({m['lesions_compared']} lesions compared)")
     columns = ["comparison", "Dice mean (SD)", "Dice range", "features ICC(2,1) < 0.75"]

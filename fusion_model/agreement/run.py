@@ -20,6 +20,7 @@ grid without ``--resample``, empty, without the lesion's label) stop the run bef
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -44,9 +45,9 @@ from fusion_model.agreement.report import write_agreement_report
 from fusion_model.agreement.stats import bland_altman, icc_band, intraclass_correlation
 from fusion_model.cohort import Cohort, load_cohort
 from fusion_model.cohort.spec import TABLE_FILE
+from fusion_model.engine import Engine
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import check_output_dir, json_safe
-from fusion_model.progress import track
 from fusion_model.records import LesionRecord
 from fusion_model.segment.metrics import SURFACE_TOLERANCE_MM, summarise
 
@@ -225,9 +226,22 @@ def model_agreement(model, p_a: pd.DataFrame, p_b: pd.DataFrame, labels: pd.Seri
     return out, pd.DataFrame(rows)
 
 
+def _reading_task(pair: tuple, **fixed) -> tuple:
+    """One lesion read twice (:func:`read_lesion`), or why it could not be: a task of the pass."""
+    index, lesion, second = pair
+    try:
+        return read_lesion(lesion, second, fixed["comparisons"], fixed["phases"], fixed["ct_intensities"],
+                           fixed["resample"], fixed["seed"], index, fixed["preprocess"], fixed["encoder"],
+                           fixed["channels"]), None
+    except UserInputError as err:
+        return None, str(err)
+
+
 def run_agreement(cohort_dir: Path, out: Path, settings: AgreementSettings | None = None,
-                  model_dir: Path | None = None, overwrite: bool = False, progress: bool = True) -> Agreement:
-    """Compare the cohort's outlines (second reader or perturbations) and write the report folder ``out``."""
+                  model_dir: Path | None = None, overwrite: bool = False, progress: bool = True,
+                  engine: Engine | None = None) -> Agreement:
+    """Compare the cohort's outlines (second reader or perturbations) and write the report folder ``out``; one
+    lesion per task on ``engine`` (default: this process)."""
     started = time.perf_counter()
     settings = settings or AgreementSettings()
     out = Path(out)
@@ -245,15 +259,20 @@ def run_agreement(cohort_dir: Path, out: Path, settings: AgreementSettings | Non
     _check_inputs(cohort, pairs, settings)
     comparisons = perturbation_comparisons(settings.contour_dice) if settings.perturb else [SECOND_READER]
     channels = model.training_cohort.channels if model is not None else ()
+    engine = engine or Engine()
+    if engine.client is not None:
+        engine.check_paths([cohort.root.absolute()] + ([Path(settings.masks_b_dir)] if settings.masks_b_dir else []),
+                           "the cohort's folder")
+    task = functools.partial(_reading_task, comparisons=comparisons, phases=cohort.spec.phases,
+                             ct_intensities=cohort.spec.ct_intensities, resample=settings.resample, seed=settings.seed,
+                             preprocess=model.config.preprocess if model is not None else None,
+                             encoder=model.encoder_ if model is not None else None, channels=channels)
     readings, problems = [], []
-    for i, lesion, second in track(pairs, "comparing outlines", total=len(pairs), enabled=progress):
-        try:
-            readings.append(read_lesion(lesion, second, comparisons, cohort.spec.phases, cohort.spec.ct_intensities,
-                                        settings.resample, settings.seed, i,
-                                        model.config.preprocess if model is not None else None,
-                                        model.encoder_ if model is not None else None, channels))
-        except UserInputError as err:
-            problems.append(str(err))
+    for reading, problem in engine.map(task, pairs, "comparing outlines", progress):
+        if problem is None:
+            readings.append(reading)
+        else:
+            problems.append(problem)
     _raise_problems(problems)
 
     lesion_rows, icc_rows, prediction_frames, blocks = [], [], [], []

@@ -71,12 +71,17 @@ def validate(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write summary and problems as JSON")] = None,
     masks_b: Annotated[Path | None, typer.Option("--masks-b", help="folder of a second reader's masks, named as the "
                                                                    "mask_path files: checked like the first")] = None,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Check a cohort directory: table schema, files, masks, geometry, split leakage. Exit 2 on errors."""
     from fusion_model.cohort import validate_cohort
+    from fusion_model.engine import Engine, EngineSettings
     from fusion_model.fileio import atomic_write_json
 
-    report = validate_cohort(cohort, require_label=require_labels, resample_mismatched=resample, masks_b_dir=masks_b)
+    with Engine(EngineSettings(workers, scheduler)) as engine:
+        report = validate_cohort(cohort, require_label=require_labels, resample_mismatched=resample,
+                                 masks_b_dir=masks_b, engine=engine)
     if report.summary:
         print_summary(report.summary)
     print_problems(report.problems)

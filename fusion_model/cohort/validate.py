@@ -7,6 +7,7 @@ splits. Volumes are read one lesion at a time; phases only by header.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +19,13 @@ from clinical_schema import LAB_COLUMNS, PATH_COLUMNS, PHASES, validate_clinical
 from fusion_model.catalogue import mask_source_counts
 from fusion_model.cohort.load import Cohort, mask_sources, read_clinical_csv
 from fusion_model.cohort.spec import TABLE_FILE, CohortSpec, read_cohort_spec
+from fusion_model.engine import Engine
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.dicom_masks import is_dicom_mask, read_dicom_mask
 from fusion_model.imaging.geometry import Geometry, geometry_differences
 from fusion_model.imaging.io import read_image
 from fusion_model.imaging.preprocess import binary_mask
 from fusion_model.imaging.quality import ct_value_problems
-from fusion_model.progress import track
 from fusion_model.records import LesionRecord
 
 
@@ -79,11 +80,14 @@ def validate_cohort(
     resample_mismatched: bool = False,
     progress: bool = True,
     masks_b_dir: Path | None = None,
+    engine: Engine | None = None,
 ) -> ValidationReport:
     """Check a cohort directory: table schema, files, masks, geometry and split leakage, all at once.
 
     A second reader's masks (columns ``mask_path_b`` / ``mask_label_b``, or ``masks_b_dir`` holding files named
     as the ``mask_path`` files) are checked like the first: readable, holding the lesion's label, on its grid.
+    The images are checked one lesion per task on ``engine`` (default: this process); findings come in table
+    order whichever engine ran them.
     """
     root = Path(root)
     report = ValidationReport(root)
@@ -113,11 +117,16 @@ def validate_cohort(
         report.error(str(masks_b_dir), "--masks-b: not a folder; give the folder holding the second reader's masks, "
                                        "named as the mask_path files")
         return report
-    cohort = Cohort(root=root, spec=spec, table=table.reset_index(drop=True))
+    cohort = Cohort(root=root.absolute(), spec=spec, table=table.reset_index(drop=True))
+    engine = engine or Engine()
+    if engine.client is not None:
+        engine.check_paths([cohort.root] + ([Path(masks_b_dir)] if masks_b_dir is not None else []),
+                           "the cohort's folder")
+    task = functools.partial(check_lesion_images, cohort, resample=resample_mismatched, masks_b_dir=masks_b_dir)
     second_reader = 0
-    for i in track(range(len(table)), "checking images", total=len(table), enabled=progress):
-        reference = _check_lesion_files(cohort, i, resample_mismatched, report)
-        second_reader += _check_second_reader(cohort, i, masks_b_dir, reference, resample_mismatched, report)
+    for problems, second in engine.map(task, list(range(len(table))), "checking images", progress):
+        report.problems.extend(problems)
+        second_reader += second
     report.summary = summarise(table, spec)
     if second_reader or masks_b_dir is not None or "mask_path_b" in table:
         report.summary["second_reader_masks"] = second_reader
@@ -125,6 +134,16 @@ def validate_cohort(
             report.error(str(masks_b_dir), "holds no file named as any mask_path file of the cohort; the second "
                                            "reader's masks must carry the first reader's file names")
     return report
+
+
+def check_lesion_images(cohort: Cohort, index: int, resample: bool = False,
+                        masks_b_dir: Path | None = None) -> tuple[list[Problem], int]:
+    """The findings on one lesion's images and masks (the second reader's too), and 1 when it has a second
+    reader's mask: a task of the image checks, the same on any worker."""
+    report = ValidationReport(cohort.root)
+    reference = _check_lesion_files(cohort, index, resample, report)
+    second = _check_second_reader(cohort, index, masks_b_dir, reference, resample, report)
+    return report.problems, second
 
 
 def _check_table_against_spec(table: pd.DataFrame, spec: CohortSpec, report: ValidationReport) -> None:
