@@ -120,14 +120,23 @@ def _first_problem(results: dict[str, list[str]]) -> tuple[str, list[str], int] 
 
 
 def task_threads() -> int | None:
-    """Inside a Dask worker: its task threads (a task sets torch's thread count to it, so N single-threaded
-    workers on N cores do not each start N threads); elsewhere None."""
+    """Inside a Dask worker: its task threads (torch and ITK run with as many there); elsewhere None."""
     try:
         from distributed import get_worker
 
         return int(get_worker().state.nthreads)
     except (ImportError, ValueError, AttributeError):
         return None
+
+
+def limit_threads(threads: int) -> None:
+    """Run torch and SimpleITK (ITK) with ``threads`` threads in this process: a worker process gets as many as it
+    has task threads, so N single-threaded workers on N cores do not each start N threads."""
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 class Engine:
@@ -177,6 +186,9 @@ class Engine:
                 raise UserInputError(f"--scheduler {address}: the scheduler has no workers; start some "
                                      f"('dask worker {address}') or scale your cluster up")
         self.check_versions()
+        from fusion_model.engine_plugins import ThreadLimits
+
+        self.client.register_plugin(ThreadLimits())
 
     @property
     def workers(self) -> int:
