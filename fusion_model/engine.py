@@ -234,25 +234,30 @@ class Engine:
             raise UserInputError(f"{self.settings.describe()}: worker {worker} cannot write {what} {bad[0]}: give "
                                  "a shared folder every worker can write (--cache DIR), or make it writable there")
 
-    def map(self, function: Callable[[T], R], items: Sequence[T], description: str,
-            progress: bool = True) -> Iterator[R]:
-        """``function(item)`` for every item, yielded in the items' order. In this process the tasks run one at a
-        time as the results are taken; on a cluster all are submitted at once, the progress bar follows their
-        completion, and the results are yielded once all are done. A task that raises re-raises here."""
+    def map(self, function: Callable[..., R], items: Sequence[T], description: str, progress: bool = True,
+            shared: dict[str, Any] | None = None) -> Iterator[R]:
+        """``function(item, **shared)`` for every item, yielded in the items' order. In this process the tasks run
+        one at a time as the results are taken; on a cluster all are submitted at once, the progress bar follows
+        their completion, and the results are yielded once all are done. ``shared``: large arguments every task
+        takes (arrays of crops): sent to each worker once, not with every task. A task that raises re-raises
+        here."""
         items = list(items)
+        shared = dict(shared or {})
         if self.client is None or not items:
             for item in track(items, description, total=len(items), enabled=progress):
-                yield function(item)
+                yield function(item, **shared)
             return
-        yield from self._map_distributed(function, items, description, progress)
+        yield from self._map_distributed(function, items, description, progress, shared)
 
-    def _map_distributed(self, function: Callable, items: list, description: str, progress: bool) -> Iterator:
+    def _map_distributed(self, function: Callable, items: list, description: str, progress: bool,
+                         shared: dict) -> Iterator:
         import dask
         from distributed import KilledWorker, as_completed
 
         run = uuid.uuid4().hex[:12]
         keys = [f"{description.replace(' ', '-')}-{run}-{i}" for i in range(len(items))]
-        futures = self.client.map(function, items, key=keys, pure=False)
+        scattered = {name: self.client.scatter(value, broadcast=True, hash=False) for name, value in shared.items()}
+        futures = self.client.map(function, items, key=keys, pure=False, **scattered)
         index_of = {future.key: i for i, future in enumerate(futures)}
         results: list[Any] = [None] * len(items)
         try:
@@ -269,6 +274,6 @@ class Engine:
                             "give the workers more memory, or fewer threads per worker") from None
                     bar.update(task, advance=1)
         finally:
-            for future in futures:
+            for future in [*futures, *scattered.values()]:
                 future.release()
         yield from results

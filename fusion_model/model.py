@@ -110,11 +110,13 @@ def variant_tabular_features(variant: str, tabular_groups: dict[str, list[str]])
 class FusionModel:
     """Encoder + heads for every model variant, with scikit-learn's fit / predict_proba contract."""
 
-    def __init__(self, config: ExperimentConfig, progress: bool = True, checkpoint_dir=None, device: str = "cpu"):
+    def __init__(self, config: ExperimentConfig, progress: bool = True, checkpoint_dir=None, device: str = "cpu",
+                 engine=None):
         self.config = config
         self.progress = progress
         self.checkpoint_dir = checkpoint_dir
         self.device = device  # where the encoder trains (cpu, cuda, auto); scoring runs on the CPU
+        self.engine = engine  # where the encoder's fold networks train (fusion_model.engine.Engine; None: here)
 
     @classmethod
     def from_fitted(cls, config: ExperimentConfig, encoder: ImageEncoder, variants: dict[str, VariantFit],
@@ -158,7 +160,8 @@ class FusionModel:
         if len(y) != len(data.table) or len(groups) != len(y):
             raise UserInputError("labels and patient ids must have one entry per lesion")
         encoder = ImageEncoder.for_experiment(self.config, self.checkpoint_dir, self.progress,
-                                              device=getattr(self, "device", "cpu")).fit(
+                                              device=getattr(self, "device", "cpu"),
+                                              engine=getattr(self, "engine", None)).fit(
             data.crops, y, groups, second_reader_crops=data.second_reader_crops, channels=data.channels)
         return self.fit_heads(data, y, groups, encoder)
 

@@ -165,7 +165,7 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
     labels = train_data.table["label"].astype(int).to_numpy()
     checkpoints = out.parent / f".{out.name}.checkpoints"
     try:  # checkpoints stay for a resumed run after a crash or a kill, not after a refusal
-        model, phase_models = _fit_models(config, cohort, train_data, labels, checkpoints, progress, device)
+        model, phase_models = _fit_models(config, cohort, train_data, labels, checkpoints, progress, device, engine)
     except UserInputError:
         shutil.rmtree(checkpoints, ignore_errors=True)
         raise
@@ -203,16 +203,19 @@ def train(config: ExperimentConfig, cohort_dir: Path, out: Path, cache: ImageCac
 
 
 def _fit_models(config: ExperimentConfig, cohort: Cohort, train_data: LesionData, labels: np.ndarray,
-                checkpoints: Path, progress: bool, device: str) -> tuple[FusionModel, dict[str, FusionModel]]:
-    """The model, and with ``compare_phases`` the same experiment on each phase alone."""
+                checkpoints: Path, progress: bool, device: str,
+                engine: Engine | None = None) -> tuple[FusionModel, dict[str, FusionModel]]:
+    """The model, and with ``compare_phases`` the same experiment on each phase alone (fold networks on
+    ``engine``'s workers when it has any)."""
     patients = train_data.table["patient_id"].to_numpy()
-    model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints, device=device)
+    model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints, device=device, engine=engine)
     model.fit(train_data, labels, patients)
     phase_models = {}
     for phase in cohort.spec.phases if config.compare_phases else ():
         if progress:
             print(f"compare_phases: the same experiment on the {phase} phase alone")
-        phase_model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints / phase, device=device)
+        phase_model = FusionModel(config, progress=progress, checkpoint_dir=checkpoints / phase, device=device,
+                                  engine=engine)
         phase_model.fit(train_data.with_phases([phase]), labels, patients)
         phase_models[phase] = phase_model
     return model, phase_models

@@ -380,3 +380,45 @@ def test_an_embedding_pushed_negative_for_every_lesion_still_passes_gradient_to_
     assert network.embed[0].weight.grad.abs().sum() > 0
     first_conv = next(m for m in network.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Conv2d)))
     assert first_conv.weight.grad.abs().sum() > 0
+
+
+def test_input_statistics_and_pooled_masks_match_their_plain_definitions():
+    rng = np.random.default_rng(3)
+    for shape in [(3, 2, 20, 21, 22), (2, 3, 64, 64, 64), (4, 6, 28, 28)]:  # 3D, block-spanning, 2D
+        x = torch.from_numpy(rng.random(shape).astype(np.float32))
+        mask = (torch.from_numpy(rng.random((shape[0], 1, *shape[2:])).astype(np.float32)) > 0.6).float()
+        spatial = tuple(range(2, x.ndim))
+        weight = mask.sum(dim=spatial)
+        mean = (x * mask).sum(dim=spatial) / weight
+        sd = ((((x - mean.reshape(*mean.shape, *(1,) * len(spatial))) * mask) ** 2).sum(dim=spatial) / weight).sqrt()
+        share = mask.mean(dim=spatial) ** (1 / 3)
+        expected = torch.cat([mean, sd, share], dim=1)
+        assert torch.allclose(LesionEncoder.input_statistics(x, mask), expected, atol=2e-6)
+    for size in (64, 28, 30):  # grids that divide and grids that do not
+        mask = torch.from_numpy((rng.random((2, 1, size, size, size)) > 0.5).astype(np.float32))
+        previous = mask
+        for shape in [(16, 16, 16), (8, 8, 8), (4, 4, 4), (2, 2, 2)] if size == 64 else [(7, 7, 7), (4, 4, 4),
+                                                                                          (2, 2, 2)]:
+            pooled = LesionEncoder._pooled_mask(mask, previous, torch.Size(shape))
+            assert torch.allclose(pooled, torch.nn.functional.adaptive_avg_pool3d(mask, shape), atol=1e-6)
+            previous = pooled
+
+
+def test_fold_networks_on_dask_workers_equal_the_serial_ones_bit_for_bit():
+    from fusion_model.engine import Engine, EngineSettings
+
+    crops, labels, patients = toy_crops(n=36)
+    config = EncoderConfig(epochs=2, **TINY)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a worker trains with its one thread: the same kernels
+    try:
+        serial = ImageEncoder(config, progress=False, folds=3).fit(crops, labels, patients, fit_final=False)
+    finally:
+        torch.set_num_threads(threads)
+    with Engine(EngineSettings(workers=2)) as engine:
+        parallel = ImageEncoder(config, progress=False, folds=3, engine=engine).fit(crops, labels, patients,
+                                                                                     fit_final=False)
+    assert np.array_equal(serial.oof_logits_, parallel.oof_logits_)
+    assert np.array_equal(serial.oof_embeddings_, parallel.oof_embeddings_)
+    for a, b in zip(serial.fold_models_, parallel.fold_models_):
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

@@ -17,7 +17,9 @@ into one shared space (:mod:`fusion_model.encoder.alignment`) before it is avera
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +30,34 @@ from fusion_model.encoder.alignment import SimilarityMap, consensus_maps
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.train import EpochHook, TrainResult, predict, train_encoder
 from fusion_model.encoder.weights import describe_pretrained
+from fusion_model.engine import Engine
 from fusion_model.errors import UserInputError
 from fusion_model.splits import inner_validation_split, patient_grouped_folds
+
+
+@dataclass
+class FoldTask:
+    """One fold network to train: its number, the lesions it trains on (and early-stops on), the held-out ones."""
+
+    fold: int
+    fit_idx: np.ndarray
+    val_idx: np.ndarray | None
+    test_idx: np.ndarray
+
+
+def train_fold(task: FoldTask, crops: np.ndarray, labels: np.ndarray, second_reader_crops: np.ndarray | None,
+               config: EncoderConfig, hu_window: tuple[float, float], seed: int, checkpoint: Path | None,
+               folds: int, device: str, channels: Sequence[str] | None, progress: bool = False,
+               on_epoch: EpochHook | None = None) -> tuple[TrainResult, np.ndarray, np.ndarray]:
+    """Train one fold network and score its held-out lesions: a task of the fold pass (folds are independent and
+    seeded, so a fold trained on a worker is the fold trained here on the same device type and threads)."""
+    result = train_encoder(
+        crops, labels, task.fit_idx, task.val_idx, config, hu_window, seed=seed,
+        checkpoint=checkpoint / f"fold{task.fold}.pt" if checkpoint is not None else None, on_epoch=on_epoch,
+        progress=progress, description=f"encoder fold {task.fold + 1}/{folds}",
+        second_reader_crops=second_reader_crops, device=device, channels=channels)
+    logits, embeddings = predict(result.model, crops[task.test_idx], config)
+    return result, logits, embeddings
 
 
 class ImageEncoder:
@@ -37,8 +65,9 @@ class ImageEncoder:
 
     def __init__(self, config: EncoderConfig | None = None, hu_window: tuple[float, float] = (-200.0, 300.0),
                  checkpoint_dir: Path | None = None, progress: bool = True, on_epoch: EpochHook | None = None,
-                 folds: int = 5, seed: int = 0, device: str = "cpu"):
+                 folds: int = 5, seed: int = 0, device: str = "cpu", engine: Engine | None = None):
         self.config = config or EncoderConfig()
+        self.engine = engine  # where the fold networks train: this process (None), or one per Dask worker
         self.device = device  # where networks train: cpu, cuda or auto (the trained networks live on the CPU)
         self.hu_window = hu_window
         self.checkpoint_dir = checkpoint_dir
@@ -49,10 +78,12 @@ class ImageEncoder:
 
     @classmethod
     def for_experiment(cls, config: ExperimentConfig, checkpoint_dir: Path | None = None, progress: bool = True,
-                       on_epoch: EpochHook | None = None, device: str = "cpu") -> "ImageEncoder":
-        """The unfitted encoder an experiment trains: its encoder section, HU window, folds and seed."""
+                       on_epoch: EpochHook | None = None, device: str = "cpu",
+                       engine: Engine | None = None) -> "ImageEncoder":
+        """The unfitted encoder an experiment trains: its encoder section, HU window, folds and seed (and the
+        engine its fold networks train on)."""
         return cls(config.encoder, config.preprocess.hu_window, checkpoint_dir, progress, on_epoch,
-                   folds=config.split.folds, seed=config.seed, device=device)
+                   folds=config.split.folds, seed=config.seed, device=device, engine=engine)
 
     @classmethod
     def from_networks(cls, config: ExperimentConfig, fold_models: list[LesionEncoder],
@@ -121,6 +152,7 @@ class ImageEncoder:
         self.pretrained_ = None
         if cfg.pretrained:  # provenance for the artifact: which weights every network started from
             self.pretrained_ = describe_pretrained(cfg.pretrained)
+        tasks = []
         for k, (train_idx, test_idx) in enumerate(self.folds_):
             if cfg.stopping == "last_epoch":
                 fit_idx, val_idx = train_idx, None
@@ -128,13 +160,18 @@ class ImageEncoder:
                 inner_train, inner_val = inner_validation_split(labels[train_idx], groups[train_idx],
                                                                 cfg.validation_fraction, self.seed + k)
                 fit_idx, val_idx = train_idx[inner_train], train_idx[inner_val]
-            result = train_encoder(
-                crops, labels, fit_idx, val_idx, cfg, self.hu_window, seed=self.seed,
-                checkpoint=self._checkpoint(f"fold{k}"), on_epoch=self._hook(k), progress=self.progress,
-                description=f"encoder fold {k + 1}/{len(self.folds_)}", second_reader_crops=second_reader_crops,
-                device=self.device, channels=channels,
-            )
-            logits, embeddings = predict(result.model, crops[test_idx], cfg)
+            tasks.append(FoldTask(k, fit_idx, val_idx, test_idx))
+        fixed = dict(config=cfg, hu_window=self.hu_window, seed=self.seed, folds=len(self.folds_),
+                     device=self.device, channels=channels,
+                     checkpoint=Path(self.checkpoint_dir).absolute() if self.checkpoint_dir is not None else None)
+        engine = self.engine
+        if engine is not None and engine.client is not None:  # one fold per worker, at once
+            trained = engine.map(functools.partial(train_fold, **fixed), tasks, "encoder folds", self.progress,
+                                 shared={"crops": crops, "labels": labels, "second_reader_crops": second_reader_crops})
+        else:
+            trained = (train_fold(task, crops, labels, second_reader_crops, **fixed, progress=self.progress,
+                                  on_epoch=self._hook(task.fold)) for task in tasks)
+        for (k, (train_idx, test_idx)), (result, logits, embeddings) in zip(enumerate(self.folds_), trained):
             self.oof_logits_[test_idx] = logits
             self.oof_embeddings_[test_idx] = embeddings
             self.fold_of_[test_idx] = k
