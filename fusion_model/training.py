@@ -102,3 +102,76 @@ def cpu_bfloat16_supported() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place among the data-parallel processes that train one network together (torchrun's
+    ``RANK`` / ``WORLD_SIZE``): rank 0 (the leader) validates, writes checkpoints and the result; one process
+    alone is rank 0 of 1."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over the processes (``value`` itself for one)."""
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return float(tensor.item()) / self.world_size
+
+    def from_leader(self, value):
+        """The leader's ``value`` on every process (a picklable object)."""
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        """Leave the group (after the last collective call)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def join_process_group(device: torch.device) -> tuple[ProcessGroup, torch.device]:
+    """The data-parallel group torchrun started this process in (NCCL on CUDA, each process on the GPU of its
+    ``LOCAL_RANK``; gloo on the CPU), or a group of one when it was not started by torchrun."""
+    import os
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return ProcessGroup(), device
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            from fusion_model.errors import UserInputError
+
+            raise UserInputError(f"process {local_rank} of {world_size} has no GPU: {torch.cuda.device_count()} "
+                                 "visible; start as many processes as GPUs (--gpus N, or torchrun "
+                                 "--nproc_per_node N)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return ProcessGroup(rank, world_size), device

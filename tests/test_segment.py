@@ -702,3 +702,47 @@ def test_automatic_masks_against_manual_ones(trained_segmenter, tmp_path):
     dice = result.metrics["comparisons"][0]["segmentation"]["dice"]
     found = int(table["mask_path"].notna().sum())
     assert result.metrics["lesions_compared"] == found and dice["mean"] > 0.5
+
+
+def test_data_parallel_training_with_torchrun_follows_the_single_process_loss_curve(tmp_path):
+    """Two processes (gloo, on the CPU) each stepping on half of every global batch, gradients averaged by
+    DistributedDataParallel: the same loss curve as one process on the whole batch, the same early stopping."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cohort = _phantom_cohort(tmp_path / "cohort", patients=8, seed=3)
+    settings = {**TINY_SEGMENTER, "epochs": 3, "iterations_per_epoch": 4, "refine_epochs": 2, "threads": 1,
+                "validate_every": 1}
+    (tmp_path / "seg.yaml").write_text(yaml.safe_dump(settings))
+    common = ["-m", "fusion_model.cli", "segment", "train", "--cohort", str(cohort), "--config",
+              str(tmp_path / "seg.yaml"), "--device", "cpu"]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True,
+                         encoding="utf-8", env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *common, "--out", str(tmp_path / "two")], capture_output=True, encoding="utf-8", env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # the leader reports and writes, once
+    history = {name: json.loads((tmp_path / name / "segmenter.json").read_text())["history"]
+               for name in ("one", "two")}
+    for stage in ("detector", "refiner"):
+        single = [e["train_loss"] for e in history["one"][stage]]
+        parallel = [e["train_loss"] for e in history["two"][stage]]
+        assert len(single) == len(parallel) > 1
+        # each of the two processes stepped on half of the batch the single one stepped on
+        assert {(e["processes"], e["patches_per_process"]) for e in history["one"][stage]} == {(1, 4)}
+        assert {(e["processes"], e["patches_per_process"]) for e in history["two"][stage]} == {(2, 2)}
+        assert parallel == pytest.approx(single, rel=1e-4)
+        assert [e["val_dice"] for e in history["two"][stage]] == pytest.approx(
+            [e["val_dice"] for e in history["one"][stage]], rel=1e-3)
+
+
+def test_segment_train_gpus_is_refused_without_them(tmp_path):
+    from tests.test_cli import run_cli
+
+    result = run_cli("segment", "train", "--cohort", tmp_path, "--out", tmp_path / "s", "--gpus", "2")
+    assert result.returncode == 2 and "CUDA device(s) visible" in result.stderr and "Traceback" not in result.stderr

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from fusion_model.console import SchedulerOption, WorkersOption, console, labelled
+from fusion_model.errors import UserInputError
 
 
 app = typer.Typer(
@@ -32,6 +33,41 @@ def _regions(region: Path | None, cohort: Path):
     return read_regions(region, cohort) if region else None
 
 
+def _launch_on_gpus(gpus: int, device: str) -> None:
+    """Run this same command (without --gpus) in ``gpus`` processes under torchrun, one GPU each; exits with
+    their exit code."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if gpus < 1:
+        raise UserInputError(f"--gpus {gpus}: give the number of GPUs to train on (1 or more)")
+    if os.environ.get("WORLD_SIZE"):
+        raise UserInputError("--gpus inside torchrun: give one or the other")
+    if device == "cpu":
+        raise UserInputError("--gpus trains on GPUs; leave out --device cpu (or use --device cuda)")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < gpus:
+        raise UserInputError(f"--gpus {gpus}: {visible} CUDA device(s) visible to torch here; give at most {visible}"
+                             " (or train on the CPU without --gpus)")
+    arguments = sys.argv[1:]
+    kept, skip = [], False
+    for argument in arguments:
+        if skip:
+            skip = False
+            continue
+        if argument == "--gpus":
+            skip = True
+            continue
+        if not argument.startswith("--gpus="):
+            kept.append(argument)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+               "-m", "fusion_model.cli", *kept]
+    raise typer.Exit(subprocess.call(command))
+
+
 @app.command("train")
 def segment_train(
     cohort: Annotated[Path, typer.Option("--cohort", help="cohort directory with outlined lesions")],
@@ -42,6 +78,9 @@ def segment_train(
     device: DeviceOption = "auto",
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
     overwrite: OverwriteOption = False,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="train data-parallel on N GPUs of this machine (starts "
+                                                            "N processes with torchrun; or run torchrun "
+                                                            "--nproc_per_node N yourself)")] = None,
 ) -> None:
     """Train the lesion segmenter (resumes after a kill: run the same command again)."""
     from fusion_model.config import load_segment_config
@@ -50,8 +89,13 @@ def segment_train(
     settings = load_segment_config(config)
     if threads:
         settings = settings.model_copy(update={"threads": threads})
+    if gpus is not None:
+        _launch_on_gpus(gpus, device)
+        return
     run = train_segmenter(cohort, out, settings, device=device, regions=_regions(region, cohort),
                           test_centre=test_centre, overwrite=overwrite)
+    if run is None:  # a data-parallel process other than the leader: the leader reports
+        return
     f = run.figures
     op = f["operating_point"]
     if f["resumed_from_epoch"] is not None:

@@ -56,7 +56,7 @@ from fusion_model.segment.scans import (
     lesion_queries,
     load_scan,
 )
-from fusion_model.training import TrainingLoop, cpu_bfloat16_supported
+from fusion_model.training import ProcessGroup, TrainingLoop, cpu_bfloat16_supported, join_process_group
 
 BACKGROUND_SAMPLES = 50_000  # background patch centres kept per scan (uniform subsample)
 
@@ -194,11 +194,22 @@ class FitResult:
 def _fit(stage: str, in_channels: int, out_channels: int, config: SegmentConfig, epochs: int,
          next_batch: Callable[[np.random.Generator], tuple[torch.Tensor, torch.Tensor]],
          score: Callable[[torch.nn.Module], float], transform: Compose, checkpoint: Path, run_key: str,
-         device: torch.device, progress: bool, on_epoch: Callable[[dict], None] | None) -> FitResult:
+         device: torch.device, progress: bool, on_epoch: Callable[[dict], None] | None,
+         group: ProcessGroup = ProcessGroup()) -> FitResult:
     """Train one network with Dice + cross-entropy, polynomial decay, early stopping on ``score`` and a
-    checkpoint per epoch (resumed when it belongs to the same run)."""
+    checkpoint per epoch (resumed when it belongs to the same run).
+
+    Data-parallel (``group`` of several processes, from torchrun): every process draws the same global batch and
+    steps on its share of it (rank k takes patches k, k + N, ...), DistributedDataParallel averages the
+    gradients, so the steps are those of one process on the whole batch; the leader alone scores the network,
+    and its score (hence early stopping) is every process's."""
     torch.manual_seed(config.seed)
     network = channels_last(build_segmenter(config, in_channels, out_channels).to(device))
+    trained = network
+    if group.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = epochs * config.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - min(step, total_steps - 1)
@@ -207,7 +218,7 @@ def _fit(stage: str, in_channels: int, out_channels: int, config: SegmentConfig,
     # a checkpoint of other settings is overwritten: the same --out, a new run
     bfloat16 = config.cpu_precision == "bfloat16" or (config.cpu_precision == "auto" and cpu_bfloat16_supported())
     loop = TrainingLoop(network, optimizer, scheduler, device, config.seed, salt=(len(stage),), checkpoint=checkpoint,
-                        run_key=run_key, refuse_other_runs=False, progress=progress,
+                        run_key=run_key, refuse_other_runs=False, progress=progress and group.leader,
                         description=f"training the {stage}", cpu_bfloat16=bfloat16)
     state = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "best_model": None}
     resumed = None
@@ -220,15 +231,19 @@ def _fit(stage: str, in_channels: int, out_channels: int, config: SegmentConfig,
         total = 0.0
         for _ in range(config.iterations_per_epoch):
             x, y = next_batch(random.generator)
+            if group.distributed:  # this process's share of the global batch
+                x, y = x[group.rank::group.world_size], y[group.rank::group.world_size]
             x, y = as_channels_last(x.to(device)), y.to(device)
+            patches_per_process = len(x)
             with loop.autocast():
-                loss = loss_function(network(x), y)
+                loss = loss_function(trained(x), y)
             loop.step(loss)
-            total += float(loss.item())
+            total += group.mean(float(loss.item()))
         validate = (epoch + 1) % config.validate_every == 0 or epoch + 1 == epochs
-        value = score(network) if validate else None
+        value = group.from_leader(score(network) if validate and group.leader else None)
         record = {"stage": stage, "epoch": epoch, "train_loss": total / config.iterations_per_epoch,
-                  "val_dice": value, "lr": scheduler.get_last_lr()[0],
+                  "val_dice": value, "lr": scheduler.get_last_lr()[0], "processes": group.world_size,
+                  "patches_per_process": patches_per_process,
                   "seconds": round(time.perf_counter() - epoch_started, 2)}
         if value is not None and value > state["best_score"]:
             state.update(best_score=value, best_epoch=epoch, bad_epochs=0,
@@ -237,8 +252,9 @@ def _fit(stage: str, in_channels: int, out_channels: int, config: SegmentConfig,
             state["bad_epochs"] += config.validate_every
         state["epoch"] = epoch
         state["history"].append(record)
-        loop.save(state)
-        if on_epoch is not None:
+        if group.leader:
+            loop.save(state)
+        if on_epoch is not None and group.leader:
             on_epoch(record)
     network.load_state_dict(state["best_model"])
     network.eval()
@@ -249,12 +265,23 @@ def _fit(stage: str, in_channels: int, out_channels: int, config: SegmentConfig,
 def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: str = "auto",
                     regions: dict[str, Region] | None = None, test_centre: str | None = None,
                     overwrite: bool = False, progress: bool = True,
-                    on_epoch: Callable[[dict], None] | None = None) -> SegmenterRun:
-    """Train a segmenter on the cohort's outlined scans (leaving out ``test_centre``) and write it to ``out``."""
+                    on_epoch: Callable[[dict], None] | None = None) -> SegmenterRun | None:
+    """Train a segmenter on the cohort's outlined scans (leaving out ``test_centre``) and write it to ``out``.
+
+    Started by torchrun (``--nproc_per_node N``, or ``segment train --gpus N``), the N processes train the
+    networks data-parallel, one GPU each (gloo on the CPU); the leader (rank 0) writes the segmenter and returns
+    the run, the others return None."""
     started = time.perf_counter()
     out = Path(out)
-    check_output_dir(out, overwrite)
-    torch_device = resolve_device(device)
+    group, torch_device = join_process_group(resolve_device(device))
+    detector_batch_size = max(1, config.batch_size // config.patches_per_volume) * config.patches_per_volume
+    if group.distributed and (config.batch_size % group.world_size or detector_batch_size % group.world_size):
+        raise UserInputError(f"batch_size {config.batch_size} (the detector's {detector_batch_size} patches: "
+                             f"{config.patches_per_volume} per scan) does not split evenly over {group.world_size} "
+                             f"processes; give a batch_size that does (a multiple of "
+                             f"{group.world_size * config.patches_per_volume})")
+    if group.leader:
+        check_output_dir(out, overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
     cohort = load_cohort(cohort_dir)
@@ -314,7 +341,7 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
 
     detector = _fit("detector", len(phases), 3 if learn_glands else 2, config, config.epochs, detector_batch,
                     detector_score, transform,
-                    checkpoint, run_key, torch_device, progress, on_epoch)
+                    checkpoint, run_key, torch_device, progress, on_epoch, group)
     refiner = None
     if config.refine:
         crop_transform = training_transforms(config, crop=False)
@@ -339,7 +366,10 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
         refiner = _fit("refiner", refiner_channels(phases, config), 2, config, config.refine_epochs, refiner_batch,
                        refiner_score,
                        crop_transform, refiner_checkpoint, run_key,
-                       torch_device, progress, on_epoch)
+                       torch_device, progress, on_epoch, group)
+    group.close()
+    if not group.leader:
+        return None
 
     detection = DetectionRecord()
     lesion_dice = []
