@@ -407,7 +407,7 @@ class _BrightIsLesion(torch.nn.Module):
 
 def test_a_lesion_merged_with_an_organ_is_re_outlined_at_the_table_size(tmp_path):
     from fusion_model.cohort import load_cohort
-    from fusion_model.segment.infer import segment_scan, split_oversized
+    from fusion_model.segment.infer import segment_scan, reoutline_at_table_size
     from fusion_model.segment.scans import cohort_scans, lesion_queries, load_scan, read_regions
 
     root = _phantom_cohort(tmp_path / "c", patients=1, seed=3)
@@ -437,7 +437,7 @@ def test_a_lesion_merged_with_an_organ_is_re_outlined_at_the_table_size(tmp_path
     (blob,) = [c for c in found.components if c.volume_mm3 > 20 * lesion.sum()]
     matches = match_lesions(queries, found.components, 0.5, config.match_size_ratio, config.gland_margin_mm)
     assert matches[0].label is None and "and the table gives" in matches[0].refused[blob.label]
-    split, matches = split_oversized(_BrightIsLesion(), volume, found, queries, matches, 0.5, config,
+    split, matches = reoutline_at_table_size(_BrightIsLesion(), volume, found, queries, matches, 0.5, config,
                                      torch.device("cpu"), ["unenhanced"])
     (match,) = matches
     assert match.label is not None and "re-outlined at the table's size inside component" in match.reason
@@ -449,6 +449,53 @@ def test_a_lesion_merged_with_an_organ_is_re_outlined_at_the_table_size(tmp_path
     rest = next(c for c in split.components if c.label == blob.label)
     assert rest.volume_mm3 == pytest.approx(((split.labels == blob.label).sum()) * 8)  # the blob keeps the rest
     assert (taken & lesion).sum() > 0.8 * lesion.sum()  # the lesion comes out (a stand-in refiner: with some organ)
+
+
+class _BrightestOnly(torch.nn.Module):
+    """A stand-in detector that finds only the brightest part of a lesion (above 100 HU)."""
+
+    def forward(self, x):
+        logit = (torch.nn.functional.avg_pool3d(x[:, :1], 3, stride=1, padding=1) - 0.8) * 40
+        return torch.cat([-logit, logit], dim=1)
+
+
+def test_a_lesion_only_partly_found_is_re_outlined_at_the_table_size(tmp_path):
+    from fusion_model.cohort import load_cohort
+    from fusion_model.segment.infer import reoutline_at_table_size, segment_scan
+    from fusion_model.segment.scans import cohort_scans, lesion_queries, load_scan, read_regions
+
+    root = _phantom_cohort(tmp_path / "c", patients=1, seed=3)
+    image = sitk.ReadImage(str(root / "images/P01.nii.gz"))
+    centre = tuple(np.argwhere(sitk.GetArrayFromImage(sitk.ReadImage(str(root / "masks/P01.nii.gz")))).mean(axis=0)
+                   .round().astype(int))
+    lesion = sphere_mask((24, 48, 48), centre, 7.0) > 0  # 28 mm across, with a brighter core 8 mm across
+    core = sphere_mask((24, 48, 48), centre, 2.0) > 0
+    ct = np.where(core, 160.0, np.where(lesion, 60.0, 0.0)) + np.random.default_rng(0).normal(0, 12, lesion.shape)
+    for array, path in ((ct.astype(np.int16), "images/P01.nii.gz"), (lesion.astype(np.uint8), "masks/P01.nii.gz")):
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(root / path))
+    table = pd.read_csv(root / "clinical.csv")
+    table["size_mm"] = 28.0
+    table.to_csv(root / "clinical.csv", index=False)
+    config = SegmentConfig(spacing_mm=2.0, min_extent_mm=20, patch_voxels=(48, 48, 24), hu_window=(-100, 150),
+                           min_component_mm3=20, refine_voxels=32, refine_test_time_flips=1, refine=False)
+    (scan,) = cohort_scans(load_cohort(root))
+    volume = load_scan(scan, ["unenhanced"], config, with_target=True,
+                       glands=read_regions(root / "glands", root)["P01"])
+    found = segment_scan(_BrightestOnly(), None, volume, config, torch.device("cpu"), ["unenhanced"])
+    (part,) = found.components
+    assert part.diameter_mm * config.match_size_ratio < 28  # the detector found a small part only
+    queries = lesion_queries(scan)
+    matches = match_lesions(queries, found.components, 0.5, config.match_size_ratio, config.gland_margin_mm)
+    assert matches[0].label is None and "and the table gives 28" in matches[0].refused[part.label]
+    grown, matches = reoutline_at_table_size(_BrightIsLesion(), volume, found, queries, matches, 0.5, config,
+                                             torch.device("cpu"), ["unenhanced"])
+    (match,) = matches
+    assert match.label is not None and "re-outlined at the table's size around component" in match.reason
+    taken = grown.labels == match.label
+    assert 2 * (taken & lesion).sum() / (taken.sum() + lesion.sum()) > 0.8  # the whole lesion comes out
+    assert [c.label for c in grown.components] == [1]
 
 
 def test_components_far_from_the_glands_are_suppressed(tmp_path):

@@ -187,10 +187,11 @@ CORE_MM = 6.0  # an oversized component's voxels this close to a gland are where
 def outline_at_size(refiner: torch.nn.Module, volume: ScanVolume, found: SegmentedScan, parent: Component,
                     size_mm: float, config: SegmentConfig, device: torch.device,
                     phases: list[str]) -> np.ndarray | None:
-    """A lesion the table gives as ``size_mm`` inside a component far larger (a lesion merged with liver or
-    spleen): the refiner re-outlines it on a crop scaled to ``size_mm``, centred on the component's voxels
-    nearest a gland (or on its centre when no gland is known). The outline (bool, reference grid, within
-    the parent component's reach) or None when the refiner finds nothing plausible there."""
+    """A lesion the table gives as ``size_mm`` where the detector's component is far larger (a lesion merged with
+    liver or spleen) or far smaller (a lesion only partly found): the refiner re-outlines it on a crop scaled to
+    ``size_mm``, centred on the component's voxels nearest a gland (or on its centre when no gland is known). The
+    outline (bool, reference grid; the parent component's voxels or background, never another component's) or
+    None when the refiner finds nothing of a plausible size there."""
     inside = found.labels == parent.label
     if found.gland_distance is not None:
         near = inside & (found.gland_distance <= max(CORE_MM, float(found.gland_distance[inside].min()) + CORE_MM))
@@ -215,12 +216,13 @@ def outline_at_size(refiner: torch.nn.Module, volume: ScanVolume, found: Segment
     return outline if 1 / config.match_size_ratio <= ratio <= config.match_size_ratio else None
 
 
-def split_oversized(refiner: torch.nn.Module, volume: ScanVolume, found: SegmentedScan, queries: list[LesionQuery],
-                    matches: list[Match], threshold: float, config: SegmentConfig, device: torch.device,
-                    phases: list[str]) -> tuple[SegmentedScan, list[Match]]:
+def reoutline_at_table_size(refiner: torch.nn.Module, volume: ScanVolume, found: SegmentedScan,
+                            queries: list[LesionQuery], matches: list[Match], threshold: float, config: SegmentConfig,
+                            device: torch.device, phases: list[str]) -> tuple[SegmentedScan, list[Match]]:
     """For each lesion left without a component while a free one on its side is far larger than its ``size_mm``
-    (merged with neighbouring organ), the lesion re-outlined at its size inside that component
-    (:func:`outline_at_size`): a new component, its voxels taken from the large one, and a reason saying so."""
+    (merged with a neighbouring organ) or far smaller (only part of the lesion found), the lesion re-outlined at
+    its size there (:func:`outline_at_size`): a new component (its voxels taken from the large one, or grown
+    from the small one), and a reason saying so."""
     labels, components, matches = found.labels.copy(), list(found.components), list(matches)
     taken = {m.label for m in matches if m.label is not None}
     voxel_mm3 = float(np.prod(volume.reference.GetSpacing()))
@@ -230,7 +232,8 @@ def split_oversized(refiner: torch.nn.Module, volume: ScanVolume, found: Segment
         candidates = [c for c in sorted(components, key=lambda c: -c.probability)
                       if c.label not in taken and c.probability >= threshold
                       and (query.side is None or c.side == query.side)
-                      and c.diameter_mm > config.match_size_ratio * query.size_mm]
+                      and (c.diameter_mm > config.match_size_ratio * query.size_mm
+                           or c.diameter_mm * config.match_size_ratio < query.size_mm)]
         for parent in candidates:
             outline = outline_at_size(refiner, volume, replace(found, labels=labels), parent, query.size_mm, config,
                                       device, phases)
@@ -251,7 +254,8 @@ def split_oversized(refiner: torch.nn.Module, volume: ScanVolume, found: Segment
                     rest, volume.reference.GetSpacing())) for c in components if rest.any() or c.label != label]
             components.append(new)
             taken.add(label)
-            matches[i] = Match(label, f"component {label} ({new.describe()}): re-outlined at the table's size inside "
+            where = "inside" if parent.diameter_mm > query.size_mm else "around"
+            matches[i] = Match(label, f"component {label} ({new.describe()}): re-outlined at the table's size {where} "
                                       f"component {parent.label} ({parent.describe()}), which is "
                                       f"{parent.diameter_mm:.0f} mm across against size_mm {query.size_mm:g}",
                                match.refused)

@@ -38,7 +38,7 @@ from fusion_model.errors import UserInputError
 from fusion_model.fileio import check_output_dir
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter
-from fusion_model.segment.infer import patch_zyx, probability_map, segment_scan, split_oversized
+from fusion_model.segment.infer import patch_zyx, probability_map, segment_scan, reoutline_at_table_size
 from fusion_model.segment.matching import match_lesions
 from fusion_model.segment.metrics import (
     DetectionRecord,
@@ -382,7 +382,7 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
         matched = match_lesions(queries, found.components, config.match_min_probability or 0.0,
                                 config.match_size_ratio, config.gland_margin_mm, found.suppressed)
         if refiner is not None and any(m.label is None for m in matched):
-            found, matched = split_oversized(refiner.network, volume, found, queries, matched,
+            found, matched = reoutline_at_table_size(refiner.network, volume, found, queries, matched,
                                              config.match_min_probability or 0.0, config, torch_device, phases)
         spacing_zyx = tuple(reversed(volume.reference.GetSpacing()))
         for mask, match in zip(masks, matched):
