@@ -80,6 +80,17 @@ class ImageCache:
         """The cached array of ``key``, computed and stored on a miss."""
         return self._get_or_compute(key, ".npy", compute, lambda p: np.load(p, allow_pickle=False), atomic_save_npy)
 
+    def array_path(self, key: str, compute: Callable[[], np.ndarray]) -> Path:
+        """Where the array of ``key`` lies, computed and stored first on a miss, not read on a hit: for a worker
+        whose caller reads the shared cache itself (no array sent back through the cluster)."""
+        path = self.path(key, ".npy")
+        if path.is_file():
+            self.hits += 1
+            return path
+        atomic_save_npy(path, compute())
+        self.misses += 1
+        return path
+
     def json(self, key: str, compute: Callable[[], dict]) -> dict:
         """The cached JSON object of ``key``, computed and stored on a miss."""
         return self._get_or_compute(key, ".json", compute, lambda p: json.loads(p.read_text()), atomic_write_json)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,6 +66,11 @@ def _lazy_volumes(lesion: LesionRecord, phases, config: PreprocessConfig,
     return load
 
 
+def lesion_crop_of(load: Callable[[], LesionVolumes], channels: list[str], config: PreprocessConfig) -> np.ndarray:
+    """The crop of the lesion ``load`` reads."""
+    return lesion_crop(load(), channels, config)
+
+
 @dataclass
 class LesionImages:
     """One lesion's crop and features (None where not asked for), or why it could not be read; and how many of
@@ -72,6 +78,7 @@ class LesionImages:
 
     lesion_id: str
     crop: np.ndarray | None = None
+    crop_path: Path | None = None  # the crop in the shared cache, when the task was asked for its path
     features: dict | None = None
     error: LesionError | None = None
     cache_hits: int = 0
@@ -79,10 +86,11 @@ class LesionImages:
 
 
 def lesion_images(lesion: LesionRecord, phases: Sequence[str], ct_intensities: bool, config: PreprocessConfig,
-                  cache: ImageCache, crops: bool = True, features: bool = True) -> LesionImages:
+                  cache: ImageCache, crops: bool = True, features: bool = True,
+                  crop_by_path: bool = False) -> LesionImages:
     """One lesion's crop (channels: ``phases`` when they hold HU, then the mask) and radiological features, read
     from the cache or computed into it; an unreadable lesion gives its error instead (a task of a pass: pure, the
-    same on any worker)."""
+    same on any worker). ``crop_by_path`` (a cache on disk): the crop's path in the cache instead of the array."""
     channels = crop_channels(phases, ct_intensities, config.depth_channel)
     cache = cache.counting()
     load = _lazy_volumes(lesion, phases, config, ct_intensities)
@@ -92,7 +100,11 @@ def lesion_images(lesion: LesionRecord, phases: Sequence[str], ct_intensities: b
         if crops:
             settings = {"kind": "crop", "config": config.model_dump(mode="json"), "channels": channels}
             key = cache.key(files, {**settings, "mask_label": lesion.mask_label})
-            result.crop = cache.array(key, lambda: lesion_crop(load(), channels, config))
+            compute = functools.partial(lesion_crop_of, load, channels, config)
+            if crop_by_path and cache.root is not None:
+                result.crop_path = cache.array_path(key, compute)
+            else:
+                result.crop = cache.array(key, compute)
         if features:
             settings = {"kind": "features", "version": FEATURES_VERSION, "ct": ct_intensities,
                         "resample": config.resample_mismatched}
@@ -129,10 +141,19 @@ def extract_lesion_images(
                            "the cohort's folder")
     if cache.root is not None:
         engine.check_writable([cache.root], "the image cache")
+    # on a cluster with a shared cache the workers write the crops there and the arrays are read here, not sent
+    by_path = engine.client is not None and cache.root is not None
     task = functools.partial(lesion_images, phases=list(phases), ct_intensities=ct_intensities, config=config,
-                             cache=cache, crops=crops, features=features)
+                             cache=cache, crops=crops, features=features, crop_by_path=by_path)
     ids, arrays, rows, errors = [], [], [], []
-    for result in engine.map(task, lesions, "reading lesions", progress):
+    for lesion, result in zip(lesions, engine.map(task, lesions, "reading lesions", progress)):
+        if result.crop_path is not None:
+            try:
+                result.crop = np.load(result.crop_path, allow_pickle=False)
+            except (ValueError, OSError):  # damaged in the shared cache: computed again here
+                result.crop_path.unlink(missing_ok=True)
+                result = lesion_images(lesion, list(phases), ct_intensities, config, cache.counting(), crops,
+                                       features)
         cache.hits += result.cache_hits
         cache.misses += result.cache_misses
         if result.error is not None:
