@@ -150,7 +150,11 @@ class Engine:
 
     def __enter__(self) -> Engine:
         if self.settings.distributed:
-            self._start()
+            try:
+                self._start()
+            except BaseException:  # a refused cluster (versions, no workers) is not left running
+                self.close()
+                raise
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -256,7 +260,8 @@ class Engine:
 
         run = uuid.uuid4().hex[:12]
         keys = [f"{description.replace(' ', '-')}-{run}-{i}" for i in range(len(items))]
-        scattered = {name: self.client.scatter(value, broadcast=True, hash=False) for name, value in shared.items()}
+        scattered = {name: None if value is None else self.client.scatter(value, broadcast=True, hash=False)
+                     for name, value in shared.items()}
         futures = self.client.map(function, items, key=keys, pure=False, **scattered)
         index_of = {future.key: i for i, future in enumerate(futures)}
         results: list[Any] = [None] * len(items)
@@ -274,6 +279,6 @@ class Engine:
                             "give the workers more memory, or fewer threads per worker") from None
                     bar.update(task, advance=1)
         finally:
-            for future in [*futures, *scattered.values()]:
+            for future in [*futures, *(f for f in scattered.values() if f is not None)]:
                 future.release()
         yield from results

@@ -141,6 +141,23 @@ def test_the_same_key_gives_the_same_ids_and_a_missing_or_other_key_is_refused(e
     assert list(pd.read_csv(again / "clinical.csv")["lesion_id"]) == list(second["lesion_id"])
 
 
+def test_an_import_on_a_dask_cluster_writes_the_same_cohort(export, imported, tmp_path):
+    from fusion_model.engine import Engine, EngineSettings
+
+    with Engine(EngineSettings(workers=2)) as engine:
+        import_dicom(export / "dicom", tmp_path / "cohort", imported / "project.key",
+                     clinical=export / "hospital_table.csv", progress=False, engine=engine)
+    first, second = imported / "cohort", tmp_path / "cohort"
+    assert (second / "clinical.csv").read_text() == (first / "clinical.csv").read_text()
+    files = sorted(p.relative_to(first) for p in first.rglob("*.nii*"))
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*.nii*")) and len(files) > 5
+    for name in files:
+        a = sitk.ReadImage(str(first / name))
+        b = sitk.ReadImage(str(second / name))
+        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)), name
+        assert a.GetOrigin() == b.GetOrigin() and a.GetSpacing() == b.GetSpacing()
+
+
 def test_keep_dicom_points_at_the_series_and_validates(export, imported, tmp_path):
     result = import_dicom(export / "dicom", tmp_path / "linked", imported / "project.key",
                           clinical=export / "hospital_table.csv", options=ImportOptions(keep_dicom=True),

@@ -117,8 +117,10 @@ def validate_cohort(
         report.error(str(masks_b_dir), "--masks-b: not a folder; give the folder holding the second reader's masks, "
                                        "named as the mask_path files")
         return report
-    cohort = Cohort(root=root.absolute(), spec=spec, table=table.reset_index(drop=True))
     engine = engine or Engine()
+    # on a cluster the workers resolve the files from the absolute path (their working folders differ)
+    cohort = Cohort(root=root if engine.client is None else root.absolute(), spec=spec,
+                    table=table.reset_index(drop=True))
     if engine.client is not None:
         engine.check_paths([cohort.root] + ([Path(masks_b_dir)] if masks_b_dir is not None else []),
                            "the cohort's folder")

@@ -36,6 +36,7 @@ from fusion_model.dicom_import.series import (
     set_aside_reason,
     stack_affine,
 )
+from fusion_model.engine import Engine
 from fusion_model.errors import FusionModelWarning, UserInputError
 from fusion_model.fileio import atomic_directory, atomic_write_json, atomic_write_text, check_output_dir
 from fusion_model.progress import map_tracked
@@ -395,10 +396,26 @@ def _check_table_rows(table: ClinicalTable, studies: list[StudyRecord], notes: N
 
 
 # ---------------------------------------------------------------------------------------------------- the import
+@dataclass
+class _Passes:
+    """Where the import's passes run: ``processes`` local processes, or the Dask cluster of ``engine``."""
+
+    processes: int
+    engine: Engine | None = None
+
+    def map(self, function, tasks: list, description: str, progress: bool) -> list:
+        """``[function(t) for t in tasks]``, in order."""
+        if self.engine is not None and self.engine.client is not None:
+            return list(self.engine.map(function, tasks, description, progress))
+        return map_tracked(function, tasks, self.processes, description, progress)
+
+
 def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False, clinical: Path | None = None,
                  mapping_file: Path | None = None, options: ImportOptions | None = None, overwrite: bool = False,
-                 progress: bool = True) -> ImportResult:
-    """Import a DICOM export into the cohort directory ``out``; see the module docstring."""
+                 progress: bool = True, engine: Engine | None = None) -> ImportResult:
+    """Import a DICOM export into the cohort directory ``out``; see the module docstring. The per-file and
+    per-series passes run in ``options.workers`` local processes, or on ``engine``'s Dask cluster when it has one
+    (the export and the cohort's folder on a filesystem the workers share)."""
     options = options or ImportOptions()
     export, out = Path(export), Path(out)
     if not export.is_dir():
@@ -416,10 +433,13 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
                              "choose a --key-file elsewhere")
     key = check_key(key_file, new_key, out)  # a missing or changed key is refused before any work
     check_output_dir(out, overwrite)
-    workers = options.workers or min(4, os.cpu_count() or 1)
+    workers = _Passes(options.workers or min(4, os.cpu_count() or 1), engine)
+    if engine is not None and engine.client is not None:
+        engine.check_paths([export], "the DICOM export")
+        engine.check_writable([out.absolute().parent], "the cohort's parent folder")
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
-    scan = scan_export(export, workers, progress)
+    scan = scan_export(export, workers.processes, progress, engine)
     seconds["read headers"] = time.perf_counter() - clock
     notes = Notes()
     if not scan.headers:
@@ -465,7 +485,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
     for study in studies.values():
         _header_phases(study, options.phases)
     seconds["group and check series"] = time.perf_counter() - clock - sum(seconds.values())
-    measured = map_tracked(phases_.measure_series, [s.files for s in candidates], workers, "checking phases on the images",
+    measured = workers.map(phases_.measure_series, [s.files for s in candidates], "checking phases on the images",
                            progress)
     for series, (aorta, ivc) in zip(candidates, measured):
         series.aorta_hu, series.ivc_hu = aorta, ivc
@@ -526,6 +546,7 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
         if study.date:
             study.day = (study.date - first_day[study.patient_key]).days
     with atomic_directory(out, overwrite) as staging:
+        staging = Path(staging).absolute()  # the tasks' outputs: the same path on every worker
         (staging / "images").mkdir()
         (staging / "masks").mkdir()
         volume_tasks, links = [], []
@@ -548,7 +569,7 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
             for n, source in enumerate(series.files):
                 os.symlink(Path(source).resolve(), folder / f"slice_{n + 1:04d}.dcm")
         start = time.perf_counter()
-        written = map_tracked(_volume_task, volume_tasks, workers, "writing volumes", progress)
+        written = workers.map(_volume_task, volume_tasks, "writing volumes", progress)
         failures = [(t, e) for t, e in written if e]
         if failures:
             raise UserInputError(failures[0][1])
@@ -557,7 +578,7 @@ def _write(export, out, key, created, table, mapping_file, options, overwrite, p
         rows, lesion_ids = [], {}
         masks = {m.uid: m for s in imported for m in s.masks}
         tasks = [(study, staging, table, options, cohort_phases) for study in imported]
-        for uid, study_rows, study_notes, repairs in map_tracked(_study_task, tasks, workers, "outlines and table rows",
+        for uid, study_rows, study_notes, repairs in workers.map(_study_task, tasks, "outlines and table rows",
                                                                  progress):
             rows.extend(study_rows)
             lesion_ids[uid] = " ".join(r["lesion_id"] for r in study_rows)

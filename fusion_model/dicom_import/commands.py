@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fusion_model.console import console
+from fusion_model.console import SchedulerOption, console
 
 app = typer.Typer()
 
@@ -46,6 +46,7 @@ def import_dicom_command(
         help="centre name for every study (default: the table's centre column, else InstitutionName)")] = None,
     workers: Annotated[int, typer.Option(help="processes (0 = as many as cores, up to 4)")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing cohort directory")] = False,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Turn a PACS export (CT studies, DICOM SEG / RTSTRUCT outlines) into a pseudonymised cohort directory:
     cohort.json, clinical.csv, NIfTI volumes per phase, masks, and import_report.html + series.csv saying what
@@ -59,8 +60,11 @@ def import_dicom_command(
         "allow_sharp_kernel": allow_sharp_kernel, "centre": centre, "workers": workers, "compress": compress,
     }, "import-dicom options")
     key_file = key_file or out.parent / f"{out.name}.key"
-    result = import_dicom(export, out, key_file, new_key=new_key, clinical=clinical, mapping_file=mapping_file,
-                          options=options, overwrite=overwrite)
+    from fusion_model.engine import Engine, EngineSettings
+
+    with Engine(EngineSettings(scheduler=scheduler)) as engine:
+        result = import_dicom(export, out, key_file, new_key=new_key, clinical=clinical, mapping_file=mapping_file,
+                              options=options, overwrite=overwrite, engine=engine)
     warn_notes(result.notes)
     if result.key_created:
         console.print(f"created the pseudonymisation key {key_file}: keep it (outside the cohort); later imports "

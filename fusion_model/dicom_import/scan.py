@@ -191,13 +191,17 @@ def list_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def scan_export(root: Path, workers: int = 0, progress: bool = True) -> ScanResult:
-    """Read the header of every file under ``root`` (in ``workers`` processes; 0 = as many as cores, up to 4)."""
+def scan_export(root: Path, workers: int = 0, progress: bool = True, engine=None) -> ScanResult:
+    """Read the header of every file under ``root`` (in ``workers`` processes; 0 = as many as cores, up to 4; or
+    on ``engine``'s Dask cluster when it has one)."""
     paths = list_files(Path(root))
     result = ScanResult(files=len(paths))
     chunks = [paths[i:i + CHUNK_FILES] for i in range(0, len(paths), CHUNK_FILES)]
     workers = workers or min(4, os.cpu_count() or 1)
-    done = map_tracked(_read_chunk, chunks, workers, "reading DICOM headers", progress)
+    if engine is not None and engine.client is not None:
+        done = list(engine.map(_read_chunk, chunks, "reading DICOM headers", progress))
+    else:
+        done = map_tracked(_read_chunk, chunks, workers, "reading DICOM headers", progress)
     for chunk in done:
         for path, record in chunk:
             if record is None:
