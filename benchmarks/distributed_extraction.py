@@ -13,10 +13,11 @@
    worker (after a first pass, so the worker has imported its modules) against this process, and a no-op task's
    round trip.
 6. Cost model: ``--studies`` real-size CT studies (two phases of 512 x 512 x 300 voxels at 0.7 x 0.7 x 1.0 mm,
-   gzip NIfTI, soft-tissue noise everywhere, a phantom's abdomen and lesion in the middle) are generated; seconds
-   per study in one process give the model ``hours(N studies, K workers) = N * s / (K * e) / 3600`` with ``e``
-   the parallel efficiency measured in step 3; its prediction for the studies on ``--workers`` workers is checked
-   against the measured run.
+   gzip NIfTI, soft-tissue noise everywhere, a phantom's abdomen and lesion in the middle) are generated. Seconds
+   per study in one process (the default path), and on one worker process (one thread, as every worker runs:
+   two studies timed after a warm-up one) give the model ``hours(N studies, K workers) = ceil(N / K) * w / 3600``
+   with ``w`` the seconds per study on a worker; its prediction for the studies on ``--workers`` workers is
+   checked against the measured run.
 
 Every figure is printed and written to OUT/distributed_extraction.json. Targets: speed-up >= 1.7 with 2 workers on
 2 cores, identical output with a worker killed halfway, scheduler overhead < 5 ms per lesion.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -55,9 +57,11 @@ def cache_digest(root: Path) -> tuple[int, str]:
     return len(files), digest.hexdigest()
 
 
-def run_pass(cohort_dir: Path, cache_dir: Path, engine: Engine, progress: bool = True):
-    """One extraction pass; its result and seconds."""
+def run_pass(cohort_dir: Path, cache_dir: Path, engine: Engine, progress: bool = True, only: int | None = None):
+    """One extraction pass (of the first ``only`` lesions, or all); its result and seconds."""
     cohort = load_cohort(cohort_dir)
+    if only is not None:
+        cohort = cohort.subset(cohort.table["lesion_id"].head(only))
     started = time.perf_counter()
     images = cohort.images(CONFIG, ImageCache(cache_dir), progress=progress, engine=engine)
     return images, time.perf_counter() - started
@@ -92,9 +96,10 @@ def _noop(x):
     return x
 
 
-def full_size_studies(cohort_dir: Path, out: Path, count: int, seed: int) -> Path:
-    """A cohort of ``count`` real-size studies: each phase 512 x 512 x 300 voxels at 0.7 x 0.7 x 1.0 mm, soft-tissue
-    noise everywhere and the synthetic patient's abdomen (and lesion) resampled into the middle."""
+def full_size_studies(cohort_dir: Path, out: Path, count: int, seed: int, skip: int = 0) -> Path:
+    """A cohort of ``count`` real-size studies (of the patients after the first ``skip``): each phase 512 x 512 x
+    300 voxels at 0.7 x 0.7 x 1.0 mm, soft-tissue noise everywhere and the synthetic patient's abdomen (and
+    lesion) resampled into the middle."""
     import pandas as pd
     import SimpleITK as sitk
     from scipy import ndimage
@@ -107,7 +112,7 @@ def full_size_studies(cohort_dir: Path, out: Path, count: int, seed: int) -> Pat
     (staging / "masks").mkdir()
     shutil.copy(cohort_dir / "cohort.json", staging / "cohort.json")
     table = pd.read_csv(cohort_dir / "clinical.csv")
-    patients = table.drop_duplicates("patient_id").head(count)["patient_id"]
+    patients = table.drop_duplicates("patient_id")["patient_id"].iloc[skip:skip + count]
     rows = table[table["patient_id"].isin(patients)].copy()
     rng = np.random.default_rng(seed)
     size, spacing = (512, 512, 300), (0.7, 0.7, 1.0)
@@ -148,16 +153,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--studies", type=int, default=6, help="real-size studies of the cost model (0: skip)")
+    parser.add_argument("--steps", default="passes,cost",
+                        help="passes (steps 2-5) and/or cost (step 6); the figures of a step not run are kept from OUT")
     args = parser.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     cohort_dir = out / "cohort"
-    figures: dict = {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-                     "patients": args.patients, "workers": args.workers, "cpu_cores": os.cpu_count()}
+    steps = set(args.steps.split(","))
+    result_file = out / "distributed_extraction.json"
+    figures: dict = json.loads(result_file.read_text()) if result_file.exists() else {}
+    figures.update({"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+                    "patients": args.patients, "workers": args.workers, "cpu_cores": os.cpu_count()})
     if not cohort_dir.exists():
         from fusion_model.synthetic.generate import synthesize_cohort
 
         synthesize_cohort(cohort_dir, SynthConfig(patients=args.patients, seed=args.seed))
+    if "passes" in steps:
+        run_passes(cohort_dir, out, args.workers, figures)
+    if "cost" in steps and args.studies:
+        cost_model(cohort_dir, out, args.workers, args.studies, args.seed, figures)
+    result_file.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def run_passes(cohort_dir: Path, out: Path, workers: int, figures: dict) -> None:
+    """Steps 2-5: one process, the local cluster, a worker killed, the scheduler's overhead."""
     for name in ("cache-serial", "cache-workers", "cache-killed"):
         shutil.rmtree(out / name, ignore_errors=True)
 
@@ -168,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"one process: {lesions} lesions in {serial_s:.1f} s ({lesions / serial_s:.2f} lesions/s)", flush=True)
 
     started = time.perf_counter()
-    with Engine(EngineSettings(workers=args.workers)) as engine:
+    with Engine(EngineSettings(workers=workers)) as engine:
         start_s = time.perf_counter() - started
         parallel, parallel_s = run_pass(cohort_dir, out / "cache-workers", engine)
     speedup = serial_s / parallel_s
@@ -176,14 +196,14 @@ def main(argv: list[str] | None = None) -> dict:
     figures["local_cluster"] = {
         "cluster_start_s": start_s, "seconds": parallel_s, "lesions_per_s": lesions / parallel_s,
         "speedup": speedup, "speedup_with_start": serial_s / (parallel_s + start_s),
-        "parallel_efficiency": speedup / args.workers, "cache_byte_identical": identical,
+        "parallel_efficiency": speedup / workers, "cache_byte_identical": identical,
         "results_identical": same_results(serial, parallel), "cache_files": cache_digest(out / "cache-serial")[0]}
-    print(f"{args.workers} workers: {parallel_s:.1f} s ({lesions / parallel_s:.2f} lesions/s), speed-up "
+    print(f"{workers} workers: {parallel_s:.1f} s ({lesions / parallel_s:.2f} lesions/s), speed-up "
           f"{speedup:.2f}x ({serial_s / (parallel_s + start_s):.2f}x counting the {start_s:.1f} s cluster start); "
           f"cache byte-identical: {identical}", flush=True)
 
     killed: dict = {}
-    with Engine(EngineSettings(workers=args.workers)) as engine:
+    with Engine(EngineSettings(workers=workers)) as engine:
         watcher = kill_one_worker_halfway(engine, out / "cache-killed", lesions, killed)
         after_kill, killed_s = run_pass(cohort_dir, out / "cache-killed", engine)
         watcher.join(timeout=1)
@@ -211,29 +231,35 @@ def main(argv: list[str] | None = None) -> dict:
           f"in this process, {warm_one_s / lesions * 1000:.2f} ms on one worker); a no-op task {noop_ms:.2f} ms",
           flush=True)
 
-    if args.studies:
-        studies = full_size_studies(cohort_dir, out / "full-size", args.studies, args.seed)
-        for name in ("cache-studies-serial", "cache-studies-workers"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        one, one_s = run_pass(studies, out / "cache-studies-serial", Engine())
-        per_study = one_s / args.studies
-        efficiency = figures["local_cluster"]["parallel_efficiency"]
-        predicted = args.studies * per_study / (args.workers * efficiency)
-        with Engine(EngineSettings(workers=args.workers)) as engine:
-            many, many_s = run_pass(studies, out / "cache-studies-workers", engine)
-        figures["cost_model"] = {
-            "study": "2 phases of 512 x 512 x 300 int16 at 0.7 x 0.7 x 1.0 mm, gzip NIfTI, one lesion",
-            "studies": args.studies, "seconds_per_study": per_study, "parallel_efficiency": efficiency,
-            "predicted_s_on_workers": predicted, "measured_s_on_workers": many_s,
-            "prediction_error": predicted / many_s - 1, "results_identical": same_results(one, many),
-            "hours_10000_studies": {k: 10000 * per_study / (k * efficiency) / 3600 for k in (1, 2, 8, 32, 128)}}
-        print(f"cost model: {per_study:.1f} s per real-size study in one process; {args.studies} studies on "
-              f"{args.workers} workers predicted {predicted:.1f} s, measured {many_s:.1f} s "
-              f"({100 * (predicted / many_s - 1):+.0f}%); 10,000 studies: " + ", ".join(
-                  f"{k} workers {h:.1f} h" for k, h in figures["cost_model"]["hours_10000_studies"].items()),
-              flush=True)
-    (out / "distributed_extraction.json").write_text(json.dumps(figures, indent=2) + "\n")
-    return figures
+
+def cost_model(cohort_dir: Path, out: Path, workers: int, count: int, seed: int, figures: dict) -> None:
+    """Step 6: seconds per real-size study in one process and on one worker; the prediction for ``count`` studies
+    on ``workers`` workers against the measured run."""
+    studies = full_size_studies(cohort_dir, out / "full-size", count, seed)
+    for name in ("cache-studies-serial", "cache-studies-one", "cache-studies-workers"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    one, one_s = run_pass(studies, out / "cache-studies-serial", Engine())
+    per_study = one_s / count
+    calibration = full_size_studies(cohort_dir, out / "calibration", 3, seed + 1, skip=count)
+    with Engine(EngineSettings(workers=1)) as engine:
+        run_pass(calibration, out / "cache-studies-one", engine, progress=False, only=1)  # warm-up: imports
+        _, calibration_s = run_pass(calibration, out / "cache-studies-one", engine, progress=False)
+    per_worker_study = calibration_s / 2  # the two studies the warm-up did not read
+    predicted = math.ceil(count / workers) * per_worker_study
+    with Engine(EngineSettings(workers=workers)) as engine:
+        many, many_s = run_pass(studies, out / "cache-studies-workers", engine)
+    figures["cost_model"] = {
+        "study": "2 phases of 512 x 512 x 300 int16 at 0.7 x 0.7 x 1.0 mm, gzip NIfTI, one lesion",
+        "studies": count, "seconds_per_study_one_process": per_study,
+        "seconds_per_study_one_worker": per_worker_study,
+        "predicted_s_on_workers": predicted, "measured_s_on_workers": many_s,
+        "prediction_error": predicted / many_s - 1, "results_identical": same_results(one, many),
+        "hours_10000_studies": {k: math.ceil(10000 / k) * per_worker_study / 3600 for k in (1, 2, 8, 32, 128)}}
+    print(f"cost model: {per_study:.1f} s per real-size study in one process, {per_worker_study:.1f} s on one "
+          f"worker; {count} studies on {workers} workers predicted {predicted:.1f} s, measured {many_s:.1f} s "
+          f"({100 * (predicted / many_s - 1):+.0f}%); 10,000 studies: " + ", ".join(
+              f"{k} workers {h:.1f} h" for k, h in figures["cost_model"]["hours_10000_studies"].items()),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from fusion_model.engine import Engine, EngineSettings, version_mismatches
 from fusion_model.errors import UserInputError
 from fusion_model.imaging.cache import ImageCache
 
-CONFIG = PreprocessConfig(spacing_mm=2.0, crop_size_mm=48)
+CONFIG = PreprocessConfig(spacing_mm=3.0, crop_size_mm=48)
 
 
 def _cache_files(root: Path) -> dict[str, bytes]:
@@ -42,8 +42,17 @@ def _extract(cohort_dir: Path, cache_dir: Path, engine: Engine):
     return images, cache
 
 
-def test_a_local_cluster_gives_the_single_process_results_byte_for_byte(cohort_with_a_broken_mask, tmp_path):
-    serial, serial_cache = _extract(cohort_with_a_broken_mask, tmp_path / "serial", Engine())
+@pytest.fixture(scope="module")
+def serial_pass(cohort_with_a_broken_mask, tmp_path_factory):
+    """The pass in this process: the results every engine must give, and its cache."""
+    cache_dir = tmp_path_factory.mktemp("serial-cache")
+    images, cache = _extract(cohort_with_a_broken_mask, cache_dir, Engine())
+    return images, cache, cache_dir
+
+
+def test_a_local_cluster_gives_the_single_process_results_byte_for_byte(cohort_with_a_broken_mask, serial_pass,
+                                                                        tmp_path):
+    serial, serial_cache, serial_dir = serial_pass
     with Engine(EngineSettings(workers=2)) as engine:
         assert engine.workers == 2
         parallel, parallel_cache = _extract(cohort_with_a_broken_mask, tmp_path / "parallel", engine)
@@ -53,15 +62,15 @@ def test_a_local_cluster_gives_the_single_process_results_byte_for_byte(cohort_w
     # the unreadable lesion is collected as in one process: same row, same message
     assert [e.__dict__ for e in serial.errors] == [e.__dict__ for e in parallel.errors] and len(serial.errors) == 1
     assert serial.errors[0].row == 5 and "mask" in serial.errors[0].message.lower()
-    assert _cache_files(tmp_path / "serial") == _cache_files(tmp_path / "parallel")
+    assert _cache_files(serial_dir) == _cache_files(tmp_path / "parallel")
     assert (parallel_cache.misses, parallel_cache.hits) == (serial_cache.misses, serial_cache.hits) != (0, 0)
     with Engine(EngineSettings(workers=2)) as engine:  # a second pass reads the shared cache
         again, cache = _extract(cohort_with_a_broken_mask, tmp_path / "parallel", engine)
     assert cache.misses == 0 and cache.hits > 0 and np.array_equal(again.crops, serial.crops)
 
 
-def test_a_worker_killed_mid_pass_has_its_tasks_redone(cohort_with_a_broken_mask, tmp_path):
-    serial, _ = _extract(cohort_with_a_broken_mask, tmp_path / "serial", Engine())
+def test_a_worker_killed_mid_pass_has_its_tasks_redone(cohort_with_a_broken_mask, serial_pass, tmp_path):
+    serial, _, serial_dir = serial_pass
     cache_dir = tmp_path / "killed"
     killed: dict = {}
     with Engine(EngineSettings(workers=2)) as engine:
@@ -87,7 +96,7 @@ def test_a_worker_killed_mid_pass_has_its_tasks_redone(cohort_with_a_broken_mask
     assert killed["entries_at_kill"] < len(serial.lesion_ids)  # it died in the middle of the pass
     assert parallel.lesion_ids == serial.lesion_ids and np.array_equal(parallel.crops, serial.crops)
     pd.testing.assert_frame_equal(parallel.features, serial.features)
-    assert _cache_files(cache_dir) == _cache_files(tmp_path / "serial")  # nothing half-written left behind
+    assert _cache_files(cache_dir) == _cache_files(serial_dir)  # nothing half-written left behind
 
 
 def test_engine_settings_are_checked():
