@@ -531,7 +531,7 @@ def test_unfound_lesions_are_counted_by_label_and_type(trained_segmenter, tmp_pa
 
     source = _phantom_cohort(tmp_path / "new", patients=4, seed=5, outlined=0)
     table = pd.read_csv(source / "clinical.csv")
-    table["size_mm"] = 90.0  # no component is anywhere near that size: nothing may be taken
+    table["size_mm"] = 200.0  # no component is anywhere near that size (nor a fifth of it): nothing may be taken
     table.to_csv(source / "clinical.csv", index=False)
     run = predict_masks(trained_segmenter["run"].out, source, tmp_path / "auto", progress=False)
     assert run.found == 0
@@ -539,7 +539,7 @@ def test_unfound_lesions_are_counted_by_label_and_type(trained_segmenter, tmp_pa
                                        "by_lesion_type": {"adenoma": 2, "metastasis": 2}}
     not_found = pd.read_csv(tmp_path / "auto/not_found.csv")
     assert list(not_found.columns) == ["lesion_id", "patient_id", "row", "side", "label", "lesion_type", "reason"]
-    assert not_found["reason"].str.contains("and the table gives 90 mm").all()
+    assert not_found["reason"].str.contains("and the table gives 200 mm").all()
 
 
 def test_predict_refuses_other_phases_and_spacing(trained_segmenter, tmp_path):
@@ -760,8 +760,8 @@ def test_data_parallel_training_with_torchrun_follows_the_single_process_loss_cu
 
     import yaml
 
-    cohort = _phantom_cohort(tmp_path / "cohort", patients=8, seed=3)
-    settings = {**TINY_SEGMENTER, "epochs": 3, "iterations_per_epoch": 4, "refine_epochs": 2, "threads": 1,
+    cohort = _phantom_cohort(tmp_path / "cohort", patients=6, seed=3)
+    settings = {**TINY_SEGMENTER, "epochs": 2, "iterations_per_epoch": 3, "refine_epochs": 2, "threads": 1,
                 "validate_every": 1}
     (tmp_path / "seg.yaml").write_text(yaml.safe_dump(settings))
     common = ["-m", "fusion_model.cli", "segment", "train", "--cohort", str(cohort), "--config",

@@ -60,6 +60,31 @@ def test_five_trial_search_completes_and_its_best_config_trains(trained_model, t
     assert run.model.oof_auc_["all"] > 0.7
 
 
+def test_trials_train_their_encoder_folds_on_a_dask_cluster(trained_model, tmp_path):
+    import numpy as np
+    import torch
+    from distributed import LocalCluster
+
+    config = _config(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each one-thread worker trains
+    try:
+        here = tune(TuneRequest(config, trained_model["train_cohort"], tmp_path / "here", 2,
+                                cache=trained_model["cache"], threads=1), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        there = tune(TuneRequest(config, trained_model["train_cohort"], tmp_path / "there", 2,
+                                 cache=trained_model["cache"], scheduler=cluster.scheduler_address), progress=False)
+    assert len(there.study.get_trials(states=FINISHED)) == len(here.study.get_trials(states=FINISHED)) == 2
+    (stored_here,) = (tmp_path / "here" / "encoder_outputs").glob("*.npz")
+    (stored_there,) = (tmp_path / "there" / "encoder_outputs").glob("*.npz")
+    assert stored_here.name == stored_there.name  # the same encoder setting
+    with np.load(stored_here) as a, np.load(stored_there) as b:
+        assert np.array_equal(a["oof_logits"], b["oof_logits"]) and np.array_equal(a["fold_of"], b["fold_of"])
+    assert _finished(_study(tmp_path / "there")) == _finished(_study(tmp_path / "here"))
+
+
 def _poll(out, predicate, timeout=240):
     start = time.time()
     while time.time() - start < timeout:

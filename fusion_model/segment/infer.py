@@ -211,6 +211,8 @@ def outline_at_size(refiner: torch.nn.Module, volume: ScanVolume, found: Segment
     outline = outline & ((found.labels == 0) | inside)
     if not outline.any():
         return None
+    if parent.diameter_mm < size_mm and (outline & inside).sum() < 0.5 * inside.sum():
+        return None  # grown from a part of the lesion, the outline must hold that part
     extent = axial_extent_mm(outline, reference.GetSpacing())
     ratio = extent / size_mm
     return outline if 1 / config.match_size_ratio <= ratio <= config.match_size_ratio else None
@@ -220,9 +222,10 @@ def reoutline_at_table_size(refiner: torch.nn.Module, volume: ScanVolume, found:
                             queries: list[LesionQuery], matches: list[Match], threshold: float, config: SegmentConfig,
                             device: torch.device, phases: list[str]) -> tuple[SegmentedScan, list[Match]]:
     """For each lesion left without a component while a free one on its side is far larger than its ``size_mm``
-    (merged with a neighbouring organ) or far smaller (only part of the lesion found), the lesion re-outlined at
-    its size there (:func:`outline_at_size`): a new component (its voxels taken from the large one, or grown
-    from the small one), and a reason saying so."""
+    (merged with a neighbouring organ) or far smaller (only part of the lesion found; but not smaller than
+    ``size_mm`` over twice ``match_size_ratio``: a speck is no part of a lesion five times its size), the lesion
+    re-outlined at its size there (:func:`outline_at_size`): a new component (its voxels taken from the large
+    one, or grown from the small one and holding it), and a reason saying so."""
     labels, components, matches = found.labels.copy(), list(found.components), list(matches)
     taken = {m.label for m in matches if m.label is not None}
     voxel_mm3 = float(np.prod(volume.reference.GetSpacing()))
@@ -233,7 +236,8 @@ def reoutline_at_table_size(refiner: torch.nn.Module, volume: ScanVolume, found:
                       if c.label not in taken and c.probability >= threshold
                       and (query.side is None or c.side == query.side)
                       and (c.diameter_mm > config.match_size_ratio * query.size_mm
-                           or c.diameter_mm * config.match_size_ratio < query.size_mm)]
+                           or c.diameter_mm * config.match_size_ratio < query.size_mm
+                           <= c.diameter_mm * config.match_size_ratio * 2)]
         for parent in candidates:
             outline = outline_at_size(refiner, volume, replace(found, labels=labels), parent, query.size_mm, config,
                                       device, phases)

@@ -34,6 +34,9 @@ def tune(
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads per worker (default: this "
                                                                      "machine's cores shared among the live workers "
                                                                      "of the run folder)")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="a Dask cluster's address: the lesions are read and each trial's encoder folds train "
+        "there, one fold per worker (pruning then by trial, not by epoch)")] = None,
 ) -> None:
     """Optuna search over the config's search space: resumable, shareable by many workers."""
     from fusion_model.config import load_experiment
@@ -42,7 +45,7 @@ def tune(
 
     name = study or load_experiment(config).name
     request = TuneRequest(config, cohort, out or Path("runs") / f"{name}-tune", trials, timeout, storage, study,
-                          jobs, worker, test_centre, cache, threads)
+                          jobs, worker, test_centre, cache, threads, scheduler)
     result = run_tune(request)
     from optuna.trial import TrialState
 

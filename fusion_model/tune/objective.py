@@ -63,7 +63,7 @@ class TrainingSet:
 class Objective:
     """Optuna's objective: a trial's configuration scored by cross-validation on the training lesions."""
 
-    def __init__(self, base: ExperimentConfig, training: TrainingSet, out: Path):
+    def __init__(self, base: ExperimentConfig, training: TrainingSet, out: Path, engine=None):
         if base.search is None:
             raise UserInputError(f"experiment {base.name!r} has no 'search' section; declare the parameters to "
                                  "search (see experiments/tune_demo.yaml)")
@@ -72,6 +72,9 @@ class Objective:
         self.training = training
         self.cache_dir = Path(out) / "encoder_outputs"
         self.threads = 2  # XGBoost threads; a worker sets its share of the machine before each trial
+        # where a trial's encoder folds train (fusion_model.engine.Engine; None: here). On a Dask cluster the
+        # folds run at once and report no epochs, so a trial is pruned on its heads' folds only
+        self.engine = engine
 
     def _encoder_key(self, config: ExperimentConfig) -> str:
         payload = {"encoder": config.encoder.model_dump(mode="json"), "folds": config.split.folds,
@@ -100,7 +103,7 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"encoder fold {record['fold']} epoch {epoch}")
 
-        encoder = ImageEncoder.for_experiment(config, progress=False, on_epoch=on_epoch)
+        encoder = ImageEncoder.for_experiment(config, progress=False, on_epoch=on_epoch, engine=self.engine)
         t = self.training
         encoder.fit(t.data.crops, t.labels, t.patient_ids, fit_final=False, channels=t.data.channels)
         self.cache_dir.mkdir(parents=True, exist_ok=True)

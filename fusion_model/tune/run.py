@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from fusion_model import __version__
 from fusion_model.config import ExperimentConfig, load_experiment, with_params
+from fusion_model.engine import Engine, EngineSettings
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_write_text
 from fusion_model.tune.objective import Objective, TrainingSet
@@ -39,6 +40,7 @@ class TuneRequest:
     test_centre: str | None = None
     cache: Path | None = None
     threads: int | None = None  # per worker; None: this machine's cores divided among its live workers
+    scheduler: str | None = None  # a Dask cluster: the lesions are read and each trial's encoder folds train there
 
     @property
     def study_name(self) -> str:
@@ -57,7 +59,7 @@ class TuneResult:
 
 
 def training_set(config: ExperimentConfig, cohort_dir: Path, cache, test_centre: str | None,
-                 progress: bool) -> tuple[TrainingSet, list[str]]:
+                 progress: bool, engine: Engine | None = None) -> tuple[TrainingSet, list[str]]:
     """The lesions an objective may see (the split's training part) and the held-out ones."""
     from fusion_model.cohort import load_cohort
     from fusion_model.cohort.spec import TABLE_FILE
@@ -68,14 +70,14 @@ def training_set(config: ExperimentConfig, cohort_dir: Path, cache, test_centre:
     check_trainable(cohort.table[is_train], config, cohort.root / TABLE_FILE)
     train_ids = cohort.table["lesion_id"][is_train].tolist()
     test_ids = cohort.table["lesion_id"][~is_train].tolist()
-    data, errors, _ = lesion_data(cohort.subset(train_ids), config, cache, progress=progress)
+    data, errors, _ = lesion_data(cohort.subset(train_ids), config, cache, progress=progress, engine=engine)
     if len(data.table) == 0:
         raise UserInputError(f"{cohort_dir}: no training lesion could be read")
     labels = data.table["label"].astype(int).to_numpy()
     return TrainingSet(data, labels, data.table["patient_id"].to_numpy()), test_ids
 
 
-def _prepare(request: TuneRequest, progress: bool):
+def _prepare(request: TuneRequest, progress: bool, engine: Engine | None = None):
     from fusion_model.imaging.cache import ImageCache, default_cache_dir
 
     config = load_experiment(request.config_path)
@@ -83,7 +85,7 @@ def _prepare(request: TuneRequest, progress: bool):
         raise UserInputError(f"{request.config_path}: no 'search' section; declare the parameters to search "
                              "(see experiments/tune_demo.yaml)")
     cache = ImageCache(request.cache or default_cache_dir())
-    training, test_ids = training_set(config, request.cohort, cache, request.test_centre, progress)
+    training, test_ids = training_set(config, request.cohort, cache, request.test_centre, progress, engine)
     request.out.mkdir(parents=True, exist_ok=True)  # after every check: a refused search leaves no folder
     storage = open_storage(request.storage, request.out)
     study = open_study(config, storage, request.study_name, config.seed + 7919 * request.worker,
@@ -92,13 +94,20 @@ def _prepare(request: TuneRequest, progress: bool):
 
 
 def _worker_process(request: TuneRequest) -> None:
-    config, training, study, storage = _prepare(request, progress=False)
-    run_worker(Objective(config, training, request.out), study, storage, request.trials, request.out,
-               request.timeout_s, threads=request.threads)
+    with Engine(EngineSettings(scheduler=request.scheduler)) as engine:
+        config, training, study, storage = _prepare(request, progress=False, engine=engine)
+        run_worker(Objective(config, training, request.out, engine), study, storage, request.trials, request.out,
+                   request.timeout_s, threads=request.threads)
 
 
 def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True) -> TuneResult:
-    """Run a search to its trial total (one or ``jobs`` processes) and write its outputs."""
+    """Run a search to its trial total (one or ``jobs`` processes) and write its outputs; with a ``scheduler``
+    each process reads the lesions and trains each trial's encoder folds on that Dask cluster."""
+    with Engine(EngineSettings(scheduler=request.scheduler)) as engine:
+        return _tune(request, progress, write_outputs, engine if request.jobs == 1 else None)
+
+
+def _tune(request: TuneRequest, progress: bool, write_outputs: bool, engine: Engine | None) -> TuneResult:
     from fusion_model.progress import Progress
 
     if request.trials < 1:
@@ -107,7 +116,7 @@ def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True
         raise UserInputError("--jobs must be at least 1")
     if request.threads is not None and request.threads < 1:
         raise UserInputError("--threads must be at least 1 (or left out: a share of the machine's cores)")
-    config, training, study, storage = _prepare(request, progress)
+    config, training, study, storage = _prepare(request, progress, engine)
     finished_here = 0
     with Progress(enabled=progress) as bar:
         task = bar.add_task(f"study {request.study_name}", total=request.trials,
@@ -117,7 +126,8 @@ def tune(request: TuneRequest, progress: bool = True, write_outputs: bool = True
             def on_trial(number, state, value):
                 bar.update(task, completed=min(request.trials, count_trials(study)[0]))
 
-            finished_here = run_worker(Objective(config, training, request.out), study, storage, request.trials,
+            finished_here = run_worker(Objective(config, training, request.out, engine), study, storage,
+                                       request.trials,
                                        request.out, request.timeout_s, on_trial, request.threads)
         else:
             context = multiprocessing.get_context("spawn")
