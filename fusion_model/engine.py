@@ -129,16 +129,6 @@ def task_threads() -> int | None:
         return None
 
 
-def limit_threads(threads: int) -> None:
-    """Run torch and SimpleITK (ITK) with ``threads`` threads in this process: a worker process gets as many as it
-    has task threads, so N single-threaded workers on N cores do not each start N threads."""
-    import SimpleITK as sitk
-    import torch
-
-    torch.set_num_threads(threads)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-
-
 class Engine:
     """A context manager that runs passes (:meth:`map`) on the engine of ``settings``; a local cluster is started
     on entering and stopped on leaving, a client of an existing cluster closed."""

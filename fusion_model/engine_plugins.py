@@ -1,15 +1,23 @@
-"""The Dask worker plugin of :mod:`fusion_model.engine` (its own module: distributed is imported only when a
-cluster starts, and the workers import the plugin by name)."""
+"""The Dask worker plugin of :mod:`fusion_model.engine` (its own module, a leaf: distributed is imported only
+when a cluster starts, and the workers import the plugin by name)."""
 
 from __future__ import annotations
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from fusion_model.engine import limit_threads
+
+def limit_threads(threads: int) -> None:
+    """Run torch and SimpleITK (ITK) with ``threads`` threads in this process: a worker process gets as many as it
+    has task threads, so N single-threaded workers on N cores do not each start N threads."""
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 class ThreadLimits(WorkerPlugin):
-    """:func:`~fusion_model.engine.limit_threads` to the worker's task threads on every worker, including those
+    """:func:`limit_threads` to the worker's task threads on every worker, including those
     started later (a replacement for one that died)."""
 
     name = "fusion-model-thread-limits"
