@@ -66,11 +66,6 @@ def _lazy_volumes(lesion: LesionRecord, phases, config: PreprocessConfig,
     return load
 
 
-def lesion_crop_of(load: Callable[[], LesionVolumes], channels: list[str], config: PreprocessConfig) -> np.ndarray:
-    """The crop of the lesion ``load`` reads."""
-    return lesion_crop(load(), channels, config)
-
-
 @dataclass
 class LesionImages:
     """One lesion's crop and features (None where not asked for), or why it could not be read; and how many of
@@ -100,7 +95,10 @@ def lesion_images(lesion: LesionRecord, phases: Sequence[str], ct_intensities: b
         if crops:
             settings = {"kind": "crop", "config": config.model_dump(mode="json"), "channels": channels}
             key = cache.key(files, {**settings, "mask_label": lesion.mask_label})
-            compute = functools.partial(lesion_crop_of, load, channels, config)
+
+            def compute() -> np.ndarray:  # the volumes are read on a miss only
+                return lesion_crop(load(), channels, config)
+
             if crop_by_path and cache.root is not None:
                 result.crop_path = cache.array_path(key, compute)
             else:
@@ -152,8 +150,7 @@ def extract_lesion_images(
                 result.crop = np.load(result.crop_path, allow_pickle=False)
             except (ValueError, OSError):  # damaged in the shared cache: computed again here
                 result.crop_path.unlink(missing_ok=True)
-                result = lesion_images(lesion, list(phases), ct_intensities, config, cache.counting(), crops,
-                                       features)
+                result = lesion_images(lesion, list(phases), ct_intensities, config, cache, crops, features)
         cache.hits += result.cache_hits
         cache.misses += result.cache_misses
         if result.error is not None:

@@ -107,7 +107,7 @@ def predict_scan(segmenter: Segmenter, scan: ScanRecord, device: torch.device,
                             config.gland_margin_mm, found.suppressed)
     if segmenter.refiner is not None and any(m.label is None for m in matches):
         found, matches = reoutline_at_table_size(segmenter.refiner, volume, found, queries, matches,
-                                         segmenter.match_threshold, config, device, segmenter.phases)
+                                                 segmenter.match_threshold, config, device, segmenter.phases)
     return ScanPrediction(found.labels, found.components, matches, volume.reference, time.perf_counter() - started,
                           found.suppressed, found.gland_source)
 
@@ -195,8 +195,8 @@ def _load_segmenter_on(model_dir: str, device: str, files: tuple) -> tuple[Segme
 
 def outline_scan(scan_and_region: tuple[ScanRecord, Region | None], model_dir: str, device: str, masks_dir: Path,
                  dicom_seg: bool) -> ScanOutline:
-    """Outline one scan (in its region, if given) and write its lesions' mask (``masks_dir/KEY_auto.nii.gz``, and a DICOM SEG for DICOM
-    images): a task of the pass, the same on any worker."""
+    """Outline one scan (in its region, if given) and write its lesions' mask (``masks_dir/KEY_auto.nii.gz``, and
+    a DICOM SEG for DICOM images): a task of the pass, the same on any worker."""
     scan, region = scan_and_region
     segmenter, torch_device = _segmenter_on(model_dir, device)
     if segmenter.config.threads and task_threads() is None:  # a Dask worker has its own (ThreadLimits)

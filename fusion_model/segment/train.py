@@ -383,7 +383,8 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
                                 config.match_size_ratio, config.gland_margin_mm, found.suppressed)
         if refiner is not None and any(m.label is None for m in matched):
             found, matched = reoutline_at_table_size(refiner.network, volume, found, queries, matched,
-                                             config.match_min_probability or 0.0, config, torch_device, phases)
+                                                     config.match_min_probability or 0.0, config, torch_device,
+                                                     phases)
         spacing_zyx = tuple(reversed(volume.reference.GetSpacing()))
         for mask, match in zip(masks, matched):
             lesion_dice.append(overlap_metrics(found.labels == match.label if match.label else np.zeros_like(mask),
