@@ -129,6 +129,11 @@ def task_threads() -> int | None:
         return None
 
 
+def on_cluster(engine: Engine | None) -> bool:
+    """True when ``engine`` (None: this process) runs the passes on a Dask cluster."""
+    return engine is not None and engine.on_cluster
+
+
 class Engine:
     """A context manager that runs passes (:meth:`map`) on the engine of ``settings``; a local cluster is started
     on entering and stopped on leaving, a client of an existing cluster closed."""
@@ -183,6 +188,11 @@ class Engine:
         from fusion_model.engine_plugins import ThreadLimits
 
         self.client.register_plugin(ThreadLimits())
+
+    @property
+    def on_cluster(self) -> bool:
+        """True when the passes run on a Dask cluster (not in this process)."""
+        return self.client is not None
 
     @property
     def workers(self) -> int:

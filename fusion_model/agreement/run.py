@@ -226,13 +226,13 @@ def model_agreement(model, p_a: pd.DataFrame, p_b: pd.DataFrame, labels: pd.Seri
     return out, pd.DataFrame(rows)
 
 
-def _reading_task(pair: tuple, **fixed) -> tuple:
+def _reading_task(pair: tuple, comparisons, phases, ct_intensities, resample, seed, preprocess, encoder,
+                  channels) -> tuple:
     """One lesion read twice (:func:`read_lesion`), or why it could not be: a task of the pass."""
     index, lesion, second = pair
     try:
-        return read_lesion(lesion, second, fixed["comparisons"], fixed["phases"], fixed["ct_intensities"],
-                           fixed["resample"], fixed["seed"], index, fixed["preprocess"], fixed["encoder"],
-                           fixed["channels"]), None
+        return read_lesion(lesion, second, comparisons, phases, ct_intensities, resample, seed, index, preprocess,
+                           encoder, channels), None
     except UserInputError as err:
         return None, str(err)
 
@@ -260,7 +260,7 @@ def run_agreement(cohort_dir: Path, out: Path, settings: AgreementSettings | Non
     comparisons = perturbation_comparisons(settings.contour_dice) if settings.perturb else [SECOND_READER]
     channels = model.training_cohort.channels if model is not None else ()
     engine = engine or Engine()
-    if engine.client is not None:
+    if engine.on_cluster:
         engine.check_paths([cohort.root.absolute()] + ([Path(settings.masks_b_dir)] if settings.masks_b_dir else []),
                            "the cohort's folder")
     task = functools.partial(_reading_task, comparisons=comparisons, phases=cohort.spec.phases,

@@ -119,9 +119,9 @@ def validate_cohort(
         return report
     engine = engine or Engine()
     # on a cluster the workers resolve the files from the absolute path (their working folders differ)
-    cohort = Cohort(root=root if engine.client is None else root.absolute(), spec=spec,
+    cohort = Cohort(root=root.absolute() if engine.on_cluster else root, spec=spec,
                     table=table.reset_index(drop=True))
-    if engine.client is not None:
+    if engine.on_cluster:
         engine.check_paths([cohort.root] + ([Path(masks_b_dir)] if masks_b_dir is not None else []),
                            "the cohort's folder")
     task = functools.partial(check_lesion_images, cohort, resample=resample_mismatched, masks_b_dir=masks_b_dir)

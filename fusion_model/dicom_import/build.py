@@ -36,7 +36,7 @@ from fusion_model.dicom_import.series import (
     set_aside_reason,
     stack_affine,
 )
-from fusion_model.engine import Engine
+from fusion_model.engine import Engine, on_cluster
 from fusion_model.errors import FusionModelWarning, UserInputError
 from fusion_model.fileio import atomic_directory, atomic_write_json, atomic_write_text, check_output_dir
 from fusion_model.progress import map_tracked
@@ -405,7 +405,7 @@ class _Passes:
 
     def map(self, function, tasks: list, description: str, progress: bool) -> list:
         """``[function(t) for t in tasks]``, in order."""
-        if self.engine is not None and self.engine.client is not None:
+        if on_cluster(self.engine):
             return list(self.engine.map(function, tasks, description, progress))
         return map_tracked(function, tasks, self.processes, description, progress)
 
@@ -434,7 +434,7 @@ def import_dicom(export: Path, out: Path, key_file: Path, new_key: bool = False,
     key = check_key(key_file, new_key, out)  # a missing or changed key is refused before any work
     check_output_dir(out, overwrite)
     workers = _Passes(options.workers or min(4, os.cpu_count() or 1), engine)
-    if engine is not None and engine.client is not None:
+    if on_cluster(engine):
         engine.check_paths([export], "the DICOM export")
         engine.check_writable([out.absolute().parent], "the cohort's parent folder")
     clock = time.perf_counter()

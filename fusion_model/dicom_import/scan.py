@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusion_model.engine import on_cluster
 from fusion_model.progress import map_tracked
 
 # the attributes read from every file (pydicom keywords)
@@ -198,7 +199,7 @@ def scan_export(root: Path, workers: int = 0, progress: bool = True, engine=None
     result = ScanResult(files=len(paths))
     chunks = [paths[i:i + CHUNK_FILES] for i in range(0, len(paths), CHUNK_FILES)]
     workers = workers or min(4, os.cpu_count() or 1)
-    if engine is not None and engine.client is not None:
+    if on_cluster(engine):
         done = list(engine.map(_read_chunk, chunks, "reading DICOM headers", progress))
     else:
         done = map_tracked(_read_chunk, chunks, workers, "reading DICOM headers", progress)

@@ -30,7 +30,7 @@ from fusion_model.encoder.alignment import SimilarityMap, consensus_maps
 from fusion_model.encoder.network import LesionEncoder
 from fusion_model.encoder.train import EpochHook, TrainResult, predict, train_encoder
 from fusion_model.encoder.weights import describe_pretrained
-from fusion_model.engine import Engine
+from fusion_model.engine import Engine, on_cluster
 from fusion_model.errors import UserInputError
 from fusion_model.splits import inner_validation_split, patient_grouped_folds
 
@@ -165,7 +165,7 @@ class ImageEncoder:
                      device=self.device, channels=channels,
                      checkpoint=Path(self.checkpoint_dir).absolute() if self.checkpoint_dir is not None else None)
         engine = self.engine
-        if engine is not None and engine.client is not None:  # one fold per worker, at once
+        if on_cluster(engine):  # one fold per worker, at once
             trained = engine.map(functools.partial(train_fold, **fixed), tasks, "encoder folds", self.progress,
                                  shared={"crops": crops, "labels": labels, "second_reader_crops": second_reader_crops})
         else:

@@ -133,14 +133,14 @@ def extract_lesion_images(
     channels = crop_channels(phases, ct_intensities, config.depth_channel)
     engine = engine or Engine()
     lesions = list(lesions)
-    if engine.client is not None:
+    if engine.on_cluster:
         engine.check_paths({f.parent for lesion in lesions for f in lesion.phase_paths.values()}
                            | {lesion.mask_path.parent for lesion in lesions if lesion.mask_path is not None},
                            "the cohort's folder")
     if cache.root is not None:
         engine.check_writable([cache.root], "the image cache")
     # on a cluster with a shared cache the workers write the crops there and the arrays are read here, not sent
-    by_path = engine.client is not None and cache.root is not None
+    by_path = engine.on_cluster and cache.root is not None
     task = functools.partial(lesion_images, phases=list(phases), ct_intensities=ct_intensities, config=config,
                              cache=cache, crops=crops, features=features, crop_by_path=by_path)
     ids, arrays, rows, errors = [], [], [], []

@@ -269,7 +269,7 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
             link_or_copy(Path(cohort_dir) / rel, staging / MANUAL_MASKS / rel)
         masks_dir = Path(staging).absolute() / "masks"
         masks_dir.mkdir(exist_ok=True)
-        if engine.client is not None:
+        if engine.on_cluster:
             engine.check_paths({p.parent for s in scans for p in s.phase_paths.values()} | {Path(model_path)},
                                "the cohort's images or the segmenter")
             engine.check_writable([masks_dir], "the new cohort's folder")
