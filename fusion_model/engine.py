@@ -185,9 +185,9 @@ class Engine:
                 raise UserInputError(f"--scheduler {address}: the scheduler has no workers; start some "
                                      f"('dask worker {address}') or scale your cluster up")
         self.check_versions()
-        from fusion_model.engine_plugins import ThreadLimits
+        from fusion_model.engine_plugins import WorkerSettings
 
-        self.client.register_plugin(ThreadLimits())
+        self.client.register_plugin(WorkerSettings())
 
     @property
     def on_cluster(self) -> bool:
@@ -242,7 +242,8 @@ class Engine:
             shared: dict[str, Any] | None = None) -> Iterator[R]:
         """``function(item, **shared)`` for every item, yielded in the items' order. In this process the tasks run
         one at a time as the results are taken; on a cluster all are submitted at once, the progress bar follows
-        their completion, and the results are yielded once all are done. ``shared``: large arguments every task
+        their completion, and each result is yielded as soon as it and every one before it are done (the caller's
+        work on it overlaps the workers'). ``shared``: large arguments every task
         takes (arrays of crops): sent to each worker once, not with every task. A task that raises re-raises
         here."""
         items = list(items)
@@ -264,7 +265,8 @@ class Engine:
                      for name, value in shared.items()}
         futures = self.client.map(function, items, key=keys, pure=False, **scattered)
         index_of = {future.key: i for i, future in enumerate(futures)}
-        results: list[Any] = [None] * len(items)
+        results: dict[int, Any] = {}  # done but not yet yielded, by position
+        next_index = 0
         try:
             with Progress(progress) as bar:
                 task = bar.add_task(description, total=len(items))
@@ -278,7 +280,10 @@ class Engine:
                             f"{len(items)} made {failures} workers die while they ran it (out of memory?): "
                             "give the workers more memory, or fewer threads per worker") from None
                     bar.update(task, advance=1)
+                    while next_index in results:
+                        futures[next_index].release()  # its result is here: the worker may forget it
+                        yield results.pop(next_index)
+                        next_index += 1
         finally:
             for future in [*futures, *(f for f in scattered.values() if f is not None)]:
                 future.release()
-        yield from results

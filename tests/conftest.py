@@ -58,3 +58,13 @@ def trained_model(tmp_path_factory):
     pipeline.train(load_experiment(config), train_cohort, root / "model", ImageCache(cache), progress=False)
     return {"model": root / "model", "train_cohort": train_cohort, "test_cohort": test_cohort, "config": config,
             "cache": cache}
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """One local Dask cluster of two worker processes for the tests that need a cluster to run on, not a fresh one
+    (each start costs seconds); a test that kills a worker starts its own."""
+    from fusion_model.engine import Engine, EngineSettings
+
+    with Engine(EngineSettings(workers=2)) as engine:
+        yield engine

@@ -227,7 +227,7 @@ def test_masks_b_folder_with_the_first_readers_names(tmp_path):
     assert result.metrics["read_once"][0]["lesion_id"] == "P4-L1"
 
 
-def test_perturbations_without_a_second_reader(tmp_path):
+def test_perturbations_without_a_second_reader(local_cluster, tmp_path):
     from fusion_model.agreement.run import AgreementSettings, run_agreement
 
     root = write_cohort(tmp_path / "c", n_lesions=4)
@@ -243,11 +243,9 @@ def test_perturbations_without_a_second_reader(tmp_path):
     again = run_agreement(root, tmp_path / "r2", AgreementSettings(perturb=True, contour_dice=0.85, seed=2),
                           progress=False)
     pd.testing.assert_frame_equal(result.lesions, again.lesions)
-    from fusion_model.engine import Engine, EngineSettings
-
-    with Engine(EngineSettings(workers=2)) as engine:  # the same perturbations on a local Dask cluster
-        on_workers = run_agreement(root, tmp_path / "r3", AgreementSettings(perturb=True, contour_dice=0.85, seed=2),
-                                   progress=False, engine=engine)
+    # the same perturbations on a local Dask cluster
+    on_workers = run_agreement(root, tmp_path / "r3", AgreementSettings(perturb=True, contour_dice=0.85, seed=2),
+                               progress=False, engine=local_cluster)
     pd.testing.assert_frame_equal(result.lesions, on_workers.lesions)
     assert on_workers.metrics["comparisons"] == result.metrics["comparisons"]
 

@@ -47,6 +47,41 @@ def test_truncated_gzip_and_nifti_are_refused(tmp_path):
         read_image(tmp_path / "crc.nii.gz")
 
 
+def test_the_completeness_check_reads_large_and_unusual_gzip_files_in_one_pass(tmp_path):
+    """Volumes larger than one decompressed piece (NaN voxels in any piece, an end cut anywhere), several gzip
+    members (as some tools concatenate), zero padding after the end (tape and transfer tools) pass or fail as a
+    reader would need."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(0, 100, (20, 150, 150)).astype(np.float32)  # 1.8 MB: several pieces
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / "ct.nii.gz"), True)
+    data = (tmp_path / "ct.nii.gz").read_bytes()
+    plain = gzip.decompress(data)
+    cases = {"members.nii.gz": gzip.compress(plain[:700_001]) + gzip.compress(plain[700_001:]),
+             "padded.nii.gz": data + bytes(512), "plain.nii": plain}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        check_file_complete(tmp_path / name)
+    flipped = data[:9000] + bytes([data[9000] ^ 0xFF]) + data[9001:]
+    bad = {"junk.nii.gz": (data + b"junk", "damaged"), "flipped.nii.gz": (flipped, "damaged"),
+           "no_trailer.nii.gz": (data[:-8], "truncated"), "cut.nii": (plain[:-4], "truncated"),
+           "text.nii.gz": (b"not an image" * 40, "not gzip-compressed")}
+    for name, (content, message) in bad.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserInputError, match=message):
+            check_file_complete(tmp_path / name)
+    for where in (0, 10, 19):  # the first, a middle and the last piece
+        broken = values.copy()
+        broken[where, 149, 149] = np.nan
+        broken[where, 0, 3] = -np.inf
+        sitk.WriteImage(sitk.GetImageFromArray(broken), str(tmp_path / "nan.nii.gz"), True)
+        sitk.WriteImage(sitk.GetImageFromArray(broken), str(tmp_path / "nan.nii"), False)
+        for name in ("nan.nii.gz", "nan.nii"):
+            with pytest.raises(UserInputError, match="2 voxel.s. are NaN or infinite"):
+                check_file_complete(tmp_path / name)
+
+
 def _write_nifti_with_nan(path):
     """Rewrite a volume as float32 NIfTI with one NaN voxel (as other tools write it: ITK would write 0)."""
     import gzip

@@ -141,12 +141,9 @@ def test_the_same_key_gives_the_same_ids_and_a_missing_or_other_key_is_refused(e
     assert list(pd.read_csv(again / "clinical.csv")["lesion_id"]) == list(second["lesion_id"])
 
 
-def test_an_import_on_a_dask_cluster_writes_the_same_cohort(export, imported, tmp_path):
-    from fusion_model.engine import Engine, EngineSettings
-
-    with Engine(EngineSettings(workers=2)) as engine:
-        import_dicom(export / "dicom", tmp_path / "cohort", imported / "project.key",
-                     clinical=export / "hospital_table.csv", progress=False, engine=engine)
+def test_an_import_on_a_dask_cluster_writes_the_same_cohort(local_cluster, export, imported, tmp_path):
+    import_dicom(export / "dicom", tmp_path / "cohort", imported / "project.key",
+                 clinical=export / "hospital_table.csv", progress=False, engine=local_cluster)
     first, second = imported / "cohort", tmp_path / "cohort"
     assert (second / "clinical.csv").read_text() == (first / "clinical.csv").read_text()
     files = sorted(p.relative_to(first) for p in first.rglob("*.nii*"))

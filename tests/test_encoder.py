@@ -404,9 +404,7 @@ def test_input_statistics_and_pooled_masks_match_their_plain_definitions():
             previous = pooled
 
 
-def test_fold_networks_on_dask_workers_equal_the_serial_ones_bit_for_bit():
-    from fusion_model.engine import Engine, EngineSettings
-
+def test_fold_networks_on_dask_workers_equal_the_serial_ones_bit_for_bit(local_cluster):
     crops, labels, patients = toy_crops(n=36)
     config = EncoderConfig(epochs=2, **TINY)
     threads = torch.get_num_threads()
@@ -415,9 +413,8 @@ def test_fold_networks_on_dask_workers_equal_the_serial_ones_bit_for_bit():
         serial = ImageEncoder(config, progress=False, folds=3).fit(crops, labels, patients, fit_final=False)
     finally:
         torch.set_num_threads(threads)
-    with Engine(EngineSettings(workers=2)) as engine:
-        parallel = ImageEncoder(config, progress=False, folds=3, engine=engine).fit(crops, labels, patients,
-                                                                                     fit_final=False)
+    parallel = ImageEncoder(config, progress=False, folds=3, engine=local_cluster)
+    parallel.fit(crops, labels, patients, fit_final=False)
     assert np.array_equal(serial.oof_logits_, parallel.oof_logits_)
     assert np.array_equal(serial.oof_embeddings_, parallel.oof_embeddings_)
     for a, b in zip(serial.fold_models_, parallel.fold_models_):

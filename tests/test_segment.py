@@ -311,15 +311,13 @@ def test_predict_writes_a_valid_cohort_with_automatic_masks(trained_segmenter, t
     assert (tmp_path / "auto/images/P01.nii.gz").read_bytes() == (source / "images/P01.nii.gz").read_bytes()
 
 
-def test_predict_on_a_local_dask_cluster_writes_the_same_cohort(trained_segmenter, tmp_path):
-    from fusion_model.engine import Engine, EngineSettings
+def test_predict_on_a_local_dask_cluster_writes_the_same_cohort(local_cluster, trained_segmenter, tmp_path):
     from fusion_model.segment.predict import predict_masks
 
     source = _phantom_cohort(tmp_path / "new", patients=5, seed=5, outlined=0)
     serial = predict_masks(trained_segmenter["run"].out, source, tmp_path / "one", progress=False)
-    with Engine(EngineSettings(workers=2)) as engine:
-        parallel = predict_masks(trained_segmenter["run"].out, source, tmp_path / "two", progress=False,
-                                 engine=engine)
+    parallel = predict_masks(trained_segmenter["run"].out, source, tmp_path / "two", progress=False,
+                             engine=local_cluster)
     assert parallel.found == serial.found >= 4
     for name in ["clinical.csv", "matching.csv", "components.csv", "not_found.csv",
                  *sorted(p.name for p in (tmp_path / "one/masks").iterdir())]:

@@ -115,6 +115,21 @@ def lesion_images(lesion: LesionRecord, phases: Sequence[str], ct_intensities: b
     return result
 
 
+def read_npy_into(path: Path, out: np.ndarray) -> bool:
+    """Read a .npy file of ``out``'s shape and dtype straight into ``out``; False (``out`` undefined) when the
+    file is unreadable, damaged or holds another array."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = reader(handle)
+            if tuple(shape) != out.shape or dtype != out.dtype or fortran_order or not out.flags.c_contiguous:
+                return False
+            return handle.readinto(memoryview(out.reshape(-1).view(np.uint8))) == out.nbytes and not handle.read(1)
+    except (ValueError, OSError):
+        return False
+
+
 def extract_lesion_images(
     lesions: Sequence[LesionRecord],
     phases: Sequence[str],
@@ -143,14 +158,14 @@ def extract_lesion_images(
     by_path = engine.on_cluster and cache.root is not None
     task = functools.partial(lesion_images, phases=list(phases), ct_intensities=ct_intensities, config=config,
                              cache=cache, crops=crops, features=features, crop_by_path=by_path)
-    ids, arrays, rows, errors = [], [], [], []
+    # one array for all crops, filled as the lesions come (no list of crops stacked at the end: a second copy)
+    crop_shape = (len(channels), *([config.crop_voxels] * 3))
+    crop_array = np.empty((len(lesions), *crop_shape), dtype=np.float16) if crops else None
+    ids, rows, errors = [], [], []
     for lesion, result in zip(lesions, engine.map(task, lesions, "reading lesions", progress)):
-        if result.crop_path is not None:
-            try:
-                result.crop = np.load(result.crop_path, allow_pickle=False)
-            except (ValueError, OSError):  # damaged in the shared cache: computed again here
-                result.crop_path.unlink(missing_ok=True)
-                result = lesion_images(lesion, list(phases), ct_intensities, config, cache, crops, features)
+        if result.crop_path is not None and not read_npy_into(result.crop_path, crop_array[len(ids)]):
+            result.crop_path.unlink(missing_ok=True)  # damaged in the shared cache: computed again here
+            result = lesion_images(lesion, list(phases), ct_intensities, config, cache, crops, features)
         cache.hits += result.cache_hits
         cache.misses += result.cache_misses
         if result.error is not None:
@@ -158,12 +173,12 @@ def extract_lesion_images(
                 raise UserInputError(result.error.message)
             errors.append(result.error)
             continue
+        if crops and result.crop is not None:
+            crop_array[len(ids)] = result.crop
         ids.append(result.lesion_id)
-        if crops:
-            arrays.append(result.crop)
         if features:
             rows.append(result.features)
-    crop_array = np.stack(arrays) if crops and arrays else None
+    crop_array = crop_array[:len(ids)] if crops and ids else None  # the rows of unread lesions are never touched
     feature_frame = pd.DataFrame(rows, index=pd.Index(ids, name="lesion_id")) if features else \
         pd.DataFrame(index=pd.Index(ids, name="lesion_id"))
     return CohortImages(ids, channels, crop_array, feature_frame, errors)

@@ -8,9 +8,9 @@ NIfTI file must hold as many voxel bytes as its header declares.
 
 from __future__ import annotations
 
-import gzip
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,9 @@ LESION_MEAN_HU = {"unenhanced": (-250.0, 250.0), "arterial": (-250.0, 500.0), "v
                   "delayed": (-250.0, 500.0)}
 MAX_PLAUSIBLE_HU = 4000.0      # above dense bone and iodine; a share of voxels beyond it means not HU
 MAX_SHARE_ABOVE = 0.001
-_CHUNK = 1 << 24
+_READ_BYTES = 1 << 16  # compressed bytes read at a time
+_PIECE_BYTES = 1 << 19  # most bytes decompressed at a time: the pieces stay in the CPU's cache
+_GZIP = zlib.MAX_WBITS | 16  # zlib's gzip format: header, deflate stream, CRC-32 and length checked
 
 
 def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
@@ -52,57 +54,119 @@ def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
     return vox_offset + voxels * bitpix // 8, vox_offset, np.dtype(endian + floating) if floating else None
 
 
+def _gunzip_chunks(path: Path) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip file, a piece at a time (cache-sized pieces: one pass, no copy of the
+    whole volume); concatenated members are read on, trailing zero padding ignored. zlib checks each member's
+    CRC and length."""
+    fix = "copy or export it again"
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            raise UserInputError(f"{path}: cannot be read as an image (the name ends in .gz but the file is not "
+                                 "gzip-compressed)")
+        handle.seek(0)
+        stream = zlib.decompressobj(_GZIP)
+        while data := handle.read(_READ_BYTES):
+            more_output = False
+            while data or more_output:
+                if stream.eof:  # a member ended: another member, zero padding, or something that is no gzip
+                    data += handle.read(1) if len(data) < 2 else b""
+                    if not data.startswith(b"\x1f\x8b"):
+                        if data.strip(b"\0") or handle.read().strip(b"\0"):
+                            raise UserInputError(f"{path}: the compressed file is damaged (bytes that are not gzip "
+                                                 f"follow its end); {fix}")
+                        return
+                    stream = zlib.decompressobj(_GZIP)
+                try:
+                    piece = stream.decompress(data, _PIECE_BYTES)
+                except zlib.error as err:
+                    raise UserInputError(f"{path}: the compressed file is damaged ({err}); {fix}") from None
+                if piece:
+                    yield piece
+                # a full piece may leave output inside zlib with no input left: ask again
+                more_output = not stream.eof and len(piece) == _PIECE_BYTES
+                data = stream.unused_data if stream.eof else stream.unconsumed_tail
+        if not stream.eof:
+            raise UserInputError(f"{path}: the compressed file is truncated (it ends before its end-of-stream "
+                                 f"marker; a reader would fill the rest with zeros); {fix}")
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while data := handle.read(_PIECE_BYTES):
+            yield data
+
+
+class _NonFiniteCount:
+    """Counts NaN and infinite values of ``dtype`` in the bytes [offset, end) of a stream fed piece by piece."""
+
+    def __init__(self, dtype: np.dtype, offset: int, end: int):
+        self.dtype, self.offset, self.end = dtype, offset, end
+        self.position, self.carry, self.bad = 0, b"", 0
+
+    def feed(self, piece: bytes) -> None:
+        start, self.position = self.position, self.position + len(piece)
+        lo, hi = max(self.offset - start, 0), min(self.end - start, len(piece))
+        if lo >= hi:
+            return
+        data = self.carry + piece[lo:hi]
+        whole = len(data) - len(data) % self.dtype.itemsize
+        self.carry = data[whole:]
+        values = np.frombuffer(data, dtype=self.dtype, count=whole // self.dtype.itemsize)
+        self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
 def check_file_complete(path: Path) -> None:
     """Refuse a gzip file that ends before its end-of-stream marker or fails its CRC, a NIfTI file shorter
     than its header declares, and a floating-point NIfTI holding NaN or infinite voxels (ITK reads those
-    as 0, so they are checked in the file itself)."""
+    as 0, so they are checked in the file itself). One pass over the file, in pieces."""
     path = Path(path)
     name = path.name.lower()
     fix = "copy or export it again"
     is_nifti = name.endswith((".nii", ".nii.gz"))
     if name.endswith(".gz"):
-        chunks: list[bytes] = []
-        head, total, keep = b"", 0, is_nifti
-        try:
-            with gzip.open(path, "rb") as stream:
-                while chunk := stream.read(_CHUNK):
-                    if len(head) < 540:
-                        head += chunk[:540 - len(head)]
-                        layout = _nifti_layout(head) if is_nifti and len(head) >= 348 else None
-                        keep = bool(layout and layout[2] is not None)
-                    if keep:
-                        chunks.append(chunk)
-                    total += len(chunk)
-        except EOFError:
-            raise UserInputError(f"{path}: the compressed file is truncated (it ends before its end-of-stream "
-                                 f"marker; a reader would fill the rest with zeros); {fix}") from None
-        except gzip.BadGzipFile:
-            raise UserInputError(f"{path}: cannot be read as an image (the name ends in .gz but the file is not "
-                                 "gzip-compressed)") from None
-        except (zlib.error, OSError) as err:
-            raise UserInputError(f"{path}: the compressed file is damaged ({err}); {fix}") from None
-        data = b"".join(chunks) if keep else None
-    elif name.endswith(".nii"):
-        with open(path, "rb") as handle:
-            head = handle.read(540)
-        total = path.stat().st_size
-        layout = _nifti_layout(head)
-        data = path.read_bytes() if layout and layout[2] is not None else None  # voxels only to look for NaN
+        chunks = _gunzip_chunks(path)
+    elif is_nifti:
+        chunks = _file_chunks(path)
     else:
         return
+    head, total, pending, scan, header_known = b"", 0, [], None, not is_nifti
+    try:
+        for piece in chunks:
+            total += len(piece)
+            if header_known:
+                if scan is not None:
+                    scan.feed(piece)
+                continue
+            pending.append(piece)  # until the header is whole (540 bytes): then scanned from the start
+            head += piece[:540 - len(head)]
+            if len(head) >= 540:
+                header_known, scan = True, _voxel_scan(head, pending)
+                pending = []
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot be read ({err}); {fix}") from None
     layout = _nifti_layout(head) if is_nifti else None
     if layout is None:
         return
-    expected, offset, floating = layout
+    if not header_known:  # a file shorter than 540 bytes: all its voxels are in ``pending``
+        scan = _voxel_scan(head, pending)
+    expected = layout[0]
     if total < expected:
         raise UserInputError(f"{path}: holds {total} bytes of NIfTI data but its header declares {expected}: "
                              f"the file is truncated; {fix}")
-    if floating is not None and data is not None:
-        voxels = np.frombuffer(data, dtype=floating, count=(expected - offset) // floating.itemsize, offset=offset)
-        bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
-        if bad:
-            raise UserInputError(f"{path}: {bad} voxel(s) are NaN or infinite (a reader would show them as 0); the "
-                                 f"volume is damaged, {fix}")
+    if scan is not None and scan.bad:
+        raise UserInputError(f"{path}: {scan.bad} voxel(s) are NaN or infinite (a reader would show them as 0); the "
+                             f"volume is damaged, {fix}")
+
+
+def _voxel_scan(head: bytes, pieces: list[bytes]) -> _NonFiniteCount | None:
+    """A count of the non-finite voxels of a floating-point NIfTI (None for other files), fed ``pieces``."""
+    layout = _nifti_layout(head)
+    if layout is None or layout[2] is None:
+        return None
+    scan = _NonFiniteCount(layout[2], layout[1], layout[0])
+    for piece in pieces:
+        scan.feed(piece)
+    return scan
 
 
 def non_finite_voxels(image: sitk.Image) -> int:

@@ -199,7 +199,7 @@ def outline_scan(scan_and_region: tuple[ScanRecord, Region | None], model_dir: s
     a DICOM SEG for DICOM images): a task of the pass, the same on any worker."""
     scan, region = scan_and_region
     segmenter, torch_device = _segmenter_on(model_dir, device)
-    if segmenter.config.threads and task_threads() is None:  # a Dask worker has its own (ThreadLimits)
+    if segmenter.config.threads and task_threads() is None:  # a Dask worker has its own (engine_plugins.WorkerSettings)
         torch.set_num_threads(segmenter.config.threads)
     result = predict_scan(segmenter, scan, torch_device, region)
     lesion_labels = np.zeros(result.labels.shape, dtype=np.uint8)
