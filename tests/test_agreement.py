@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -300,12 +302,23 @@ def test_no_second_reader_is_a_clear_error(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- with a model
+def _first_patients(cohort: Path, patients: int, out: Path) -> Path:
+    """The cohort's first ``patients`` patients as a cohort of their own (its files linked, not copied)."""
+    out.mkdir()
+    table = pd.read_csv(cohort / "clinical.csv")
+    table[table["patient_id"].isin(table["patient_id"].unique()[:patients])].to_csv(out / "clinical.csv", index=False)
+    for entry in cohort.iterdir():
+        if entry.name != "clinical.csv":
+            (out / entry.name).symlink_to(entry)
+    return out
+
+
 def test_agreement_with_a_model_scores_like_predict(trained_model, tmp_path):
     from fusion_model import pipeline
     from fusion_model.agreement.run import AgreementSettings, run_agreement
     from fusion_model.imaging.cache import ImageCache
 
-    cohort = trained_model["test_cohort"]
+    cohort = _first_patients(trained_model["test_cohort"], 16, tmp_path / "cohort")
     result = run_agreement(cohort, tmp_path / "r", AgreementSettings(perturb=True), model_dir=trained_model["model"],
                            progress=False)
     m = result.metrics
