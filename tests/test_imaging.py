@@ -122,3 +122,20 @@ def test_writing_a_dicom_series_keeps_the_process_locale(tmp_path):
     before = locale.setlocale(locale.LC_ALL)
     write_dicom_series(to_image(np.zeros((4, 8, 8), np.int16)), tmp_path / "series")
     assert locale.setlocale(locale.LC_ALL) == before
+
+
+def test_a_cached_crop_is_read_into_its_row_or_refused_when_damaged(tmp_path):
+    from fusion_model.imaging.extract import read_npy_into
+
+    crop = np.arange(2 * 4 * 4 * 4, dtype=np.float16).reshape(2, 4, 4, 4)
+    np.save(tmp_path / "crop.npy", crop)
+    rows = np.zeros((3, 2, 4, 4, 4), np.float16)
+    assert read_npy_into(tmp_path / "crop.npy", rows[1]) and np.array_equal(rows[1], crop) and not rows[0].any()
+    data = (tmp_path / "crop.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[:-10])
+    (tmp_path / "longer.npy").write_bytes(data + b"\0\0")
+    np.save(tmp_path / "other.npy", crop.astype(np.float32))
+    np.save(tmp_path / "shape.npy", crop[:1])
+    (tmp_path / "text.npy").write_text("not an array")
+    for name in ("cut", "longer", "other", "shape", "text", "missing"):
+        assert not read_npy_into(tmp_path / f"{name}.npy", rows[2]), name
