@@ -303,13 +303,15 @@ def test_no_second_reader_is_a_clear_error(tmp_path):
 
 # -------------------------------------------------------------------------------------------- with a model
 def _first_patients(cohort: Path, patients: int, out: Path) -> Path:
-    """The cohort's first ``patients`` patients as a cohort of their own (its files linked, not copied)."""
-    out.mkdir()
+    """The cohort's first ``patients`` patients as a cohort of their own (its files hard-linked, not copied: a
+    cohort's paths may not lead outside it, as a symbolic link would)."""
+    import os
+    import shutil
+
+    shutil.copytree(cohort, out, copy_function=os.link)
     table = pd.read_csv(cohort / "clinical.csv")
+    (out / "clinical.csv").unlink()
     table[table["patient_id"].isin(table["patient_id"].unique()[:patients])].to_csv(out / "clinical.csv", index=False)
-    for entry in cohort.iterdir():
-        if entry.name != "clinical.csv":
-            (out / entry.name).symlink_to(entry)
     return out
 
 
