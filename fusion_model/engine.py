@@ -243,9 +243,8 @@ class Engine:
         """``function(item, **shared)`` for every item, yielded in the items' order. In this process the tasks run
         one at a time as the results are taken; on a cluster all are submitted at once, the progress bar follows
         their completion, and each result is yielded as soon as it and every one before it are done (the caller's
-        work on it overlaps the workers'). ``shared``: large arguments every task
-        takes (arrays of crops): sent to each worker once, not with every task. A task that raises re-raises
-        here."""
+        work on it overlaps the workers'). ``shared``: large arguments every task takes (arrays of crops): sent to
+        each worker once, not with every task. A task that raises re-raises here."""
         items = list(items)
         shared = dict(shared or {})
         if self.client is None or not items:
