@@ -21,6 +21,9 @@
    with ``w`` the seconds per study on a worker; its prediction for the studies on ``--workers`` workers is
    checked against the measured run.
 
+With ``--repeats R``, R - 1 more pairs of passes (one process, then a cluster kept warm between them) after step 3:
+each pair's speed-up and their median (a single pair varies with the machine's load).
+
 Every figure is printed and written to OUT/distributed_extraction.json. Targets: speed-up >= 1.7 with 2 workers on
 2 cores, identical output with a worker killed halfway, scheduler overhead < 5 ms per lesion.
 """
@@ -162,6 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--studies", type=int, default=6, help="real-size studies of the cost model (0: skip)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="pairs of passes (one process, then the cluster) for the speed-up; more than one: each "
+                             "pair's speed-up and their median (this machine's timings vary between runs)")
     parser.add_argument("--steps", default="passes,cost",
                         help="passes (steps 2-5) and/or cost (step 6); the figures of a step not run are kept from OUT")
     args = parser.parse_args(argv)
@@ -179,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         synthesize_cohort(cohort_dir, SynthConfig(patients=args.patients, seed=args.seed))
     if "passes" in steps:
         run_passes(cohort_dir, out, args.workers, figures)
+        if args.repeats > 1:
+            repeat_pairs(cohort_dir, out, args.workers, args.repeats - 1, figures)
     if "cost" in steps and args.studies:
         cost_model(cohort_dir, out, args.workers, args.studies, args.seed, figures)
     result_file.write_text(json.dumps(figures, indent=2) + "\n")
@@ -242,6 +250,30 @@ def run_passes(cohort_dir: Path, out: Path, workers: int, figures: dict) -> None
     print(f"scheduler overhead: {overhead_ms:.2f} ms per lesion (warm cache: {warm_serial_s / lesions * 1000:.2f} ms "
           f"in this process, {warm_one_s / lesions * 1000:.2f} ms on one worker); a no-op task {noop_ms:.2f} ms",
           flush=True)
+
+
+def repeat_pairs(cohort_dir: Path, out: Path, workers: int, pairs: int, figures: dict) -> None:
+    """``pairs`` more pairs of timed passes (one process, then the same cluster, each into an empty cache); every
+    pair's speed-up, the first pair's included, and their median."""
+    import statistics
+
+    speedups = [figures["local_cluster"]["speedup"]]
+    with Engine(EngineSettings(workers=workers)) as engine:
+        warm_up(cohort_dir, out, engine)
+        for pair in range(pairs):
+            for name in ("cache-serial-again", "cache-workers-again"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            _, serial_s = run_pass(cohort_dir, out / "cache-serial-again", Engine(), progress=False)
+            _, parallel_s = run_pass(cohort_dir, out / "cache-workers-again", engine, progress=False)
+            speedups.append(serial_s / parallel_s)
+            print(f"pair {pair + 2}: one process {serial_s:.1f} s, {workers} workers {parallel_s:.1f} s, speed-up "
+                  f"{speedups[-1]:.2f}x", flush=True)
+    for name in ("cache-serial-again", "cache-workers-again"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    figures["local_cluster"]["speedup_each_pair"] = speedups
+    figures["local_cluster"]["speedup_median"] = statistics.median(speedups)
+    print(f"speed-up over {len(speedups)} pairs: median {statistics.median(speedups):.2f}x "
+          f"(from {min(speedups):.2f}x to {max(speedups):.2f}x)", flush=True)
 
 
 def cost_model(cohort_dir: Path, out: Path, workers: int, count: int, seed: int, figures: dict) -> None:

@@ -168,8 +168,11 @@ class Engine:
         from distributed import Client, LocalCluster
 
         if self.settings.workers is not None:
+            # no dashboard; the scheduler's own HTTP routes on a free port of this machine (not 8787, which another
+            # cluster may hold: Dask would warn and move)
             self._cluster = LocalCluster(n_workers=self.settings.workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, silence_logs=logging.ERROR)
+                                         dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                         silence_logs=logging.ERROR)
             self.client = Client(self._cluster)
         else:
             address = self.settings.scheduler
