@@ -20,6 +20,7 @@ import numpy as np
 import optuna
 
 from fusion_model.config import ExperimentConfig, SearchParam, with_params
+from fusion_model.engine import Engine
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_write
 from fusion_model.heads.calibration import Calibrator
@@ -63,7 +64,7 @@ class TrainingSet:
 class Objective:
     """Optuna's objective: a trial's configuration scored by cross-validation on the training lesions."""
 
-    def __init__(self, base: ExperimentConfig, training: TrainingSet, out: Path, engine=None):
+    def __init__(self, base: ExperimentConfig, training: TrainingSet, out: Path, engine: Engine | None = None):
         if base.search is None:
             raise UserInputError(f"experiment {base.name!r} has no 'search' section; declare the parameters to "
                                  "search (see experiments/tune_demo.yaml)")
