@@ -532,6 +532,9 @@ class SegmentConfig(StrictModel):
                                     "the segmenter has the unenhanced phase and another)")
     refine_difference_window: tuple[float, float] = Field((-50.0, 200.0), description="enhancement (HU) mapped "
                                                           "to 0 and 1")
+    refine_soft_tissue_window: tuple[float, float] | None = Field(
+        (-30.0, 170.0), description="refiner input: every phase also in this narrow window (HU mapped to 0 and 1), "
+        "as a reader narrows the window to tell a lesion from the liver beside it; null = the wide window only")
     refine_test_time_flips: int = Field(4, ge=1, le=4, description="the refiner's probabilities averaged over "
                                                                     "this many mirrorings (1 = none; then x, y, z)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
@@ -547,8 +550,10 @@ class SegmentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SegmentConfig:
-        if self.hu_window[0] >= self.hu_window[1]:
-            raise ValueError(f"hu_window {self.hu_window}: the lower bound must be below the upper bound")
+        for name in ("hu_window", "refine_difference_window", "refine_soft_tissue_window"):
+            window = getattr(self, name)
+            if window is not None and window[0] >= window[1]:
+                raise ValueError(f"{name} {list(window)}: the lower bound must be below the upper bound")
         levels = len(self.channels) - 1
         if levels < 1:
             raise ValueError("channels: give at least two U-Net levels, e.g. [16, 32, 64]")

@@ -47,19 +47,24 @@ def difference_pair(phases: list[str], config: SegmentConfig) -> tuple[int, int]
 
 
 def refiner_channels(phases: list[str], config: SegmentConfig) -> int:
-    """Input channels of the refiner: the phases, and the enhancement when there is one."""
-    return len(phases) + (difference_pair(phases, config) is not None)
+    """Input channels of the refiner: the phases (twice with a soft-tissue window), and the enhancement when
+    there is one."""
+    windows = 1 + (config.refine_soft_tissue_window is not None)
+    return windows * len(phases) + (difference_pair(phases, config) is not None)
 
 
 def crop_on(images: list[sitk.Image], centre_mm, edge_mm: float, config: SegmentConfig,
             direction, difference: tuple[int, int] | None = None) -> tuple[np.ndarray, sitk.Image]:
-    """(channels, n, n, n) crop of the phases (HU-windowed) and, with ``difference`` (indices of a contrast
-    phase and the unenhanced one), their difference mapped from ``refine_difference_window``; and its grid."""
+    """(channels, n, n, n) crop of the phases (HU-windowed; again in the soft-tissue window when the config has
+    one) and, with ``difference`` (indices of a contrast phase and the unenhanced one), their difference mapped
+    from ``refine_difference_window``; and its grid."""
     n = config.refine_voxels
     grid = crop_grid(centre_mm, n, edge_mm / n, direction)
     hu = [sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, AIR_HU,
                                                sitk.sitkFloat32)) for image in images]
     channels = [window_hu(values, config.hu_window) for values in hu]
+    if config.refine_soft_tissue_window is not None:
+        channels += [window_hu(values, config.refine_soft_tissue_window) for values in hu]
     if difference is not None:
         channels.append(window_hu(hu[difference[0]] - hu[difference[1]], config.refine_difference_window))
     return np.stack(channels).astype(np.float32), grid
