@@ -242,6 +242,76 @@ def test_scan_on_the_isotropic_grid_and_region(tmp_path):
     assert boxed.image.shape[1:] == (21, 21, 21)  # 10-20 mm box + 20 mm margin each side, clipped at 0 mm
 
 
+def test_refiner_crops_carry_each_phase_in_both_windows_and_the_enhancement():
+    from fusion_model.segment.refine import crop_on, difference_pair, refiner_channels
+
+    reference = to_image(np.zeros((20, 20, 20), np.float32), (1.0, 1.0, 1.0))
+    phases = {"unenhanced": 40.0, "venous": 110.0}  # a lesion's 40 HU, the liver's 110 HU in the venous phase
+    images = [to_image(np.full((20, 20, 20), hu, np.float32), (1.0, 1.0, 1.0)) for hu in phases.values()]
+    config = SegmentConfig(refine_voxels=16, hu_window=(-250, 350), refine_soft_tissue_window=(-30, 170),
+                           refine_difference_window=(-50, 200))
+    difference = difference_pair(list(phases), config)
+    crop, _ = crop_on(images, (10.0, 10.0, 10.0), 8.0, config, reference.GetDirection(), difference)
+    assert crop.shape == (refiner_channels(list(phases), config), 16, 16, 16) == (5, 16, 16, 16)
+    expected = [(40 + 250) / 600, (110 + 250) / 600, (40 + 30) / 200, (110 + 30) / 200, (70 + 50) / 250]
+    assert crop.reshape(5, -1).mean(axis=1) == pytest.approx(expected, abs=1e-5)
+    # the narrow window spreads the same 70 HU over 3 times the range of the wide one
+    assert (expected[3] - expected[2]) == pytest.approx(3 * (expected[1] - expected[0]))
+    wide_only = config.model_copy(update={"refine_soft_tissue_window": None})
+    assert refiner_channels(list(phases), wide_only) == 3
+    with pytest.raises(ValueError, match="refine_soft_tissue_window"):
+        SegmentConfig(refine_soft_tissue_window=(100, 0))
+
+
+def test_a_segmenter_saved_before_the_soft_tissue_window_loads_with_the_wide_window_only(tmp_path):
+    from fusion_model.segment.artifact import MANIFEST, Segmenter, load_segmenter
+    from fusion_model.segment.network import build_segmenter
+    from fusion_model.segment.refine import refiner_channels
+
+    config = SegmentConfig(channels=(4, 8), refine_voxels=16, refine_soft_tissue_window=None)
+    phases = ["unenhanced", "venous"]
+    segmenter = Segmenter(build_segmenter(config, 2), config, phases, ([1, 1, 1], [1, 1, 1]), 0.8, {},
+                          build_segmenter(config, refiner_channels(phases, config)))
+    segmenter.save(tmp_path / "seg")
+    manifest = json.loads((tmp_path / "seg" / MANIFEST).read_text())
+    del manifest["config"]["refine_soft_tissue_window"]  # as written by the earlier release
+    (tmp_path / "seg" / MANIFEST).write_text(json.dumps(manifest))
+    loaded = load_segmenter(tmp_path / "seg")
+    assert loaded.config.refine_soft_tissue_window is None
+    assert next(loaded.refiner.parameters()).shape[1] == 3  # two phases and their difference
+
+
+def test_batch_augmentation_mirrors_image_and_target_together_and_repeats_with_the_seed():
+    from fusion_model.segment.train import augment_batch
+
+    config = SegmentConfig(intensity_jitter=0.1)
+    rng = np.random.default_rng(0)
+    target = (rng.random((6, 1, 8, 10, 12)) > 0.8).astype(np.int64)
+    image = np.concatenate([target * 0.6, target * 0.3 + 0.1], axis=1).astype(np.float32)  # the target, visible
+
+    def run(seed):
+        return augment_batch(torch.from_numpy(image.copy()), torch.from_numpy(target.copy()), config,
+                             np.random.default_rng(seed))
+
+    x, y = run(1)
+    again_x, again_y = run(1)
+    assert torch.equal(x, again_x) and torch.equal(y, again_y)
+    mirrored = 0
+    for i in range(len(x)):
+        # scale and shift are one affine map per patch: undo it from the background (0) and a lesion voxel (0.6)
+        inside = y[i, 0].bool()
+        shift = float(x[i, 0][~inside].mean())
+        scale = (float(x[i, 0][inside].mean()) - shift) / 0.6
+        assert abs(scale - 1) <= 0.1 + 1e-6 and abs(shift) <= 0.1 + 1e-6
+        assert torch.allclose((x[i, 0] - shift) / scale, y[i, 0].float() * 0.6, atol=1e-5)  # moved together
+        mirrored += not torch.equal(y[i], torch.from_numpy(target[i]))
+    assert mirrored >= 3  # 6 patches, each left as it is with probability 1/8
+    plain = SegmentConfig(intensity_jitter=0.0, flip=False)
+    x, y = augment_batch(torch.from_numpy(image.copy()), torch.from_numpy(target.copy()), plain,
+                         np.random.default_rng(1))
+    assert torch.equal(x, torch.from_numpy(image)) and torch.equal(y, torch.from_numpy(target))
+
+
 def test_segment_train_refuses_a_cohort_without_masks(tmp_path):
     from fusion_model.segment.train import train_segmenter
 

@@ -1,8 +1,8 @@
 """`fusion-model segment train`: fit the U-Net on a cohort's outlined scans.
 
 Patients are split (grouped, per centre) into a training part and an early-stopping part. Training draws
-foreground-oversampled patches with MONAI's dictionary transforms (random crops by positive/negative label,
-flips, intensity jitter) and minimises Dice + cross-entropy under a polynomial learning-rate decay. Each epoch
+foreground-oversampled patches (MONAI's random crops by positive/negative label), then flips and intensity
+jitter on the batch and minimises Dice + cross-entropy under a polynomial learning-rate decay. Each epoch
 ends with sliding-window inference on the early-stopping scans; the network with the best mean Dice there is
 kept, and those scans then set the component-probability operating point (the most sensitive threshold
 within ``max_false_positives_per_scan``). A checkpoint is written after every epoch: a killed run started
@@ -22,13 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
-from monai.transforms import (
-    Compose,
-    RandCropByPosNegLabeld,
-    RandFlipd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-)
+from monai.data import MetaTensor
+from monai.transforms import Compose, RandCropByPosNegLabeld
 from monai.transforms.utils import map_binary_to_indices
 
 from fusion_model.cohort import load_cohort
@@ -120,34 +115,56 @@ def _training_example(image: np.ndarray, target: np.ndarray, patch, rng: np.rand
     return example
 
 
-def training_transforms(config: SegmentConfig, crop: bool = True, glands: bool = False) -> Compose:
-    """Foreground-oversampled random patches (for whole scans; not for the refiner's crops), flips and intensity
-    jitter (MONAI dictionary transforms); the gland target follows the crops and flips when ``glands``."""
+def training_transforms(config: SegmentConfig, glands: bool = False) -> Compose:
+    """Foreground-oversampled random patches of whole scans (MONAI's dictionary crop; the gland target follows the
+    crops when ``glands``). Flips and intensity jitter come after, on the batch (:func:`augment_batch`)."""
     keys = ["image", "label"] + (["gland"] if glands else [])
-    steps = []
-    if crop:
-        steps.append(RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch_zyx(config),
-                                            pos=config.foreground_ratio, neg=1.0 - config.foreground_ratio,
-                                            num_samples=config.patches_per_volume, fg_indices_key="fg",
-                                            bg_indices_key="bg"))
-    if config.flip:
-        steps += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    return Compose([RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch_zyx(config),
+                                           pos=config.foreground_ratio, neg=1.0 - config.foreground_ratio,
+                                           num_samples=config.patches_per_volume, fg_indices_key="fg",
+                                           bg_indices_key="bg")])
+
+
+def augment_batch(images: torch.Tensor, targets: torch.Tensor, config: SegmentConfig,
+                  generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each patch of a freshly stacked batch (batch, channels, z, y, x; changed in place) mirrored along each axis
+    with probability 1/2 (its targets with it), and its windowed values scaled by 1 + U(-j, j) then shifted by
+    U(-j, j), j = ``intensity_jitter``. The draws come from ``generator``, so the same (seed, epoch) gives the same
+    batch. On the stacked batch in torch: MONAI's per-patch dictionary transforms and their MetaTensors took
+    80 ms a refiner batch (15 ms now), against a step of about 120 ms."""
+    count = len(images)
+    mirror = generator.random((count, 3)) < 0.5 if config.flip else np.zeros((count, 3), dtype=bool)
+    scale = 1.0 + generator.uniform(-config.intensity_jitter, config.intensity_jitter, count)
+    shift = generator.uniform(-config.intensity_jitter, config.intensity_jitter, count)
+    for i in range(count):  # the batch is the caller's fresh stack: changed in place
+        dims = [axis + 1 for axis in range(3) if mirror[i, axis]]
+        if dims:
+            images[i] = torch.flip(images[i], dims)
+            targets[i] = torch.flip(targets[i], dims)
     if config.intensity_jitter:
-        steps += [RandScaleIntensityd("image", factors=config.intensity_jitter, prob=1.0),
-                  RandShiftIntensityd("image", offsets=config.intensity_jitter, prob=1.0)]
-    return Compose(steps)
+        images.mul_(torch.as_tensor(scale, dtype=images.dtype).view(-1, 1, 1, 1, 1))
+        images.add_(torch.as_tensor(shift, dtype=images.dtype).view(-1, 1, 1, 1, 1))
+    return images, targets
 
 
-def _batch(examples: list[dict], chosen: np.ndarray, transform: Compose) -> tuple[torch.Tensor, torch.Tensor]:
+def _plain(values) -> torch.Tensor:
+    """A plain tensor of an array or of MONAI's MetaTensor (whose metadata bookkeeping makes every later torch
+    operation on the batch several times slower)."""
+    return values.as_tensor() if isinstance(values, MetaTensor) else torch.as_tensor(values)
+
+
+def _batch(examples: list[dict], chosen: np.ndarray, transform: Compose | None, config: SegmentConfig,
+           generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch: the chosen examples (cropped by ``transform`` when given), stacked and augmented."""
     images, labels = [], []
     for index in chosen:
-        sample = {**examples[index], "image": examples[index]["image"].astype(np.float32)}
-        patches = transform(sample)
+        example = examples[index]
+        patches = transform({**example, "image": example["image"].astype(np.float32)}) if transform else example
         for patch in patches if isinstance(patches, list) else [patches]:
-            images.append(torch.as_tensor(patch["image"]))
-            label = torch.as_tensor(patch["label"])
-            labels.append(torch.cat([label, torch.as_tensor(patch["gland"])]) if "gland" in patch else label)
-    return torch.stack(images).float(), torch.stack(labels).long()
+            images.append(_plain(patch["image"]))
+            label = _plain(patch["label"])
+            labels.append(torch.cat([label, _plain(patch["gland"])]) if "gland" in patch else label)
+    return augment_batch(torch.stack(images).float(), torch.stack(labels).long(), config, generator)
 
 
 class DetectorLoss(torch.nn.Module):
@@ -193,7 +210,7 @@ class FitResult:
 
 def _fit(stage: str, in_channels: int, out_channels: int, config: SegmentConfig, epochs: int,
          next_batch: Callable[[np.random.Generator], tuple[torch.Tensor, torch.Tensor]],
-         score: Callable[[torch.nn.Module], float], transform: Compose, checkpoint: Path, run_key: str,
+         score: Callable[[torch.nn.Module], float], transform: Compose | None, checkpoint: Path, run_key: str,
          device: torch.device, progress: bool, on_epoch: Callable[[dict], None] | None,
          group: ProcessGroup = ProcessGroup()) -> FitResult:
     """Train one network with Dice + cross-entropy, polynomial decay, early stopping on ``score`` and a
@@ -227,7 +244,8 @@ def _fit(stage: str, in_channels: int, out_channels: int, config: SegmentConfig,
         state, resumed = restored, restored["epoch"]
     for epoch, random in loop.epochs(state["epoch"] + 1, epochs, lambda: state["bad_epochs"] >= config.patience):
         epoch_started = time.perf_counter()
-        transform.set_random_state(seed=random.augmentation_seed)
+        if transform is not None:
+            transform.set_random_state(seed=random.augmentation_seed)
         total = 0.0
         for _ in range(config.iterations_per_epoch):
             x, y = next_batch(random.generator)
@@ -333,7 +351,7 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
     def detector_batch(generator: np.random.Generator):
         chosen = generator.choice(len(train_examples), volumes_per_step,
                                   replace=len(train_examples) < volumes_per_step)
-        return _batch(train_examples, chosen, transform)
+        return _batch(train_examples, chosen, transform, config, generator)
 
     def detector_score(network: torch.nn.Module) -> float:
         return float(np.mean([_scan_dice(probability_map(network, v.image, config, torch_device)[0], v.target,
@@ -344,13 +362,11 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
                     checkpoint, run_key, torch_device, progress, on_epoch, group)
     refiner = None
     if config.refine:
-        crop_transform = training_transforms(config, crop=False)
-
         def refiner_batch(generator: np.random.Generator):
             chosen = generator.choice(len(refine_train), config.batch_size, replace=len(refine_train) <
                                       config.batch_size)
             return _batch([{"image": refine_train[i][0], "label": refine_train[i][1][None]} for i in chosen],
-                          np.arange(len(chosen)), crop_transform)
+                          np.arange(len(chosen)), None, config, generator)
 
         def refiner_score(network: torch.nn.Module) -> float:
             network.eval()
@@ -365,7 +381,7 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
 
         refiner = _fit("refiner", refiner_channels(phases, config), 2, config, config.refine_epochs, refiner_batch,
                        refiner_score,
-                       crop_transform, refiner_checkpoint, run_key,
+                       None, refiner_checkpoint, run_key,
                        torch_device, progress, on_epoch, group)
     group.close()
     if not group.leader:
