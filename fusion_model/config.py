@@ -507,6 +507,10 @@ class SegmentConfig(StrictModel):
         "detection operating point); null = the operating point")
     match_size_ratio: float = Field(2.5, gt=1, description="a lesion with size_mm takes only components whose "
                                     "largest axial extent is within this factor of it (either way)")
+    regrow_undersized_ratio: float | None = Field(
+        1.5, gt=1, description="a lesion whose matched component is more than this factor smaller than its size_mm "
+        "(only part of it found) is re-outlined by the refiner on a crop scaled to size_mm around that component; "
+        "the new outline is kept when its extent is nearer size_mm; null = off")
     learn_glands: bool = Field(True, description="the detector also learns the adrenal-gland region (a third "
                                "output) from the training scans' gland outlines: the cohort's glands/ folder "
                                "(TotalSegmentator's layout) or --region")

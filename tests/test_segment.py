@@ -566,6 +566,63 @@ def test_a_lesion_only_partly_found_is_re_outlined_at_the_table_size(tmp_path):
     assert [c.label for c in grown.components] == [1]
 
 
+def test_a_matched_lesion_found_only_in_part_is_regrown_at_the_table_size(tmp_path):
+    from fusion_model.cohort import load_cohort
+    from fusion_model.segment.infer import regrow_undersized, segment_scan
+    from fusion_model.segment.scans import cohort_scans, lesion_queries, load_scan, read_regions
+
+    root = _phantom_cohort(tmp_path / "c", patients=1, seed=3)
+    image = sitk.ReadImage(str(root / "images/P01.nii.gz"))
+    centre = tuple(np.argwhere(sitk.GetArrayFromImage(sitk.ReadImage(str(root / "masks/P01.nii.gz")))).mean(axis=0)
+                   .round().astype(int))
+    lesion = sphere_mask((24, 48, 48), centre, 7.0) > 0  # 28 mm across, with a brighter core 16 mm across
+    core = sphere_mask((24, 48, 48), centre, 4.0) > 0
+    ct = np.where(core, 160.0, np.where(lesion, 60.0, 0.0)) + np.random.default_rng(0).normal(0, 12, lesion.shape)
+    for array, path in ((ct.astype(np.int16), "images/P01.nii.gz"), (lesion.astype(np.uint8), "masks/P01.nii.gz")):
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(root / path))
+    table = pd.read_csv(root / "clinical.csv")
+    table["size_mm"] = 28.0
+    table.to_csv(root / "clinical.csv", index=False)
+    config = SegmentConfig(spacing_mm=2.0, min_extent_mm=20, patch_voxels=(48, 48, 24), hu_window=(-100, 150),
+                           min_component_mm3=20, refine_voxels=32, refine_test_time_flips=1, refine=False)
+    (scan,) = cohort_scans(load_cohort(root))
+    volume = load_scan(scan, ["unenhanced"], config, with_target=True,
+                       glands=read_regions(root / "glands", root)["P01"])
+    found = segment_scan(_BrightestOnly(), None, volume, config, torch.device("cpu"), ["unenhanced"])
+    (part,) = found.components
+    assert 28 / config.match_size_ratio < part.diameter_mm < 28 / config.regrow_undersized_ratio  # matched, small
+    queries = lesion_queries(scan)
+    matches = match_lesions(queries, found.components, 0.5, config.match_size_ratio, config.gland_margin_mm)
+    assert matches[0].label == part.label
+
+    def dice(labels, label):
+        taken = labels == label
+        return 2 * (taken & lesion).sum() / (taken.sum() + lesion.sum())
+
+    assert dice(found.labels, part.label) < 0.5
+    grown, regrown = regrow_undersized(_BrightIsLesion(), volume, found, queries, matches, config,
+                                       torch.device("cpu"), ["unenhanced"])
+    (match,) = regrown
+    assert match.label == part.label and "re-outlined at the table's size around it" in match.reason
+    assert match.reason.startswith(matches[0].reason)
+    assert dice(grown.labels, part.label) > 0.8  # the whole lesion comes out
+    assert (grown.labels[found.labels == part.label] == part.label).all()  # holding what was found
+    (component,) = grown.components
+    assert component.volume_mm3 == pytest.approx((grown.labels == part.label).sum() * 8)
+    assert abs(component.diameter_mm - 28) < abs(part.diameter_mm - 28)
+    # off: nothing changes; a component near its table size is left as found
+    same, kept = regrow_undersized(_BrightIsLesion(), volume, found, queries, matches,
+                                   config.model_copy(update={"regrow_undersized_ratio": None}),
+                                   torch.device("cpu"), ["unenhanced"])
+    assert same is found and kept == matches
+    near = [LesionQuery(queries[0].side, part.diameter_mm * 1.2)]
+    same, kept = regrow_undersized(_BrightIsLesion(), volume, found, near, matches, config, torch.device("cpu"),
+                                   ["unenhanced"])
+    assert (same.labels == found.labels).all() and kept == matches
+
+
 def test_components_far_from_the_glands_are_suppressed(tmp_path):
     from fusion_model.cohort import load_cohort
     from fusion_model.segment.infer import segment_scan

@@ -218,6 +218,51 @@ def outline_at_size(refiner: torch.nn.Module, volume: ScanVolume, found: Segment
     return outline if 1 / config.match_size_ratio <= ratio <= config.match_size_ratio else None
 
 
+def component_of(mask: np.ndarray, label: int, probability: float, volume: ScanVolume,
+                 found: SegmentedScan) -> Component:
+    """The component record of a mask (bool, reference grid): volume, centroid, side, extent, gland distance."""
+    voxel_mm3 = float(np.prod(volume.reference.GetSpacing()))
+    zyx = np.argwhere(mask).mean(axis=0)
+    centroid = tuple(float(v) for v in volume.reference.TransformContinuousIndexToPhysicalPoint(
+        [float(v) for v in zyx[::-1]]))
+    distance = None if found.gland_distance is None else float(found.gland_distance[mask].min())
+    return Component(label, float(mask.sum()) * voxel_mm3, probability, centroid,
+                     "left" if centroid[0] > found.midline_x else "right",
+                     axial_extent_mm(mask, volume.reference.GetSpacing()), distance)
+
+
+def regrow_undersized(refiner: torch.nn.Module, volume: ScanVolume, found: SegmentedScan,
+                      queries: list[LesionQuery], matches: list[Match], config: SegmentConfig,
+                      device: torch.device, phases: list[str]) -> tuple[SegmentedScan, list[Match]]:
+    """Each lesion whose matched component is more than ``regrow_undersized_ratio`` smaller than its ``size_mm``
+    (the detector found part of it, and the refiner's crop, scaled to that part, held no more) re-outlined at
+    its size around the component (:func:`outline_at_size`). The component grows by the new outline (background
+    voxels only; never another component's) when the outline's extent is nearer ``size_mm`` than the component's
+    was, and the row's reason says so; otherwise it stays as found."""
+    ratio = config.regrow_undersized_ratio
+    if ratio is None:
+        return found, matches
+    labels, components, matches = found.labels.copy(), {c.label: c for c in found.components}, list(matches)
+    for i, (query, match) in enumerate(zip(queries, matches)):
+        parent = components.get(match.label) if match.label is not None else None
+        if parent is None or not query.size_mm or not parent.diameter_mm * ratio < query.size_mm:
+            continue
+        outline = outline_at_size(refiner, volume, replace(found, labels=labels), parent, query.size_mm, config,
+                                  device, phases)
+        if outline is None:
+            continue
+        extent = axial_extent_mm(outline, volume.reference.GetSpacing())
+        if abs(np.log(extent / query.size_mm)) >= abs(np.log(parent.diameter_mm / query.size_mm)):
+            continue
+        grown = outline | (labels == parent.label)
+        labels[grown] = parent.label
+        components[parent.label] = component_of(grown, parent.label, parent.probability, volume, found)
+        matches[i] = Match(parent.label, f"{match.reason}; found {parent.diameter_mm:.0f} mm across against size_mm "
+                                         f"{query.size_mm:g}, re-outlined at the table's size around it: "
+                                         f"{components[parent.label].describe()}", match.refused)
+    return replace(found, labels=labels, components=sorted(components.values(), key=lambda c: c.label)), matches
+
+
 def reoutline_at_table_size(refiner: torch.nn.Module, volume: ScanVolume, found: SegmentedScan,
                             queries: list[LesionQuery], matches: list[Match], threshold: float, config: SegmentConfig,
                             device: torch.device, phases: list[str]) -> tuple[SegmentedScan, list[Match]]:
@@ -246,13 +291,7 @@ def reoutline_at_table_size(refiner: torch.nn.Module, volume: ScanVolume, found:
             rest = (labels == parent.label) & ~outline
             label = int(labels.max()) + 1 if rest.any() else parent.label  # keeps labels 1..n
             labels[outline] = label
-            zyx = np.argwhere(outline).mean(axis=0)
-            centroid = tuple(float(v) for v in volume.reference.TransformContinuousIndexToPhysicalPoint(
-                [float(v) for v in zyx[::-1]]))
-            distance = None if found.gland_distance is None else float(found.gland_distance[outline].min())
-            new = Component(label, float(outline.sum()) * voxel_mm3, parent.probability, centroid,
-                            "left" if centroid[0] > found.midline_x else "right",
-                            axial_extent_mm(outline, volume.reference.GetSpacing()), distance)
+            new = component_of(outline, label, parent.probability, volume, found)
             components = [c if c.label != parent.label else replace(
                 c, volume_mm3=float(rest.sum()) * voxel_mm3, diameter_mm=axial_extent_mm(
                     rest, volume.reference.GetSpacing())) for c in components if rest.any() or c.label != label]

@@ -41,7 +41,7 @@ from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, check_output_dir, link_or_copy
 from fusion_model.imaging.io import read_image_header
 from fusion_model.segment.artifact import Segmenter, load_segmenter
-from fusion_model.segment.infer import segment_scan, reoutline_at_table_size
+from fusion_model.segment.infer import regrow_undersized, reoutline_at_table_size, segment_scan
 from fusion_model.segment.matching import Component, Match, match_lesions
 from fusion_model.segment.scans import (
     Region,
@@ -108,6 +108,9 @@ def predict_scan(segmenter: Segmenter, scan: ScanRecord, device: torch.device,
     if segmenter.refiner is not None and any(m.label is None for m in matches):
         found, matches = reoutline_at_table_size(segmenter.refiner, volume, found, queries, matches,
                                                  segmenter.match_threshold, config, device, segmenter.phases)
+    if segmenter.refiner is not None:
+        found, matches = regrow_undersized(segmenter.refiner, volume, found, queries, matches, config, device,
+                                           segmenter.phases)
     return ScanPrediction(found.labels, found.components, matches, volume.reference, time.perf_counter() - started,
                           found.suppressed, found.gland_source)
 

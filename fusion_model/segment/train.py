@@ -33,7 +33,13 @@ from fusion_model.errors import UserInputError
 from fusion_model.fileio import check_output_dir
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter
-from fusion_model.segment.infer import patch_zyx, probability_map, segment_scan, reoutline_at_table_size
+from fusion_model.segment.infer import (
+    patch_zyx,
+    probability_map,
+    regrow_undersized,
+    reoutline_at_table_size,
+    segment_scan,
+)
 from fusion_model.segment.matching import match_lesions
 from fusion_model.segment.metrics import (
     DetectionRecord,
@@ -401,6 +407,9 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
             found, matched = reoutline_at_table_size(refiner.network, volume, found, queries, matched,
                                                      config.match_min_probability or 0.0, config, torch_device,
                                                      phases)
+        if refiner is not None:
+            found, matched = regrow_undersized(refiner.network, volume, found, queries, matched, config, torch_device,
+                                               phases)
         spacing_zyx = tuple(reversed(volume.reference.GetSpacing()))
         for mask, match in zip(masks, matched):
             lesion_dice.append(overlap_metrics(found.labels == match.label if match.label else np.zeros_like(mask),
