@@ -509,7 +509,7 @@ class SegmentConfig(StrictModel):
                                     "largest axial extent is within this factor of it (either way)")
     regrow_undersized_ratio: float | None = Field(
         1.5, gt=1, description="a lesion whose matched component is more than this factor smaller than its size_mm "
-        "(only part of it found) is re-outlined by the refiner on a crop scaled to size_mm around that component; "
+        "(its extent, or its volume's sphere diameter when smaller: only part of the lesion found) is re-outlined by the refiner on a crop scaled to size_mm around that component; "
         "the new outline is kept when its extent is nearer size_mm; null = off")
     learn_glands: bool = Field(True, description="the detector also learns the adrenal-gland region (a third "
                                "output) from the training scans' gland outlines: the cohort's glands/ folder "

@@ -566,9 +566,19 @@ def test_a_lesion_only_partly_found_is_re_outlined_at_the_table_size(tmp_path):
     assert [c.label for c in grown.components] == [1]
 
 
+def test_a_components_apparent_size_is_its_extent_or_its_volumes_sphere_when_smaller():
+    from fusion_model.segment.infer import apparent_size_mm
+
+    ball = Component(1, np.pi / 6 * 30.0**3, 1.0, (0.0, 0.0, 0.0), "right", 30.0)
+    assert apparent_size_mm(ball) == pytest.approx(30.0)
+    sliver = Component(1, 2200.0, 1.0, (0.0, 0.0, 0.0), "right", 29.0)  # 29 mm along a lesion's edge, 2.2 mL
+    assert apparent_size_mm(sliver) == pytest.approx(16.1, abs=0.1)
+    assert apparent_size_mm(Component(1, np.pi / 6 * 8.0**3, 1.0, (0.0, 0.0, 0.0), "right")) == pytest.approx(8.0)
+
+
 def test_a_matched_lesion_found_only_in_part_is_regrown_at_the_table_size(tmp_path):
     from fusion_model.cohort import load_cohort
-    from fusion_model.segment.infer import regrow_undersized, segment_scan
+    from fusion_model.segment.infer import apparent_size_mm, regrow_undersized, segment_scan
     from fusion_model.segment.scans import cohort_scans, lesion_queries, load_scan, read_regions
 
     root = _phantom_cohort(tmp_path / "c", patients=1, seed=3)
@@ -592,7 +602,7 @@ def test_a_matched_lesion_found_only_in_part_is_regrown_at_the_table_size(tmp_pa
                        glands=read_regions(root / "glands", root)["P01"])
     found = segment_scan(_BrightestOnly(), None, volume, config, torch.device("cpu"), ["unenhanced"])
     (part,) = found.components
-    assert 28 / config.match_size_ratio < part.diameter_mm < 28 / config.regrow_undersized_ratio  # matched, small
+    assert 28 / config.match_size_ratio < apparent_size_mm(part) < 28 / config.regrow_undersized_ratio  # matched
     queries = lesion_queries(scan)
     matches = match_lesions(queries, found.components, 0.5, config.match_size_ratio, config.gland_margin_mm)
     assert matches[0].label == part.label

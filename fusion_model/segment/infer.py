@@ -231,35 +231,44 @@ def component_of(mask: np.ndarray, label: int, probability: float, volume: ScanV
                      axial_extent_mm(mask, volume.reference.GetSpacing()), distance)
 
 
+def apparent_size_mm(component: Component) -> float:
+    """How large a component is, to set against a table's ``size_mm``: its largest axial extent, or the diameter of
+    the sphere of its volume when that is smaller (a thin sliver along a lesion's edge is 29 mm across and 2 mL)."""
+    sphere_mm = (6.0 * component.volume_mm3 / np.pi) ** (1.0 / 3.0)
+    return float(min(component.diameter_mm, sphere_mm)) if np.isfinite(component.diameter_mm) else float(sphere_mm)
+
+
 def regrow_undersized(refiner: torch.nn.Module, volume: ScanVolume, found: SegmentedScan,
                       queries: list[LesionQuery], matches: list[Match], config: SegmentConfig,
                       device: torch.device, phases: list[str]) -> tuple[SegmentedScan, list[Match]]:
     """Each lesion whose matched component is more than ``regrow_undersized_ratio`` smaller than its ``size_mm``
-    (the detector found part of it, and the refiner's crop, scaled to that part, held no more) re-outlined at
-    its size around the component (:func:`outline_at_size`). The component grows by the new outline (background
-    voxels only; never another component's) when the outline's extent is nearer ``size_mm`` than the component's
-    was, and the row's reason says so; otherwise it stays as found."""
+    (:func:`apparent_size_mm`: the detector found part of it, and the refiner's crop, scaled to that part, held no
+    more) re-outlined at its size around the component (:func:`outline_at_size`). The component grows by the new
+    outline (background voxels only; never another component's) when that comes nearer ``size_mm`` than the
+    component was, and the row's reason says so; otherwise it stays as found."""
     ratio = config.regrow_undersized_ratio
     if ratio is None:
         return found, matches
     labels, components, matches = found.labels.copy(), {c.label: c for c in found.components}, list(matches)
     for i, (query, match) in enumerate(zip(queries, matches)):
         parent = components.get(match.label) if match.label is not None else None
-        if parent is None or not query.size_mm or not parent.diameter_mm * ratio < query.size_mm:
+        if parent is None or not query.size_mm or not apparent_size_mm(parent) * ratio < query.size_mm:
             continue
         outline = outline_at_size(refiner, volume, replace(found, labels=labels), parent, query.size_mm, config,
                                   device, phases)
         if outline is None:
             continue
-        extent = axial_extent_mm(outline, volume.reference.GetSpacing())
-        if abs(np.log(extent / query.size_mm)) >= abs(np.log(parent.diameter_mm / query.size_mm)):
-            continue
         grown = outline | (labels == parent.label)
+        candidate = component_of(grown, parent.label, parent.probability, volume, found)
+        if abs(np.log(apparent_size_mm(candidate) / query.size_mm)) >= abs(np.log(apparent_size_mm(parent)
+                                                                                 / query.size_mm)):
+            continue
         labels[grown] = parent.label
-        components[parent.label] = component_of(grown, parent.label, parent.probability, volume, found)
-        matches[i] = Match(parent.label, f"{match.reason}; found {parent.diameter_mm:.0f} mm across against size_mm "
+        components[parent.label] = candidate
+        matches[i] = Match(parent.label, f"{match.reason}; found {parent.volume_mm3 / 1000:.1f} mL, "
+                                         f"{apparent_size_mm(parent):.0f} mm in size against size_mm "
                                          f"{query.size_mm:g}, re-outlined at the table's size around it: "
-                                         f"{components[parent.label].describe()}", match.refused)
+                                         f"{candidate.describe()}", match.refused)
     return replace(found, labels=labels, components=sorted(components.values(), key=lambda c: c.label)), matches
 
 
