@@ -119,7 +119,6 @@ def refine_components(refiner: torch.nn.Module, volume: ScanVolume, labels: np.n
     probabilities and gland distances stay the first stage's, volumes, extents, centroids and sides are measured
     again."""
     out = np.zeros(labels.shape, dtype=np.uint16)
-    voxel_mm3 = float(np.prod(volume.reference.GetSpacing()))
     difference = difference_pair(phases, config)
     refined = []
     for component in components:
@@ -129,13 +128,19 @@ def refine_components(refiner: torch.nn.Module, volume: ScanVolume, labels: np.n
             continue
         label = len(refined) + 1
         out[mask] = label
-        zyx = np.argwhere(mask).mean(axis=0)
-        centroid = tuple(float(v) for v in volume.reference.TransformContinuousIndexToPhysicalPoint(
-            [float(v) for v in zyx[::-1]]))
-        refined.append(Component(label, float(mask.sum()) * voxel_mm3, component.probability, centroid,
-                                 "left" if centroid[0] > midline_x else "right",
-                                 axial_extent_mm(mask, volume.reference.GetSpacing()), component.gland_distance_mm))
+        refined.append(component_of(mask, label, component.probability, volume.reference, midline_x,
+                                    component.gland_distance_mm))
     return out, refined
+
+
+def component_of(mask: np.ndarray, label: int, probability: float, reference: sitk.Image, midline_x: float,
+                 gland_distance_mm: float | None) -> Component:
+    """The component record of a mask (bool, reference grid): its volume, centroid, side and extent measured."""
+    zyx = np.argwhere(mask).mean(axis=0)
+    centroid = tuple(float(v) for v in reference.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]]))
+    return Component(label, float(mask.sum()) * float(np.prod(reference.GetSpacing())), probability, centroid,
+                     "left" if centroid[0] > midline_x else "right", axial_extent_mm(mask, reference.GetSpacing()),
+                     gland_distance_mm)
 
 
 @dataclass
@@ -218,17 +223,11 @@ def outline_at_size(refiner: torch.nn.Module, volume: ScanVolume, found: Segment
     return outline if 1 / config.match_size_ratio <= ratio <= config.match_size_ratio else None
 
 
-def component_of(mask: np.ndarray, label: int, probability: float, volume: ScanVolume,
-                 found: SegmentedScan) -> Component:
-    """The component record of a mask (bool, reference grid): volume, centroid, side, extent, gland distance."""
-    voxel_mm3 = float(np.prod(volume.reference.GetSpacing()))
-    zyx = np.argwhere(mask).mean(axis=0)
-    centroid = tuple(float(v) for v in volume.reference.TransformContinuousIndexToPhysicalPoint(
-        [float(v) for v in zyx[::-1]]))
+def found_component(mask: np.ndarray, label: int, probability: float, volume: ScanVolume,
+                    found: SegmentedScan) -> Component:
+    """The record of a mask re-outlined after segmentation, its distance to the glands measured on ``found``'s."""
     distance = None if found.gland_distance is None else float(found.gland_distance[mask].min())
-    return Component(label, float(mask.sum()) * voxel_mm3, probability, centroid,
-                     "left" if centroid[0] > found.midline_x else "right",
-                     axial_extent_mm(mask, volume.reference.GetSpacing()), distance)
+    return component_of(mask, label, probability, volume.reference, found.midline_x, distance)
 
 
 def apparent_size_mm(component: Component) -> float:
@@ -236,6 +235,11 @@ def apparent_size_mm(component: Component) -> float:
     the sphere of its volume when that is smaller (a thin sliver along a lesion's edge is 29 mm across and 2 mL)."""
     sphere_mm = (6.0 * component.volume_mm3 / np.pi) ** (1.0 / 3.0)
     return float(min(component.diameter_mm, sphere_mm)) if np.isfinite(component.diameter_mm) else float(sphere_mm)
+
+
+def size_miss(component: Component, size_mm: float) -> float:
+    """How far (a log ratio, either way) a component's apparent size is from a table's ``size_mm``."""
+    return abs(float(np.log(apparent_size_mm(component) / size_mm)))
 
 
 def regrow_undersized(refiner: torch.nn.Module, volume: ScanVolume, found: SegmentedScan,
@@ -259,9 +263,8 @@ def regrow_undersized(refiner: torch.nn.Module, volume: ScanVolume, found: Segme
         if outline is None:
             continue
         grown = outline | (labels == parent.label)
-        candidate = component_of(grown, parent.label, parent.probability, volume, found)
-        if abs(np.log(apparent_size_mm(candidate) / query.size_mm)) >= abs(np.log(apparent_size_mm(parent)
-                                                                                 / query.size_mm)):
+        candidate = found_component(grown, parent.label, parent.probability, volume, found)
+        if size_miss(candidate, query.size_mm) >= size_miss(parent, query.size_mm):
             continue
         labels[grown] = parent.label
         components[parent.label] = candidate
@@ -300,7 +303,7 @@ def reoutline_at_table_size(refiner: torch.nn.Module, volume: ScanVolume, found:
             rest = (labels == parent.label) & ~outline
             label = int(labels.max()) + 1 if rest.any() else parent.label  # keeps labels 1..n
             labels[outline] = label
-            new = component_of(outline, label, parent.probability, volume, found)
+            new = found_component(outline, label, parent.probability, volume, found)
             components = [c if c.label != parent.label else replace(
                 c, volume_mm3=float(rest.sum()) * voxel_mm3, diameter_mm=axial_extent_mm(
                     rest, volume.reference.GetSpacing())) for c in components if rest.any() or c.label != label]
