@@ -527,17 +527,19 @@ class _BrightestOnly(torch.nn.Module):
         return torch.cat([-logit, logit], dim=1)
 
 
-def test_a_lesion_only_partly_found_is_re_outlined_at_the_table_size(tmp_path):
+def _partly_found_lesion(tmp_path, core_radius_voxels: float):
+    """A one-patient cohort whose lesion (28 mm across, size_mm 28 in the table) has a brighter core, segmented by
+    a detector that finds the core only (no refiner): the lesion mask, scan, volume, config and SegmentedScan."""
     from fusion_model.cohort import load_cohort
-    from fusion_model.segment.infer import reoutline_at_table_size, segment_scan
-    from fusion_model.segment.scans import cohort_scans, lesion_queries, load_scan, read_regions
+    from fusion_model.segment.infer import segment_scan
+    from fusion_model.segment.scans import cohort_scans, load_scan, read_regions
 
     root = _phantom_cohort(tmp_path / "c", patients=1, seed=3)
     image = sitk.ReadImage(str(root / "images/P01.nii.gz"))
     centre = tuple(np.argwhere(sitk.GetArrayFromImage(sitk.ReadImage(str(root / "masks/P01.nii.gz")))).mean(axis=0)
                    .round().astype(int))
-    lesion = sphere_mask((24, 48, 48), centre, 7.0) > 0  # 28 mm across, with a brighter core 8 mm across
-    core = sphere_mask((24, 48, 48), centre, 2.0) > 0
+    lesion = sphere_mask((24, 48, 48), centre, 7.0) > 0
+    core = sphere_mask((24, 48, 48), centre, core_radius_voxels) > 0
     ct = np.where(core, 160.0, np.where(lesion, 60.0, 0.0)) + np.random.default_rng(0).normal(0, 12, lesion.shape)
     for array, path in ((ct.astype(np.int16), "images/P01.nii.gz"), (lesion.astype(np.uint8), "masks/P01.nii.gz")):
         out = sitk.GetImageFromArray(array)
@@ -552,6 +554,14 @@ def test_a_lesion_only_partly_found_is_re_outlined_at_the_table_size(tmp_path):
     volume = load_scan(scan, ["unenhanced"], config, with_target=True,
                        glands=read_regions(root / "glands", root)["P01"])
     found = segment_scan(_BrightestOnly(), None, volume, config, torch.device("cpu"), ["unenhanced"])
+    return lesion, scan, volume, config, found
+
+
+def test_a_lesion_only_partly_found_is_re_outlined_at_the_table_size(tmp_path):
+    from fusion_model.segment.infer import reoutline_at_table_size
+    from fusion_model.segment.scans import lesion_queries
+
+    lesion, scan, volume, config, found = _partly_found_lesion(tmp_path, core_radius_voxels=2.0)  # an 8 mm core
     (part,) = found.components
     assert part.diameter_mm * config.match_size_ratio < 28  # the detector found a small part only
     queries = lesion_queries(scan)
@@ -577,30 +587,10 @@ def test_a_components_apparent_size_is_its_extent_or_its_volumes_sphere_when_sma
 
 
 def test_a_matched_lesion_found_only_in_part_is_regrown_at_the_table_size(tmp_path):
-    from fusion_model.cohort import load_cohort
-    from fusion_model.segment.infer import apparent_size_mm, regrow_undersized, segment_scan
-    from fusion_model.segment.scans import cohort_scans, lesion_queries, load_scan, read_regions
+    from fusion_model.segment.infer import apparent_size_mm, regrow_undersized
+    from fusion_model.segment.scans import lesion_queries
 
-    root = _phantom_cohort(tmp_path / "c", patients=1, seed=3)
-    image = sitk.ReadImage(str(root / "images/P01.nii.gz"))
-    centre = tuple(np.argwhere(sitk.GetArrayFromImage(sitk.ReadImage(str(root / "masks/P01.nii.gz")))).mean(axis=0)
-                   .round().astype(int))
-    lesion = sphere_mask((24, 48, 48), centre, 7.0) > 0  # 28 mm across, with a brighter core 16 mm across
-    core = sphere_mask((24, 48, 48), centre, 4.0) > 0
-    ct = np.where(core, 160.0, np.where(lesion, 60.0, 0.0)) + np.random.default_rng(0).normal(0, 12, lesion.shape)
-    for array, path in ((ct.astype(np.int16), "images/P01.nii.gz"), (lesion.astype(np.uint8), "masks/P01.nii.gz")):
-        out = sitk.GetImageFromArray(array)
-        out.CopyInformation(image)
-        sitk.WriteImage(out, str(root / path))
-    table = pd.read_csv(root / "clinical.csv")
-    table["size_mm"] = 28.0
-    table.to_csv(root / "clinical.csv", index=False)
-    config = SegmentConfig(spacing_mm=2.0, min_extent_mm=20, patch_voxels=(48, 48, 24), hu_window=(-100, 150),
-                           min_component_mm3=20, refine_voxels=32, refine_test_time_flips=1, refine=False)
-    (scan,) = cohort_scans(load_cohort(root))
-    volume = load_scan(scan, ["unenhanced"], config, with_target=True,
-                       glands=read_regions(root / "glands", root)["P01"])
-    found = segment_scan(_BrightestOnly(), None, volume, config, torch.device("cpu"), ["unenhanced"])
+    lesion, scan, volume, config, found = _partly_found_lesion(tmp_path, core_radius_voxels=4.0)  # a 16 mm core
     (part,) = found.components
     assert 28 / config.match_size_ratio < apparent_size_mm(part) < 28 / config.regrow_undersized_ratio  # matched
     queries = lesion_queries(scan)
