@@ -13,7 +13,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from fusion_model.config import SegmentConfig
-from fusion_model.segment.matching import Component, LesionQuery, Match
+from fusion_model.segment.matching import Component, LesionQuery, Match, match_lesions
 from fusion_model.segment.network import flip_averaged_probability
 from fusion_model.segment.refine import difference_pair, refine_component
 from fusion_model.segment.scans import ScanVolume, body_midline_x
@@ -316,3 +316,19 @@ def reoutline_at_table_size(refiner: torch.nn.Module, volume: ScanVolume, found:
                                match.refused)
             break
     return replace(found, labels=labels, components=sorted(components, key=lambda c: c.label)), matches
+
+
+def match_table_lesions(refiner: torch.nn.Module | None, volume: ScanVolume, found: SegmentedScan,
+                        queries: list[LesionQuery], threshold: float, config: SegmentConfig, device: torch.device,
+                        phases: list[str]) -> tuple[SegmentedScan, list[Match]]:
+    """The table's lesions matched to the scan's plausible components (:func:`match_lesions`); with a refiner,
+    rows left without one re-outlined at the table's size (:func:`reoutline_at_table_size`) and rows whose
+    component is far smaller than their size regrown (:func:`regrow_undersized`)."""
+    matches = match_lesions(queries, found.components, threshold, config.match_size_ratio, config.gland_margin_mm,
+                            found.suppressed)
+    if refiner is None:
+        return found, matches
+    if any(m.label is None for m in matches):
+        found, matches = reoutline_at_table_size(refiner, volume, found, queries, matches, threshold, config, device,
+                                                 phases)
+    return regrow_undersized(refiner, volume, found, queries, matches, config, device, phases)

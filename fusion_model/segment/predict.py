@@ -41,8 +41,8 @@ from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, check_output_dir, link_or_copy
 from fusion_model.imaging.io import read_image_header
 from fusion_model.segment.artifact import Segmenter, load_segmenter
-from fusion_model.segment.infer import regrow_undersized, reoutline_at_table_size, segment_scan
-from fusion_model.segment.matching import Component, Match, match_lesions
+from fusion_model.segment.infer import match_table_lesions, segment_scan
+from fusion_model.segment.matching import Component, Match
 from fusion_model.segment.scans import (
     Region,
     ScanRecord,
@@ -103,14 +103,8 @@ def predict_scan(segmenter: Segmenter, scan: ScanRecord, device: torch.device,
     found = segment_scan(segmenter.network, segmenter.refiner, volume, segmenter.config, device, segmenter.phases)
     config = segmenter.config
     queries = lesion_queries(scan)
-    matches = match_lesions(queries, found.components, segmenter.match_threshold, config.match_size_ratio,
-                            config.gland_margin_mm, found.suppressed)
-    if segmenter.refiner is not None and any(m.label is None for m in matches):
-        found, matches = reoutline_at_table_size(segmenter.refiner, volume, found, queries, matches,
-                                                 segmenter.match_threshold, config, device, segmenter.phases)
-    if segmenter.refiner is not None:
-        found, matches = regrow_undersized(segmenter.refiner, volume, found, queries, matches, config, device,
-                                           segmenter.phases)
+    found, matches = match_table_lesions(segmenter.refiner, volume, found, queries, segmenter.match_threshold,
+                                         config, device, segmenter.phases)
     return ScanPrediction(found.labels, found.components, matches, volume.reference, time.perf_counter() - started,
                           found.suppressed, found.gland_source)
 

@@ -33,14 +33,7 @@ from fusion_model.errors import UserInputError
 from fusion_model.fileio import check_output_dir
 from fusion_model.progress import track
 from fusion_model.segment.artifact import Segmenter
-from fusion_model.segment.infer import (
-    patch_zyx,
-    probability_map,
-    regrow_undersized,
-    reoutline_at_table_size,
-    segment_scan,
-)
-from fusion_model.segment.matching import match_lesions
+from fusion_model.segment.infer import match_table_lesions, patch_zyx, probability_map, segment_scan
 from fusion_model.segment.metrics import (
     DetectionRecord,
     overlap_metrics,
@@ -401,15 +394,8 @@ def train_segmenter(cohort_dir: Path, out: Path, config: SegmentConfig, device: 
         masks = volume.lesion_masks
         detection.add_scan(found.labels, {c.label: c.probability for c in found.components}, list(masks))
         queries = lesion_queries(scan)
-        matched = match_lesions(queries, found.components, config.match_min_probability or 0.0,
-                                config.match_size_ratio, config.gland_margin_mm, found.suppressed)
-        if refiner is not None and any(m.label is None for m in matched):
-            found, matched = reoutline_at_table_size(refiner.network, volume, found, queries, matched,
-                                                     config.match_min_probability or 0.0, config, torch_device,
-                                                     phases)
-        if refiner is not None:
-            found, matched = regrow_undersized(refiner.network, volume, found, queries, matched, config, torch_device,
-                                               phases)
+        found, matched = match_table_lesions(refiner.network if refiner else None, volume, found, queries,
+                                             config.match_min_probability or 0.0, config, torch_device, phases)
         spacing_zyx = tuple(reversed(volume.reference.GetSpacing()))
         for mask, match in zip(masks, matched):
             lesion_dice.append(overlap_metrics(found.labels == match.label if match.label else np.zeros_like(mask),
