@@ -171,3 +171,24 @@ def test_fat_lies_inside_a_pseudocapsule():
         assert depth[fat].min() > phantom.PSEUDOCAPSULE_MM  # and no fat voxel touches its outline
         rim = drawing.mask & (depth <= 1.0)
         assert np.median(drawing.hu[0][rim]) > 0  # the rim is soft tissue
+
+
+def test_both_glands_lie_in_periadrenal_fat():
+    """A reader sees a normal gland because fat surrounds it: within 2.5 mm of either gland there is no liver
+    and within 4 mm mostly fat (the right gland lies medial to the liver, not inside it; its limbs' tips may touch
+    the liver's bare area), over random anatomies."""
+    from scipy import ndimage
+
+    from fusion_model.synthetic import phantom
+
+    grid = phantom.Grid(origin=(-140.0, -100.0, -40.0), spacing=(1.5, 1.5, 2.5), shape=(32, 150, 190))
+    for seed in range(4):
+        labels = phantom.anatomy_labels(grid, phantom.Anatomy.draw(np.random.default_rng(seed)))
+        gland = labels == phantom.LABEL["adrenal"]
+        x = grid.axes()[0][0, 0]
+        for side_of_body in (x < 0, x >= 0):  # the patient's right lies at lower x
+            one = gland & side_of_body[None, None, :]
+            assert one.sum() > 0
+            distance_mm = ndimage.distance_transform_edt(~one, sampling=grid.spacing[::-1])
+            assert not np.any(labels[(distance_mm <= 2.5) & ~one] == phantom.LABEL["liver"])
+            assert np.mean(labels[(distance_mm <= 4.0) & ~one] == phantom.LABEL["fat"]) > 0.9

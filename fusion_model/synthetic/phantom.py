@@ -117,6 +117,11 @@ def anatomy_labels(grid: Grid, anatomy: Anatomy) -> np.ndarray:
     for sx in (-1, 1):
         kidney = ((x - sx * 66) / 28) ** 2 + ((y - 55) / 24) ** 2 + ((z + 48) / 48) ** 2 <= 1.0
         volume[kidney & (volume != LABEL["bone"])] = LABEL["kidney"]
+    # the right gland lies behind the IVC, medial to the liver's bare area, in a pad of periadrenal fat (as on CT):
+    # without it the gland and every right-sided lesion would be engulfed by liver of nearly their attenuation
+    ax_r, ay_r = anatomy.adrenal("right")
+    pad = _ellipse(x, y, ax_r, ay_r + 6, 11, 19) & (z > -24) & (z < 28)
+    volume[pad & (volume == LABEL["liver"])] = LABEL["fat"]
     for side in ("right", "left"):
         ax_, ay_ = anatomy.adrenal(side)
         limbs = np.zeros(grid.shape, dtype=bool)
