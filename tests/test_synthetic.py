@@ -182,10 +182,10 @@ def test_both_glands_lie_in_periadrenal_fat():
     from fusion_model.synthetic import phantom
 
     grid = phantom.Grid(origin=(-140.0, -100.0, -40.0), spacing=(1.5, 1.5, 2.5), shape=(32, 150, 190))
+    x = grid.axes()[0][0, 0]
     for seed in range(4):
         labels = phantom.anatomy_labels(grid, phantom.Anatomy.draw(np.random.default_rng(seed)))
         gland = labels == phantom.LABEL["adrenal"]
-        x = grid.axes()[0][0, 0]
         for side_of_body in (x < 0, x >= 0):  # the patient's right lies at lower x
             one = gland & side_of_body[None, None, :]
             assert one.sum() > 0

@@ -89,6 +89,9 @@ class Anatomy:
         return self.adrenal_right if side == "right" else self.adrenal_left
 
 
+GLAND_LIMBS_BEHIND_MM = 6  # the limbs (and the right gland's fat pad) are centred this far behind the gland's centre
+
+
 def anatomy_labels(grid: Grid, anatomy: Anatomy) -> np.ndarray:
     """uint8 label volume (z, y, x) of the upper abdomen."""
     x, y, z = grid.axes()
@@ -120,13 +123,13 @@ def anatomy_labels(grid: Grid, anatomy: Anatomy) -> np.ndarray:
     # the right gland lies behind the IVC, medial to the liver's bare area, in a pad of periadrenal fat (as on CT):
     # without it the gland and every right-sided lesion would be engulfed by liver of nearly their attenuation
     ax_r, ay_r = anatomy.adrenal("right")
-    pad = _ellipse(x, y, ax_r, ay_r + 6, 11, 19) & (z > -24) & (z < 28)
+    pad = _ellipse(x, y, ax_r, ay_r + GLAND_LIMBS_BEHIND_MM, 11, 19) & (z > -24) & (z < 28)
     volume[pad & (volume == LABEL["liver"])] = LABEL["fat"]
     for side in ("right", "left"):
         ax_, ay_ = anatomy.adrenal(side)
         limbs = np.zeros(grid.shape, dtype=bool)
         for angle in (0.45, -0.45):
-            limb2d = _ellipse(x2, y2, ax_, ay_ + 6, 2.2, 13, angle)
+            limb2d = _ellipse(x2, y2, ax_, ay_ + GLAND_LIMBS_BEHIND_MM, 2.2, 13, angle)
             limbs |= limb2d[None]
         limbs &= (z > -18) & (z < 22)
         volume[limbs] = LABEL["adrenal"]
