@@ -20,6 +20,10 @@ or listed; the `all` variant's AUC with automatic masks (unscored = missed) with
 lesions; training <= 10 minutes on 2 CPU cores, inference <= 2 s per scan, peak memory < 4 GB.
 
     python benchmarks/segment_chain.py --out runs/segment_chain [--patients 200 --seed 5 --device auto]
+
+With ``--second-reader`` the cohort also has a second reader's outlines (the same patients and images) and the risk
+model of steps 3 and 6 trains on both readers' outlines (``masks: [a, b]``: one of the two drawn per lesion and
+epoch), i.e. on outlines that vary as automatic ones do.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--segment-config", type=Path, default=packaged_experiment("segment.yaml"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--second-reader", action="store_true",
+                        help="the cohort also has a second reader's outlines (masks_b/; the same patients and images) "
+                             "and the risk model trains on both readers' (masks: [a, b]), in OUT/risk_model_ab")
     parser.add_argument("--stages", default="synth,train,risk_model,evaluate,predict,risk",
                         help="comma-separated stages to run (earlier outputs are reused)")
     args = parser.parse_args(argv)
@@ -59,12 +66,15 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     cohort, segmenter, report, auto = out / "cohort", out / "segmenter", out / "segment_report", out / "auto_c"
-    figures: dict = {"patients": args.patients, "seed": args.seed, "test_centre": TEST_CENTRE}
+    figures: dict = {"patients": args.patients, "seed": args.seed, "test_centre": TEST_CENTRE,
+                     "risk_model_masks": ["a", "b"] if args.second_reader else ["a"]}
+    masks = figures["risk_model_masks"]
 
     if "synth" in stages and not cohort.exists():
         from fusion_model.synthetic.generate import synthesize_cohort
 
-        synthesize_cohort(cohort, SynthConfig(patients=args.patients, seed=args.seed))
+        synthesize_cohort(cohort, SynthConfig(patients=args.patients, seed=args.seed,
+                                              second_reader=args.second_reader))
     if "train" in stages:
         from fusion_model.segment.train import train_segmenter
 
@@ -76,12 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"segment train: {run.figures['minutes']:.1f} min, peak {run.figures['peak_memory_gb']:.2f} GB, "
               f"{run.figures['epochs_run']} epochs on {run.figures['device']}", flush=True)
     if "risk_model" in stages or "evaluate" in stages or "risk" in stages:
-        train_risk_model(cohort, out)
+        train_risk_model(cohort, out, masks)
     if "evaluate" in stages:
         from fusion_model.segment.evaluate import evaluate_segmenter
 
         result = evaluate_segmenter(segmenter, cohort, report, centre=TEST_CENTRE, device=args.device,
-                                    overwrite=True, risk_model=out / "risk_model", cache=ImageCache(out / "cache"))
+                                    overwrite=True, risk_model=risk_model_dir(out, masks),
+                                    cache=ImageCache(out / "cache"))
         overall = result.metrics["overall"]
         op = overall["detection"]["operating_point"]
         fp = overall["false_positives"]
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"segment predict: {run.found}/{run.lesions} lesions outlined, {run.seconds_per_scan:.2f} s per scan",
               flush=True)
     if "risk" in stages:
-        figures["risk"] = risk_on_auto_masks(cohort, auto, out)
+        figures["risk"] = risk_on_auto_masks(cohort, auto, out, masks)
         risk = figures["risk"]
         print(f"risk: {risk['lesions_compared']} of {risk['lesions_all']} lesions scored with both mask sets; "
               f"{risk['lesions_without_auto_mask']} without an automatic mask ({risk['unscored']})", flush=True)
@@ -135,18 +146,24 @@ def main(argv: list[str] | None = None) -> dict:
     return figures
 
 
-def train_risk_model(cohort: Path, out: Path) -> Path:
-    """The demo experiment (lesion-type heads included) trained on centres A and B with manual masks; reused."""
+def risk_model_dir(out: Path, masks: list[str]) -> Path:
+    """Where the risk model trained on ``masks`` (the first reader's, or both readers') outlines lies."""
+    return out / ("risk_model" if masks == ["a"] else "risk_model_" + "".join(masks))
+
+
+def train_risk_model(cohort: Path, out: Path, masks: list[str]) -> Path:
+    """The demo experiment (lesion-type heads included) trained on centres A and B with manual masks (the first
+    reader's, or both readers' as augmentation); reused."""
     from fusion_model import pipeline
 
-    model_dir = out / "risk_model"
+    model_dir = risk_model_dir(out, masks)
     if not (model_dir / "manifest.json").is_file():  # it depends on the cohort only: a rerun reuses it
-        config = load_experiment(packaged_experiment("synthetic_demo.yaml"))
+        config = load_experiment(packaged_experiment("synthetic_demo.yaml")).model_copy(update={"masks": masks})
         pipeline.train(config, cohort, model_dir, ImageCache(out / "cache"), test_centre=TEST_CENTRE, overwrite=True)
     return model_dir
 
 
-def risk_on_auto_masks(cohort: Path, auto: Path, out: Path) -> dict:
+def risk_on_auto_masks(cohort: Path, auto: Path, out: Path, masks: list[str]) -> dict:
     """Score centre C with both mask sets: each variant's AUC on the lesions both scored (paired DeLong) and on
     all lesions with those left without an automatic mask counted as missed (scored below every other)."""
     from fusion_model import pipeline
@@ -157,7 +174,7 @@ def risk_on_auto_masks(cohort: Path, auto: Path, out: Path) -> dict:
 
     started = time.perf_counter()
     cache = ImageCache(out / "cache")
-    model = load_model(train_risk_model(cohort, out))
+    model = load_model(train_risk_model(cohort, out, masks))
     manual_data, _, _ = pipeline.lesion_data(load_cohort(cohort).select(centre=TEST_CENTRE), model.config, cache)
     auto_data, auto_errors, _ = pipeline.lesion_data(load_cohort(auto), model.config, cache)
     manual = model.predict_variants(manual_data)
