@@ -475,8 +475,8 @@ class SegmentConfig(StrictModel):
     name: str = "segmenter"
     seed: int = 0
     phases: list[str] | None = Field(None, description="input phases; default: every phase of the cohort")
-    spacing_mm: float = Field(3.0, gt=0.25, le=8, description="isotropic voxel size the detector sees")
-    patch_voxels: tuple[int, int, int] = Field((48, 48, 32), description="training / sliding-window patch, "
+    spacing_mm: float = Field(4.0, gt=0.25, le=8, description="isotropic voxel size the detector sees")
+    patch_voxels: tuple[int, int, int] = Field((40, 40, 24), description="training / sliding-window patch, "
                                                                           "voxels along x, y, z")
     hu_window: tuple[float, float] = Field((-250.0, 350.0), description="HU mapped to 0 and 1 (clipped)")
     region_margin_mm: float = Field(20.0, ge=0, description="margin around a given adrenal region")
@@ -484,7 +484,7 @@ class SegmentConfig(StrictModel):
     channels: tuple[int, ...] = Field((16, 32, 64, 128), description="feature maps per U-Net level")
     residual_units: int = Field(1, ge=0, le=4)
     dropout: float = Field(0.0, ge=0, lt=1)
-    epochs: int = Field(100, ge=1, le=10_000)
+    epochs: int = Field(60, ge=1, le=10_000)
     iterations_per_epoch: int = Field(40, ge=1, description="optimiser steps per epoch")
     batch_size: int = Field(4, ge=1, le=256, description="patches per step")
     patches_per_volume: int = Field(2, ge=1, le=32)
@@ -492,7 +492,7 @@ class SegmentConfig(StrictModel):
     learning_rate: float = Field(2e-3, gt=0, le=1)
     weight_decay: float = Field(1e-5, ge=0)
     patience: int = Field(20, ge=1, description="epochs without a better validation Dice before stopping")
-    validate_every: int = Field(2, ge=1, le=20, description="epochs between validations on the early-stopping "
+    validate_every: int = Field(4, ge=1, le=20, description="epochs between validations on the early-stopping "
                                 "patients (each is a sliding-window pass over their scans)")
     validation_fraction: float = Field(0.2, gt=0, lt=0.6)
     intensity_jitter: float = Field(0.05, ge=0, le=0.5, description="random shift/scale of windowed values")
@@ -524,7 +524,7 @@ class SegmentConfig(StrictModel):
                                                             "outside the training range")
     min_extent_mm: float = Field(24.0, gt=0, description="refuse scans shorter than this along an axis")
     refine: bool = Field(True, description="re-outline each found lesion on a crop scaled to its size")
-    refine_voxels: int = Field(48, ge=16, le=160, description="edge of the refinement crop, voxels")
+    refine_voxels: int = Field(32, ge=16, le=160, description="edge of the refinement crop, voxels")
     refine_context: float = Field(2.0, ge=1.1, le=5, description="crop edge / the lesion's largest extent")
     refine_min_mm: float = Field(24.0, gt=0, description="smallest crop edge, mm")
     refine_crops_per_lesion: int = Field(8, ge=1, le=64, description="randomly shifted and scaled training crops")
