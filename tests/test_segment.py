@@ -316,6 +316,34 @@ def test_batch_augmentation_mirrors_image_and_target_together_and_repeats_with_t
     assert torch.equal(x, torch.from_numpy(image)) and torch.equal(y, torch.from_numpy(target))
 
 
+def test_detector_batches_repeat_with_the_seed_in_any_process(monkeypatch):
+    """The crops of a batch come from (seed, epoch) alone. MONAI's Compose is falsy or truthy by its length, which
+    builds a flattened Compose whose constructor reseeds the crop from MONAI's global seed (the operating system's
+    entropy when unset): a batch function that tested ``if transform`` cropped differently in every process."""
+    import monai.utils.misc
+
+    from fusion_model.segment.train import _batch, _training_example, training_transforms
+
+    monkeypatch.setattr(monai.utils.misc, "_seed", None)  # as in a fresh process: no global MONAI seed
+    config = SegmentConfig(patch_voxels=(8, 8, 8), patches_per_volume=2, flip=False, intensity_jitter=0.0)
+    rng = np.random.default_rng(0)
+    target = np.zeros((24, 30, 28), dtype=np.uint8)
+    target[10:14, 12:17, 9:13] = 1
+    image = rng.random((2, *target.shape)).astype(np.float32)
+    examples = [_training_example(image, target, (8, 8, 8), np.random.default_rng(1))]
+    transform = training_transforms(config)
+
+    def epoch(seed):
+        transform.set_random_state(seed=seed)
+        generator = np.random.default_rng(seed)
+        return [_batch(examples, np.array([0]), transform, config, generator)[0] for _ in range(4)]
+
+    first, again, other = epoch(5), epoch(5), epoch(6)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert len({hash(x.numpy().tobytes()) for x in first}) > 1  # the crops move within an epoch
+
+
 def test_segment_train_refuses_a_cohort_without_masks(tmp_path):
     from fusion_model.segment.train import train_segmenter
 

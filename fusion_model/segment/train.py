@@ -154,11 +154,16 @@ def _plain(values) -> torch.Tensor:
 
 def _batch(examples: list[dict], chosen: np.ndarray, transform: Compose | None, config: SegmentConfig,
            generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch: the chosen examples (cropped by ``transform`` when given), stacked and augmented."""
+    """A training batch: the chosen examples (cropped by ``transform`` when given), stacked and augmented.
+
+    ``transform is not None``, never ``if transform``: the truth value of MONAI's Compose is its length, which
+    builds a flattened Compose whose constructor reseeds the crop from MONAI's global seed (None: the operating
+    system's entropy), so every batch's crops came out different in each process."""
     images, labels = [], []
     for index in chosen:
         example = examples[index]
-        patches = transform({**example, "image": example["image"].astype(np.float32)}) if transform else example
+        patches = transform({**example, "image": example["image"].astype(np.float32)}) if transform is not None \
+            else example
         for patch in patches if isinstance(patches, list) else [patches]:
             images.append(_plain(patch["image"]))
             label = _plain(patch["label"])
