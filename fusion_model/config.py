@@ -539,6 +539,10 @@ class SegmentConfig(StrictModel):
     refine_soft_tissue_window: tuple[float, float] | None = Field(
         (-30.0, 170.0), description="refiner input: every phase also in this narrow window (HU mapped to 0 and 1), "
         "as a reader narrows the window to tell a lesion from the liver beside it; null = the wide window only")
+    refine_confirms: bool = Field(True, description="a component's probability is the detector's times the "
+                                  "refiner's highest probability over it: the refiner's finer look confirms a "
+                                  "lesion or rejects a normal gland's limb or a piece of liver (false = the "
+                                  "detector's alone)")
     refine_test_time_flips: int = Field(4, ge=1, le=4, description="the refiner's probabilities averaged over "
                                                                     "this many mirrorings (1 = none; then x, y, z)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")

@@ -4,6 +4,7 @@ segmenter's grid, bad input, and train -> predict -> evaluate on a small cohort 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,12 @@ def test_matching_takes_only_a_plausible_component_and_says_why():
     # no size in the table: size is not checked; a smaller than plausible component is refused
     assert _labels(match_lesions([LesionQuery("right")], [blob], 0.5, 2.5, 15.0)) == [1]
     assert _labels(match_lesions([LesionQuery("right", 80.0)], [lesion], 0.5, 2.5, 15.0)) == [None]
+    # a component the refiner did not confirm: the reason gives both stages' scores
+    unconfirmed = replace(_component(4, 0.99 * 0.2, "right", 14.0, 0.0), detector_probability=0.99,
+                          refiner_confidence=0.2)
+    (weak,) = match_lesions([LesionQuery("right", 12.5)], [unconfirmed], 0.5, 2.5, 15.0)
+    assert weak.label is None
+    assert "probability 0.20 (the detector's 0.99 times the refiner's 0.20) is below 0.50" in weak.refused[4]
     # nothing at all
     (empty,) = match_lesions([LesionQuery("left", 20.0)], [], 0.5)
     assert empty.reason == "no component on the left side with probability >= 0.50"
@@ -267,7 +274,7 @@ def test_refiner_crops_carry_each_phase_in_both_windows_and_the_enhancement():
         SegmentConfig(refine_soft_tissue_window=(100, 0))
 
 
-def test_a_segmenter_saved_before_the_soft_tissue_window_loads_with_the_wide_window_only(tmp_path):
+def test_a_segmenter_saved_before_the_soft_tissue_window_and_confirmation_loads_as_it_was_trained(tmp_path):
     from fusion_model.segment.artifact import MANIFEST, Segmenter, load_segmenter
     from fusion_model.segment.network import build_segmenter
     from fusion_model.segment.refine import refiner_channels
@@ -279,9 +286,11 @@ def test_a_segmenter_saved_before_the_soft_tissue_window_loads_with_the_wide_win
     segmenter.save(tmp_path / "seg")
     manifest = json.loads((tmp_path / "seg" / MANIFEST).read_text())
     del manifest["config"]["refine_soft_tissue_window"]  # as written by the earlier release
+    del manifest["config"]["refine_confirms"]
     (tmp_path / "seg" / MANIFEST).write_text(json.dumps(manifest))
     loaded = load_segmenter(tmp_path / "seg")
     assert loaded.config.refine_soft_tissue_window is None
+    assert loaded.config.refine_confirms is False  # its operating point was set on the detector's probabilities
     assert next(loaded.refiner.parameters()).shape[1] == 3  # two phases and their difference
 
 
@@ -445,7 +454,11 @@ def test_evaluate_reports_overlap_and_detection(trained_segmenter, tmp_path):
     ap = metrics["average_precision_iou_0.5"]
     assert set(ap["detection"]) == {"adenoma", "metastasis"} and ap["mean_detection_ap"] > 0.6
     assert set(overall["dice_by_side"]) == {"left", "right"}
-    assert (tmp_path / "report/components.csv").is_file()
+    components = pd.read_csv(tmp_path / "report/components.csv")
+    kept = components[~components["suppressed"].astype(bool)]
+    assert metrics["refiner_confirms"] and len(kept)  # the product of the two stages' scores, both in the table
+    assert kept["probability"].to_numpy() == pytest.approx(
+        (kept["detector_probability"] * kept["refiner_confidence"]).to_numpy(), abs=1e-6)
     lesions = pd.read_csv(tmp_path / "report/lesions.csv")
     assert lesions["dice"].median() == pytest.approx(result.metrics["overall"]["dice"]["median"])
     html = (tmp_path / "report/report.html").read_text(encoding="utf-8")
@@ -549,6 +562,57 @@ def test_a_lesion_merged_with_an_organ_is_re_outlined_at_the_table_size(tmp_path
     rest = next(c for c in split.components if c.label == blob.label)
     assert rest.volume_mm3 == pytest.approx(((split.labels == blob.label).sum()) * 8)  # the blob keeps the rest
     assert (taken & lesion).sum() > 0.8 * lesion.sum()  # the lesion comes out (a stand-in refiner: with some organ)
+
+
+class _BrighterThan(torch.nn.Module):
+    """A stand-in refiner that outlines only what is brighter than ``hu`` (in the window -100..150 HU)."""
+
+    def __init__(self, hu: float):
+        super().__init__()
+        self.level = (hu + 100) / 250
+
+    def forward(self, x):
+        logit = (x[:, :1] - self.level) * 40
+        return torch.cat([-logit, logit], dim=1)
+
+
+@pytest.mark.parametrize("confirms", [True, False])
+def test_the_refiner_confirms_a_lesion_and_rejects_what_it_does_not_outline(tmp_path, confirms):
+    from fusion_model.cohort import load_cohort
+    from fusion_model.segment.infer import segment_scan
+    from fusion_model.segment.scans import cohort_scans, load_scan
+
+    root = _phantom_cohort(tmp_path / "c", patients=1, seed=3, glands=False, distractor=True)
+    image = sitk.ReadImage(str(root / "images/P01.nii.gz"))
+    ct = sitk.GetArrayFromImage(image).astype(np.float32)
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "masks/P01.nii.gz"))) > 0
+    ct[lesion] += 100.0  # the lesion at 160 HU, the distractor (a 'normal gland') at 60 HU: both bright to the detector
+    out = sitk.GetImageFromArray(ct.astype(np.int16))
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(root / "images/P01.nii.gz"))
+    config = SegmentConfig(spacing_mm=2.0, min_extent_mm=20, patch_voxels=(48, 48, 24), hu_window=(-100, 150),
+                           min_component_mm3=40, refine_voxels=32, refine_test_time_flips=1,
+                           refine_soft_tissue_window=None, refine_confirms=confirms)
+    (scan,) = cohort_scans(load_cohort(root))
+    volume = load_scan(scan, ["unenhanced"], config, with_target=True)
+    found = segment_scan(_BrightIsLesion(), _BrighterThan(110.0), volume, config, torch.device("cpu"),
+                         ["unenhanced"])
+    distractor = sphere_mask(lesion.shape, *DISTRACTOR) > 0
+    by_place = {("lesion" if (found.labels == c.label)[lesion].any() else
+                 "distractor" if (found.labels == c.label)[distractor].any() else "other"): c for c in found.components}
+    kept, rejected = by_place["lesion"], by_place["distractor"]
+    assert [c.label for c in found.components] == list(range(1, len(found.components) + 1))
+    assert [c.probability for c in found.components] == sorted((c.probability for c in found.components),
+                                                               reverse=True)
+    assert kept.detector_probability > 0.99 and rejected.detector_probability > 0.99  # the detector takes both
+    assert kept.refiner_confidence > 0.99 and rejected.refiner_confidence < 0.3
+    assert (found.labels == rejected.label)[distractor].mean() > 0.5  # outlined by nothing: it keeps its voxels
+    if confirms:
+        assert kept.label == 1 and kept.probability > 0.99
+        assert rejected.probability == pytest.approx(rejected.detector_probability * rejected.refiner_confidence)
+        assert rejected.probability < 0.3  # below matching's 0.5: no table row can take it
+    else:
+        assert kept.probability == kept.detector_probability and rejected.probability > 0.99
 
 
 class _BrightestOnly(torch.nn.Module):

@@ -91,8 +91,9 @@ def load_segmenter(path: Path) -> Segmenter:
         raise UserInputError(f"{manifest_path}: segmenter format {manifest.get('format')!r} version "
                              f"{manifest.get('format_version')!r}; this fusion-model reads version {FORMAT_VERSION}: "
                              "retrain it")
-    # segmenters written before the refiner's soft-tissue window was a setting saw the wide window only
-    settings = {"refine_soft_tissue_window": None, **manifest["config"]}
+    # segmenters written before the refiner's soft-tissue window was a setting saw the wide window only, and their
+    # operating points were set on the detector's probabilities alone
+    settings = {"refine_soft_tissue_window": None, "refine_confirms": False, **manifest["config"]}
     config = parse_model(SegmentConfig, settings, str(manifest_path))
     phases = list(manifest["phases"])
     learned_glands = bool(manifest.get("training", {}).get("learned_glands"))

@@ -180,8 +180,10 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
             distance = float(true_distance[inside].min()) if true_distance is not None else None
             component_rows.append({
                 "scan": scan.key, "patient_id": scan.patient_id, "centre": scan.centre, "component": c.label,
-                "probability": c.probability, "volume_ml": c.volume_mm3 / 1000, "diameter_mm": c.diameter_mm,
-                "side": c.side, "gland_distance_mm": c.gland_distance_mm, "suppressed": False,
+                "probability": c.probability, "detector_probability": c.detector_probability,
+                "refiner_confidence": c.refiner_confidence, "volume_ml": c.volume_mm3 / 1000,
+                "diameter_mm": c.diameter_mm, "side": c.side, "gland_distance_mm": c.gland_distance_mm,
+                "suppressed": False,
                 "touches_lesion": bool(touching[:, k].any()), "best_iou": float(iou[:, k].max()) if len(iou) else 0.0,
                 "hit_lesion": scan.lesions[assigned[k]].lesion_id if assigned[k] >= 0 else "",
                 "true_gland_distance_mm": distance,
@@ -208,7 +210,8 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
             views.append(_axial_view(result.reference, mask, predicted, lesion.lesion_id, figures["dice"]))
     lesions = pd.DataFrame(rows)
     components = pd.DataFrame(component_rows, columns=[
-        "scan", "patient_id", "centre", "component", "probability", "volume_ml", "diameter_mm", "side",
+        "scan", "patient_id", "centre", "component", "probability", "detector_probability", "refiner_confidence",
+        "volume_ml", "diameter_mm", "side",
         "gland_distance_mm", "suppressed", "touches_lesion", "best_iou", "hit_lesion", "true_gland_distance_mm",
         "outside_true_glands"])
     lesion_types = [t for t in lesions.get("lesion_type", pd.Series(dtype=object)) if isinstance(t, str)]
@@ -251,6 +254,7 @@ def evaluate_segmenter(model_dir: Path, cohort_dir: Path, out: Path, centre: str
         "segmenter": str(model_dir), "cohort": str(cohort_dir), "cohort_name": cohort.spec.name, "centre": centre,
         "trained_on": segmenter.info.get("training", {}).get("centres"),
         "component_threshold": segmenter.threshold, "surface_tolerance_mm": SURFACE_TOLERANCE_MM,
+        "refiner_confirms": bool(segmenter.refiner is not None and segmenter.config.refine_confirms),
         "overall": block(lesions, "all"), "iou_hit": IOU_HIT,
         "per_centre": {c: block(lesions[lesions["centre"] == c], c) for c in sorted(set(lesions["centre"]))},
         "average_precision_iou_0.5": ap,

@@ -115,22 +115,31 @@ def axial_extent_mm(mask: np.ndarray, spacing_xyz) -> float:
 def refine_components(refiner: torch.nn.Module, volume: ScanVolume, labels: np.ndarray,
                       components: list[Component], config: SegmentConfig, device: torch.device,
                       midline_x: float, phases: list[str]) -> tuple[np.ndarray, list[Component]]:
-    """Each component re-outlined by the lesion-centred refiner (most probable first keeps contested voxels);
-    probabilities and gland distances stay the first stage's, volumes, extents, centroids and sides are measured
-    again."""
-    out = np.zeros(labels.shape, dtype=np.uint16)
+    """Each component re-outlined by the lesion-centred refiner; with ``refine_confirms`` its probability becomes
+    the detector's times the refiner's confidence (a second look at a finer grid: a normal gland's limb or a piece
+    of liver the detector took for a lesion is seldom outlined by the refiner). Components keep their gland
+    distances; volumes, extents, centroids and sides are measured again; the most probable keeps contested voxels,
+    and labels run 1..n most probable first. A component the refiner outlines nothing at keeps its own voxels."""
     difference = difference_pair(phases, config)
-    refined = []
+    outlines = []
     for component in components:
-        mask = refine_component(refiner, volume.phase_images, labels == component.label, volume.reference, config,
-                                device, difference) & (out == 0)
+        voxels = labels == component.label
+        refined = refine_component(refiner, volume.phase_images, voxels, volume.reference, config, device, difference)
+        probability = component.probability * refined.confidence if config.refine_confirms else component.probability
+        outlines.append((probability, component, voxels if refined.mask is None else refined.mask,
+                         refined.confidence))
+    out = np.zeros(labels.shape, dtype=np.uint16)
+    refined_components = []
+    for probability, component, outline, confidence in sorted(outlines, key=lambda item: -item[0]):
+        mask = outline & (out == 0)
         if not mask.any():
             continue
-        label = len(refined) + 1
+        label = len(refined_components) + 1
         out[mask] = label
-        refined.append(component_of(mask, label, component.probability, volume.reference, midline_x,
-                                    component.gland_distance_mm))
-    return out, refined
+        refined_components.append(replace(
+            component_of(mask, label, probability, volume.reference, midline_x, component.gland_distance_mm),
+            detector_probability=component.probability, refiner_confidence=confidence))
+    return out, refined_components
 
 
 def component_of(mask: np.ndarray, label: int, probability: float, reference: sitk.Image, midline_x: float,
@@ -210,8 +219,8 @@ def outline_at_size(refiner: torch.nn.Module, volume: ScanVolume, found: Segment
     grid = np.indices(inside.shape, sparse=True)
     ball = sum(((axis - c) * s) ** 2 for axis, c, s in zip(grid, zyx, spacing)) <= (size_mm / 2) ** 2
     outline = refine_component(refiner, volume.phase_images, ball, reference, config, device,
-                               difference_pair(phases, config), grow=False)
-    if outline is ball:  # the refiner found nothing there
+                               difference_pair(phases, config), grow=False).mask
+    if outline is None:  # the refiner found nothing there
         return None
     outline = outline & ((found.labels == 0) | inside)
     if not outline.any():
@@ -224,10 +233,15 @@ def outline_at_size(refiner: torch.nn.Module, volume: ScanVolume, found: Segment
 
 
 def found_component(mask: np.ndarray, label: int, probability: float, volume: ScanVolume,
-                    found: SegmentedScan) -> Component:
-    """The record of a mask re-outlined after segmentation, its distance to the glands measured on ``found``'s."""
+                    found: SegmentedScan, parent: Component | None = None) -> Component:
+    """The record of a mask re-outlined after segmentation, its distance to the glands measured on ``found``'s;
+    the detector's and refiner's scores those of the ``parent`` component it was outlined from."""
     distance = None if found.gland_distance is None else float(found.gland_distance[mask].min())
-    return component_of(mask, label, probability, volume.reference, found.midline_x, distance)
+    component = component_of(mask, label, probability, volume.reference, found.midline_x, distance)
+    if parent is None:
+        return component
+    return replace(component, detector_probability=parent.detector_probability,
+                   refiner_confidence=parent.refiner_confidence)
 
 
 def apparent_size_mm(component: Component) -> float:
@@ -263,7 +277,7 @@ def regrow_undersized(refiner: torch.nn.Module, volume: ScanVolume, found: Segme
         if outline is None:
             continue
         grown = outline | (labels == parent.label)
-        candidate = found_component(grown, parent.label, parent.probability, volume, found)
+        candidate = found_component(grown, parent.label, parent.probability, volume, found, parent)
         if size_miss(candidate, query.size_mm) >= size_miss(parent, query.size_mm):
             continue
         labels[grown] = parent.label
@@ -303,7 +317,7 @@ def reoutline_at_table_size(refiner: torch.nn.Module, volume: ScanVolume, found:
             rest = (labels == parent.label) & ~outline
             label = int(labels.max()) + 1 if rest.any() else parent.label  # keeps labels 1..n
             labels[outline] = label
-            new = found_component(outline, label, parent.probability, volume, found)
+            new = found_component(outline, label, parent.probability, volume, found, parent)
             components = [c if c.label != parent.label else replace(
                 c, volume_mm3=float(rest.sum()) * voxel_mm3, diameter_mm=axial_extent_mm(
                     rest, volume.reference.GetSpacing())) for c in components if rest.any() or c.label != label]

@@ -19,11 +19,13 @@ class Component:
 
     label: int  # value in the component label array (0 for a suppressed component: not in the array)
     volume_mm3: float
-    probability: float  # highest voxel probability inside
+    probability: float  # the detector's highest voxel probability inside (times the refiner's confidence)
     centroid_mm: tuple[float, float, float]
     side: str  # "left" / "right" of the body midline (LPS x: + is the patient's left)
     diameter_mm: float = math.nan  # largest axial (x or y) extent
     gland_distance_mm: float | None = None  # nearest voxel to an adrenal gland (None: no gland known)
+    detector_probability: float | None = None  # the detector's own, where the refiner re-scored the component
+    refiner_confidence: float | None = None  # the refiner's highest probability over the detector's component
 
     def describe(self) -> str:
         """How reasons name it: volume, probability, side, extent and distance to the glands."""
@@ -53,6 +55,11 @@ def refusal(component: Component, query: LesionQuery, threshold: float, size_rat
             gland_margin_mm: float) -> str | None:
     """Why a component cannot be this lesion (None: it is plausible)."""
     if component.probability < threshold:
+        if component.refiner_confidence is not None and component.detector_probability is not None and math.isclose(
+                component.probability, component.detector_probability * component.refiner_confidence):
+            # the refiner confirmed (refine_confirms): name both stages' scores
+            return (f"probability {component.probability:.2f} (the detector's {component.detector_probability:.2f} "
+                    f"times the refiner's {component.refiner_confidence:.2f}) is below {threshold:.2f}")
         return f"probability {component.probability:.2f} is below {threshold:.2f}"
     if query.side is not None and component.side != query.side:
         return f"it is on the {component.side} side"

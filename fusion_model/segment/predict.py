@@ -1,7 +1,8 @@
 """`fusion-model segment predict`: outline every lesion of a cohort and write a new cohort that uses the masks.
 
 For each scan: sliding-window probabilities, resampled onto the scan's own grid, thresholded, split into
-connected components (smaller than ``min_component_mm3`` dropped), each with its highest voxel probability.
+connected components (smaller than ``min_component_mm3`` dropped), each with its highest voxel probability
+(times the refiner's confidence in it, with ``refine_confirms``).
 Components farther than ``gland_margin_mm`` from an adrenal gland (given by ``--region`` or learned by the
 detector) are suppressed. Components are matched to the table's lesions (which the table says exist) only when
 plausible: on the lesion's side, near a gland, of a size compatible with ``size_mm``, with at least
@@ -296,8 +297,11 @@ def predict_masks(model_dir: Path, cohort_dir: Path, out: Path, centre: str | No
             for c in [*result.components, *result.suppressed]:
                 component_rows.append({
                     "scan": scan.key, "patient_id": scan.patient_id, "component": c.label or "",
-                    "probability": round(c.probability, 4), "volume_mm3": round(c.volume_mm3, 1),
-                    "diameter_mm": round(c.diameter_mm, 1),
+                    "probability": round(c.probability, 4),
+                    "detector_probability": None if c.detector_probability is None else round(
+                        c.detector_probability, 4),
+                    "refiner_confidence": None if c.refiner_confidence is None else round(c.refiner_confidence, 4),
+                    "volume_mm3": round(c.volume_mm3, 1), "diameter_mm": round(c.diameter_mm, 1),
                     "x_mm": round(c.centroid_mm[0], 1), "y_mm": round(c.centroid_mm[1], 1),
                     "z_mm": round(c.centroid_mm[2], 1), "side": c.side,
                     "gland_distance_mm": None if c.gland_distance_mm is None else round(c.gland_distance_mm, 1),

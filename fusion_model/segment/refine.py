@@ -10,6 +10,8 @@ outline that touches the crop's border is outlined again on a larger crop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -103,13 +105,21 @@ def _touches_border(mask: np.ndarray) -> bool:
                 or mask[:, :, 0].any() or mask[:, :, -1].any())
 
 
+@dataclass(frozen=True)
+class RefinedOutline:
+    """The refiner's outline of a component and how sure it is that a lesion is there."""
+
+    mask: np.ndarray | None  # bool, reference grid; None: the refiner outlined nothing at the component
+    confidence: float  # the refiner's highest probability over the component's own voxels
+
+
 @torch.no_grad()
 def refine_component(refiner: torch.nn.Module, images: list[sitk.Image], component: np.ndarray,
                      reference: sitk.Image, config: SegmentConfig, device: torch.device,
-                     difference: tuple[int, int] | None = None, grow: bool = True) -> np.ndarray:
-    """The refined outline (bool array on the reference grid) of one component; the component itself when the
-    refiner finds nothing at its centre. An outline touching the crop's border is outlined again on a larger
-    crop, unless not ``grow`` (a lesion of known size)."""
+                     difference: tuple[int, int] | None = None, grow: bool = True) -> RefinedOutline:
+    """The refined outline of one component (the connected pieces of the refiner's mask that overlap it, or the
+    largest when none does) and the refiner's confidence there. An outline touching the crop's border is outlined
+    again on a larger crop, unless not ``grow`` (a lesion of known size)."""
     from scipy import ndimage
 
     centre, extent = lesion_box_mm(component, reference)
@@ -125,15 +135,17 @@ def refine_component(refiner: torch.nn.Module, images: list[sitk.Image], compone
         edge *= GROW_FACTOR
     crop = sitk.GetImageFromArray(probability.astype(np.float32))
     crop.CopyInformation(grid)
-    native = sitk.GetArrayFromImage(sitk.Resample(crop, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                  sitk.sitkFloat32)) >= config.voxel_threshold
+    resampled = sitk.GetArrayFromImage(sitk.Resample(crop, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                     sitk.sitkFloat32))
+    confidence = float(resampled[component].max()) if component.any() else 0.0
+    native = resampled >= config.voxel_threshold
     if not native.any():
-        return component
+        return RefinedOutline(None, confidence)
     pieces, _ = ndimage.label(native)
     keep = np.unique(pieces[component & native])
     keep = keep[keep > 0]
-    if not len(keep):  # the refined outline misses the component: keep the piece nearest its centre
+    if not len(keep):  # the refined outline misses the component: keep its largest piece
         sizes = np.bincount(pieces.ravel())
         sizes[0] = 0
         keep = [int(np.argmax(sizes))]
-    return np.isin(pieces, keep)
+    return RefinedOutline(np.isin(pieces, keep), confidence)
