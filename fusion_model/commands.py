@@ -76,12 +76,13 @@ def train(
     scheduler: SchedulerOption = None,
 ) -> None:
     """Train the encoder, the heads of every variant and the calibration; write a model artifact."""
+    from fusion_model.config import load_experiment
+
+    experiment = load_experiment(config)  # a bad config is answered before torch is loaded
     from fusion_model.imaging.cache import ImageCache
     from fusion_model import pipeline
-    from fusion_model.config import load_experiment
     from fusion_model.engine import Engine, EngineSettings
 
-    experiment = load_experiment(config)
     with Engine(EngineSettings(workers, scheduler)) as engine:
         run = pipeline.train(experiment, cohort, out, ImageCache.at(cache), test_centre=test_centre, strict=strict,
                              overwrite=overwrite, device=device, engine=engine)

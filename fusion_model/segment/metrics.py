@@ -7,8 +7,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
 SURFACE_TOLERANCE_MM = 2.0
 CROP_MARGIN_VOXELS = 3
@@ -20,6 +18,9 @@ def overlap_metrics(predicted: np.ndarray, reference: np.ndarray, spacing_zyx: t
     An empty prediction (a missed lesion) has Dice 0, surface Dice 0, no Hausdorff distance and a volume
     difference of -100%.
     """
+    import torch  # here, not at the top: the commands that read these metrics answer a bad argument at once
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+
     predicted, reference = predicted.astype(bool), reference.astype(bool)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     ref_ml, pred_ml = reference.sum() * voxel_ml, predicted.sum() * voxel_ml
