@@ -108,6 +108,9 @@ def predict(
 ) -> None:
     """Malignancy probability per lesion (every variant, and the guideline rules) and, for a model with subtype
     heads, the probability of each lesion type, as CSV."""
+    from fusion_model.prechecks import check_scoring_inputs
+
+    check_scoring_inputs(model, cohort)  # answered before the network libraries load
     from fusion_model.imaging.cache import ImageCache
     from fusion_model import pipeline
     from fusion_model.engine import Engine, EngineSettings

@@ -111,6 +111,65 @@ def test_user_error_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2 and "phases" in result.stderr and "Traceback" not in result.stderr
 
 
+# the command under test, and then which network libraries it had loaded when it stopped
+_PROBE = ("import sys\nfrom fusion_model.cli import main\nsys.argv = ['fusion-model', *sys.argv[1:]]\ntry:\n"
+          "    main()\nfinally:\n    print('loaded:', sorted({'torch', 'monai'} & set(sys.modules)))")
+
+
+def _fake_model(folder, segmenter=False):
+    """A folder whose manifest passes the commands' early check (and nothing else)."""
+    from clinical_schema import SCHEMA_VERSION
+    from fusion_model import __version__
+    from fusion_model.fileio import sha256_file
+
+    folder.mkdir()
+    if segmenter:
+        (folder / "segmenter.json").write_text(json.dumps({"format": "fusion-model-segmenter", "format_version": 2}))
+        return folder
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": "fusion-model-artifact", "format_version": 5, "schema_version": SCHEMA_VERSION,
+        "package_version": __version__, "files": {}}))
+    (folder / "manifest.sha256").write_text(sha256_file(folder / "manifest.json"))
+    return folder
+
+
+def test_scoring_and_segmenting_commands_refuse_what_was_typed_before_loading_torch(tmp_path):
+    """A wrong folder, an existing output or an unknown centre is answered in one line, exit 2, before torch and
+    MONAI are imported (seconds on a laptop): the checks the work starts with, run first."""
+    cohort = write_cohort(tmp_path / "cohort", n_lesions=2)
+    model, segmenter = _fake_model(tmp_path / "model"), _fake_model(tmp_path / "segmenter", segmenter=True)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "report.html").write_text("an earlier report")
+    nowhere = tmp_path / "nowhere"
+    cases = [
+        (["predict", "--model", nowhere, "--cohort", cohort, "--out", tmp_path / "p.csv"], "not a fusion-model artifact"),
+        (["predict", "--model", model, "--cohort", nowhere, "--out", tmp_path / "p.csv"], "not a directory"),
+        (["evaluate", "--model", model, "--cohort", cohort, "--out", taken], "already exists"),
+        (["evaluate", "--model", model, "--cohort", cohort, "--centre", "Z", "--out", tmp_path / "e"],
+         "centre 'Z' is not in"),
+        (["explain", "--model", nowhere, "--cohort", cohort, "--out", tmp_path / "x"], "not a fusion-model artifact"),
+        (["explain", "--model", model, "--cohort", cohort, "--out", taken], "already exists"),
+        (["segment", "predict", "--model", model, "--cohort", cohort, "--out", tmp_path / "s"], "not a segmenter"),
+        (["segment", "predict", "--model", segmenter, "--cohort", cohort, "--centre", "Z", "--out", tmp_path / "s"],
+         "centre 'Z' is not in"),
+        (["segment", "evaluate", "--model", segmenter, "--cohort", nowhere, "--out", tmp_path / "r"], "not a directory"),
+        (["segment", "train", "--cohort", cohort, "--out", taken], "already exists"),
+        (["segment", "train", "--cohort", cohort, "--test-centre", "Z", "--out", tmp_path / "t"], "centre 'Z' is not in"),
+    ]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    for args, message in cases:
+        result = subprocess.run([sys.executable, "-c", _PROBE, *map(str, args)], capture_output=True,
+                                encoding="utf-8", env=env)
+        said = " ".join(args[:2]) + ": " + result.stderr
+        assert result.returncode == 2, said
+        assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1, said
+        assert message in result.stderr, said
+        assert "loaded: []" in result.stdout, said
+    assert (taken / "report.html").read_text() == "an earlier report"
+    assert not any((tmp_path / name).exists() for name in ("p.csv", "e", "x", "s", "r", "t"))
+
+
 def test_schema_export(tmp_path):
     assert run_cli("schema", "--format", "json", "--out", tmp_path / "s.json").returncode == 0
     assert "properties" in json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))

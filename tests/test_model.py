@@ -109,6 +109,12 @@ def test_one_byte_change_in_any_file_is_refused(fitted, tmp_path):
             load_model(run)
         path.write_bytes(original)
     load_model(run)
+    # the commands' early check reads the manifest alone: a changed weight file is left to the load
+    weights = next(p for p in files if p.name == "fold0.safetensors")
+    weights.write_bytes(weights.read_bytes()[:-1])
+    assert read_manifest(run, verify_files=False)["format"] == "fusion-model-artifact"
+    with pytest.raises(UserInputError, match="fold0.safetensors: was modified"):
+        read_manifest(run)
 
 
 def test_missing_file_and_foreign_folder_are_refused(fitted, tmp_path):

@@ -105,12 +105,19 @@ def evaluate(
     scheduler: SchedulerOption = None,
 ) -> None:
     """ROC report of a model on a labelled cohort (or of saved prediction files): HTML, JSON, CSV, PNG."""
+    if bootstrap < 200:
+        raise UserInputError(f"--bootstrap {bootstrap}: use at least 200 resamples (2000 or more for a report)")
+    if not (predictions or files):
+        if not model or not cohort:
+            raise UserInputError("give --model and --cohort (or --predictions a.csv b.csv ...)")
+        from fusion_model.prechecks import check_scoring_inputs
+
+        # answered before the report's and the network libraries load
+        check_scoring_inputs(model, cohort, out, overwrite, require_label=True, centre=centre, split=split)
     from fusion_model.imaging.cache import ImageCache
     from fusion_model.evaluate.metrics import EvaluationSettings
     from fusion_model.evaluate.run import evaluate_model, evaluate_predictions
 
-    if bootstrap < 200:
-        raise UserInputError(f"--bootstrap {bootstrap}: use at least 200 resamples (2000 or more for a report)")
     settings = EvaluationSettings(bootstrap_resamples=bootstrap, seed=seed, auc_interval=auc_ci)
     if predictions or files:
         if not predictions:
@@ -122,8 +129,6 @@ def evaluate(
             raise UserInputError("--predictions needs at least one CSV file after it")
         result = evaluate_predictions(files, out, cohort, settings, overwrite=overwrite)
     else:
-        if not model or not cohort:
-            raise UserInputError("give --model and --cohort (or --predictions a.csv b.csv ...)")
         from fusion_model.engine import Engine, EngineSettings
 
         with Engine(EngineSettings(workers, scheduler)) as engine:

@@ -27,6 +27,9 @@ def explain(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output folder")] = False,
 ) -> None:
     """Why the model says what it says: SHAP factors, CT saliency, case cards and a case review page."""
+    from fusion_model.prechecks import check_scoring_inputs
+
+    check_scoring_inputs(model, cohort, out, overwrite, centre=centre)  # answered before the network libraries load
     from fusion_model.imaging.cache import ImageCache
     from fusion_model.explain.run import explain_cohort
 

@@ -17,12 +17,10 @@ from fusion_model.config import SegmentConfig
 from fusion_model.configbase import parse_model
 from fusion_model.errors import UserInputError
 from fusion_model.fileio import atomic_directory, json_safe
+from fusion_model.segment.manifest import FORMAT, FORMAT_VERSION, MANIFEST, read_segmenter_manifest
 from fusion_model.segment.network import build_segmenter, channels_last
 from fusion_model.segment.refine import refiner_channels
 
-FORMAT = "fusion-model-segmenter"
-FORMAT_VERSION = 2  # 2: the detector may learn the gland region; the refiner may see the enhancement
-MANIFEST = "segmenter.json"
 WEIGHTS = "segmenter.safetensors"
 REFINER_WEIGHTS = "refiner.safetensors"
 
@@ -80,17 +78,7 @@ def load_segmenter(path: Path) -> Segmenter:
     """Read a segmenter directory written by ``fusion-model segment train``."""
     path = Path(path)
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise UserInputError(f"{path}: not a segmenter (no {MANIFEST}); give the --out folder of "
-                             "'fusion-model segment train'")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserInputError(f"{manifest_path}: unreadable ({err}); retrain the segmenter") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise UserInputError(f"{manifest_path}: segmenter format {manifest.get('format')!r} version "
-                             f"{manifest.get('format_version')!r}; this fusion-model reads version {FORMAT_VERSION}: "
-                             "retrain it")
+    manifest = read_segmenter_manifest(path)
     # segmenters written before the refiner's soft-tissue window was a setting saw the wide window only, and their
     # operating points were set on the detector's probabilities alone
     settings = {"refine_soft_tissue_window": None, "refine_confirms": False, **manifest["config"]}

@@ -27,6 +27,23 @@ RegionOption = Annotated[Path | None, typer.Option(
                      "region_mask_path; default: the whole scan, glands as the detector learned them")]
 
 
+def _check_inputs(out: Path, overwrite: bool, cohort: Path, centre: str | None = None, segmenter: Path | None = None,
+                  with_masks: bool = False) -> None:
+    """The checks of what the user typed that the commands' work starts with (an existing output folder, a folder
+    that is not a segmenter, a cohort that does not load or lacks the centre or its masks), run before torch and
+    MONAI are loaded so that a typing error is answered at once; the work checks the same again."""
+    from fusion_model.cohort import load_cohort
+    from fusion_model.fileio import check_output_dir
+    from fusion_model.segment.manifest import read_segmenter_manifest
+
+    check_output_dir(out, overwrite)
+    if segmenter is not None:
+        read_segmenter_manifest(segmenter)
+    selected = load_cohort(cohort).select(centre=centre)
+    if with_masks:
+        selected.require_masks()
+
+
 def _regions(region: Path | None, cohort: Path):
     from fusion_model.segment.scans import read_regions
 
@@ -84,9 +101,11 @@ def segment_train(
 ) -> None:
     """Train the lesion segmenter (resumes after a kill: run the same command again)."""
     from fusion_model.config import load_segment_config
-    from fusion_model.segment.train import train_segmenter
 
     settings = load_segment_config(config)
+    _check_inputs(out, overwrite, cohort, test_centre)
+    from fusion_model.segment.train import train_segmenter
+
     if threads:
         settings = settings.model_copy(update={"threads": threads})
     if gpus is not None:
@@ -126,6 +145,7 @@ def segment_predict(
     scheduler: SchedulerOption = None,
 ) -> None:
     """Outline every lesion of a cohort; write a new cohort (mask_source = auto) and list lesions not found."""
+    _check_inputs(out, overwrite, cohort, centre, segmenter=model)
     from fusion_model.engine import Engine, EngineSettings
     from fusion_model.segment.predict import MATCHING_FILE, predict_masks
 
@@ -164,6 +184,7 @@ def segment_evaluate(
 ) -> None:
     """Dice, HD95, surface Dice, volume difference, FROC (touching and IoU >= 0.5 hits), false positives by count
     and volume, average precision per lesion type, and lesions left without a mask."""
+    _check_inputs(out, overwrite, cohort, centre, segmenter=model, with_masks=True)
     from fusion_model.segment.evaluate import evaluate_segmenter
 
     result = evaluate_segmenter(model, cohort, out, centre=centre, regions=_regions(region, cohort), device=device,
