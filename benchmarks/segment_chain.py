@@ -48,6 +48,20 @@ from fusion_model.imaging.cache import ImageCache
 TEST_CENTRE = "centre_c"
 
 
+def _versions() -> dict[str, str]:
+    """The versions of the packages that decide the figures."""
+    import importlib.metadata
+
+    names = ("fusion-model", "torch", "monai", "numpy", "scipy", "SimpleITK", "scikit-learn", "xgboost-cpu", "pandas")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the chain; print and return its figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -141,6 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"missed: manual {r['auc_manual_all']:.3f}, auto {r['auc_auto_all_unscored_missed']:.3f}, "
                   f"difference {r['difference_all']:+.3f}", flush=True)
     figures["peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    # the same seed gives the same figures in the same environment: name it (a new numpy, SimpleITK or torch release
+    # changes the third digit)
+    figures["versions"] = _versions()
     (out / "segment_chain.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(figures, indent=2))
     return figures

@@ -1010,7 +1010,9 @@ def test_data_parallel_training_with_torchrun_follows_the_single_process_loss_cu
 
 
 def test_segment_train_gpus_is_refused_without_them(tmp_path):
+    from tests.helpers import write_cohort
     from tests.test_cli import run_cli
 
-    result = run_cli("segment", "train", "--cohort", tmp_path, "--out", tmp_path / "s", "--gpus", "2")
+    cohort = write_cohort(tmp_path / "c", n_lesions=2)  # a cohort that loads: it is checked first
+    result = run_cli("segment", "train", "--cohort", cohort, "--out", tmp_path / "s", "--gpus", "2")
     assert result.returncode == 2 and "CUDA device(s) visible" in result.stderr and "Traceback" not in result.stderr
