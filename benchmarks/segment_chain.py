@@ -43,23 +43,10 @@ from fusion_model.config import (
     load_segment_config,
     packaged_experiment,
 )
+from fusion_model.engine import package_versions
 from fusion_model.imaging.cache import ImageCache
 
 TEST_CENTRE = "centre_c"
-
-
-def _versions() -> dict[str, str]:
-    """The versions of the packages that decide the figures."""
-    import importlib.metadata
-
-    names = ("fusion-model", "torch", "monai", "numpy", "scipy", "SimpleITK", "scikit-learn", "xgboost-cpu", "pandas")
-    found = {}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "missing"
-    return found
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -157,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     figures["peak_memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     # the same seed gives the same figures in the same environment: name it (a new numpy, SimpleITK or torch release
     # changes the third digit)
-    figures["versions"] = _versions()
+    figures["versions"] = package_versions(("fusion-model", "torch", "monai", "numpy", "scipy", "SimpleITK",
+                                            "scikit-learn", "xgboost-cpu", "pandas"))
     (out / "segment_chain.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(figures, indent=2))
     return figures

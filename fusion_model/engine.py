@@ -67,9 +67,10 @@ class EngineSettings:
         return "this process"
 
 
-def _package_versions() -> dict[str, str]:
+def package_versions(names: Sequence[str] = CHECKED_PACKAGES) -> dict[str, str]:
+    """The installed version of each package ("missing" where it is not installed)."""
     versions = {}
-    for name in CHECKED_PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -208,7 +209,7 @@ class Engine:
         """Refuse workers whose package versions differ from this process's."""
         if self.client is None:
             return
-        message = version_mismatches(_package_versions(), self.client.run(_package_versions))
+        message = version_mismatches(package_versions(), self.client.run(package_versions))
         if message:
             raise UserInputError(f"{self.settings.describe()}: {message}")
 
